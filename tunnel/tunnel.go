@@ -62,7 +62,19 @@ type Spec struct {
 	ProxyARP bool
 	// MTU of the link device; 0 means underlay MTU minus 80.
 	MTU int
+	// NoSecureRoutes: the Secure end installs no routes for
+	// Remote.Protected. Set for a redirect tunnel from the routing core,
+	// whose route is routing.RouteWatcher.AddRedirect's (with a metric the
+	// real route can beat), and for site links routed by BGP.
+	NoSecureRoutes bool
 }
+
+// Routing at the Remote end: several links may end on one host (two VMs
+// of a subnet, a redirect tunnel) with overlapping Secure.Protected
+// prefixes. Backends therefore route the Remote end's traffic by source:
+// a rule "from <Remote.Protected> lookup <the link's table>" whose table
+// holds the routes for Secure.Protected into the link. At the Secure end,
+// routes for Remote.Protected (host routes, normally) go in the main table.
 
 // Validate checks s and names the first bad field and its value.
 func (s Spec) Validate() error {

@@ -1,0 +1,458 @@
+package migration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/sealift/sealift/conn"
+	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/hypervisor"
+	"github.com/sealift/sealift/routing"
+	"github.com/sealift/sealift/tunnel"
+)
+
+type fenceSpecs = fence.Spec
+
+// forward runs FIG. 3 from block 310. Until the target resumes, any
+// failure rolls back; after, failures leave the VM fenced at the target.
+func (r *run) forward(ctx context.Context) error {
+	if err := r.beforeResume(ctx); err != nil {
+		return r.rollback(ctx, err)
+	}
+	return r.afterMigrate(ctx)
+}
+
+func (r *run) beforeResume(ctx context.Context) error {
+	p := r.plan
+	var vm hypervisor.VM
+	// 310: select the VM; it must run at the source and nowhere else.
+	err := r.step(ctx, BlockSelect, map[string]string{"from": p.From, "to": p.To}, func() error {
+		var err error
+		if vm, err = r.src.Hypervisor.Lookup(ctx, p.VM); err != nil {
+			return err
+		}
+		if vm.State != hypervisor.Running {
+			return fmt.Errorf("%w: VM %q is %s at %q, want running", hypervisor.ErrState, p.VM, vm.State, p.From)
+		}
+		if t, err := r.dst.Hypervisor.Lookup(ctx, p.VM); err == nil && t.State.Active() {
+			return fmt.Errorf("%w: VM %q is already %s at %q", hypervisor.ErrExists, p.VM, t.State, p.To)
+		} else if err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
+			return fmt.Errorf("look up VM %q at %q: %w", p.VM, p.To, err)
+		}
+		r.srcSpec, err = specFor(p.VM, vm, p.SourcePort, "SourcePort", p.Addrs)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+
+	// 315: target the different environment: the incoming instance,
+	// fenced before it can ever run; the secure link pre-staged (keys,
+	// both ends configured, not carrying traffic); the subnet decision and
+	// the redirect tunnel pre-staged too, so the switchover hook is short.
+	var to hypervisor.Endpoint
+	err = r.step(ctx, BlockTarget, map[string]string{"link": r.linkID, "redirect": r.redirID}, func() error {
+		var err error
+		if to, err = r.dst.Hypervisor.PrepareIncoming(ctx, vm); err != nil {
+			return err
+		}
+		tvm, err := r.dst.Hypervisor.Lookup(ctx, p.VM)
+		if err != nil {
+			return fmt.Errorf("look up incoming VM at %q: %w", p.To, err)
+		}
+		if r.dstSpec, err = specFor(p.VM, tvm, p.TargetPort, "TargetPort", p.Addrs); err != nil {
+			return err
+		}
+		if err := r.dst.Fencer.Fence(ctx, r.dstSpec); err != nil {
+			return fmt.Errorf("fence incoming VM at %q: %w", p.To, err)
+		}
+		if r.subnetMoved, err = r.decideSubnet(ctx); err != nil {
+			return err
+		}
+		if r.link, err = r.linker.Prepare(ctx, r.linkSpec()); err != nil {
+			return err
+		}
+		r.rep.Link = r.link
+		if r.subnetMoved {
+			red, err := r.linker.Prepare(ctx, r.redirectSpec())
+			if err != nil {
+				return fmt.Errorf("redirect tunnel: %w", err)
+			}
+			r.redirect = &red
+			r.rep.Redirect = r.redirect
+			if err := r.linker.Activate(ctx, r.redirID); err != nil {
+				return fmt.Errorf("redirect tunnel: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+
+	// 320 (before-copy mode): block the VM's communications now.
+	if p.FenceMode == FenceBeforeCopy {
+		if err := r.step(ctx, BlockFence, nil, func() error { return r.src.Fencer.Fence(ctx, r.srcSpec) }); err != nil {
+			return err
+		}
+	}
+
+	// 330: migrate. The hook runs while the source is paused (325).
+	hook := func(hctx context.Context) error { return r.switchover(hctx) }
+	err = r.step(ctx, BlockMigrate, map[string]string{"uri": to.URI}, func() error {
+		st, err := r.src.Hypervisor.Migrate(ctx, p.VM, to, hypervisor.MigrateOptions{
+			AtSwitchover: hook,
+			MaxBandwidth: p.MaxBandwidth,
+			OnProgress: func(pr hypervisor.Progress) {
+				r.m.bus.emit(MigrationProgress{ID: p.ID, Progress: pr})
+			},
+		})
+		r.rep.Migration = st
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	r.migrated = true
+	return nil
+}
+
+// switchover runs in the hypervisor's hook: the source is paused, the
+// target not yet resumed. Everything here adds to the VM's downtime, so
+// it only flips what was pre-staged.
+func (r *run) switchover(ctx context.Context) error {
+	p := r.plan
+	if err := r.step(ctx, BlockPause, nil, func() error { return nil }); err != nil {
+		return err
+	}
+	if p.FenceMode == FenceAtSwitchover {
+		if err := r.step(ctx, BlockFence, nil, func() error { return r.src.Fencer.Fence(ctx, r.srcSpec) }); err != nil {
+			return err
+		}
+	}
+	moved := map[string]string{"moved": fmt.Sprint(r.subnetMoved)}
+	if err := r.step(ctx, BlockSubnetMoved, moved, func() error { return nil }); err != nil {
+		return err
+	}
+	r.rep.SubnetMoved = r.subnetMoved
+	if r.subnetMoved {
+		err := r.step(ctx, BlockRedirect, nil, func() error {
+			r.redirectAdded = true // journaled before: recovery removes it even if half done
+			return r.src.Core.Routing.AddRedirect(ctx, routing.Redirect{
+				Prefix: p.Subnet.Prefix, Device: r.redirect.SecureDevice, Via: redirectVia(r),
+			})
+		})
+		if err != nil {
+			return err
+		}
+	}
+	// The link carries traffic from here on; the target stays fenced.
+	return r.linker.Activate(ctx, r.linkID)
+}
+
+func redirectVia(r *run) netip.Addr {
+	if r.redirect.SecureDevice == "" { // policy-based link: route toward the target
+		return r.dst.Underlay
+	}
+	return netip.Addr{}
+}
+
+// afterMigrate resumes the VM at the target and finishes. From the resume
+// on, a failure never rolls back: the VM stays fenced at the target.
+func (r *run) afterMigrate(ctx context.Context) error {
+	p := r.plan
+	// 345: restart at the target, then prove the secure link.
+	err := r.step(ctx, BlockRestart, map[string]string{"link": r.linkID}, func() error {
+		if err := r.dst.Hypervisor.Resume(ctx, p.VM); err != nil {
+			return err
+		}
+		r.resumed = true
+		var err error
+		r.rep.Proof, err = r.linker.Verify(ctx, r.linkID)
+		return err
+	})
+	if err != nil {
+		if !r.resumed {
+			return r.stayFenced(ctx, fmt.Errorf("VM is paused at %q, resume failed: %w", p.To, err))
+		}
+		return r.stayFenced(ctx, fmt.Errorf("secure link not proven: %w", err))
+	}
+	return r.finishForward(ctx)
+}
+
+// finishForward runs blocks 355-395 (also used by Recover).
+func (r *run) finishForward(ctx context.Context) error {
+	p := r.plan
+	sel := conn.Selector{Host: r.dst.Host, Addrs: p.Addrs}
+	var conns []conn.Conn
+	if err := r.step(ctx, BlockAudit, nil, func() error {
+		var err error
+		conns, err = r.dst.Auditor.List(ctx, sel)
+		return err
+	}); err != nil {
+		return r.stayFenced(ctx, fmt.Errorf("connection audit: %w", err))
+	}
+	cls := conn.Classify(conns, r.plan.Audit)
+	r.rep.Audit.After = r.securePolicy()
+	_ = r.step(ctx, BlockKeep, map[string]string{"kept": fmt.Sprint(len(cls.Keep))}, func() error { return nil })
+	r.rep.Audit.Kept, r.rep.Audit.Reset = cls.Keep, cls.Reset
+	if len(cls.Reset) > 0 {
+		bad := make([]conn.Conn, len(cls.Reset))
+		for i, v := range cls.Reset {
+			bad[i] = v.Conn
+		}
+		if err := r.step(ctx, BlockReset, map[string]string{"reset": fmt.Sprint(len(bad))}, func() error {
+			var err error
+			r.rep.Audit.Result, err = r.dst.Auditor.Reset(ctx, sel, bad)
+			return err
+		}); err != nil {
+			return r.stayFenced(ctx, fmt.Errorf("reset unsecured connections: %w", err))
+		}
+	}
+
+	// 370: enable communications over the secure link only.
+	if err := r.step(ctx, BlockEnable, nil, func() error { return r.enable(ctx) }); err != nil {
+		return r.stayFenced(ctx, fmt.Errorf("enable over the secure link: %w", err))
+	}
+
+	// 375-390: if the subnet moved, wait for the routing core, then
+	// remove the redirect tunnel (make-before-break: only after the real
+	// route is there).
+	_ = r.step(ctx, BlockSubnetMoved2, map[string]string{"moved": fmt.Sprint(r.subnetMoved)}, func() error { return nil })
+	if r.subnetMoved {
+		r.converge(ctx)
+	}
+	_ = r.step(ctx, BlockEnd, nil, func() error { return nil })
+	return r.finish(ctx, Completed, "")
+}
+
+// enable lifts the full block at the target, leaving only the secure
+// link open, and lifts the source's fence (the VM is gone from there; its
+// address is now reached through the link).
+func (r *run) enable(ctx context.Context) error {
+	dev := r.link.RemoteDevice
+	if dev != "" {
+		spec := r.dstSpec
+		spec.AllowVia = dev
+		if err := r.dst.Fencer.Fence(ctx, spec); err != nil {
+			return err
+		}
+	} else {
+		// A policy-based (XFRM) link has no device: its policies drop
+		// VM<->peer traffic that is not encrypted, so the fence goes.
+		if err := liftOK(r.dst.Fencer.Lift(ctx, r.plan.VM)); err != nil {
+			return err
+		}
+	}
+	return liftOK(r.src.Fencer.Lift(ctx, r.plan.VM))
+}
+
+func (r *run) converge(ctx context.Context) {
+	s := r.plan.Subnet
+	want := routing.Expect{Prefix: s.Prefix, Via: s.Via}
+	if r.redirect != nil {
+		want.NotDevice = r.redirect.SecureDevice
+	}
+	var conv routing.Converged
+	err := r.step(ctx, BlockInspect, nil, func() error {
+		wctx, cancel := context.WithTimeout(ctx, s.ConvergeTimeout)
+		defer cancel()
+		var err error
+		conv, err = r.src.Core.Routing.Wait(wctx, want)
+		return err
+	})
+	if err != nil {
+		r.rep.Warnings = append(r.rep.Warnings, fmt.Sprintf("routing core did not converge, redirect tunnel kept: %v", err))
+		return
+	}
+	r.rep.Converged = &conv
+	err = r.step(ctx, BlockRemoveTunnel, nil, func() error {
+		if err := r.src.Core.Routing.RemoveRedirect(ctx, s.Prefix); err != nil && !errors.Is(err, routing.ErrNoRedirect) {
+			return err
+		}
+		r.redirectAdded = false
+		return r.linker.Close(ctx, r.redirID)
+	})
+	if err != nil {
+		r.rep.Warnings = append(r.rep.Warnings, fmt.Sprintf("remove redirect tunnel: %v", err))
+	}
+}
+
+// stayFenced ends a migration that failed after the target resumed (or
+// after the VM became complete only at the target): the target's full
+// fence is (re)asserted, the journal keeps the reason.
+func (r *run) stayFenced(ctx context.Context, cause error) error {
+	cctx, cancel := r.cleanupCtx(ctx)
+	defer cancel()
+	if err := r.dst.Fencer.Fence(cctx, r.dstSpec); err != nil {
+		cause = errors.Join(cause, fmt.Errorf("re-fence at target: %w", err))
+	}
+	reason := cause.Error()
+	if err := r.finish(cctx, StayedFenced, reason); err != nil {
+		cause = errors.Join(cause, err)
+	}
+	return fmt.Errorf("%w: %w", ErrStayedFenced, cause)
+}
+
+// rollback undoes a migration that failed before the target resumed.
+func (r *run) rollback(ctx context.Context, cause error) error {
+	cctx, cancel := r.cleanupCtx(ctx)
+	defer cancel()
+	// Where is the VM really? A failed Migrate may still have completed.
+	if r.migrated || r.atTargetOnly(cctx) {
+		r.migrated = true
+		r.log.Warn("migration failed after the VM reached the target: rolling forward", "err", cause)
+		return r.afterMigrate(ctx)
+	}
+	var errs []error
+	err := r.step(cctx, blockRollback, map[string]string{"cause": cause.Error()}, func() error {
+		errs = r.undo(cctx)
+		return joinErrs(errs)
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %w (after: %w)", ErrRollbackFailed, err, cause)
+	}
+	if ferr := r.finish(cctx, RolledBack, cause.Error()); ferr != nil {
+		return fmt.Errorf("%w: %w (after: %w)", ErrRollbackFailed, ferr, cause)
+	}
+	return fmt.Errorf("%w: %w", ErrRolledBack, cause)
+}
+
+// undo brings everything back to before the migration. Each action is
+// idempotent, so Recover can call it with no knowledge of what was done.
+func (r *run) undo(ctx context.Context) []error {
+	p := r.plan
+	var errs []error
+	errs = append(errs, r.src.Hypervisor.Abort(ctx, p.VM), r.dst.Hypervisor.Abort(ctx, p.VM))
+	if p.Subnet != nil && r.src.Core != nil && r.src.Core.Routing != nil {
+		if err := r.src.Core.Routing.RemoveRedirect(ctx, p.Subnet.Prefix); err != nil && !errors.Is(err, routing.ErrNoRedirect) {
+			errs = append(errs, err)
+		}
+		errs = append(errs, r.linker.Close(ctx, r.redirID))
+	}
+	errs = append(errs, r.linker.Close(ctx, r.linkID))
+	errs = append(errs, liftOK(r.dst.Fencer.Lift(ctx, p.VM)), liftOK(r.src.Fencer.Lift(ctx, p.VM)))
+	// The VM must run at the source now.
+	vm, err := r.src.Hypervisor.Lookup(ctx, p.VM)
+	switch {
+	case err != nil:
+		errs = append(errs, fmt.Errorf("VM %q not found at %q after rollback: %w", p.VM, p.From, err))
+	case vm.State != hypervisor.Running:
+		errs = append(errs, fmt.Errorf("VM %q is %s at %q after rollback, want running", p.VM, vm.State, p.From))
+	}
+	return errs
+}
+
+// atTargetOnly reports whether the VM is gone from the source and
+// complete (paused or running) at the target.
+func (r *run) atTargetOnly(ctx context.Context) bool {
+	if vm, err := r.src.Hypervisor.Lookup(ctx, r.plan.VM); err == nil && vm.State.Active() {
+		return false
+	}
+	t, err := r.dst.Hypervisor.Lookup(ctx, r.plan.VM)
+	return err == nil && t.State.Active()
+}
+
+func liftOK(err error) error {
+	if errors.Is(err, fence.ErrNotFenced) {
+		return nil
+	}
+	return err
+}
+
+func (r *run) decideSubnet(ctx context.Context) (bool, error) {
+	s := r.plan.Subnet
+	if s == nil {
+		return false, nil
+	}
+	switch s.Moved {
+	case SubnetYes:
+		return true, nil
+	case SubnetNo:
+		return false, nil
+	}
+	for _, m := range s.Members {
+		if m == r.plan.VM {
+			continue
+		}
+		vm, err := r.dst.Hypervisor.Lookup(ctx, m)
+		if errors.Is(err, hypervisor.ErrNotFound) || err == nil && !vm.State.Active() {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("subnet member %q at %q: %w", m, r.plan.To, err)
+		}
+	}
+	return true, nil
+}
+
+func (r *run) linkSpec() tunnel.Spec {
+	p := r.plan
+	return tunnel.Spec{
+		ID: r.linkID, Kind: p.Link, ProxyARP: true,
+		Secure: tunnel.End{Host: r.src.Host, Underlay: r.src.Underlay, Protected: p.Peers},
+		Remote: tunnel.End{Host: r.dst.Host, Underlay: r.dst.Underlay, Protected: p.Addrs},
+	}
+}
+
+// redirectSpec: the tunnel from the routing core to the target for the
+// moved subnet; the core's route into it is the redirect itself.
+func (r *run) redirectSpec() tunnel.Spec {
+	p := r.plan
+	c := r.src.Core
+	return tunnel.Spec{
+		ID: r.redirID, Kind: p.Link, NoSecureRoutes: true,
+		Secure: tunnel.End{Host: c.Host, Underlay: c.Underlay, Protected: p.Peers},
+		Remote: tunnel.End{Host: r.dst.Host, Underlay: r.dst.Underlay, Protected: []netip.Prefix{p.Subnet.Prefix}},
+	}
+}
+
+// securePolicy: what counts as secure at the target once the link is up:
+// the plan's audit policy plus the migration's own links. It judges the
+// connections that come back after the reset.
+func (r *run) securePolicy() conn.Policy {
+	pol := r.plan.Audit
+	pol.IPsec = slices.Clone(pol.IPsec)
+	pol.WireGuardDevices = slices.Clone(pol.WireGuardDevices)
+	pol.WireGuardPeers = slices.Clone(pol.WireGuardPeers)
+	links := []tunnel.Link{r.link}
+	if r.redirect != nil {
+		links = append(links, *r.redirect)
+	}
+	for _, l := range links {
+		switch l.Kind {
+		case tunnel.WireGuard:
+			if l.RemoteDevice != "" {
+				pol.WireGuardDevices = append(pol.WireGuardDevices, l.RemoteDevice)
+			}
+			pol.WireGuardPeers = append(pol.WireGuardPeers, l.Secure.Protected...)
+		case tunnel.IPsec:
+			for _, a := range l.Remote.Protected {
+				for _, q := range l.Secure.Protected {
+					pol.IPsec = append(pol.IPsec, conn.IPsecCover{Src: a, Dst: q})
+				}
+			}
+		}
+	}
+	return pol
+}
+
+func specFor(name string, vm hypervisor.VM, port, field string, addrs []netip.Prefix) (fence.Spec, error) {
+	s := fence.Spec{VM: name, Port: port}
+	if len(vm.NICs) > 0 {
+		if s.Port == "" {
+			s.Port = vm.NICs[0].Port
+		}
+		s.MAC = vm.NICs[0].MAC
+	}
+	if s.Port == "" {
+		return s, fmt.Errorf("%w: %s is empty and the hypervisor reports no port for VM %q", ErrInvalidPlan, field, name)
+	}
+	for _, a := range addrs {
+		s.Addrs = append(s.Addrs, a.Addr())
+	}
+	return s, s.Validate()
+}

@@ -1,0 +1,141 @@
+package migration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Phase of a journal entry.
+type Phase string
+
+const (
+	PhaseBegin Phase = "begin"
+	PhaseDone  Phase = "done"
+	PhaseFail  Phase = "fail"
+)
+
+// Entry is one journal line: a step began, finished or failed. Every step
+// is written before and after it runs, so a recovering controller knows
+// what may have happened.
+type Entry struct {
+	Seq   uint64
+	Time  time.Time
+	Block Block
+	Phase Phase
+	// Data carries what recovery needs (endpoint URI, link IDs, ...).
+	// Never keys.
+	Data map[string]string `json:",omitempty"`
+	Err  string            `json:",omitempty"`
+}
+
+// Record is one migration in the journal.
+type Record struct {
+	ID       string
+	Plan     Plan
+	Started  time.Time
+	Finished time.Time `json:",omitzero"`
+	Outcome  Outcome   `json:",omitempty"`
+	Reason   string    `json:",omitempty"`
+}
+
+// Done reports whether the migration has ended (any outcome).
+func (r Record) Done() bool { return r.Outcome != "" }
+
+// Journal stores migrations and their steps durably. Implementations must
+// make Create atomic with respect to the VM: at most one unfinished
+// migration per VM (else ErrBusy).
+type Journal interface {
+	Create(ctx context.Context, r Record) error
+	Append(ctx context.Context, id string, e Entry) error
+	Load(ctx context.Context, id string) (Record, []Entry, error)
+	// Unfinished lists the records with no outcome, oldest first.
+	Unfinished(ctx context.Context) ([]Record, error)
+	Finish(ctx context.Context, id string, o Outcome, reason string) error
+	Close() error
+}
+
+// ErrNoRecord: the journal has no migration of that ID.
+var ErrNoRecord = errors.New("migration: no such journal record")
+
+// MemJournal is an in-memory Journal (for tests and programs that accept
+// losing recovery across restarts).
+type MemJournal struct {
+	mu      sync.Mutex
+	recs    map[string]*Record
+	entries map[string][]Entry
+	order   []string
+}
+
+// NewMemJournal returns an empty in-memory journal.
+func NewMemJournal() *MemJournal {
+	return &MemJournal{recs: map[string]*Record{}, entries: map[string][]Entry{}}
+}
+
+var _ Journal = (*MemJournal)(nil)
+
+func (j *MemJournal) Create(_ context.Context, r Record) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if _, ok := j.recs[r.ID]; ok {
+		return fmt.Errorf("%w: migration ID %q already in the journal", ErrInvalidPlan, r.ID)
+	}
+	for _, id := range j.order {
+		if o := j.recs[id]; !o.Done() && o.Plan.VM == r.Plan.VM {
+			return fmt.Errorf("%w: VM %q (migration %s unfinished)", ErrBusy, r.Plan.VM, o.ID)
+		}
+	}
+	rc := r
+	j.recs[r.ID] = &rc
+	j.order = append(j.order, r.ID)
+	return nil
+}
+
+func (j *MemJournal) Append(_ context.Context, id string, e Entry) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if _, ok := j.recs[id]; !ok {
+		return fmt.Errorf("%w: %q", ErrNoRecord, id)
+	}
+	e.Seq = uint64(len(j.entries[id]) + 1)
+	j.entries[id] = append(j.entries[id], e)
+	return nil
+}
+
+func (j *MemJournal) Load(_ context.Context, id string) (Record, []Entry, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	r, ok := j.recs[id]
+	if !ok {
+		return Record{}, nil, fmt.Errorf("%w: %q", ErrNoRecord, id)
+	}
+	return *r, slices.Clone(j.entries[id]), nil
+}
+
+func (j *MemJournal) Unfinished(context.Context) ([]Record, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var out []Record
+	for _, id := range j.order {
+		if r := j.recs[id]; !r.Done() {
+			out = append(out, *r)
+		}
+	}
+	return out, nil
+}
+
+func (j *MemJournal) Finish(_ context.Context, id string, o Outcome, reason string) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	r, ok := j.recs[id]
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrNoRecord, id)
+	}
+	r.Outcome, r.Reason, r.Finished = o, reason, time.Now()
+	return nil
+}
+
+func (j *MemJournal) Close() error { return nil }

@@ -1,0 +1,227 @@
+package migrationtest
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/sealift/sealift/hypervisor"
+)
+
+// World holds every fake VM of every host, so it can tell where a VM is
+// and catch a VM active in two places at once.
+type World struct {
+	Recorder
+	mu         sync.Mutex
+	vms        map[string]map[string]*hypervisor.VM // vm -> host -> state
+	arrived    map[string]string                    // vm -> host it last migrated to
+	violations []string
+}
+
+// NewWorld returns an empty world.
+func NewWorld() *World {
+	return &World{vms: map[string]map[string]*hypervisor.VM{}, arrived: map[string]string{}}
+}
+
+// AddVM places a running VM on host with one NIC whose port is port.
+func (w *World) AddVM(host, name, port, mac string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.put(name, host, &hypervisor.VM{Name: name, Host: host, State: hypervisor.Running,
+		MemoryBytes: 128 << 20, NICs: []hypervisor.NIC{{MAC: mac, Port: port}}})
+}
+
+// Where returns the hosts where the VM is active (running or paused).
+func (w *World) Where(name string) []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var hosts []string
+	for h, vm := range w.vms[name] {
+		if vm.State.Active() {
+			hosts = append(hosts, h)
+		}
+	}
+	slices.Sort(hosts)
+	return hosts
+}
+
+// State returns the VM's state at host ("" if absent).
+func (w *World) State(host, name string) hypervisor.State {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if vm := w.vms[name][host]; vm != nil {
+		return vm.State
+	}
+	return ""
+}
+
+// Violations lists every moment a VM was active in two places.
+func (w *World) Violations() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.violations)
+}
+
+// put and del must be called with w.mu held; they check the invariant.
+func (w *World) put(name, host string, vm *hypervisor.VM) {
+	if w.vms[name] == nil {
+		w.vms[name] = map[string]*hypervisor.VM{}
+	}
+	w.vms[name][host] = vm
+	n := 0
+	for _, v := range w.vms[name] {
+		if v.State.Active() {
+			n++
+		}
+	}
+	if n > 1 {
+		w.violations = append(w.violations, fmt.Sprintf("VM %q active at %d hosts (now %s at %s)", name, n, vm.State, host))
+	}
+}
+
+func (w *World) set(name, host string, s hypervisor.State) {
+	vm := *w.vms[name][host]
+	vm.State = s
+	w.put(name, host, &vm)
+}
+
+// Hypervisor is a fake hypervisor.Hypervisor for one host of a World.
+type Hypervisor struct {
+	Faults
+	w    *World
+	host string
+	// Port names the port the fake gives an incoming VM ("" = "tap-"+vm).
+	Port string
+}
+
+var _ hypervisor.Hypervisor = (*Hypervisor)(nil)
+
+// Hypervisor returns the fake hypervisor of host.
+func (w *World) Hypervisor(host string) *Hypervisor {
+	return &Hypervisor{Faults: Faults{name: "hv:" + host, log: &w.Recorder}, w: w, host: host}
+}
+
+func (h *Hypervisor) Lookup(_ context.Context, name string) (hypervisor.VM, error) {
+	if err := h.enter("Lookup", name); err != nil {
+		return hypervisor.VM{}, err
+	}
+	h.w.mu.Lock()
+	defer h.w.mu.Unlock()
+	vm := h.w.vms[name][h.host]
+	if vm == nil {
+		return hypervisor.VM{}, fmt.Errorf("%w: %q at %s", hypervisor.ErrNotFound, name, h.host)
+	}
+	return *vm, nil
+}
+
+func (h *Hypervisor) PrepareIncoming(_ context.Context, vm hypervisor.VM) (hypervisor.Endpoint, error) {
+	if err := h.enter("PrepareIncoming", vm.Name); err != nil {
+		return hypervisor.Endpoint{}, err
+	}
+	h.w.mu.Lock()
+	defer h.w.mu.Unlock()
+	if cur := h.w.vms[vm.Name][h.host]; cur != nil && cur.State.Active() {
+		return hypervisor.Endpoint{}, fmt.Errorf("%w: %q at %s", hypervisor.ErrExists, vm.Name, h.host)
+	}
+	port := h.Port
+	if port == "" {
+		port = "tap-" + vm.Name
+	}
+	in := vm
+	in.Host, in.State = h.host, hypervisor.Incoming
+	in.NICs = []hypervisor.NIC{{Port: port}}
+	if len(vm.NICs) > 0 {
+		in.NICs[0].MAC = vm.NICs[0].MAC
+	}
+	h.w.put(vm.Name, h.host, &in)
+	return hypervisor.Endpoint{VM: vm.Name, URI: "fake://" + h.host + "/" + vm.Name}, nil
+}
+
+func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.Endpoint, opts hypervisor.MigrateOptions) (hypervisor.Stats, error) {
+	if err := h.enter("Migrate", name); err != nil {
+		return hypervisor.Stats{}, err
+	}
+	start := time.Now()
+	var dst string
+	if _, err := fmt.Sscanf(to.URI, "fake://%s", &dst); err != nil {
+		return hypervisor.Stats{}, fmt.Errorf("%w: endpoint %q", hypervisor.ErrUnreachable, to.URI)
+	}
+	dst = dst[:len(dst)-len(name)-1]
+	h.w.mu.Lock()
+	src := h.w.vms[name][h.host]
+	in := h.w.vms[name][dst]
+	switch {
+	case src == nil || src.State != hypervisor.Running:
+		h.w.mu.Unlock()
+		return hypervisor.Stats{}, fmt.Errorf("%w: %q not running at %s", hypervisor.ErrState, name, h.host)
+	case in == nil || in.State != hypervisor.Incoming:
+		h.w.mu.Unlock()
+		return hypervisor.Stats{}, fmt.Errorf("%w: no incoming %q at %s", hypervisor.ErrUnreachable, name, dst)
+	}
+	mem := src.MemoryBytes
+	h.w.mu.Unlock()
+	if opts.OnProgress != nil {
+		for i := 1; i <= 3; i++ {
+			opts.OnProgress(hypervisor.Progress{Elapsed: time.Since(start), Transferred: mem * uint64(i) / 3,
+				Remaining: mem - mem*uint64(i)/3, Total: mem, Pass: i})
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return hypervisor.Stats{}, fmt.Errorf("%w: %w", hypervisor.ErrAborted, err)
+	}
+	h.w.mu.Lock()
+	h.w.set(name, h.host, hypervisor.Paused)
+	h.w.mu.Unlock()
+	st := hypervisor.Stats{Switchover: time.Now()}
+	if opts.AtSwitchover != nil {
+		if err := opts.AtSwitchover(ctx); err != nil {
+			h.w.mu.Lock()
+			h.w.set(name, h.host, hypervisor.Running)
+			h.w.mu.Unlock()
+			return hypervisor.Stats{}, fmt.Errorf("%w: %w", hypervisor.ErrSwitchoverHook, err)
+		}
+	}
+	st.SwitchoverDone = time.Now()
+	h.w.mu.Lock()
+	delete(h.w.vms[name], h.host)
+	h.w.set(name, dst, hypervisor.Paused)
+	h.w.arrived[name] = dst
+	h.w.mu.Unlock()
+	st.Total, st.Downtime, st.Bytes = time.Since(start), time.Since(st.Switchover), mem
+	return st, nil
+}
+
+func (h *Hypervisor) Resume(_ context.Context, name string) error {
+	if err := h.enter("Resume", name); err != nil {
+		return err
+	}
+	h.w.mu.Lock()
+	defer h.w.mu.Unlock()
+	vm := h.w.vms[name][h.host]
+	if vm == nil || vm.State != hypervisor.Paused && vm.State != hypervisor.Running {
+		return fmt.Errorf("%w: %q cannot resume at %s", hypervisor.ErrState, name, h.host)
+	}
+	h.w.set(name, h.host, hypervisor.Running)
+	return nil
+}
+
+func (h *Hypervisor) Abort(_ context.Context, name string) error {
+	if err := h.enter("Abort", name); err != nil {
+		return err
+	}
+	h.w.mu.Lock()
+	defer h.w.mu.Unlock()
+	vm := h.w.vms[name][h.host]
+	switch {
+	case vm == nil:
+	case vm.State == hypervisor.Incoming:
+		delete(h.w.vms[name], h.host) // discard the unresumed target
+	case vm.State == hypervisor.Paused && h.w.arrived[name] == h.host:
+		// The only, complete copy after a migration: never discard it.
+	case vm.State == hypervisor.Paused:
+		h.w.set(name, h.host, hypervisor.Running) // a source paused mid-switchover
+	}
+	return nil
+}

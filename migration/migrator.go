@@ -1,0 +1,220 @@
+package migration
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/sealift/sealift/tunnel"
+)
+
+// Config is what a Migrator works with.
+type Config struct {
+	// Environments by name; Plan.From and Plan.To name two of them.
+	Environments map[string]Environment
+	// Linkers by kind: the secure-link backends (tunnel/wireguard, ipsec).
+	Linkers map[tunnel.Kind]tunnel.SecureLinker
+	// Journal stores the steps; nil means an in-memory journal (no
+	// recovery across process restarts).
+	Journal Journal
+	// Logger; nil means no logging.
+	Logger *slog.Logger
+	// CleanupTimeout bounds a rollback or recovery that runs after the
+	// caller's context is done (0: 2 minutes).
+	CleanupTimeout time.Duration
+}
+
+func (c *Config) envNames() []string {
+	names := make([]string, 0, len(c.Environments))
+	for n := range c.Environments {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Migrator runs secure live migrations. It is safe for concurrent use;
+// one VM migrates at most once at a time.
+type Migrator struct {
+	cfg Config
+	log *slog.Logger
+	bus bus
+
+	mu   sync.Mutex
+	busy map[string]bool
+}
+
+// New returns a Migrator for cfg.
+func New(cfg Config) (*Migrator, error) {
+	if len(cfg.Environments) < 2 {
+		return nil, fmt.Errorf("%w: Config.Environments needs at least 2, has %d", ErrInvalidPlan, len(cfg.Environments))
+	}
+	if len(cfg.Linkers) == 0 {
+		return nil, fmt.Errorf("%w: Config.Linkers is empty", ErrInvalidPlan)
+	}
+	if cfg.Journal == nil {
+		cfg.Journal = NewMemJournal()
+	}
+	if cfg.CleanupTimeout == 0 {
+		cfg.CleanupTimeout = 2 * time.Minute
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Migrator{cfg: cfg, log: log, busy: map[string]bool{}}, nil
+}
+
+// Close closes the journal.
+func (m *Migrator) Close() error { return m.cfg.Journal.Close() }
+
+// Validate checks a plan without touching anything; Run does it too.
+func (m *Migrator) Validate(p Plan) error {
+	p.defaults()
+	return p.validate(&m.cfg)
+}
+
+func (m *Migrator) lock(vm string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.busy[vm] {
+		return false
+	}
+	m.busy[vm] = true
+	return true
+}
+
+func (m *Migrator) unlock(vm string) {
+	m.mu.Lock()
+	delete(m.busy, vm)
+	m.mu.Unlock()
+}
+
+// Run migrates the plan's VM (FIG. 3). The Report is returned whatever the
+// outcome (nil only when the plan was refused before anything happened);
+// the error is nil for Completed and wraps ErrRolledBack,
+// ErrStayedFenced or ErrRollbackFailed otherwise.
+func (m *Migrator) Run(ctx context.Context, p Plan) (*Report, error) {
+	p.defaults()
+	if err := p.validate(&m.cfg); err != nil {
+		return nil, err
+	}
+	if p.ID == "" {
+		p.ID = newID()
+	}
+	if !m.lock(p.VM) {
+		return nil, fmt.Errorf("%w: VM %q is being migrated by this Migrator", ErrBusy, p.VM)
+	}
+	defer m.unlock(p.VM)
+	if err := m.cfg.Journal.Create(ctx, Record{ID: p.ID, Plan: p, Started: time.Now()}); err != nil {
+		return nil, err
+	}
+	r := m.newRun(p)
+	m.log.Info("migration started", "id", p.ID, "vm", p.VM, "from", p.From, "to", p.To,
+		"link", p.Link, "fence", p.FenceMode)
+	err := r.forward(ctx)
+	return r.rep, err
+}
+
+func newID() string {
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return "m" + hex.EncodeToString(b)
+}
+
+// linkIDs derives the IDs of the migration's links from its ID, so that a
+// recovering controller finds them even if it crashed mid-Prepare.
+func linkIDs(id string) (link, redirect string) {
+	h := sha256.Sum256([]byte(id))
+	x := hex.EncodeToString(h[:4])
+	return "l" + x[:7], "r" + x[:7]
+}
+
+// run is the state of one migration.
+type run struct {
+	m        *Migrator
+	j        Journal
+	log      *slog.Logger
+	plan     Plan
+	src, dst Environment
+	linker   tunnel.SecureLinker
+	rep      *Report
+
+	linkID, redirID  string
+	subnetMoved      bool
+	link             tunnel.Link
+	redirect         *tunnel.Link
+	redirectAdded    bool
+	srcSpec, dstSpec fenceSpecs
+	migrated         bool // Migrate returned: the VM is complete at the target
+	resumed          bool
+}
+
+func (m *Migrator) newRun(p Plan) *run {
+	r := &run{m: m, j: m.cfg.Journal, plan: p, src: m.cfg.Environments[p.From],
+		dst: m.cfg.Environments[p.To], linker: m.cfg.Linkers[p.Link],
+		rep: &Report{ID: p.ID, VM: p.VM}}
+	r.linkID, r.redirID = linkIDs(p.ID)
+	r.log = m.log.With("id", p.ID, "vm", p.VM)
+	return r
+}
+
+// step journals, times and announces one block of FIG. 3.
+func (r *run) step(ctx context.Context, b Block, data map[string]string, fn func() error) error {
+	start := time.Now()
+	if err := r.j.Append(ctx, r.plan.ID, Entry{Time: start, Block: b, Phase: PhaseBegin, Data: data}); err != nil {
+		return fmt.Errorf("journal %s (%d) begin: %w", b, b, err)
+	}
+	r.m.bus.emit(StepStarted{ID: r.plan.ID, Block: b, At: start})
+	err := fn()
+	d := time.Since(start)
+	e := Entry{Time: time.Now(), Block: b, Phase: PhaseDone}
+	st := StepTiming{Block: b, Name: b.String(), Start: start.UnixNano(), Duration: int64(d)}
+	if err != nil {
+		e.Phase, e.Err, st.Err = PhaseFail, err.Error(), err.Error()
+	}
+	r.rep.Steps = append(r.rep.Steps, st)
+	r.m.bus.emit(StepFinished{ID: r.plan.ID, Block: b, Duration: d, Err: err})
+	if err != nil {
+		r.log.Warn("step failed", "block", int(b), "step", b.String(), "ms", d.Milliseconds(), "err", err)
+	} else {
+		r.log.Debug("step done", "block", int(b), "step", b.String(), "ms", d.Milliseconds())
+	}
+	if jerr := r.j.Append(ctx, r.plan.ID, e); jerr != nil && err == nil {
+		return fmt.Errorf("journal %s (%d) end: %w", b, b, jerr)
+	}
+	if err != nil {
+		return fmt.Errorf("block %d (%s): %w", b, b, err)
+	}
+	return nil
+}
+
+// finish records the outcome in the journal, the report and the events.
+func (r *run) finish(ctx context.Context, o Outcome, reason string) error {
+	r.rep.Outcome, r.rep.Reason = o, reason
+	r.m.bus.emit(Finished{ID: r.plan.ID, Outcome: o, Reason: reason})
+	r.log.Info("migration finished", "outcome", o, "reason", reason)
+	return r.j.Finish(ctx, r.plan.ID, o, reason)
+}
+
+// cleanupCtx is a context for work that must happen even when the
+// caller's context is done (rollback, fencing).
+func (r *run) cleanupCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), r.m.cfg.CleanupTimeout)
+}
+
+func joinErrs(errs []error) error {
+	errs = slices.DeleteFunc(errs, func(e error) bool { return e == nil })
+	return errors.Join(errs...)
+}

@@ -1,0 +1,445 @@
+package migration_test
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/sealift/sealift/conn"
+	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/hypervisor"
+	"github.com/sealift/sealift/migration"
+	"github.com/sealift/sealift/migration/migrationtest"
+	"github.com/sealift/sealift/routing"
+	"github.com/sealift/sealift/tunnel"
+)
+
+func newMigrator(t testing.TB, s *migrationtest.Setup) *migration.Migrator {
+	t.Helper()
+	m, err := migration.New(s.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func blocks(r *migration.Report) []int {
+	var out []int
+	for _, s := range r.Steps {
+		out = append(out, int(s.Block))
+	}
+	return out
+}
+
+var (
+	plainConn = conn.Conn{Proto: conn.TCP, Local: netip.MustParseAddrPort("10.1.0.10:7777"), Remote: netip.MustParseAddrPort("10.2.0.20:40000"), State: "ESTABLISHED"}
+	tlsConn   = conn.Conn{Proto: conn.TCP, Local: netip.MustParseAddrPort("10.1.0.10:443"), Remote: netip.MustParseAddrPort("10.2.0.20:40001"), State: "ESTABLISHED"}
+)
+
+// The steps of FIG. 3 in their exact order, for each branch.
+func TestRunStepOrder(t *testing.T) {
+	cases := []struct {
+		name      string
+		subnet    bool
+		unsecured bool
+		mode      migration.FenceMode
+		want      []int
+	}{
+		{"vm only, nothing to reset", false, false, migration.FenceAtSwitchover,
+			[]int{310, 315, 325, 320, 335, 330, 345, 355, 360, 370, 375, 395}},
+		{"vm only, unsecured conn", false, true, migration.FenceAtSwitchover,
+			[]int{310, 315, 325, 320, 335, 330, 345, 355, 360, 365, 370, 375, 395}},
+		{"before-copy fence", false, true, migration.FenceBeforeCopy,
+			[]int{310, 315, 320, 325, 335, 330, 345, 355, 360, 365, 370, 375, 395}},
+		{"subnet moved", true, true, migration.FenceAtSwitchover,
+			[]int{310, 315, 325, 320, 335, 340, 330, 345, 355, 360, 365, 370, 375, 380, 390, 395}},
+		{"subnet moved, nothing to reset", true, false, migration.FenceBeforeCopy,
+			[]int{310, 315, 320, 325, 335, 340, 330, 345, 355, 360, 370, 375, 380, 390, 395}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := migrationtest.NewSetup()
+			p := s.Plan()
+			if c.subnet {
+				p = s.SubnetPlan()
+			}
+			p.FenceMode = c.mode
+			if c.unsecured {
+				s.Cloud.Auditor.SetConns(plainConn, tlsConn)
+			} else {
+				s.Cloud.Auditor.SetConns(tlsConn)
+			}
+			rep, err := newMigrator(t, s).Run(context.Background(), p)
+			if err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			// Steps are recorded when they end: the hook's steps (325,
+			// 320, 335, 340) end inside 330.
+			if got := blocks(rep); !slices.Equal(got, c.want) {
+				t.Fatalf("steps\n got %v\nwant %v", got, c.want)
+			}
+			if rep.Outcome != migration.Completed || rep.SubnetMoved != c.subnet {
+				t.Fatalf("outcome %s moved %v", rep.Outcome, rep.SubnetMoved)
+			}
+			if got := s.Where("vm1"); !slices.Equal(got, []string{"b"}) || s.State("b", "vm1") != hypervisor.Running {
+				t.Fatalf("VM at %v (state at b %q), want running at b only", got, s.State("b", "vm1"))
+			}
+			if v := s.Violations(); len(v) > 0 {
+				t.Fatalf("invariant violated: %v", v)
+			}
+			if _, ok := s.Secure.Fencer.Fenced("vm1"); ok {
+				t.Fatal("source fence left behind")
+			}
+			spec, ok := s.Cloud.Fencer.Fenced("vm1")
+			if !ok || spec.AllowVia != rep.Link.RemoteDevice || spec.AllowVia == "" {
+				t.Fatalf("target fence %+v (ok %v), want open only via %q", spec, ok, rep.Link.RemoteDevice)
+			}
+			if c.unsecured {
+				if got := s.Cloud.Auditor.ResetConns(); len(got) != 1 || got[0] != plainConn {
+					t.Fatalf("reset %v, want only the plaintext one", got)
+				}
+			} else if len(s.Cloud.Auditor.ResetConns()) != 0 {
+				t.Fatal("reset a secure connection")
+			}
+			links, _ := s.Linker.List(context.Background())
+			if len(links) != 1 || !links[0].Active {
+				t.Fatalf("links after run: %+v, want the VM's link only, active", links)
+			}
+			if c.subnet {
+				if rep.Converged == nil || rep.Converged.Route.Via != migrationtest.SiteVia {
+					t.Fatalf("converged = %+v", rep.Converged)
+				}
+				if rd, _ := s.Router.Redirects(context.Background()); len(rd) != 0 {
+					t.Fatalf("redirect left: %v", rd)
+				}
+			}
+		})
+	}
+}
+
+// Fail closed: the target is never opened before the secure link is
+// proven, and the source is fenced before the VM leaves it.
+func TestTargetOpenedOnlyAfterLinkVerified(t *testing.T) {
+	s := migrationtest.NewSetup()
+	if _, err := newMigrator(t, s).Run(context.Background(), s.Plan()); err != nil {
+		t.Fatal(err)
+	}
+	var calls []string
+	for _, c := range s.Calls() {
+		calls = append(calls, c.String())
+	}
+	idx := func(sub string) int {
+		return slices.IndexFunc(calls, func(c string) bool { return strings.Contains(c, sub) })
+	}
+	fenceB, verify, openB, resume := idx("fence:b.Fence(vm1 via=)"), idx("link.Verify"), idx("fence:b.Fence(vm1 via=wg"), idx("hv:b.Resume")
+	fenceA, migrate := idx("fence:a.Fence(vm1"), idx("hv:a.Migrate")
+	if !(fenceB >= 0 && fenceB < resume && resume < verify && verify < openB) {
+		t.Fatalf("want target fenced < resume < verify < opened via link; calls:\n%s", strings.Join(calls, "\n"))
+	}
+	if !(migrate < fenceA && fenceA < resume) {
+		t.Fatalf("want source fenced during the migration, before resume; calls:\n%s", strings.Join(calls, "\n"))
+	}
+}
+
+var errBoom = errors.New("boom")
+
+// One fault at every call the Migrator makes, one at a time.
+func TestFaultAtEachStep(t *testing.T) {
+	type fk struct{ fake, method string }
+	cases := []struct {
+		at   fk
+		want migration.Outcome
+		// where the VM must end up
+		host  string
+		state hypervisor.State
+	}{
+		{fk{"hv:a", "Lookup"}, migration.RolledBack, "a", hypervisor.Running},
+		{fk{"hv:b", "PrepareIncoming"}, migration.RolledBack, "a", hypervisor.Running},
+		{fk{"fence:b", "Fence"}, migration.RolledBack, "a", hypervisor.Running},
+		{fk{"link", "Prepare"}, migration.RolledBack, "a", hypervisor.Running},
+		{fk{"fence:a", "Fence"}, migration.RolledBack, "a", hypervisor.Running},
+		{fk{"routing", "AddRedirect"}, migration.RolledBack, "a", hypervisor.Running},
+		{fk{"link", "Activate"}, migration.RolledBack, "a", hypervisor.Running},
+		{fk{"hv:a", "Migrate"}, migration.RolledBack, "a", hypervisor.Running},
+		{fk{"hv:b", "Resume"}, migration.StayedFenced, "b", hypervisor.Paused},
+		{fk{"link", "Verify"}, migration.StayedFenced, "b", hypervisor.Running},
+		{fk{"audit:b", "List"}, migration.StayedFenced, "b", hypervisor.Running},
+		{fk{"audit:b", "Reset"}, migration.StayedFenced, "b", hypervisor.Running},
+		{fk{"fence:a", "Lift"}, migration.StayedFenced, "b", hypervisor.Running},
+		{fk{"routing", "Wait"}, migration.Completed, "b", hypervisor.Running},
+		{fk{"routing", "RemoveRedirect"}, migration.Completed, "b", hypervisor.Running},
+	}
+	for _, c := range cases {
+		for _, subnet := range []bool{false, true} {
+			if !subnet && c.at.fake == "routing" {
+				continue
+			}
+			name := c.at.fake + "." + c.at.method
+			if subnet {
+				name += "/subnet"
+			}
+			t.Run(name, func(t *testing.T) {
+				s := migrationtest.NewSetup()
+				p := s.Plan()
+				if subnet {
+					p = s.SubnetPlan()
+				}
+				s.Cloud.Auditor.SetConns(plainConn)
+				faults := map[string]*migrationtest.Faults{
+					"hv:a": &s.Secure.Hypervisor.Faults, "hv:b": &s.Cloud.Hypervisor.Faults,
+					"fence:a": &s.Secure.Fencer.Faults, "fence:b": &s.Cloud.Fencer.Faults,
+					"link": &s.Linker.Faults, "audit:b": &s.Cloud.Auditor.Faults, "routing": &s.Router.Faults,
+				}
+				faults[c.at.fake].FailOn(c.at.method, 1, errBoom)
+				m := newMigrator(t, s)
+				rep, err := m.Run(context.Background(), p)
+				if rep == nil {
+					t.Fatalf("no report (err %v)", err)
+				}
+				if rep.Outcome != c.want {
+					t.Fatalf("outcome %q (err %v), want %q", rep.Outcome, err, c.want)
+				}
+				switch c.want {
+				case migration.RolledBack:
+					if !errors.Is(err, migration.ErrRolledBack) || !errors.Is(err, errBoom) {
+						t.Fatalf("err %v, want ErrRolledBack wrapping the cause", err)
+					}
+				case migration.StayedFenced:
+					if !errors.Is(err, migration.ErrStayedFenced) || !errors.Is(err, errBoom) {
+						t.Fatalf("err %v, want ErrStayedFenced wrapping the cause", err)
+					}
+				case migration.Completed:
+					if err != nil || len(rep.Warnings) == 0 {
+						t.Fatalf("err %v warnings %v, want completed with a warning", err, rep.Warnings)
+					}
+				}
+				if got := s.Where("vm1"); !slices.Equal(got, []string{c.host}) || s.State(c.host, "vm1") != c.state {
+					t.Fatalf("VM active at %v, state at %s %q; want %s only, %s", got, c.host, s.State(c.host, "vm1"), c.host, c.state)
+				}
+				if v := s.Violations(); len(v) > 0 {
+					t.Fatalf("VM in two places: %v", v)
+				}
+				links, _ := s.Linker.List(context.Background())
+				fa, fencedA := s.Secure.Fencer.Fenced("vm1")
+				fb, fencedB := s.Cloud.Fencer.Fenced("vm1")
+				switch c.want {
+				case migration.RolledBack:
+					if fencedA || fencedB || len(links) != 0 {
+						t.Fatalf("after rollback: fence a %v b %v, links %v; want none", fencedA, fencedB, links)
+					}
+					if rd, _ := s.Router.Redirects(context.Background()); len(rd) != 0 {
+						t.Fatalf("redirect left after rollback: %v", rd)
+					}
+				case migration.StayedFenced:
+					if !fencedB || fb.AllowVia != "" {
+						t.Fatalf("target fence %+v (%v), want a full block", fb, fencedB)
+					}
+					if !strings.Contains(rep.Reason, "boom") {
+						t.Fatalf("reason %q does not say why", rep.Reason)
+					}
+					_ = fa
+				}
+				// Every fence left in place is in the journal: the journal
+				// of an unfinished or stayed-fenced migration names it.
+				if fencedA || fencedB {
+					if rep.Outcome == migration.RolledBack {
+						t.Fatal("fence left after a rollback")
+					}
+				}
+			})
+		}
+	}
+}
+
+// A second Run for the same VM while one is going is refused.
+func TestBusy(t *testing.T) {
+	s := migrationtest.NewSetup()
+	m := newMigrator(t, s)
+	p := s.Plan()
+	s.Cloud.Auditor.SetConns()
+	entered, release := make(chan struct{}), make(chan struct{})
+	s.Config.Linkers["wireguard"] = blockingLinker{s.Linker, entered, release}
+	m = newMigrator(t, s)
+	done := make(chan error)
+	go func() { _, err := m.Run(context.Background(), p); done <- err }()
+	<-entered
+	if _, err := m.Run(context.Background(), p); !errors.Is(err, migration.ErrBusy) {
+		t.Fatalf("second Run: %v, want ErrBusy", err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// After it finished the VM can move again (back).
+	back := p
+	back.From, back.To = "cloud", "secure"
+	s.Secure.Auditor.SetConns()
+	if _, err := m.Run(context.Background(), back); err != nil {
+		t.Fatalf("migrate back: %v", err)
+	}
+}
+
+type blockingLinker struct {
+	*migrationtest.Linker
+	entered, release chan struct{}
+}
+
+func (b blockingLinker) Verify(ctx context.Context, id string) (tunnel.Proof, error) {
+	select {
+	case b.entered <- struct{}{}:
+	default:
+	}
+	<-b.release
+	return b.Linker.Verify(ctx, id)
+}
+
+// A controller that dies mid-run leaves an unfinished journal; a new
+// Migrator over the same bbolt file finishes it.
+func TestCrashRecovery(t *testing.T) {
+	cases := []struct {
+		fake, method string
+		want         migration.Outcome
+		host         string
+	}{
+		{"link", "Prepare", migration.RolledBack, "a"},
+		{"fence:a", "Fence", migration.RolledBack, "a"},       // in the switchover hook
+		{"link", "Activate", migration.RolledBack, "a"},       // source paused
+		{"hv:b", "Resume", migration.Completed, "b"},          // VM complete at b, paused
+		{"link", "Verify", migration.Completed, "b"},          // VM running at b, fenced
+		{"audit:b", "Reset", migration.Completed, "b"},        //
+		{"routing", "Wait", migration.Completed, "b"},         // subnet: redirect in place
+		{"routing", "AddRedirect", migration.RolledBack, "a"}, // in the hook
+	}
+	for _, c := range cases {
+		t.Run(c.fake+"."+c.method, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "journal.db")
+			s := migrationtest.NewSetup()
+			s.Cloud.Auditor.SetConns(plainConn)
+			j, err := migration.OpenBoltJournal(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.Config.Journal = j
+			p := s.SubnetPlan()
+			faults := map[string]*migrationtest.Faults{
+				"hv:b": &s.Cloud.Hypervisor.Faults, "fence:a": &s.Secure.Fencer.Faults,
+				"link": &s.Linker.Faults, "audit:b": &s.Cloud.Auditor.Faults, "routing": &s.Router.Faults,
+			}
+			faults[c.fake].CrashOn(c.method, 1)
+			m1 := newMigrator(t, s)
+			done := make(chan struct{})
+			go func() { defer close(done); m1.Run(context.Background(), p) }()
+			<-done
+			m1.Close() // the process is gone; its file lock too
+
+			j2, err := migration.OpenBoltJournal(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer j2.Close()
+			un, _ := j2.Unfinished(context.Background())
+			if len(un) != 1 {
+				t.Fatalf("unfinished after crash: %d, want 1", len(un))
+			}
+			faults[c.fake].ClearFaults()
+			s.Config.Journal = j2
+			m2 := newMigrator(t, s)
+			reps, err := m2.Recover(context.Background())
+			if len(reps) != 1 {
+				t.Fatalf("recovered %d (err %v)", len(reps), err)
+			}
+			if reps[0].Outcome != c.want {
+				t.Fatalf("outcome %q (err %v, reason %q), want %q", reps[0].Outcome, err, reps[0].Reason, c.want)
+			}
+			if got := s.Where("vm1"); !slices.Equal(got, []string{c.host}) || s.State(c.host, "vm1") != hypervisor.Running {
+				t.Fatalf("VM at %v, want running at %s only", got, c.host)
+			}
+			if v := s.Violations(); len(v) > 0 {
+				t.Fatalf("VM in two places: %v", v)
+			}
+			if un, _ := j2.Unfinished(context.Background()); len(un) != 0 {
+				t.Fatalf("still unfinished: %+v", un)
+			}
+			links, _ := s.Linker.List(context.Background())
+			rd, _ := s.Router.Redirects(context.Background())
+			_, fa := s.Secure.Fencer.Fenced("vm1")
+			if c.want == migration.RolledBack {
+				if len(links) != 0 || len(rd) != 0 || fa {
+					t.Fatalf("left after rollback: links %v redirects %v source fence %v", links, rd, fa)
+				}
+				if _, fb := s.Cloud.Fencer.Fenced("vm1"); fb {
+					t.Fatal("target fence left after rollback")
+				}
+			} else {
+				spec, fb := s.Cloud.Fencer.Fenced("vm1")
+				if len(links) != 1 || len(rd) != 0 || fa || !fb || spec.AllowVia == "" {
+					t.Fatalf("after roll forward: links %v redirects %v source fence %v target %+v", links, rd, fa, spec)
+				}
+			}
+			// Nothing more to do the second time.
+			if reps, err := m2.Recover(context.Background()); len(reps) != 0 || err != nil {
+				t.Fatalf("second Recover: %d, %v", len(reps), err)
+			}
+		})
+	}
+}
+
+func TestEventsAndJournal(t *testing.T) {
+	s := migrationtest.NewSetup()
+	j := migration.NewMemJournal()
+	s.Config.Journal = j
+	m := newMigrator(t, s)
+	ev, cancel := m.Subscribe(256)
+	rep, err := m.Run(context.Background(), s.Plan())
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var started, finished, progress int
+	var last migration.Event
+	for e := range ev {
+		switch e.(type) {
+		case migration.StepStarted:
+			started++
+		case migration.StepFinished:
+			finished++
+		case migration.MigrationProgress:
+			progress++
+		}
+		last = e
+	}
+	if started != len(rep.Steps) || finished != len(rep.Steps) || progress == 0 {
+		t.Fatalf("events: %d started, %d finished, %d progress; %d steps", started, finished, progress, len(rep.Steps))
+	}
+	if f, ok := last.(migration.Finished); !ok || f.Outcome != migration.Completed {
+		t.Fatalf("last event %#v", last)
+	}
+	rec, entries, err := j.Load(context.Background(), rep.ID)
+	if err != nil || rec.Outcome != migration.Completed {
+		t.Fatalf("journal record %+v, %v", rec, err)
+	}
+	// Every step is journaled before and after.
+	begun := map[migration.Block]int{}
+	for _, e := range entries {
+		switch e.Phase {
+		case migration.PhaseBegin:
+			begun[e.Block]++
+		case migration.PhaseDone:
+			begun[e.Block]--
+		}
+	}
+	for b, n := range begun {
+		if n != 0 {
+			t.Errorf("block %d: begin/done unbalanced by %d", b, n)
+		}
+	}
+}
+
+var _ = fence.ErrInvalid
+var _ = routing.ErrInvalid
+
+func tunnelKind(s string) tunnel.Kind { return tunnel.Kind(s) }

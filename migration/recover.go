@@ -1,0 +1,118 @@
+package migration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/sealift/sealift/hypervisor"
+	"github.com/sealift/sealift/routing"
+)
+
+// Recover finishes the migrations a stopped controller left unfinished in
+// the journal. It asks the hypervisors where each VM really is, then
+// rolls back (the VM is still active at the source: abort, remove links,
+// redirect and fences) or forward (the VM is only at the target: resume,
+// prove the link, audit, enable, converge). Every action is idempotent.
+// It returns one report per migration it handled and the errors of those
+// that did not end Completed or RolledBack.
+func (m *Migrator) Recover(ctx context.Context) ([]*Report, error) {
+	recs, err := m.cfg.Journal.Unfinished(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read journal: %w", err)
+	}
+	var reps []*Report
+	var errs []error
+	for _, rec := range recs {
+		p := rec.Plan
+		if err := p.validate(&m.cfg); err != nil {
+			errs = append(errs, fmt.Errorf("migration %s: plan no longer fits this Migrator: %w", rec.ID, err))
+			continue
+		}
+		if !m.lock(p.VM) {
+			continue // being run right now by this process
+		}
+		r := m.newRun(p)
+		r.log.Info("recovering migration", "started", rec.Started)
+		err := r.recover(ctx)
+		m.unlock(p.VM)
+		reps = append(reps, r.rep)
+		if err != nil && !errors.Is(err, ErrRolledBack) {
+			errs = append(errs, fmt.Errorf("migration %s: %w", rec.ID, err))
+		}
+	}
+	return reps, errors.Join(errs...)
+}
+
+func (r *run) recover(ctx context.Context) error {
+	p := r.plan
+	links, err := r.linker.List(ctx)
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		switch l.ID {
+		case r.linkID:
+			r.link = l
+		case r.redirID:
+			red := l
+			r.redirect = &red
+			r.subnetMoved = true
+		}
+	}
+	r.rep.Link, r.rep.Redirect = r.link, r.redirect
+	src, srcErr := r.src.Hypervisor.Lookup(ctx, p.VM)
+	dst, dstErr := r.dst.Hypervisor.Lookup(ctx, p.VM)
+	for _, e := range []error{srcErr, dstErr} {
+		if e != nil && !errors.Is(e, hypervisor.ErrNotFound) {
+			return fmt.Errorf("look up VM %q: %w", p.VM, e) // cannot tell: touch nothing
+		}
+	}
+	atSrc := srcErr == nil && src.State.Active()
+	atDst := dstErr == nil && dst.State.Active()
+	switch {
+	case atSrc && atDst && dst.State == hypervisor.Running:
+		return r.abandon(ctx, fmt.Sprintf("VM %q is active at %q (%s) and running at %q", p.VM, p.From, src.State, p.To))
+	case atSrc:
+		cause := fmt.Errorf("controller stopped before the target resumed (VM %s at %q)", src.State, p.From)
+		return r.rollback(ctx, cause)
+	case atDst:
+		r.migrated = true
+		if r.dstSpec, err = specFor(p.VM, dst, p.TargetPort, "TargetPort", p.Addrs); err != nil {
+			return r.abandon(ctx, err.Error())
+		}
+		if r.link.ID == "" {
+			return r.stayFenced(ctx, fmt.Errorf("secure link %s missing after the VM reached %q", r.linkID, p.To))
+		}
+		if err := r.linker.Activate(ctx, r.linkID); err != nil {
+			return r.stayFenced(ctx, fmt.Errorf("activate secure link: %w", err))
+		}
+		if r.subnetMoved {
+			err := r.src.Core.Routing.AddRedirect(ctx, routing.Redirect{
+				Prefix: p.Subnet.Prefix, Device: r.redirect.SecureDevice, Via: redirectVia(r)})
+			if err != nil {
+				return r.stayFenced(ctx, fmt.Errorf("redirect: %w", err))
+			}
+			r.rep.SubnetMoved = true
+		}
+		if dst.State == hypervisor.Running {
+			r.resumed = true
+			var err error
+			if r.rep.Proof, err = r.linker.Verify(ctx, r.linkID); err != nil {
+				return r.stayFenced(ctx, fmt.Errorf("secure link not proven: %w", err))
+			}
+			return r.finishForward(ctx)
+		}
+		return r.afterMigrate(ctx)
+	default:
+		return r.abandon(ctx, fmt.Sprintf("VM %q found in neither %q nor %q", p.VM, p.From, p.To))
+	}
+}
+
+// abandon ends a migration that needs a human, fencing what can be fenced.
+func (r *run) abandon(ctx context.Context, reason string) error {
+	if err := r.finish(ctx, Abandoned, reason); err != nil {
+		return errors.Join(errors.New(reason), err)
+	}
+	return fmt.Errorf("%w: %s", ErrRollbackFailed, reason)
+}
