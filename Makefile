@@ -1,0 +1,23 @@
+# The two commands of the README. Both run as root on Linux.
+GO ?= go
+export PATH := /usr/local/go/bin:$(PATH)
+
+.PHONY: lab test deps quickstart bench
+
+## lab: the end-to-end lab (installs what a fresh machine lacks, then runs it)
+lab: deps
+	$(GO) run ./examples/quickstart $(LABFLAGS)
+
+## test: go vet + every test, with the race detector
+test:
+	$(GO) vet ./...
+	$(GO) test -race -timeout 60m ./...
+
+deps:
+	@bash scripts/install-deps.sh
+
+quickstart:
+	$(GO) run ./examples/quickstart
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 20x ./...
