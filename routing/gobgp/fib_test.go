@@ -1,0 +1,135 @@
+package gobgp
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sealift/sealift/internal/lab"
+	"github.com/sealift/sealift/routing"
+	"github.com/sealift/sealift/routing/netlinkroute"
+)
+
+// bgpRoutes lists the core's proto-bgp routes to the VM subnet.
+func bgpRoutes(t testing.TB, ns string) []string {
+	t.Helper()
+	out, err := lab.Exec(ns, "ip", "-4", "route", "show", lab.VMSubnet.String(), "proto", "bgp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			rs = append(rs, line)
+		}
+	}
+	return rs
+}
+
+// waitNoBGPRoute polls until the core has no BGP route to the subnet.
+func waitNoBGPRoute(ctx context.Context, t testing.TB, ns string) {
+	t.Helper()
+	for len(bgpRoutes(t, ns)) != 0 {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("BGP route still installed: %v", bgpRoutes(t, ns))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// threadsIn counts this process's threads whose network namespace is ns.
+func threadsIn(t testing.TB, ns string) int {
+	t.Helper()
+	var want unix.Stat_t
+	if err := unix.Stat(filepath.Join("/run/netns", ns), &want); err != nil {
+		t.Fatal(err)
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, task := range tasks {
+		var st unix.Stat_t
+		if unix.Stat(filepath.Join("/proc/self/task", task.Name(), "ns/net"), &st) == nil && st.Ino == want.Ino && st.Dev == want.Dev {
+			n++
+		}
+	}
+	return n
+}
+
+// SyncFIB installs, replaces and removes the kernel route as the best
+// path comes and goes; the speakers' listeners live in their namespaces
+// while no thread of the process stays there.
+func TestSyncFIBFollowsBestPath(t *testing.T) {
+	l, _ := movedSubnetLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	core, target := pairSpeakers(ctx, t, l)
+	// crossConnect reached each listener from the other namespace only:
+	// the listeners are inside. The Serve threads came back out.
+	for _, ns := range []string{l.Core, l.B} {
+		if n := threadsIn(t, ns); n != 0 {
+			t.Fatalf("%d threads of the test process left in %s", n, ns)
+		}
+	}
+	kernel := netlinkroute.New(netlinkroute.WithHost(l.Core))
+	expect := routing.Expect{Prefix: lab.VMSubnet, Via: bSite, Device: "s0"}
+
+	stop, err := core.SyncFIB(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := target.Announce(ctx, lab.VMSubnet, bSite); err != nil {
+		t.Fatal(err)
+	}
+	c, err := kernel.Wait(ctx, expect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Route.Protocol != "bgp" {
+		t.Fatalf("kernel route %+v, want proto bgp", c.Route)
+	}
+	if rs := bgpRoutes(t, l.Core); len(rs) != 1 || !strings.Contains(rs[0], "metric 20") {
+		t.Fatalf("core's BGP routes: %q, want one with metric %d", rs, DefaultFIBMetric)
+	}
+
+	// Withdrawn: the route goes.
+	if err := target.Withdraw(ctx, lab.VMSubnet, bSite); err != nil {
+		t.Fatal(err)
+	}
+	waitNoBGPRoute(ctx, t, l.Core)
+
+	// Back, then the sync stops: it removes what it installed.
+	if err := target.Announce(ctx, lab.VMSubnet, bSite); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kernel.Wait(ctx, expect); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	if rs := bgpRoutes(t, l.Core); len(rs) != 0 {
+		t.Fatalf("BGP routes after stop: %q", rs)
+	}
+	// The core's own origin is never installed: with B's path still
+	// there, a local path (shorter AS path) becomes best, and the learned
+	// route that this sync installed from its first event must go.
+	stop, err = core.SyncFIB(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	if _, err := kernel.Wait(ctx, expect); err != nil {
+		t.Fatal(err)
+	}
+	if err := core.Announce(ctx, lab.VMSubnet, coreSite); err != nil {
+		t.Fatal(err)
+	}
+	waitNoBGPRoute(ctx, t, l.Core)
+}
