@@ -1,0 +1,60 @@
+package ipsec
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sealift/sealift/internal/nsutil"
+)
+
+// announce sends a gratuitous ARP request for ip from the LAN interface
+// ifindex of host, so neighbours with a stale entry (the VM's old MAC at
+// the secure end, the peers' MACs inside the moved VM) switch to this
+// host's proxy at once instead of after their ARP entry expires.
+func announce(host string, ifindex int, ip netip.Addr) error {
+	return nsutil.Do(host, func() error {
+		ifi, err := net.InterfaceByIndex(ifindex)
+		if err != nil {
+			return fmt.Errorf("ipsec: host %q: interface %d: %w", host, ifindex, err)
+		}
+		if len(ifi.HardwareAddr) != 6 {
+			return nil // not Ethernet: nothing to announce
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("ipsec: host %q: packet socket: %w", host, err)
+		}
+		defer unix.Close(fd)
+		f := garpFrame(ifi.HardwareAddr, ip)
+		to := &unix.SockaddrLinklayer{Ifindex: ifindex, Protocol: htons(unix.ETH_P_ARP), Halen: 6}
+		copy(to.Addr[:], f[0:6])
+		if err := unix.Sendto(fd, f, 0, to); err != nil {
+			return fmt.Errorf("ipsec: host %q: gratuitous ARP for %s on %s: %w", host, ip, ifi.Name, err)
+		}
+		return nil
+	})
+}
+
+// garpFrame is a broadcast ARP request with sender = target = ip.
+func garpFrame(mac net.HardwareAddr, ip netip.Addr) []byte {
+	f := make([]byte, 14+28)
+	copy(f[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	copy(f[6:12], mac)
+	binary.BigEndian.PutUint16(f[12:], unix.ETH_P_ARP)
+	a := f[14:]
+	binary.BigEndian.PutUint16(a[0:], 1)      // Ethernet
+	binary.BigEndian.PutUint16(a[2:], 0x0800) // IPv4
+	a[4], a[5] = 6, 4
+	binary.BigEndian.PutUint16(a[6:], 1) // request
+	copy(a[8:14], mac)
+	ip4 := ip.As4()
+	copy(a[14:18], ip4[:])
+	copy(a[24:28], ip4[:])
+	return f
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }

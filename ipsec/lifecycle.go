@@ -1,0 +1,233 @@
+package ipsec
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/sealift/sealift/tunnel"
+)
+
+// checkFree fails with tunnel.ErrExists if the link's reqid is in use at
+// either end (the link exists, or another ID hashes to the same reqid) or
+// if a policy with one of the link's selectors exists.
+func (es ends) checkFree(l *link) error {
+	for _, e := range es {
+		all, err := retryDump(func() ([]netlink.XfrmPolicy, error) { return e.h.XfrmPolicyList(netlink.FAMILY_ALL) })
+		if err != nil {
+			return fmt.Errorf("ipsec: host %q: list policies: %w", e.host, err)
+		}
+		want := map[string]bool{}
+		for _, p := range append(e.outPolicies(l, netlinkBlock, 0), e.inPolicies(l, netlinkBlock)...) {
+			want[selector(p)] = true
+		}
+		for _, p := range all {
+			if policyReqid(p) == int(l.reqid) {
+				return fmt.Errorf("%w: ID %q: reqid 0x%08x is in use at host %q", tunnel.ErrExists, l.spec.ID, l.reqid, e.host)
+			}
+			if want[selector(p)] && p.Mark == nil && p.Ifid == 0 {
+				return fmt.Errorf("%w: host %q already has an XFRM policy %s", tunnel.ErrExists, e.host, selector(p))
+			}
+		}
+		ss, err := e.states(l.reqid)
+		if err != nil {
+			return err
+		}
+		if len(ss) > 0 {
+			return fmt.Errorf("%w: ID %q: reqid 0x%08x is in use by an SA at host %q", tunnel.ErrExists, l.spec.ID, l.reqid, e.host)
+		}
+	}
+	return nil
+}
+
+// activate opens the link: in/fwd policies at both ends, then out
+// policies, then routes and proxy entries.
+func (es ends) activate(ctx context.Context, l *link) error {
+	for _, e := range es {
+		if err := e.updatePolicies(e.inPolicies(l, netlinkAllow)); err != nil {
+			return err
+		}
+	}
+	for _, e := range es {
+		if err := e.updatePolicies(e.outPolicies(l, netlinkAllow, l.spi[e.out])); err != nil {
+			return err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(l.routes[0])+len(l.routes[1]) > 0 {
+		return nil // already routed (Activate called twice)
+	}
+	return es.addRoutes(l)
+}
+
+// remove deletes, at this end, the routes and proxy entries for the
+// link's out-policy destinations and for dsts (what the link routes to
+// when known, in case its policies are gone already), then the link's
+// policies, then its SAs. Routes and proxy entries that another sealift
+// link's out policy at this end still needs stay (links share them).
+func (e *end) remove(reqid uint32, dsts []netip.Prefix) error {
+	all, err := retryDump(func() ([]netlink.XfrmPolicy, error) { return e.h.XfrmPolicyList(netlink.FAMILY_ALL) })
+	if err != nil {
+		return fmt.Errorf("ipsec: host %q: list policies: %w", e.host, err)
+	}
+	var ps []netlink.XfrmPolicy
+	var inUse []netip.Prefix
+	dsts = append([]netip.Prefix(nil), dsts...)
+	for _, p := range all {
+		r := policyReqid(p)
+		d, ok := prefixOf(p.Dst)
+		switch {
+		case r == int(reqid):
+			ps = append(ps, p)
+			if ok && p.Dir == netlink.XFRM_DIR_OUT && !containsPrefix(dsts, d) {
+				dsts = append(dsts, d)
+			}
+		case isOurs(r) && ok && p.Dir == netlink.XFRM_DIR_OUT:
+			inUse = append(inUse, d)
+		}
+	}
+	var free []netip.Prefix
+	for _, d := range dsts {
+		if !containsPrefix(inUse, d) {
+			free = append(free, d)
+		}
+	}
+	var errs []error
+	if len(free) > 0 {
+		errs = append(errs, e.removeRoutes(free))
+	}
+	for i := range ps {
+		if err := ignoreGone(e.h.XfrmPolicyDel(&ps[i])); err != nil {
+			errs = append(errs, fmt.Errorf("ipsec: host %q: delete policy %s: %w", e.host, selector(ps[i]), err))
+		}
+	}
+	ss, err := e.states(reqid)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for i := range ss {
+		id := &netlink.XfrmState{Src: ss[i].Src, Dst: ss[i].Dst, Proto: ss[i].Proto, Spi: ss[i].Spi, Mark: ss[i].Mark}
+		if err := ignoreGone(e.h.XfrmStateDel(id)); err != nil {
+			errs = append(errs, fmt.Errorf("ipsec: host %q: delete SA spi 0x%08x: %w", e.host, uint32(ss[i].Spi), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// routedAt returns the prefixes l routes toward the underlay at host:
+// the other end's Protected (nil for a link known only by its reqid).
+func (l *link) routedAt(host string) []netip.Prefix {
+	var ps []netip.Prefix
+	if host == l.spec.Secure.Host {
+		ps = append(ps, l.spec.Remote.Protected...)
+	}
+	if host == l.spec.Remote.Host {
+		ps = append(ps, l.spec.Secure.Protected...)
+	}
+	for i := range ps {
+		ps[i] = ps[i].Masked()
+	}
+	return ps
+}
+
+// removeAll removes the link at both ends (rollback of Prepare, which
+// installs no route).
+func (es ends) removeAll(l *link) error {
+	var errs []error
+	for _, e := range es {
+		errs = append(errs, e.remove(l.reqid, nil))
+	}
+	return errors.Join(errs...)
+}
+
+// closeLink removes everything with l's reqid at hosts (each once). A
+// host that no longer exists has nothing left to remove.
+func closeLink(hosts []string, l *link) error {
+	var errs []error
+	seen := map[string]bool{}
+	for _, h := range hosts {
+		if seen[h] {
+			continue
+		}
+		seen[h] = true
+		nh, err := openHandle(h)
+		if err != nil {
+			if errors.Is(err, tunnel.ErrInvalid) {
+				continue // namespace gone
+			}
+			errs = append(errs, err)
+			continue
+		}
+		errs = append(errs, (&end{host: h, h: nh}).remove(l.reqid, l.routedAt(h)))
+		nh.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// describe returns the tunnel.Link of l with the installed policies and
+// SAs as text.
+func (es ends) describe(l *link) (tunnel.Link, error) {
+	lk := tunnel.Link{Spec: l.spec, Backend: Backend, Active: l.active}
+	for _, e := range es {
+		ps, err := e.policies(l.reqid)
+		if err != nil {
+			return lk, err
+		}
+		for _, p := range ps {
+			lk.Policy = append(lk.Policy, policyLine(e.host, p))
+		}
+		ss, err := e.states(l.reqid)
+		if err != nil {
+			return lk, err
+		}
+		for _, s := range ss {
+			lk.Policy = append(lk.Policy, stateLine(e.host, s))
+		}
+	}
+	return lk, nil
+}
+
+// verify checks the policies and reads the current SAs' counters.
+func (es ends) verify(l *link) (tunnel.Proof, error) {
+	var pr tunnel.Proof
+	for _, e := range es {
+		ps, err := e.policies(l.reqid)
+		if err != nil {
+			return pr, err
+		}
+		want := len(e.outPolicies(l, netlinkAllow, 0)) + len(e.inPolicies(l, netlinkAllow))
+		allow := 0
+		for _, p := range ps {
+			if p.Action == netlinkAllow && len(p.Tmpls) > 0 && p.Tmpls[0].Proto == netlink.XFRM_PROTO_ESP {
+				allow++
+			}
+		}
+		if allow != want || len(ps) != want {
+			return pr, fmt.Errorf("%w: host %q has %d of %d ESP policies of link %q in place", tunnel.ErrNotProven, e.host, allow, want, l.spec.ID)
+		}
+		for _, d := range []int{e.out, e.in} {
+			st, err := e.h.XfrmStateGet(stateID(l, d, l.spi[d]))
+			if err != nil {
+				return pr, fmt.Errorf("%w: host %q: SA spi 0x%08x: %v", tunnel.ErrNotProven, e.host, l.spi[d], err)
+			}
+			if d == e.out {
+				pr.TxPackets += st.Statistics.Packets
+				pr.TxBytes += st.Statistics.Bytes
+			} else {
+				pr.RxPackets += st.Statistics.Packets
+				pr.RxBytes += st.Statistics.Bytes
+			}
+		}
+	}
+	pr.Detail = fmt.Sprintf("esp tunnel %s <-> %s reqid 0x%08x %s: sent %d packets, decrypted %d",
+		l.spec.Secure.Underlay, l.spec.Remote.Underlay, l.reqid, l.alg, pr.TxPackets, pr.RxPackets)
+	if pr.TxPackets == 0 || pr.RxPackets == 0 {
+		return pr, fmt.Errorf("%w: %s", tunnel.ErrNotProven, pr.Detail)
+	}
+	return pr, nil
+}

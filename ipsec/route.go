@@ -1,0 +1,198 @@
+package ipsec
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// RouteProtocol tags the routes a link installs (rtm_protocol), so Close
+// finds them: a route with this protocol to one of the other end's
+// Protected prefixes belongs to the link whose out policy covers it.
+const RouteProtocol netlink.RouteProtocol = 83
+
+// routeEntry is a route to the other end's Protected prefix.
+type routeEntry struct{ r netlink.Route }
+
+// proxyEntry is a proxy ARP entry for one address on the LAN interface.
+type proxyEntry struct {
+	linkIndex int
+	ip        netip.Addr
+}
+
+// maxProxyAddrs bounds the addresses of one prefix answered by proxy ARP.
+const maxProxyAddrs = 256
+
+// routePlan computes, per end, the routes for the other end's Protected
+// prefixes: through the gateway and device the other end's Underlay is
+// reached by, with the link's MTU (Spec.MTU, or the underlay device's MTU
+// minus 80 for the ESP overhead) so senders learn the inner path MTU. A
+// peer underlay that is not reachable is an error.
+func (es ends) routePlan(mtu int) ([2][]routeEntry, error) {
+	var plan [2][]routeEntry
+	for i, e := range es {
+		rs, err := e.h.RouteGet(ipOf(e.peer.Underlay))
+		if err != nil || len(rs) == 0 {
+			return plan, fmt.Errorf("%w: host %q has no route to the other end's Underlay %s: %v", errInvalid, e.host, e.peer.Underlay, err)
+		}
+		m := mtu
+		if m == 0 {
+			dev, err := e.h.LinkByIndex(rs[0].LinkIndex)
+			if err != nil {
+				return plan, fmt.Errorf("ipsec: host %q: underlay device %d: %w", e.host, rs[0].LinkIndex, err)
+			}
+			m = dev.Attrs().MTU - espOverhead
+		}
+		for _, p := range e.peer.Protected {
+			plan[i] = append(plan[i], routeEntry{netlink.Route{
+				Dst: ipNet(p), Gw: rs[0].Gw, LinkIndex: rs[0].LinkIndex, Protocol: RouteProtocol, MTU: m,
+			}})
+		}
+	}
+	return plan, nil
+}
+
+// espOverhead is what the tunnel takes off the underlay MTU by default
+// (the contract's "underlay MTU minus 80"; ESP tunnel mode with AES-GCM
+// needs 20+8+8+16+2..17 bytes over IPv4).
+const espOverhead = 80
+
+// proxyPlan computes, per end, the proxy ARP entries for the other end's
+// Protected addresses: on the interface (not the underlay's) whose IPv4
+// subnet contains them.
+func (es ends) proxyPlan() ([2][]proxyEntry, error) {
+	var plan [2][]proxyEntry
+	for i, e := range es {
+		rs, err := e.h.RouteGet(ipOf(e.peer.Underlay))
+		if err != nil || len(rs) == 0 {
+			return plan, fmt.Errorf("%w: host %q has no route to the other end's Underlay %s: %v", errInvalid, e.host, e.peer.Underlay, err)
+		}
+		addrs, err := e.h.AddrList(nil, netlink.FAMILY_V4)
+		if err != nil {
+			return plan, fmt.Errorf("ipsec: host %q: list addresses: %w", e.host, err)
+		}
+		for _, p := range e.peer.Protected {
+			if !p.Addr().Is4() {
+				return plan, fmt.Errorf("%w: ProxyARP: %s is not IPv4 (proxy NDP is not supported)", errInvalid, p)
+			}
+			if p.Bits() < 32-8 {
+				return plan, fmt.Errorf("%w: ProxyARP: %s holds more than %d addresses", errInvalid, p, maxProxyAddrs)
+			}
+			lan := -1
+			for _, a := range addrs {
+				sub, ok := prefixOf(a.IPNet)
+				if ok && a.LinkIndex != rs[0].LinkIndex && sub.Contains(p.Addr()) && sub.Bits() <= p.Bits() {
+					lan = a.LinkIndex
+					break
+				}
+			}
+			if lan < 0 {
+				return plan, fmt.Errorf("%w: ProxyARP: host %q has no LAN interface whose subnet holds %s", errInvalid, e.host, p)
+			}
+			for a := p.Masked().Addr(); p.Contains(a); a = a.Next() {
+				plan[i] = append(plan[i], proxyEntry{lan, a})
+			}
+		}
+	}
+	return plan, nil
+}
+
+// addRoutes installs routes and proxy entries and records them in l.
+func (es ends) addRoutes(l *link) error {
+	routes, err := es.routePlan(l.spec.MTU)
+	if err != nil {
+		return err
+	}
+	var proxies [2][]proxyEntry
+	if l.spec.ProxyARP {
+		if proxies, err = es.proxyPlan(); err != nil {
+			return err
+		}
+	}
+	for i, e := range es {
+		for _, r := range routes[i] {
+			r := r.r
+			if err := e.h.RouteAdd(&r); err != nil {
+				if errors.Is(err, unix.EEXIST) && e.ownRoute(r) {
+					// Another sealift link to the same prefix installed it.
+					l.routes[i] = append(l.routes[i], routeEntry{r})
+					continue
+				}
+				return fmt.Errorf("ipsec: host %q: add route %s: %w", e.host, r.Dst, err)
+			}
+			l.routes[i] = append(l.routes[i], routeEntry{r})
+		}
+		for _, p := range proxies[i] {
+			n := &netlink.Neigh{LinkIndex: p.linkIndex, Family: netlink.FAMILY_V4, Flags: netlink.NTF_PROXY, IP: ipOf(p.ip)}
+			if err := e.h.NeighAdd(n); err != nil && !errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("ipsec: host %q: add proxy ARP for %s: %w", e.host, p.ip, err)
+			}
+			l.proxies[i] = append(l.proxies[i], p)
+		}
+		for _, p := range proxies[i] {
+			if err := announce(e.host, p.linkIndex, p.ip); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// ownRoute reports whether the main table has r's destination through
+// r's gateway with RouteProtocol (installed by a sealift link).
+func (e *end) ownRoute(r netlink.Route) bool {
+	rs, err := e.h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Dst: r.Dst, Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN},
+		netlink.RT_FILTER_DST|netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	return err == nil && len(rs) > 0 && rs[0].Gw.Equal(r.Gw)
+}
+
+// removeRoutes deletes this end's routes (RouteProtocol) and proxy ARP
+// entries for the prefixes in dsts (the link's out-policy destinations).
+func (e *end) removeRoutes(dsts []netip.Prefix) error {
+	var errs []error
+	rs, err := retryDump(func() ([]netlink.Route, error) {
+		return e.h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return fmt.Errorf("ipsec: host %q: list routes: %w", e.host, err)
+	}
+	for _, r := range rs {
+		p, ok := prefixOf(r.Dst)
+		if ok && containsPrefix(dsts, p) {
+			r := r
+			if err := ignoreGone(e.h.RouteDel(&r)); err != nil {
+				errs = append(errs, fmt.Errorf("ipsec: host %q: delete route %s: %w", e.host, p, err))
+			}
+		}
+	}
+	ns, err := retryDump(func() ([]netlink.Neigh, error) { return e.h.NeighProxyList(0, netlink.FAMILY_V4) })
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("ipsec: host %q: list proxy ARP: %w", e.host, err))...)
+	}
+	for _, n := range ns {
+		a := addrOf(n.IP)
+		for _, d := range dsts {
+			if d.Contains(a) {
+				n := n
+				n.Flags |= netlink.NTF_PROXY
+				if err := ignoreGone(e.h.NeighDel(&n)); err != nil {
+					errs = append(errs, fmt.Errorf("ipsec: host %q: delete proxy ARP %s: %w", e.host, a, err))
+				}
+				break
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool {
+	for _, q := range ps {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
