@@ -1,0 +1,208 @@
+package wireguard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/sealift/sealift/tunnel"
+)
+
+// Activate brings both devices up, has the secure end start the
+// handshake (and waits up to activateHandshakeWait for it), routes each
+// end's view of the other's Protected prefixes through its device and,
+// with ProxyARP, answers ARP/NDP for them on the LAN side; then it turns
+// on the keepalives. After a failed Activate, Close the link.
+func (l *Linker) Activate(ctx context.Context, id string) error {
+	lk, err := l.get(id)
+	if err != nil {
+		return err
+	}
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	if lk.gone {
+		return fmt.Errorf("%w: %q", tunnel.ErrNoLink, id)
+	}
+	if lk.st.Link.Active {
+		return nil
+	}
+	spec := lk.st.Link.Spec
+	ends := [2]tunnel.End{spec.Secure, spec.Remote}
+	// Plan the proxy entries before any route of the link exists: the LAN
+	// side is where the other end's addresses are on-link today.
+	var plans [2]proxyPlan
+	if spec.ProxyARP {
+		for i := range ends {
+			p, err := planProxy(ends[i].Host, lk.st.Ends[i].Device, ends[1-i].Protected)
+			if err != nil {
+				return err
+			}
+			plans[i] = p
+		}
+	}
+	for i, e := range ends {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := setUp(e.Host, lk.st.Ends[i].Device); err != nil {
+			return err
+		}
+		if u := lk.user[i]; u != nil {
+			if err := u.up(); err != nil {
+				return fmt.Errorf("%s: %s up: %w", hostName(e.Host), u.name, err)
+			}
+		}
+	}
+	// Only the secure end starts the handshake: initiations crossing from
+	// both ends void each other until WireGuard retries 5 s later. Routes
+	// come when both ends have a session, so no packet makes the remote
+	// end initiate meanwhile.
+	if err := kickKeepalive(ends[0].Host, lk.st.Ends[0].Device, l.keepalive); err != nil {
+		return err
+	}
+	if err := awaitHandshake(ctx, lk.st.Ends, activateHandshakeWait); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// Not fatal: WireGuard keeps trying, and Verify is the proof.
+		l.log.Warn("wireguard link activated before its handshake completed", "id", id, "err", err)
+	}
+	for i, e := range ends {
+		st := &lk.st.Ends[i]
+		// Secure end: host routes for Remote.Protected in the main table
+		// (unless the caller routes, NoSecureRoutes). Remote end: by
+		// source, so links with overlapping Secure.Protected can share it.
+		if i == 1 || !spec.NoSecureRoutes {
+			st.Routes = ends[1-i].Protected
+		}
+		if i == 1 {
+			st.Rules = spec.Remote.Protected
+		}
+		if err := l.saveState(&lk.st); err != nil {
+			return err
+		}
+		if err := addRoutes(e.Host, st.Device, st.Table, st.Routes); err != nil {
+			return err
+		}
+		if err := addRules(e.Host, st.Table, st.Rules); err != nil {
+			return err
+		}
+		if err := l.applyProxy(lk, i, plans[i]); err != nil {
+			return err
+		}
+	}
+	// The remote end's keepalive last: it would start a handshake of its
+	// own if it had no session yet.
+	if l.keepalive > 0 {
+		if err := setKeepalive(ends[1].Host, lk.st.Ends[1].Device, l.keepalive); err != nil {
+			return err
+		}
+	}
+	lk.st.Link.Active = true
+	if err := l.saveState(&lk.st); err != nil {
+		return err
+	}
+	l.log.Info("wireguard link active", "id", id)
+	return nil
+}
+
+// activateHandshakeWait bounds Activate's wait for the first handshake.
+const activateHandshakeWait = 2 * time.Second
+
+// awaitHandshake polls both ends until each reports a completed
+// handshake, for at most limit.
+func awaitHandshake(ctx context.Context, ends []endState, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	wait := newBackoff()
+	for {
+		var missing []error
+		for _, e := range ends {
+			p, err := peerStats(e.Host, e.Device)
+			if err != nil {
+				return err
+			}
+			if p.LastHandshakeTime.IsZero() {
+				missing = append(missing, fmt.Errorf("%s end %s: no handshake", e.Role, e.Device))
+			}
+		}
+		if len(missing) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(append(missing, ctx.Err())...)
+		case <-wait.next():
+		}
+	}
+}
+
+// applyProxy sets end i's sysctls (recording old values first) and adds
+// its proxy neighbour entries. An entry another link of this Linker
+// already installed is shared (the last link to close removes it); one
+// installed by someone else is left alone.
+func (l *Linker) applyProxy(lk *link, i int, plan proxyPlan) error {
+	st := &lk.st.Ends[i]
+	var fresh []proxyEntry
+	l.mu.Lock()
+	for _, e := range plan.entries {
+		if lan := st.Host + "\x00" + e.Dev; !slices.Contains(lk.lans, lan) {
+			lk.lans = append(lk.lans, lan)
+		}
+		key := proxyKey(st.Host, e)
+		if !l.heldByOther(lk, key) {
+			fresh = append(fresh, e)
+		}
+		lk.proxies = append(lk.proxies, key)
+	}
+	l.mu.Unlock()
+	for _, s := range plan.sysctls {
+		old, err := readSysctl(st.Host, s.Key)
+		if err != nil {
+			return err
+		}
+		if old == s.New {
+			continue
+		}
+		s.Old = old
+		st.Sysctls = append(st.Sysctls, s)
+		if err := l.saveState(&lk.st); err != nil {
+			return err
+		}
+		if err := writeSysctl(st.Host, s.Key, s.New); err != nil {
+			return err
+		}
+	}
+	st.Proxy = plan.entries
+	if err := l.saveState(&lk.st); err != nil {
+		return err
+	}
+	foreign, err := addProxy(st.Host, fresh)
+	if len(foreign) > 0 {
+		st.Proxy = slices.DeleteFunc(st.Proxy, func(e proxyEntry) bool { return slices.Contains(foreign, e) })
+		l.mu.Lock()
+		lk.proxies = slices.DeleteFunc(lk.proxies, func(k string) bool {
+			return slices.ContainsFunc(foreign, func(e proxyEntry) bool { return proxyKey(st.Host, e) == k })
+		})
+		l.mu.Unlock()
+		err = errors.Join(err, l.saveState(&lk.st))
+	}
+	return err
+}
+
+func proxyKey(host string, e proxyEntry) string {
+	return host + "\x00" + e.Dev + "\x00" + e.Addr.String()
+}
+
+// heldByOther reports whether a link other than lk uses proxy entry key;
+// l.mu is held.
+func (l *Linker) heldByOther(lk *link, key string) bool {
+	for _, o := range l.links {
+		if o != lk && slices.Contains(o.proxies, key) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,79 @@
+package wireguard
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/sealift/sealift/internal/nsutil"
+	"github.com/sealift/sealift/tunnel"
+)
+
+// nlHandle opens a route-netlink handle in host's namespace.
+func nlHandle(host string) (*netlink.Handle, error) {
+	ns, err := nsutil.Open(host)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("%s: netlink: %w", hostName(host), err)
+	}
+	return h, nil
+}
+
+// addKernelDevice creates the kernel WireGuard interface ifname (down).
+// Where the kernel has no WireGuard it returns an error wrapping
+// tunnel.ErrKernelUnsupported.
+func addKernelDevice(host, ifname string, mtu int) error {
+	h, err := nlHandle(host)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	err = h.LinkAdd(&netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: ifname, MTU: mtu}})
+	if err == nil {
+		return nil
+	}
+	// The kernel answers an unknown link kind with EOPNOTSUPP after a
+	// failed module autoload.
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EINVAL) && !linkExists(h, ifname) {
+		return fmt.Errorf("%w: %s: link type wireguard (CONFIG_WIREGUARD): %v", tunnel.ErrKernelUnsupported, hostName(host), err)
+	}
+	if errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("%w: %s: interface %s exists", tunnel.ErrExists, hostName(host), ifname)
+	}
+	return fmt.Errorf("%s: add wireguard link %s: %w", hostName(host), ifname, err)
+}
+
+func linkExists(h *netlink.Handle, ifname string) bool {
+	_, err := h.LinkByName(ifname)
+	return err == nil
+}
+
+// delLink deletes interface ifname in host if it exists.
+func delLink(host, ifname string) error {
+	h, err := nlHandle(host)
+	if err != nil {
+		if errors.Is(err, nsutil.ErrNoHost) {
+			return nil // the host and all its interfaces are gone
+		}
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(ifname)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("%s: %s: %w", hostName(host), ifname, err)
+	}
+	if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("%s: delete %s: %w", hostName(host), ifname, err)
+	}
+	return nil
+}
