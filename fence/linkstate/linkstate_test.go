@@ -1,0 +1,356 @@
+package linkstate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/internal/lab"
+)
+
+var vm6 = netip.MustParseAddr("fd00:1::10")
+
+type world struct {
+	*lab.Lab
+	target *lab.Target
+	mac    string
+}
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
+	lab.RequireRoot(t)
+	l := lab.New(t)
+	w := &world{Lab: l}
+	must(t, lab.AddAddr(l.VM, "eth0", "fd00:1::10/64"))
+	must(t, lab.AddAddr(l.Peer, "eth0", "fd00:1::20/64"))
+	var err error
+	if w.target, err = lab.StartTarget(l.VM, "eth0", 7000, 7001); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.target.Close)
+	h, err := lab.Handle(l.VM)
+	must(t, err)
+	defer h.Close()
+	eth0, err := h.LinkByName("eth0")
+	must(t, err)
+	w.mac = eth0.Attrs().HardwareAddr.String()
+	w.waitV6(t)
+	return w
+}
+
+// waitV6 waits (with a deadline) until the peer reaches the VM over
+// IPv6: neighbour discovery on a fresh or re-enabled link takes ~1 s.
+func (w *world) waitV6(t *testing.T) {
+	t.Helper()
+	must(t, lab.WaitReachable(w.Peer, vm6, 10*time.Second))
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (w *world) spec() fence.Spec {
+	return fence.Spec{VM: "vm-1", Port: "vm0", MAC: w.mac, Addrs: []netip.Addr{lab.VMAddr, vm6}}
+}
+
+func (w *world) probe(t *testing.T, from string, dst, dst6 netip.Addr, n int) lab.Probe {
+	t.Helper()
+	p, err := w.target.Probe(from, dst, dst6, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// links is the host's link table as `ip -o link` shows it: state and
+// aliases, for "nothing changed" assertions.
+func links(t *testing.T, ns string) string {
+	t.Helper()
+	out, err := lab.Exec(ns, "ip", "-o", "link", "show")
+	must(t, err)
+	return string(out)
+}
+
+func TestFenceBlocksAndLiftRestores(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ctx := context.Background()
+	f := New(WithHost(w.A))
+	const n = 3
+	if p := w.probe(t, w.Peer, lab.VMAddr, vm6, n); !p.Flows(n, true) {
+		t.Fatalf("before the fence: %+v", p)
+	}
+	setLink(t, w.A, "vm0", func(h *netlink.Handle, l netlink.Link) error { return h.LinkSetAlias(l, "operator note") })
+	must(t, f.Fence(ctx, w.spec()))
+	if p := w.probe(t, w.Peer, lab.VMAddr, vm6, n); !p.None() {
+		t.Errorf("fenced, same LAN: %+v; want nothing", p)
+	}
+	if p := w.probe(t, w.Peer2, lab.VMAddr, netip.Addr{}, n); !p.None() {
+		t.Errorf("fenced, routed: %+v; want nothing", p)
+	}
+	must(t, f.Lift(ctx, "vm-1"))
+	w.waitV6(t)
+	if p := w.probe(t, w.Peer, lab.VMAddr, vm6, n); !p.Flows(n, true) {
+		t.Errorf("after lift: %+v", p)
+	}
+	if p := w.probe(t, w.Peer2, lab.VMAddr, netip.Addr{}, n); !p.Flows(n, false) {
+		t.Errorf("after lift, routed: %+v", p)
+	}
+	if ls := links(t, w.A); !strings.Contains(ls, "alias operator note") || strings.Contains(ls, AliasPrefix) {
+		t.Errorf("lift did not restore the alias:\n%s", ls)
+	}
+}
+
+func TestFenceHoldsWhenGuestChangesMACAndIP(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ctx := context.Background()
+	f := New(WithHost(w.A))
+	must(t, f.Fence(ctx, w.spec()))
+	h, err := lab.Handle(w.VM)
+	must(t, err)
+	defer h.Close()
+	eth0, err := h.LinkByName("eth0")
+	must(t, err)
+	must(t, h.LinkSetHardwareAddr(eth0, net.HardwareAddr{0x02, 0x5e, 0xa1, 0x1f, 0, 0x99}))
+	must(t, lab.AddAddr(w.VM, "eth0", "10.1.0.11/24"))
+	newV4 := netip.MustParseAddr("10.1.0.11")
+	if p := w.probe(t, w.Peer, newV4, netip.Addr{}, 2); !p.None() {
+		t.Errorf("fenced guest with a new MAC/IP: %+v; want nothing", p)
+	}
+	if p := w.probe(t, w.Peer2, newV4, netip.Addr{}, 2); !p.None() {
+		t.Errorf("fenced guest with a new MAC/IP, routed: %+v; want nothing", p)
+	}
+	must(t, f.Lift(ctx, "vm-1"))
+	must(t, lab.WaitReachable(w.Peer, newV4, 10*time.Second)) // carrier is back
+	if p := w.probe(t, w.Peer, newV4, netip.Addr{}, 2); !p.Flows(2, false) {
+		t.Errorf("after lift, new address: %+v", p)
+	}
+}
+
+func TestFenceIdempotentMoveAndRecover(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ctx := context.Background()
+	f := New(WithHost(w.A))
+	s := w.spec()
+	must(t, f.Fence(ctx, s))
+	l1 := links(t, w.A)
+	must(t, f.Fence(ctx, s))
+	if l2 := links(t, w.A); l2 != l1 {
+		t.Errorf("same spec twice changed the links:\n%s\n---\n%s", l1, l2)
+	}
+	got, err := New(WithHost(w.A)).List(ctx)
+	must(t, err)
+	if len(got) != 1 || !sameSpec(got[0].Spec, s) || got[0].Backend != "linkstate" || got[0].Since.IsZero() {
+		t.Fatalf("List after restart: %+v; want %+v", got, s)
+	}
+	// Someone sets the port up: fencing again takes it down again.
+	setLink(t, w.A, "vm0", func(h *netlink.Handle, l netlink.Link) error { return h.LinkSetUp(l) })
+	must(t, f.Fence(ctx, s))
+	if up := isUp(t, w.A, "vm0"); up {
+		t.Error("re-fence left the port up")
+	}
+	// A different spec moves the fence to another port.
+	must(t, lab.Veth(w.A, "alt0", "", w.A, "alt1", ""))
+	s2 := s
+	s2.Port = "alt0"
+	must(t, f.Fence(ctx, s2))
+	got, err = New(WithHost(w.A)).List(ctx)
+	must(t, err)
+	if len(got) != 1 || got[0].Port != "alt0" || !isUp(t, w.A, "vm0") || isUp(t, w.A, "alt0") {
+		t.Errorf("after moving the fence: %+v, vm0 up %v, alt0 up %v", got, isUp(t, w.A, "vm0"), isUp(t, w.A, "alt0"))
+	}
+	before := links(t, w.A)
+	if err := f.Lift(ctx, "nope"); !errors.Is(err, fence.ErrNotFenced) {
+		t.Errorf("Lift(absent) = %v, want ErrNotFenced", err)
+	}
+	if after := links(t, w.A); after != before {
+		t.Error("Lift(absent) changed the links")
+	}
+	must(t, f.Lift(ctx, "vm-1"))
+	if err := f.Lift(ctx, "vm-1"); !errors.Is(err, fence.ErrNotFenced) {
+		t.Errorf("second Lift = %v, want ErrNotFenced", err)
+	}
+}
+
+func setLink(t *testing.T, ns, ifname string, fn func(*netlink.Handle, netlink.Link) error) {
+	t.Helper()
+	h, err := lab.Handle(ns)
+	must(t, err)
+	defer h.Close()
+	l, err := h.LinkByName(ifname)
+	must(t, err)
+	must(t, fn(h, l))
+}
+
+func isUp(t *testing.T, ns, ifname string) bool {
+	t.Helper()
+	h, err := lab.Handle(ns)
+	must(t, err)
+	defer h.Close()
+	l, err := h.LinkByName(ifname)
+	must(t, err)
+	return l.Attrs().Flags&net.FlagUp != 0
+}
+
+func TestFenceRejectsBadInputUnchanged(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ctx := context.Background()
+	f := New(WithHost(w.A))
+	must(t, f.Fence(ctx, w.spec()))
+	before := links(t, w.A)
+	good := w.spec()
+	good.VM, good.Port = "vm-2", "pr0"
+	cases := []struct {
+		name   string
+		mutate func(*fence.Spec)
+		want   error
+		field  string
+	}{
+		{"unknown port", func(s *fence.Spec) { s.Port = "nosuch0" }, fence.ErrNoPort, "nosuch0"},
+		{"bad MAC", func(s *fence.Spec) { s.MAC = "02:zz:00:00:00:01" }, fence.ErrInvalid, "MAC"},
+		{"empty VM", func(s *fence.Spec) { s.VM = "" }, fence.ErrInvalid, "VM"},
+		{"AllowVia", func(s *fence.Spec) { s.AllowVia = "wg0" }, fence.ErrInvalid, "AllowVia"},
+		{"AllowMarks", func(s *fence.Spec) { s.AllowMarks = []uint32{7} }, fence.ErrInvalid, "AllowMarks"},
+		{"port of another fence", func(s *fence.Spec) { s.Port = "vm0" }, fence.ErrInvalid, "vm-1"},
+		{"VM too long", func(s *fence.Spec) { s.VM = strings.Repeat("v", 300) }, fence.ErrInvalid, "alias"},
+	}
+	for _, c := range cases {
+		s := good
+		c.mutate(&s)
+		err := f.Fence(ctx, s)
+		if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.field) {
+			t.Errorf("%s: %v; want %v naming %q", c.name, err, c.want, c.field)
+		}
+	}
+	bad := good
+	bad.VM, bad.Port = "vm-3", "nosuch0"
+	if err := f.FenceAll(ctx, []fence.Spec{good, bad}); !errors.Is(err, fence.ErrNoPort) {
+		t.Errorf("FenceAll with a bad port: %v", err)
+	}
+	if err := f.Lift(ctx, ""); !errors.Is(err, fence.ErrInvalid) {
+		t.Errorf("Lift(\"\") = %v", err)
+	}
+	if after := links(t, w.A); after != before {
+		t.Errorf("bad input changed the links:\n%s\n---\n%s", before, after)
+	}
+}
+
+// addPorts creates n veth pairs in ns, the first end of each on br0, up.
+func addPorts(t testing.TB, ns string, n int) []string {
+	t.Helper()
+	h, err := lab.Handle(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	br, err := h.LinkByName("br0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ports []string
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("mp%d", i)
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MasterIndex: br.Attrs().Index, Flags: net.FlagUp}, PeerName: fmt.Sprintf("mq%d", i)}
+		if err := h.LinkAdd(v); err != nil {
+			t.Fatalf("add %s: %v", name, err)
+		}
+		ports = append(ports, name)
+	}
+	return ports
+}
+
+func manySpecs(ports []string) []fence.Spec {
+	specs := make([]fence.Spec, len(ports))
+	for i, p := range ports {
+		specs[i] = fence.Spec{VM: fmt.Sprintf("guest-%03d", i), Port: p,
+			MAC:   fmt.Sprintf("02:00:00:00:%02x:%02x", i/256, i%256),
+			Addrs: []netip.Addr{netip.AddrFrom4([4]byte{10, 1, 1 + byte(i/200), byte(10 + i%200)})}}
+	}
+	return specs
+}
+
+func TestFence100(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ctx := context.Background()
+	ports := addPorts(t, w.A, 100)
+	specs := manySpecs(ports)
+	f := New(WithHost(w.A))
+	must(t, f.FenceAll(ctx, specs))
+	got, err := New(WithHost(w.A)).List(ctx)
+	must(t, err)
+	if len(got) != len(specs) {
+		t.Fatalf("List: %d fences, want %d", len(got), len(specs))
+	}
+	for i, g := range got {
+		if !sameSpec(g.Spec, specs[i]) {
+			t.Errorf("List[%d] = %+v, want %+v", i, g.Spec, specs[i])
+		}
+		if isUp(t, w.A, specs[i].Port) {
+			t.Errorf("%s is up while fenced", specs[i].Port)
+		}
+	}
+	if p := w.probe(t, w.Peer, lab.VMAddr, vm6, 2); !p.Flows(2, true) {
+		t.Errorf("unfenced VM among 100 fences: %+v", p)
+	}
+	vms := make([]string, len(specs))
+	for i, s := range specs {
+		vms[i] = s.VM
+	}
+	if err := f.LiftAll(ctx, append([]string{"nope"}, vms...)); !errors.Is(err, fence.ErrNotFenced) {
+		t.Errorf("LiftAll with one absent: %v", err)
+	}
+	if got, _ := f.List(ctx); len(got) != 100 {
+		t.Errorf("a failed LiftAll changed the fences: %d left", len(got))
+	}
+	must(t, f.LiftAll(ctx, vms))
+	if got, _ := f.List(ctx); len(got) != 0 {
+		t.Errorf("after lifting all: %d fences", len(got))
+	}
+}
+
+func BenchmarkFence(b *testing.B) {
+	for _, n := range []int{1, 100} {
+		b.Run(fmt.Sprintf("vms=%d", n), func(b *testing.B) {
+			lab.RequireRoot(b)
+			l := lab.New(b)
+			specs := manySpecs(addPorts(b, l.A, n))
+			f := New(WithHost(l.A))
+			ctx := context.Background()
+			vms := make([]string, n)
+			for i, s := range specs {
+				vms[i] = s.VM
+			}
+			var fenceT, liftT time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				t0 := time.Now()
+				if err := f.FenceAll(ctx, specs); err != nil {
+					b.Fatal(err)
+				}
+				t1 := time.Now()
+				if err := f.LiftAll(ctx, vms); err != nil {
+					b.Fatal(err)
+				}
+				fenceT += t1.Sub(t0)
+				liftT += time.Since(t1)
+			}
+			b.ReportMetric(float64(fenceT.Microseconds())/float64(b.N)/1000, "fence-ms")
+			b.ReportMetric(float64(liftT.Microseconds())/float64(b.N)/1000, "lift-ms")
+		})
+	}
+}

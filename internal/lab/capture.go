@@ -1,0 +1,309 @@
+package lab
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sealift/sealift/internal/nsutil"
+)
+
+// CaptureStats counts what a Capture saw on its interface.
+type CaptureStats struct {
+	// Frames is every frame seen, both directions.
+	Frames int
+	// Outgoing counts frames the interface sent (PACKET_OUTGOING).
+	Outgoing int
+	// ByProto counts frames by IPv4 protocol / IPv6 next header
+	// (1 icmp, 6 tcp, 17 udp, 50 esp, 58 icmpv6).
+	ByProto map[uint8]int
+	// UDPPorts counts UDP frames by destination and by source port (a frame
+	// whose ports are equal counts once).
+	UDPPorts map[uint16]int
+	// Marker counts frames whose bytes contain the marker in clear.
+	Marker int
+	// MarkerOutgoing counts the Marker frames that were PACKET_OUTGOING.
+	MarkerOutgoing int
+	// Dropped is what the kernel dropped because the socket's queue was
+	// full (PACKET_STATISTICS); tests that count should require 0.
+	Dropped int
+}
+
+func (s CaptureStats) clone() CaptureStats {
+	c := s
+	c.ByProto = make(map[uint8]int, len(s.ByProto))
+	for k, v := range s.ByProto {
+		c.ByProto[k] = v
+	}
+	c.UDPPorts = make(map[uint16]int, len(s.UDPPorts))
+	for k, v := range s.UDPPorts {
+		c.UDPPorts[k] = v
+	}
+	return c
+}
+
+// Capture reads every frame of one interface through an AF_PACKET socket.
+type Capture struct {
+	fd     int
+	wake   int // eventfd: Snapshot and Stop ask the reader to drain
+	marker []byte
+
+	mu         sync.Mutex
+	stats      CaptureStats
+	reqs       []chan CaptureStats
+	stop       bool
+	wakeClosed bool // wake is closed (after Stop)
+
+	done     chan struct{}
+	stopOnce sync.Once
+	final    CaptureStats
+}
+
+// StartCapture opens an AF_PACKET socket in ns (created on a thread
+// switched into ns, so it belongs to that namespace), binds it to ifname
+// and counts frames in a goroutine until Stop. marker may be nil.
+func StartCapture(ns, ifname string, marker []byte) (*Capture, error) {
+	fd := -1
+	err := nsutil.Do(ns, func() error {
+		ifi, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return fmt.Errorf("capture: %s: interface %q: %w", ns, ifname, err)
+		}
+		// Protocol 0: receive nothing until bound to the one interface.
+		s, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("capture: socket: %w", err)
+		}
+		_ = unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20)
+		sa := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}
+		if err := unix.Bind(s, sa); err != nil {
+			unix.Close(s)
+			return fmt.Errorf("capture: bind %s/%s: %w", ns, ifname, err)
+		}
+		fd = s
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("capture: eventfd: %w", err)
+	}
+	c := &Capture{
+		fd: fd, wake: wake, marker: append([]byte(nil), marker...),
+		stats: CaptureStats{ByProto: map[uint8]int{}, UDPPorts: map[uint16]int{}},
+		done:  make(chan struct{}),
+	}
+	go c.run()
+	return c, nil
+}
+
+// Snapshot returns the counts so far, after reading every frame the
+// kernel had queued when it was called.
+func (c *Capture) Snapshot() CaptureStats {
+	ch := make(chan CaptureStats, 1)
+	c.mu.Lock()
+	if c.stop {
+		c.mu.Unlock()
+		<-c.done
+		return c.final.clone()
+	}
+	c.reqs = append(c.reqs, ch)
+	c.poke()
+	c.mu.Unlock()
+	select {
+	case s := <-ch:
+		return s
+	case <-c.done:
+		return c.final.clone()
+	}
+}
+
+// Stop reads the frames still queued, closes the socket and returns the
+// final counts. It is idempotent.
+func (c *Capture) Stop() CaptureStats {
+	c.stopOnce.Do(func() {
+		c.mu.Lock()
+		c.stop = true
+		c.poke()
+		c.mu.Unlock()
+		<-c.done
+		c.mu.Lock()
+		c.wakeClosed = true
+		unix.Close(c.wake)
+		c.mu.Unlock()
+	})
+	return c.final.clone()
+}
+
+// poke wakes the reader; the caller holds c.mu.
+func (c *Capture) poke() {
+	if c.wakeClosed {
+		return
+	}
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	_, _ = unix.Write(c.wake, one[:])
+}
+
+func (c *Capture) run() {
+	defer close(c.done)
+	defer unix.Close(c.fd)
+	buf := make([]byte, 256<<10)
+	fds := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLIN}, {Fd: int32(c.wake), Events: unix.POLLIN}}
+	for {
+		_, err := unix.Poll(fds, -1)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			break
+		}
+		c.drain(buf)
+		if fds[1].Revents == 0 {
+			continue
+		}
+		var v [8]byte
+		_, _ = unix.Read(c.wake, v[:])
+		c.mu.Lock()
+		c.stats.Dropped += c.dropped()
+		s := c.stats.clone()
+		reqs, stop := c.reqs, c.stop
+		c.reqs = nil
+		c.mu.Unlock()
+		for _, ch := range reqs {
+			ch <- s
+		}
+		if stop {
+			c.final = s
+			return
+		}
+	}
+	c.mu.Lock()
+	c.final = c.stats.clone()
+	for _, ch := range c.reqs {
+		ch <- c.final.clone()
+	}
+	c.reqs = nil
+	c.mu.Unlock()
+}
+
+// drain reads until the queue is empty (bounded, so a flood cannot keep
+// a Snapshot waiting forever).
+func (c *Capture) drain(buf []byte) {
+	for i := 0; i < 1<<20; i++ {
+		n, from, err := unix.Recvfrom(c.fd, buf, unix.MSG_DONTWAIT)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return
+		}
+		ll, _ := from.(*unix.SockaddrLinklayer)
+		c.count(buf[:min(n, len(buf))], ll)
+	}
+}
+
+func (c *Capture) dropped() int {
+	st, err := unix.GetsockoptTpacketStats(c.fd, unix.SOL_PACKET, unix.PACKET_STATISTICS)
+	if err != nil {
+		return 0
+	}
+	return int(st.Drops)
+}
+
+func (c *Capture) count(frame []byte, ll *unix.SockaddrLinklayer) {
+	out := ll != nil && ll.Pkttype == unix.PACKET_OUTGOING
+	proto, l4, hasL4 := parseFrame(frame, ll)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := &c.stats
+	s.Frames++
+	if out {
+		s.Outgoing++
+	}
+	if proto >= 0 {
+		s.ByProto[uint8(proto)]++
+		if proto == unix.IPPROTO_UDP && hasL4 && len(l4) >= 4 {
+			src, dst := binary.BigEndian.Uint16(l4[0:2]), binary.BigEndian.Uint16(l4[2:4])
+			s.UDPPorts[dst]++
+			if src != dst {
+				s.UDPPorts[src]++
+			}
+		}
+	}
+	if len(c.marker) > 0 && bytes.Contains(frame, c.marker) {
+		s.Marker++
+		if out {
+			s.MarkerOutgoing++
+		}
+	}
+}
+
+// parseFrame returns the IP protocol (-1 if not IP) and, for the first
+// fragment, the transport header onwards.
+func parseFrame(f []byte, ll *unix.SockaddrLinklayer) (proto int, l4 []byte, ok bool) {
+	var etype uint16
+	var ip []byte
+	if ll == nil || ll.Hatype == unix.ARPHRD_ETHER || ll.Hatype == unix.ARPHRD_LOOPBACK {
+		if len(f) < 14 {
+			return -1, nil, false
+		}
+		etype, ip = binary.BigEndian.Uint16(f[12:14]), f[14:]
+		for (etype == 0x8100 || etype == 0x88a8) && len(ip) >= 4 {
+			etype, ip = binary.BigEndian.Uint16(ip[2:4]), ip[4:]
+		}
+	} else {
+		// Devices without a link-layer header (tun, WireGuard).
+		etype, ip = ntohs(ll.Protocol), f
+	}
+	switch etype {
+	case unix.ETH_P_IP:
+		if len(ip) < 20 {
+			return -1, nil, false
+		}
+		ihl := int(ip[0]&0x0f) * 4
+		fragOff := binary.BigEndian.Uint16(ip[6:8]) & 0x1fff
+		if ihl < 20 || len(ip) < ihl || fragOff != 0 {
+			return int(ip[9]), nil, false
+		}
+		return int(ip[9]), ip[ihl:], true
+	case unix.ETH_P_IPV6:
+		if len(ip) < 40 {
+			return -1, nil, false
+		}
+		next, rest := ip[6], ip[40:]
+		for {
+			switch next {
+			case 0, 43, 60: // hop-by-hop, routing, destination options
+				if len(rest) < 8 {
+					return int(next), nil, false
+				}
+				l := (int(rest[1]) + 1) * 8
+				if len(rest) < l {
+					return int(rest[0]), nil, false
+				}
+				next, rest = rest[0], rest[l:]
+			case 44: // fragment
+				if len(rest) < 8 {
+					return int(next), nil, false
+				}
+				off := binary.BigEndian.Uint16(rest[2:4]) >> 3
+				next, rest = rest[0], rest[8:]
+				if off != 0 {
+					return int(next), nil, false
+				}
+			default:
+				return int(next), rest, true
+			}
+		}
+	}
+	return -1, nil, false
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+func ntohs(v uint16) uint16 { return v<<8 | v>>8 }
