@@ -32,10 +32,10 @@ type Spec struct {
 	// another port cannot slip past. Optional, but recommended.
 	MAC   string
 	Addrs []netip.Addr
-	// AllowVia names a secure-link interface (WireGuard device, or the
-	// XFRM-protected path's device) whose traffic stays allowed: the
-	// "enabled over the secure link only" state. Empty: block everything.
-	AllowVia string
+	// AllowVia names secure-link interfaces (WireGuard devices, a redirect
+	// tunnel, the operator's site-to-site VPN) whose traffic stays allowed:
+	// the "enabled over the secure link only" state. Empty: block everything.
+	AllowVia []string
 	// AllowMarks lets packets carrying one of these fwmarks through (the
 	// XFRM backend marks decrypted traffic). Optional.
 	AllowMarks []uint32
@@ -62,8 +62,13 @@ func (s Spec) Validate() error {
 			return fmt.Errorf("%w: Addrs[%d] is not a valid address", ErrInvalid, i)
 		}
 	}
-	if len(s.AllowVia) > 15 {
-		return fmt.Errorf("%w: AllowVia %q is longer than 15 characters", ErrInvalid, s.AllowVia)
+	for i, v := range s.AllowVia {
+		switch {
+		case v == "" || len(v) > 15:
+			return fmt.Errorf("%w: AllowVia[%d] %q must be 1 to 15 characters", ErrInvalid, i, v)
+		case v == s.Port:
+			return fmt.Errorf("%w: AllowVia[%d] %q is the VM's own Port (VM %q)", ErrInvalid, i, v, s.VM)
+		}
 	}
 	return nil
 }

@@ -233,10 +233,12 @@ func (r *run) finishForward(ctx context.Context) error {
 // link open, and lifts the source's fence (the VM is gone from there; its
 // address is now reached through the link).
 func (r *run) enable(ctx context.Context) error {
-	dev := r.link.RemoteDevice
-	if dev != "" {
+	if r.link.RemoteDevice != "" {
 		spec := r.dstSpec
-		spec.AllowVia = dev
+		spec.AllowVia = append([]string{r.link.RemoteDevice}, r.dst.SecureDevices...)
+		if r.redirect != nil && r.redirect.RemoteDevice != "" {
+			spec.AllowVia = append(spec.AllowVia, r.redirect.RemoteDevice)
+		}
 		if err := r.dst.Fencer.Fence(ctx, spec); err != nil {
 			return err
 		}

@@ -95,7 +95,7 @@ func TestRunStepOrder(t *testing.T) {
 				t.Fatal("source fence left behind")
 			}
 			spec, ok := s.Cloud.Fencer.Fenced("vm1")
-			if !ok || spec.AllowVia != rep.Link.RemoteDevice || spec.AllowVia == "" {
+			if !ok || len(spec.AllowVia) == 0 || spec.AllowVia[0] != rep.Link.RemoteDevice {
 				t.Fatalf("target fence %+v (ok %v), want open only via %q", spec, ok, rep.Link.RemoteDevice)
 			}
 			if c.unsecured {
@@ -110,6 +110,9 @@ func TestRunStepOrder(t *testing.T) {
 				t.Fatalf("links after run: %+v, want the VM's link only, active", links)
 			}
 			if c.subnet {
+				if rep.Redirect == nil || !slices.Contains(spec.AllowVia, rep.Redirect.RemoteDevice) || !slices.Contains(spec.AllowVia, "site0") {
+					t.Fatalf("target fence allows %v, want the link, the redirect tunnel and the site link", spec.AllowVia)
+				}
 				if rep.Converged == nil || rep.Converged.Route.Via != migrationtest.SiteVia {
 					t.Fatalf("converged = %+v", rep.Converged)
 				}
@@ -235,7 +238,7 @@ func TestFaultAtEachStep(t *testing.T) {
 						t.Fatalf("redirect left after rollback: %v", rd)
 					}
 				case migration.StayedFenced:
-					if !fencedB || fb.AllowVia != "" {
+					if !fencedB || len(fb.AllowVia) != 0 {
 						t.Fatalf("target fence %+v (%v), want a full block", fb, fencedB)
 					}
 					if !strings.Contains(rep.Reason, "boom") {
@@ -376,7 +379,7 @@ func TestCrashRecovery(t *testing.T) {
 				}
 			} else {
 				spec, fb := s.Cloud.Fencer.Fenced("vm1")
-				if len(links) != 1 || len(rd) != 0 || fa || !fb || spec.AllowVia == "" {
+				if len(links) != 1 || len(rd) != 0 || fa || !fb || len(spec.AllowVia) == 0 {
 					t.Fatalf("after roll forward: links %v redirects %v source fence %v target %+v", links, rd, fa, spec)
 				}
 			}

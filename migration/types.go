@@ -104,6 +104,12 @@ type Environment struct {
 	// Core is the routing core (secure environments; needed when a
 	// subnet moves).
 	Core *Core
+	// SecureDevices are interfaces of this host whose traffic is already
+	// encrypted (the operator's site-to-site VPN to the secure
+	// environment). A VM enabled here (block 370) may talk through them
+	// as well as through its own link: once the routing core sends a
+	// moved subnet over the site link, the VM's traffic arrives there.
+	SecureDevices []string
 }
 
 // Core is a secure environment's routing core.

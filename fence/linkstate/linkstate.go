@@ -222,7 +222,7 @@ func check(s fence.Spec) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
-	if s.AllowVia != "" {
+	if len(s.AllowVia) > 0 {
 		return fmt.Errorf("%w: AllowVia %q (VM %q): a port that is down carries no secure link either; use fence/nft",
 			fence.ErrInvalid, s.AllowVia, s.VM)
 	}

@@ -223,7 +223,7 @@ func TestFenceRejectsBadInputUnchanged(t *testing.T) {
 		{"unknown port", func(s *fence.Spec) { s.Port = "nosuch0" }, fence.ErrNoPort, "nosuch0"},
 		{"bad MAC", func(s *fence.Spec) { s.MAC = "02:zz:00:00:00:01" }, fence.ErrInvalid, "MAC"},
 		{"empty VM", func(s *fence.Spec) { s.VM = "" }, fence.ErrInvalid, "VM"},
-		{"AllowVia", func(s *fence.Spec) { s.AllowVia = "wg0" }, fence.ErrInvalid, "AllowVia"},
+		{"AllowVia", func(s *fence.Spec) { s.AllowVia = []string{"wg0"} }, fence.ErrInvalid, "AllowVia"},
 		{"AllowMarks", func(s *fence.Spec) { s.AllowMarks = []uint32{7} }, fence.ErrInvalid, "AllowMarks"},
 		{"port of another fence", func(s *fence.Spec) { s.Port = "vm0" }, fence.ErrInvalid, "vm-1"},
 		{"VM too long", func(s *fence.Spec) { s.VM = strings.Repeat("v", 300) }, fence.ErrInvalid, "alias"},

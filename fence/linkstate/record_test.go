@@ -51,7 +51,7 @@ func TestCheckRejectsWhatLinkStateCannotDo(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range []fence.Spec{
-		{VM: "v", Port: "tap0", AllowVia: "wg0"},
+		{VM: "v", Port: "tap0", AllowVia: []string{"wg0"}},
 		{VM: "v", Port: "tap0", AllowMarks: []uint32{1}},
 		{VM: "", Port: "tap0"},
 		{VM: "v\x00", Port: "tap0"},

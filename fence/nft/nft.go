@@ -258,9 +258,6 @@ func check(s fence.Spec) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
-	if s.AllowVia != "" && s.AllowVia == s.Port {
-		return fmt.Errorf("%w: AllowVia %q is the VM's own Port (VM %q)", fence.ErrInvalid, s.AllowVia, s.VM)
-	}
 	for i, m := range s.AllowMarks {
 		if m == 0 {
 			return fmt.Errorf("%w: AllowMarks[%d] is 0, which every unmarked packet carries (VM %q)", fence.ErrInvalid, i, s.VM)
@@ -276,7 +273,7 @@ func check(s fence.Spec) error {
 
 func sameSpec(a, b fence.Spec) bool {
 	return a.VM == b.VM && a.Port == b.Port && strings.EqualFold(a.MAC, b.MAC) &&
-		slices.Equal(a.Addrs, b.Addrs) && a.AllowVia == b.AllowVia && slices.Equal(a.AllowMarks, b.AllowMarks)
+		slices.Equal(a.Addrs, b.Addrs) && slices.Equal(a.AllowVia, b.AllowVia) && slices.Equal(a.AllowMarks, b.AllowMarks)
 }
 
 // checkPorts makes sure every port exists on the host and returns the

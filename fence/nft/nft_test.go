@@ -234,7 +234,7 @@ func fenceAllowViaBridgePort(t *testing.T, brnf bool) {
 	must(t, err)
 	f := New(WithHost(w.A))
 	s := w.spec()
-	s.AllowVia = "sl0"
+	s.AllowVia = []string{"sl0"}
 	must(t, f.Fence(ctx, s))
 	if tr := w.probe(t, far, lab.VMAddr, netip.Addr{}, 2); !tr.Flows(2, false) {
 		t.Errorf("via the secure link: %+v; want flowing\n%s", tr, ruleset(t, w.A))
@@ -255,7 +255,7 @@ func fenceAllowViaRoutedDevice(t *testing.T, brnf bool) {
 	w.routeV6(t)
 	peer2v6 := netip.MustParseAddr("fd00:2::20")
 	s := w.spec()
-	s.AllowVia = "up0"
+	s.AllowVia = []string{"up0"}
 	must(t, f.Fence(ctx, s))
 	// IPv6 works through the link: neighbour discovery between the VM
 	// and the host passes the fence.
@@ -381,7 +381,7 @@ func TestFenceIdempotentReplaceAndRecover(t *testing.T) {
 	}
 	// Replace: a different spec; still one fence, the new one.
 	s2 := s
-	s2.AllowVia = "sl0"
+	s2.AllowVia = []string{"sl0"}
 	s2.Addrs = []netip.Addr{lab.VMAddr}
 	must(t, f.Fence(ctx, s2))
 	got, err = New(WithHost(w.A)).List(ctx)
@@ -437,10 +437,10 @@ func TestFenceRejectsBadInputUnchanged(t *testing.T) {
 		{"bad MAC", func(s *fence.Spec) { s.MAC = "02:zz:00:00:00:01" }, fence.ErrInvalid, "MAC"},
 		{"empty VM", func(s *fence.Spec) { s.VM = "" }, fence.ErrInvalid, "VM"},
 		{"empty port", func(s *fence.Spec) { s.Port = "" }, fence.ErrInvalid, "Port"},
-		{"long AllowVia", func(s *fence.Spec) { s.AllowVia = "a-very-long-name0" }, fence.ErrInvalid, "AllowVia"},
+		{"long AllowVia", func(s *fence.Spec) { s.AllowVia = []string{"a-very-long-name0"} }, fence.ErrInvalid, "AllowVia"},
 		{"mark 0", func(s *fence.Spec) { s.AllowMarks = []uint32{0} }, fence.ErrInvalid, "AllowMarks"},
 		{"invalid addr", func(s *fence.Spec) { s.Addrs = []netip.Addr{{}} }, fence.ErrInvalid, "Addrs"},
-		{"via is port", func(s *fence.Spec) { s.AllowVia = s.Port }, fence.ErrInvalid, "AllowVia"},
+		{"via is port", func(s *fence.Spec) { s.AllowVia = []string{s.Port} }, fence.ErrInvalid, "AllowVia"},
 	}
 	for _, c := range cases {
 		s := good

@@ -38,12 +38,12 @@ func buildRules(s fence.Spec, bridge string) ruleSet {
 	for _, m := range s.AllowMarks {
 		allow = append(allow, cat(metaEq(expr.MetaKeyMARK, binaryutil.NativeEndian.PutUint32(m)), ret()))
 	}
-	via := s.AllowVia
-	if via != "" {
+	for _, v := range s.AllowVia {
 		allow = append(allow,
-			cat(metaEq(expr.MetaKeyIIFNAME, ifname(via)), ret()),
-			cat(metaEq(expr.MetaKeyOIFNAME, ifname(via)), ret()))
+			cat(metaEq(expr.MetaKeyIIFNAME, ifname(v)), ret()),
+			cat(metaEq(expr.MetaKeyOIFNAME, ifname(v)), ret()))
 	}
+	via := len(s.AllowVia) > 0
 	mac, _ := net.ParseMAC(s.MAC)
 	var v4, v6 []netip.Addr
 	for _, a := range s.Addrs {
@@ -76,7 +76,7 @@ func buildRules(s fence.Spec, bridge string) ruleSet {
 	}
 	rs.fwd = append(append(rs.fwd, allow...), l2...)
 
-	if via == "" {
+	if !via {
 		// Nothing may reach or leave the VM through the host either.
 		rs.in = append(append(rs.in, allow...), l2...)
 		rs.out = append(append(rs.out, allow...), l2...)
@@ -120,10 +120,10 @@ func buildRules(s fence.Spec, bridge string) ruleSet {
 
 	// Routed traffic (inet: input, forward, output).
 	rs.inet = append(rs.inet, allow...)
-	if via != "" {
+	if via {
 		rs.inet = append(rs.inet, ndReturn())
 	}
-	if via != "" && bridge != "" {
+	if via && bridge != "" {
 		// With br_netfilter, bridged packets also pass the inet hooks,
 		// in and out of the bridge device: the bridge chains judge them.
 		rs.inet = append(rs.inet, cat(metaEq(expr.MetaKeyIIFNAME, ifname(bridge)),

@@ -16,7 +16,7 @@ import (
 
 func TestTagsRoundTrip(t *testing.T) {
 	s := fence.Spec{VM: "vm with spaces/ünïcode \"quoted\"", Port: "tap0", MAC: "02:00:00:00:00:01",
-		AllowVia: "wg0", AllowMarks: []uint32{1, 0xffffffff}}
+		AllowVia: []string{"wg0"}, AllowMarks: []uint32{1, 0xffffffff}}
 	for i := 0; i < 40; i++ { // long enough for several comments
 		s.Addrs = append(s.Addrs, netip.MustParseAddr(fmt.Sprintf("2001:db8::%x", i+1)))
 	}
@@ -67,7 +67,7 @@ func TestBuildRules(t *testing.T) {
 	base := fence.Spec{VM: "v", Port: "vm0", MAC: "02:00:00:00:00:01",
 		Addrs: []netip.Addr{netip.MustParseAddr("10.1.0.10"), netip.MustParseAddr("fd00::10")}}
 	via := base
-	via.AllowVia, via.AllowMarks = "wg0", []uint32{0x42}
+	via.AllowVia, via.AllowMarks = []string{"wg0"}, []uint32{0x42}
 
 	check := func(name string, rules [][]expr.Any) {
 		t.Helper()

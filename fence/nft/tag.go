@@ -31,7 +31,7 @@ type record struct {
 	Port       string       `json:"port"`
 	MAC        string       `json:"mac,omitempty"`
 	Addrs      []netip.Addr `json:"addrs,omitempty"`
-	AllowVia   string       `json:"via,omitempty"`
+	AllowVia   []string     `json:"via,omitempty"`
 	AllowMarks []uint32     `json:"marks,omitempty"`
 	Since      int64        `json:"since"` // unix nanoseconds
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,7 +34,7 @@ func (f *Fencer) Fence(_ context.Context, s fence.Spec) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
-	if err := f.enter("Fence", s.VM+" via="+s.AllowVia); err != nil {
+	if err := f.enter("Fence", s.VM+" via="+strings.Join(s.AllowVia, ",")); err != nil {
 		return err
 	}
 	f.mu.Lock()

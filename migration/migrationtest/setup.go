@@ -47,7 +47,7 @@ func NewSetup() *Setup {
 				Host: "a", Underlay: netip.MustParseAddr("192.0.2.1"),
 				Core: &migration.Core{Host: "core", Underlay: netip.MustParseAddr("192.0.2.254"), Routing: s.Router}},
 			"cloud": {Hypervisor: s.Cloud.Hypervisor, Fencer: s.Cloud.Fencer, Auditor: s.Cloud.Auditor,
-				Host: "b", Underlay: netip.MustParseAddr("203.0.113.1")},
+				Host: "b", Underlay: netip.MustParseAddr("203.0.113.1"), SecureDevices: []string{"site0"}},
 		},
 		Linkers: map[tunnel.Kind]tunnel.SecureLinker{tunnel.WireGuard: s.Linker, tunnel.IPsec: s.Linker},
 	}
