@@ -72,7 +72,7 @@ func TestSyncFIBFollowsBestPath(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	core, target := pairSpeakers(ctx, t, l)
-	// crossConnect reached each listener from the other namespace only:
+	// Connect reached each listener from the other namespace only:
 	// the listeners are inside. The Serve threads came back out.
 	for _, ns := range []string{l.Core, l.B} {
 		if n := threadsIn(t, ns); n != 0 {

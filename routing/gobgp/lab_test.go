@@ -4,15 +4,12 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	api "github.com/osrg/gobgp/v3/api"
 
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/internal/nsutil"
@@ -25,68 +22,6 @@ var (
 	bSite    = netip.MustParseAddr("100.64.0.2") // B end: the proper route's next hop
 	bTunnel  = netip.MustParseAddr("100.64.1.2") // B end of the stand-in redirect tunnel
 )
-
-// crossConnect joins two passive speakers listening on port 179 in
-// different namespaces: GoBGP dials from goroutines outside any namespace,
-// so instead the test opens one TCP connection from nsB (from addrB) to
-// A's listener and one from nsA (from addrA) to B's listener, both across
-// the site link, and copies bytes between them. Each speaker sees an
-// incoming session from the other's address. It returns once both report
-// the session established.
-func crossConnect(ctx context.Context, t testing.TB, a *Watcher, nsA string, addrA netip.Addr, b *Watcher, nsB string, addrB netip.Addr) {
-	t.Helper()
-	waitState(ctx, t, a, addrB, api.PeerState_ACTIVE)
-	waitState(ctx, t, b, addrA, api.PeerState_ACTIVE)
-	dial := func(ns string, from, to netip.Addr) net.Conn {
-		var c net.Conn
-		err := nsutil.Do(ns, func() (err error) {
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: from.AsSlice()}, Timeout: 5 * time.Second}
-			c, err = d.DialContext(ctx, "tcp", netip.AddrPortFrom(to, 179).String())
-			return err
-		})
-		if err != nil {
-			t.Fatalf("%s: dial %s -> %s:179: %v", ns, from, to, err)
-		}
-		return c
-	}
-	toA := dial(nsB, addrB, addrA) // A's session: bytes A writes arrive here
-	toB := dial(nsA, addrA, addrB) // B's session
-	var wg sync.WaitGroup
-	pipe := func(dst, src net.Conn) {
-		defer wg.Done()
-		_, _ = io.Copy(dst, src)
-		_ = dst.Close()
-		_ = src.Close()
-	}
-	wg.Add(2)
-	go pipe(toB, toA)
-	go pipe(toA, toB)
-	t.Cleanup(func() { toA.Close(); toB.Close(); wg.Wait() })
-	waitState(ctx, t, a, addrB, api.PeerState_ESTABLISHED)
-	waitState(ctx, t, b, addrA, api.PeerState_ESTABLISHED)
-}
-
-// waitState polls w's session with peer until it is in state.
-func waitState(ctx context.Context, t testing.TB, w *Watcher, peer netip.Addr, state api.PeerState_SessionState) {
-	t.Helper()
-	for {
-		var got api.PeerState_SessionState
-		err := w.Server().ListPeer(ctx, &api.ListPeerRequest{Address: peer.String()}, func(p *api.Peer) {
-			got = p.GetState().GetSessionState()
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got == state {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("session with %s: %v, want %v: %v", peer, got, state, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
 
 // streamMarker is carried in every stream datagram; a capture on the wan
 // counts frames that show it in clear.
@@ -316,7 +251,11 @@ func pairSpeakers(ctx context.Context, t testing.TB, l *lab.Lab, opts ...Option)
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = target.Close(context.Background()) })
-	crossConnect(ctx, t, core, l.Core, coreSite, target, l.B, bSite)
+	closeSessions, err := Connect(ctx, core, coreSite, target, bSite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(closeSessions)
 	return core, target
 }
 
