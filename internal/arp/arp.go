@@ -1,4 +1,7 @@
-package ipsec
+// Package arp sends gratuitous ARP announcements from a host's LAN
+// interface: the secure-link backends use it so neighbours with a stale
+// entry switch to a proxy ARP answer at once.
+package arp
 
 import (
 	"encoding/binary"
@@ -11,29 +14,29 @@ import (
 	"github.com/sealift/sealift/internal/nsutil"
 )
 
-// announce sends a gratuitous ARP request for ip from the LAN interface
+// Announce sends a gratuitous ARP request for ip from the LAN interface
 // ifindex of host, so neighbours with a stale entry (the VM's old MAC at
 // the secure end, the peers' MACs inside the moved VM) switch to this
 // host's proxy at once instead of after their ARP entry expires.
-func announce(host string, ifindex int, ip netip.Addr) error {
+func Announce(host string, ifindex int, ip netip.Addr) error {
 	return nsutil.Do(host, func() error {
 		ifi, err := net.InterfaceByIndex(ifindex)
 		if err != nil {
-			return fmt.Errorf("ipsec: host %q: interface %d: %w", host, ifindex, err)
+			return fmt.Errorf("arp: host %q: interface %d: %w", host, ifindex, err)
 		}
 		if len(ifi.HardwareAddr) != 6 {
 			return nil // not Ethernet: nothing to announce
 		}
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
-			return fmt.Errorf("ipsec: host %q: packet socket: %w", host, err)
+			return fmt.Errorf("arp: host %q: packet socket: %w", host, err)
 		}
 		defer unix.Close(fd)
 		f := garpFrame(ifi.HardwareAddr, ip)
 		to := &unix.SockaddrLinklayer{Ifindex: ifindex, Protocol: htons(unix.ETH_P_ARP), Halen: 6}
 		copy(to.Addr[:], f[0:6])
 		if err := unix.Sendto(fd, f, 0, to); err != nil {
-			return fmt.Errorf("ipsec: host %q: gratuitous ARP for %s on %s: %w", host, ip, ifi.Name, err)
+			return fmt.Errorf("arp: host %q: gratuitous ARP for %s on %s: %w", host, ip, ifi.Name, err)
 		}
 		return nil
 	})

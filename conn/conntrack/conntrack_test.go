@@ -1,0 +1,176 @@
+package conntrack_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sealift/sealift/conn"
+	"github.com/sealift/sealift/conn/conntrack"
+	"github.com/sealift/sealift/internal/lab"
+)
+
+// world is the reference lab with host A tracking connections and a
+// "secure link" wg0 from A to core: peer2's second address 10.2.1.20 is
+// routed over it, the first (10.2.0.20) over the plain uplink.
+type world struct {
+	*lab.Lab
+	sel    conn.Selector
+	policy conn.Policy
+}
+
+var secureAddr = netip.MustParseAddr("10.2.1.20")
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
+	lab.RequireRoot(t)
+	l := lab.New(t)
+	must := func(out []byte, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+	}
+	// Conntrack runs in a namespace only when some rule needs it.
+	must(lab.Exec(l.A, "nft", "add table inet track; add chain inet track tracked { type filter hook forward priority 0; }; add rule inet track tracked ct state established counter"))
+	if err := lab.Veth(l.A, "wg0", "10.254.0.1/30", l.Core, "wga", "10.254.0.2/30"); err != nil {
+		t.Fatal(err)
+	}
+	must(lab.Exec(l.Peer2, "ip", "addr", "add", "10.2.1.20/24", "dev", "eth0"))
+	must(lab.Exec(l.Core, "ip", "addr", "add", "10.2.1.1/24", "dev", "p2"))
+	must(lab.Exec(l.A, "ip", "route", "add", "10.2.1.0/24", "via", "10.254.0.2", "dev", "wg0"))
+	return &world{Lab: l,
+		sel:    conn.Selector{Addrs: []netip.Prefix{netip.PrefixFrom(lab.VMAddr, 32)}},
+		policy: conn.Policy{WireGuardDevices: []string{"wg0"}},
+	}
+}
+
+// TestAuditKeepsSecureResetsPlain is claim 10 end to end on a routing host:
+// plaintext TCP, TLS on 443 and a session over the secure link exist; the
+// audit keeps the last two, resets the first (both ends see ECONNRESET),
+// and the client's new connection, now routed over the link, is secure.
+func TestAuditKeepsSecureResetsPlain(t *testing.T) {
+	w := newWorld(t)
+	srvTLS, cliTLS := selfSigned(t, "10.2.0.20")
+	plainSrv := listenIn(t, w.Peer2, "tcp4", "10.2.0.20:8080", nil)
+	listenIn(t, w.Peer2, "tcp4", "10.2.0.20:443", srvTLS)
+	listenIn(t, w.Peer2, "tcp4", "10.2.1.20:9000", nil)
+	udpStop, err := lab.ServeUDPEcho(w.Peer2, "10.2.0.20:5353")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udpStop()
+
+	plain := dialIn(t, w.VM, "tcp4", "10.2.0.20:8080")
+	tlsConn := tls.Client(dialIn(t, w.VM, "tcp4", "10.2.0.20:443"), cliTLS)
+	secure := dialIn(t, w.VM, "tcp4", "10.2.1.20:9000")
+	udp := dialIn(t, w.VM, "udp4", "10.2.0.20:5353")
+	for name, c := range map[string]net.Conn{"plain": plain, "tls": tlsConn, "secure": secure, "udp": udp} {
+		if err := echo(c, "hello "+name); err != nil {
+			t.Fatalf("%s echo: %v", name, err)
+		}
+	}
+
+	a := conntrack.New(conntrack.WithHost(w.A))
+	ctx := t.Context()
+	conns, err := a.List(ctx, w.sel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{ // remote -> proto/device
+		"10.2.0.20:8080": "tcp/up0", "10.2.0.20:443": "tcp/up0", "10.2.1.20:9000": "tcp/wg0", "10.2.0.20:5353": "udp/up0",
+	}
+	if len(conns) != len(want) {
+		t.Fatalf("List: %d conns, want %d: %v", len(conns), len(want), conns)
+	}
+	for _, c := range conns {
+		if got := string(c.Proto) + "/" + c.Device; want[c.Remote.String()] != got || c.Local.Addr() != lab.VMAddr {
+			t.Errorf("conn %v device %q: want %s", c, c.Device, want[c.Remote.String()])
+		}
+		if c.Proto == conn.TCP && c.State != "ESTABLISHED" {
+			t.Errorf("conn %v state %q", c, c.State)
+		}
+	}
+
+	cl := conn.Classify(conns, w.policy)
+	reasons := map[string]conn.Reason{}
+	for _, v := range append(cl.Keep, cl.Reset...) {
+		reasons[v.Conn.Remote.String()] = v.Reason
+	}
+	if reasons["10.2.0.20:443"] != conn.ReasonTLSPort || reasons["10.2.1.20:9000"] != conn.ReasonWireGuard ||
+		reasons["10.2.0.20:8080"] != conn.ReasonUnsecured || reasons["10.2.0.20:5353"] != conn.ReasonUnsecured {
+		t.Fatalf("classification: %v", reasons)
+	}
+
+	// The tunnel now carries the plain service (FIG. 3: link first, then reset).
+	if out, err := lab.Exec(w.A, "ip", "route", "add", "10.2.0.20/32", "via", "10.254.0.2", "dev", "wg0"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var resetConns []conn.Conn
+	for _, v := range cl.Reset {
+		resetConns = append(resetConns, v.Conn)
+	}
+	res, err := a.Reset(ctx, w.sel, resetConns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Reset != 2 || res.Missed != 0 {
+		t.Fatalf("Reset = %+v, want 2 reset 0 missed", res)
+	}
+	// Both endpoints of the plain session were reset, without traffic of their own.
+	if err := readErr(plain); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("VM side of plain session: %v, want ECONNRESET", err)
+	}
+	if err := plainSrv.endOf(t, plain.LocalAddr().String()); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("peer side of plain session: %v, want ECONNRESET", err)
+	}
+	// The kept sessions still work.
+	if err := echo(tlsConn, "still tls"); err != nil {
+		t.Errorf("tls session after audit: %v", err)
+	}
+	if err := echo(secure, "still secure"); err != nil {
+		t.Errorf("secure session after audit: %v", err)
+	}
+	// The reset table removed itself; the UDP entry is gone.
+	if out, err := lab.Exec(w.A, "nft", "list", "tables"); err != nil || strings.Contains(string(out), "sealift_reset") {
+		t.Errorf("reset table left behind (%v): %s", err, out)
+	}
+	after, err := a.List(ctx, w.sel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range after {
+		for _, r := range resetConns {
+			if c.ID == r.ID {
+				t.Errorf("entry %d (%v) still listed after Reset", c.ID, c)
+			}
+		}
+	}
+
+	// The client reconnects; the new flow crosses the link and is secure.
+	re := dialIn(t, w.VM, "tcp4", "10.2.0.20:8080")
+	if err := echo(re, "again"); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var plainConn []conn.Conn
+	for _, c := range resetConns {
+		if c.Proto == conn.TCP {
+			plainConn = append(plainConn, c)
+		}
+	}
+	vs, err := conn.WaitReestablished(wctx, a, w.sel, plainConn, w.policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vs) != 1 || !vs[0].Secure || vs[0].Reason != conn.ReasonWireGuard || vs[0].Conn.Local != netip.MustParseAddrPort(re.LocalAddr().String()) {
+		t.Fatalf("reestablished: %+v (client %s)", vs, re.LocalAddr())
+	}
+}

@@ -1,0 +1,80 @@
+package conntrack_test
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/sealift/sealift/conn"
+	"github.com/sealift/sealift/conn/conntrack"
+	"github.com/sealift/sealift/internal/lab"
+)
+
+func TestBadInput(t *testing.T) {
+	lab.RequireRoot(t)
+	a := conntrack.New()
+	vm := []netip.Prefix{netip.MustParsePrefix("10.1.0.10/32")}
+	good := conn.Conn{Proto: conn.TCP, Local: netip.MustParseAddrPort("10.1.0.10:1"), Remote: netip.MustParseAddrPort("10.2.0.20:2")}
+	for _, tc := range []struct {
+		name  string
+		run   func() error
+		is    error
+		names string
+	}{
+		{"list empty selector", func() error { _, err := a.List(t.Context(), conn.Selector{}); return err }, conn.ErrInvalid, "Selector.Addrs"},
+		{"list bad prefix", func() error {
+			_, err := a.List(t.Context(), conn.Selector{Addrs: []netip.Prefix{{}}})
+			return err
+		}, conn.ErrInvalid, "Selector.Addrs[0]"},
+		{"list unknown host", func() error {
+			_, err := a.List(t.Context(), conn.Selector{Host: "sl-no-such-ns", Addrs: vm})
+			return err
+		}, conn.ErrNoHost, "sl-no-such-ns"},
+		{"reset unknown host", func() error {
+			_, err := a.Reset(t.Context(), conn.Selector{Host: "sl-no-such-ns", Addrs: vm}, []conn.Conn{good})
+			return err
+		}, conn.ErrNoHost, "sl-no-such-ns"},
+		{"option host unknown", func() error {
+			_, err := conntrack.New(conntrack.WithHost("sl-no-such-ns2")).List(t.Context(), conn.Selector{Addrs: vm})
+			return err
+		}, conn.ErrNoHost, "sl-no-such-ns2"},
+		{"reset empty selector", func() error { _, err := a.Reset(t.Context(), conn.Selector{}, []conn.Conn{good}); return err }, conn.ErrInvalid, "Selector.Addrs"},
+		{"reset bad proto", func() error {
+			c := good
+			c.Proto = "sctp"
+			_, err := a.Reset(t.Context(), conn.Selector{Host: "sl-no-such-ns", Addrs: vm}, []conn.Conn{good, c})
+			return err
+		}, conn.ErrInvalid, "conns[1].Proto"},
+		{"reset no remote", func() error {
+			c := good
+			c.Remote = netip.AddrPort{}
+			_, err := a.Reset(t.Context(), conn.Selector{Addrs: vm}, []conn.Conn{c})
+			return err
+		}, conn.ErrInvalid, "conns[0].Remote"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.run()
+			if !errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.names) {
+				t.Fatalf("err = %v, want %v naming %q", err, tc.is, tc.names)
+			}
+		})
+	}
+}
+
+// TestResetMissed: a conn that is not (or no longer) in the table is
+// counted as missed and nothing is installed.
+func TestResetMissed(t *testing.T) {
+	w := newWorld(t)
+	a := conntrack.New(conntrack.WithHost(w.A))
+	gone := conn.Conn{Proto: conn.TCP, ID: 12345,
+		Local: netip.MustParseAddrPort("10.1.0.10:40000"), Remote: netip.MustParseAddrPort("10.2.0.20:8080")}
+	res, err := a.Reset(t.Context(), w.sel, []conn.Conn{gone})
+	if err != nil || res != (conn.ResetResult{Missed: 1}) {
+		t.Fatalf("Reset = %+v, %v; want 1 missed", res, err)
+	}
+	out, err := lab.Exec(w.A, "nft", "list", "tables")
+	if err != nil || strings.Contains(string(out), "sealift_reset") {
+		t.Fatalf("reset table installed for nothing (%v): %s", err, out)
+	}
+}
