@@ -220,8 +220,13 @@ func validConns(conns []conn.Conn) error {
 
 // Reset makes both endpoints of every TCP flow in conns drop it (RST),
 // rejects UDP flows' next packets while it runs, and deletes all their
-// conntrack entries, in one batch (see the package doc). Conns no longer
-// in the table are counted as Missed.
+// conntrack entries, in one batch (see the package doc). Conns are found
+// in the table by ID, else by 5-tuple (a list taken on another host, e.g.
+// the migration's source). A conn not in the table is still reset by its
+// 5-tuple (a moved VM's flow that has sent nothing through this host
+// yet): it counts as Reset when a packet of one of its directions was
+// rejected (an endpoint's RST answering a probe counts too: the endpoint
+// no longer has the connection), else as Missed.
 func (a *Auditor) Reset(ctx context.Context, sel conn.Selector, conns []conn.Conn) (conn.ResetResult, error) {
 	if err := sel.Validate(); err != nil {
 		return conn.ResetResult{}, err
@@ -242,32 +247,52 @@ func (a *Auditor) Reset(ctx context.Context, sel conn.Selector, conns []conn.Con
 		return conn.ResetResult{}, err
 	}
 	byID := make(map[uint64]int, len(cur))
+	byTuple := make(map[tupleKey]int, len(cur))
 	for i, s := range cur {
 		byID[s.conn.ID] = i
+		byTuple[keyOf(s.conn)] = i
 	}
 	var res conn.ResetResult
 	flows := make([]ct.Flow, 0, len(conns))
-	seen := make(map[uint64]bool, len(conns))
+	var absent []conn.Conn // not (yet) in this table: reset by 5-tuple alone
+	seen := make(map[int]bool, len(conns))
 	for _, c := range conns {
 		i, ok := byID[c.ID]
-		if !ok || seen[c.ID] || !same(cur[i].conn, c) {
-			res.Missed++
-			continue
+		if !ok || !same(cur[i].conn, c) {
+			i, ok = byTuple[keyOf(c)] // listed on another host (the source)
 		}
-		seen[c.ID] = true
-		flows = append(flows, *cur[i].flow)
+		switch {
+		case !ok:
+			absent = append(absent, c)
+		case seen[i]:
+			res.Missed++
+		default:
+			seen[i] = true
+			flows = append(flows, *cur[i].flow)
+		}
 	}
-	if len(flows) == 0 {
+	if len(flows) == 0 && len(absent) == 0 {
 		return res, nil
 	}
 	p := newPlan(flows)
+	p.addConns(absent)
 	rj, err := installReject(ns, p, a.mark)
 	if err != nil {
 		return res, err
 	}
 	var errs []error
-	if err := a.provoke(ctx, ns, rj, p); err != nil {
+	left, err := a.provoke(ctx, ns, rj, p)
+	if err != nil {
 		errs = append(errs, err)
+	}
+	// An absent connection counts as reset when a packet of one of its
+	// directions was rejected; otherwise it was already gone.
+	for _, c := range absent {
+		if left != nil && left.hasBoth(c) {
+			res.Missed++
+		} else {
+			res.Reset++
+		}
 	}
 	gone, err := deleteFlows(ns, flows)
 	if err != nil {
@@ -276,7 +301,7 @@ func (a *Auditor) Reset(ctx context.Context, sel conn.Selector, conns []conn.Con
 	if err := rj.remove(); err != nil {
 		errs = append(errs, err)
 	}
-	res.Reset = len(flows)
+	res.Reset += len(flows)
 	a.log.Info("conntrack reset", "host", a.hostOf(sel), "reset", res.Reset, "missed", res.Missed,
 		"entries_already_gone", gone)
 	return res, errors.Join(errs...)
@@ -286,15 +311,16 @@ func (a *Auditor) Reset(ctx context.Context, sel conn.Selector, conns []conn.Con
 // was rejected once, the timeout passes, or ctx ends. Directions still
 // silent are tickled again after retickle (an endpoint answers at most one
 // out-of-window segment per net.ipv4.tcp_invalid_ratelimit, 500ms).
-func (a *Auditor) provoke(ctx context.Context, ns netns.NsHandle, rj *rejecter, p *plan) error {
+func (a *Auditor) provoke(ctx context.Context, ns netns.NsHandle, rj *rejecter, p *plan) (left *plan, err error) {
 	if p.tcpKeys() == 0 {
-		return nil
+		return p, nil
 	}
 	const retickle = 600 * time.Millisecond
 	var last time.Time
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
-	left, wait := p, 2*time.Millisecond
+	left = p
+	wait := 2 * time.Millisecond
 	for {
 		if a.tickle && time.Since(last) >= retickle {
 			if err := tickle(ns, left, a.mark); err != nil {
@@ -306,16 +332,15 @@ func (a *Auditor) provoke(ctx context.Context, ns netns.NsHandle, rj *rejecter, 
 		case <-ctx.Done():
 			a.log.Warn("conntrack reset: directions not confirmed by a rejected packet",
 				"unconfirmed", left.tcpKeys(), "of", p.tcpKeys())
-			return nil
+			return left, nil
 		case <-time.After(wait):
 		}
 		wait = min(wait*2, 50*time.Millisecond)
-		var err error
 		if left, err = rj.unhit(); err != nil {
-			return err
+			return nil, err
 		}
 		if left.tcpKeys() == 0 {
-			return nil
+			return left, nil
 		}
 	}
 }

@@ -174,3 +174,38 @@ func TestAuditKeepsSecureResetsPlain(t *testing.T) {
 		t.Fatalf("reestablished: %+v (client %s)", vs, re.LocalAddr())
 	}
 }
+
+// A connection listed on another host (the migration's source) whose
+// flow this host's table does not hold yet is still reset at both ends,
+// by its 5-tuple alone.
+func TestResetFlowAbsentFromTable(t *testing.T) {
+	w := newWorld(t)
+	srv := listenIn(t, w.Peer2, "tcp4", "10.2.0.20:8080", nil)
+	c := dialIn(t, w.VM, "tcp4", "10.2.0.20:8080")
+	if err := echo(c, "hello"); err != nil {
+		t.Fatal(err)
+	}
+	// What the source saw: the 5-tuple, and an ID that means nothing here.
+	seen := conn.Conn{Proto: conn.TCP, Local: netip.MustParseAddrPort(c.LocalAddr().String()),
+		Remote: netip.MustParseAddrPort(c.RemoteAddr().String()), ID: 0xdead}
+	if out, err := lab.Exec(w.A, "conntrack", "-D", "-p", "tcp", "-s", lab.VMAddr.String(), "--dport", "8080"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	a := conntrack.New(conntrack.WithHost(w.A))
+	if got, err := a.List(t.Context(), w.sel); err != nil || len(got) != 0 {
+		t.Fatalf("table after delete: %v, %v; want empty", got, err)
+	}
+	res, err := a.Reset(t.Context(), w.sel, []conn.Conn{seen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Reset != 1 || res.Missed != 0 {
+		t.Fatalf("Reset = %+v, want 1 reset", res)
+	}
+	if err := readErr(c); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("VM side: %v, want ECONNRESET", err)
+	}
+	if err := srv.endOf(t, c.LocalAddr().String()); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("peer side: %v, want ECONNRESET", err)
+	}
+}

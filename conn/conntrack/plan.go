@@ -3,6 +3,8 @@ package conntrack
 import (
 	"net/netip"
 
+	"github.com/sealift/sealift/conn"
+
 	ct "github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 )
@@ -68,3 +70,49 @@ func newPlan(flows []ct.Flow) *plan {
 }
 
 func (p *plan) tcpKeys() int { return len(p.tcp4) + len(p.tcp6) }
+
+// tupleKey identifies a connection by protocol and addresses.
+type tupleKey struct {
+	proto         conn.Proto
+	local, remote netip.AddrPort
+}
+
+func keyOf(c conn.Conn) tupleKey { return tupleKey{c.Proto, c.Local, c.Remote} }
+
+// addConns adds connections known only by their 5-tuple (no NAT known):
+// Local->Remote packets come from the local endpoint, which a tickle from
+// Remote reaches, and the other way round.
+func (p *plan) addConns(cs []conn.Conn) {
+	for _, c := range cs {
+		l, r := c.Local, c.Remote
+		out := dir{match: tuple{l.Addr(), r.Addr(), l.Port(), r.Port()}, tickle: tuple{r.Addr(), l.Addr(), r.Port(), l.Port()}}
+		in := dir{match: tuple{r.Addr(), l.Addr(), r.Port(), l.Port()}, tickle: tuple{l.Addr(), r.Addr(), l.Port(), r.Port()}}
+		v6 := l.Addr().Is6()
+		switch {
+		case c.Proto == conn.TCP && !v6:
+			p.tcp4 = append(p.tcp4, out, in)
+		case c.Proto == conn.TCP:
+			p.tcp6 = append(p.tcp6, out, in)
+		case !v6:
+			p.udp4 = append(p.udp4, out, in)
+		default:
+			p.udp6 = append(p.udp6, out, in)
+		}
+	}
+}
+
+// hasBoth reports whether both directions of c are still in p (neither
+// was rejected).
+func (p *plan) hasBoth(c conn.Conn) bool {
+	l, r := c.Local, c.Remote
+	out := tuple{l.Addr(), r.Addr(), l.Port(), r.Port()}
+	in := tuple{r.Addr(), l.Addr(), r.Port(), l.Port()}
+	var gotOut, gotIn bool
+	for _, ds := range [][]dir{p.tcp4, p.tcp6} {
+		for _, d := range ds {
+			gotOut = gotOut || d.match == out
+			gotIn = gotIn || d.match == in
+		}
+	}
+	return gotOut && gotIn
+}
