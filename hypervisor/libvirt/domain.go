@@ -1,0 +1,136 @@
+package libvirt
+
+import (
+	"encoding/xml"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/sealift/sealift/hypervisor"
+)
+
+// DomainSpec describes a direct-kernel-boot QEMU (TCG) domain: the
+// device model Start creates. libvirt carries it to the target during a
+// migration, so host-local parts (bridge, tap, serial file) must exist
+// there under the same names.
+type DomainSpec struct {
+	Name      string
+	MemoryMiB int    // default 128
+	CPUs      int    // default 1
+	Machine   string // default pc-i440fx-7.2
+	Emulator  string // default /usr/bin/qemu-system-x86_64
+	Kernel    string // required
+	Initrd    string
+	Cmdline   string
+	// Serial is a file the serial console is appended to (append='on', so
+	// source and target write one continuous log). Optional.
+	Serial string
+	NICs   []DomainNIC
+}
+
+// DomainNIC is a virtio-net port on a host bridge.
+type DomainNIC struct {
+	MAC    string // required
+	Bridge string // required, e.g. "br0"
+	Tap    string // libvirt's target dev name; optional
+}
+
+// XML renders the domain XML after validating the spec.
+func (s DomainSpec) XML() (string, error) {
+	if s.MemoryMiB == 0 {
+		s.MemoryMiB = 128
+	}
+	if s.CPUs == 0 {
+		s.CPUs = 1
+	}
+	if s.Machine == "" {
+		s.Machine = "pc-i440fx-7.2"
+	}
+	if s.Emulator == "" {
+		s.Emulator = "/usr/bin/qemu-system-x86_64"
+	}
+	if err := validName(s.Name); err != nil {
+		return "", err
+	}
+	if s.Kernel == "" {
+		return "", fmt.Errorf("%w: Kernel is empty (vm %q)", hypervisor.ErrInvalid, s.Name)
+	}
+	if s.MemoryMiB < 0 || s.CPUs < 0 {
+		return "", fmt.Errorf("%w: MemoryMiB %d / CPUs %d (vm %q)", hypervisor.ErrInvalid, s.MemoryMiB, s.CPUs, s.Name)
+	}
+	for i, n := range s.NICs {
+		if _, err := net.ParseMAC(n.MAC); err != nil || len(n.MAC) != 17 {
+			return "", fmt.Errorf("%w: NICs[%d].MAC %q is not a MAC address (vm %q)", hypervisor.ErrInvalid, i, n.MAC, s.Name)
+		}
+		if n.Bridge == "" || len(n.Bridge) > 15 || len(n.Tap) > 15 {
+			return "", fmt.Errorf("%w: NICs[%d] bridge %q / tap %q are not interface names (vm %q)", hypervisor.ErrInvalid, i, n.Bridge, n.Tap, s.Name)
+		}
+	}
+	e := func(v string) string {
+		var b strings.Builder
+		_ = xml.EscapeText(&b, []byte(v))
+		return b.String()
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "<domain type='qemu'>\n  <name>%s</name>\n  <memory unit='MiB'>%d</memory>\n  <vcpu>%d</vcpu>\n", e(s.Name), s.MemoryMiB, s.CPUs)
+	fmt.Fprintf(&b, "  <os>\n    <type arch='x86_64' machine='%s'>hvm</type>\n    <kernel>%s</kernel>\n", e(s.Machine), e(s.Kernel))
+	if s.Initrd != "" {
+		fmt.Fprintf(&b, "    <initrd>%s</initrd>\n", e(s.Initrd))
+	}
+	if s.Cmdline != "" {
+		fmt.Fprintf(&b, "    <cmdline>%s</cmdline>\n", e(s.Cmdline))
+	}
+	b.WriteString("  </os>\n  <on_reboot>destroy</on_reboot>\n  <devices>\n")
+	fmt.Fprintf(&b, "    <emulator>%s</emulator>\n", e(s.Emulator))
+	for _, n := range s.NICs {
+		fmt.Fprintf(&b, "    <interface type='bridge'>\n      <mac address='%s'/>\n      <source bridge='%s'/>\n", e(strings.ToLower(n.MAC)), e(n.Bridge))
+		if n.Tap != "" {
+			fmt.Fprintf(&b, "      <target dev='%s'/>\n", e(n.Tap))
+		}
+		b.WriteString("      <model type='virtio'/>\n      <rom enabled='no'/>\n    </interface>\n")
+	}
+	if s.Serial != "" {
+		fmt.Fprintf(&b, "    <serial type='file'>\n      <source path='%s' append='on'/>\n      <target port='0'/>\n    </serial>\n", e(s.Serial))
+	}
+	b.WriteString("    <memballoon model='none'/>\n  </devices>\n</domain>\n")
+	return b.String(), nil
+}
+
+// domainXML is the part of a live domain's XML Lookup reads.
+type domainXML struct {
+	Interfaces []struct {
+		MAC struct {
+			Address string `xml:"address,attr"`
+		} `xml:"mac"`
+		Target struct {
+			Dev string `xml:"dev,attr"`
+		} `xml:"target"`
+	} `xml:"devices>interface"`
+}
+
+func parseNICs(x string) []hypervisor.NIC {
+	var d domainXML
+	if xml.Unmarshal([]byte(x), &d) != nil {
+		return nil
+	}
+	var nics []hypervisor.NIC
+	for _, i := range d.Interfaces {
+		nics = append(nics, hypervisor.NIC{MAC: strings.ToLower(i.MAC.Address), Port: i.Target.Dev})
+	}
+	return nics
+}
+
+func validName(name string) error {
+	if name == "" {
+		return fmt.Errorf("%w: vm name is empty", hypervisor.ErrInvalid)
+	}
+	if len(name) > 64 || name[0] == '.' {
+		return fmt.Errorf("%w: vm name %q is not a valid name", hypervisor.ErrInvalid, name)
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return fmt.Errorf("%w: vm name %q has character %q (allowed: letters, digits, - _ .)", hypervisor.ErrInvalid, name, r)
+		}
+	}
+	return nil
+}

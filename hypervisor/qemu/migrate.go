@@ -1,0 +1,329 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sealift/sealift/hypervisor"
+)
+
+// migrateInfo is the part of query-migrate sealift reads.
+type migrateInfo struct {
+	Status        string `json:"status"`
+	TotalTime     int64  `json:"total-time"`
+	Downtime      int64  `json:"downtime"`
+	ErrorDesc     string `json:"error-desc"`
+	SocketAddress []struct {
+		Type string `json:"type"`
+		Host string `json:"host"`
+		Port string `json:"port"`
+	} `json:"socket-address"`
+	RAM struct {
+		Transferred    uint64 `json:"transferred"`
+		Remaining      uint64 `json:"remaining"`
+		Total          uint64 `json:"total"`
+		DirtySyncCount int    `json:"dirty-sync-count"`
+	} `json:"ram"`
+}
+
+// progressEvery is how often Migrate polls query-migrate for OnProgress.
+const progressEvery = 100 * time.Millisecond
+
+// defaultBandwidth replaces "no limit" (QEMU's own default is 32 MiB/s).
+const defaultBandwidth = 100 << 30
+
+// ParseURI checks a migration URI of the form tcp:HOST:PORT.
+func ParseURI(uri string) (host string, port int, err error) {
+	rest, ok := strings.CutPrefix(uri, "tcp:")
+	if !ok {
+		return "", 0, fmt.Errorf("%w: endpoint URI %q: want tcp:HOST:PORT", hypervisor.ErrInvalid, uri)
+	}
+	h, ps, err := net.SplitHostPort(rest)
+	if err != nil || h == "" {
+		return "", 0, fmt.Errorf("%w: endpoint URI %q: want tcp:HOST:PORT", hypervisor.ErrInvalid, uri)
+	}
+	port, err = strconv.Atoi(ps)
+	if err != nil || port < 1 || port > 65535 {
+		return "", 0, fmt.Errorf("%w: endpoint URI %q: port %q out of range", hypervisor.ErrInvalid, uri, ps)
+	}
+	return h, port, nil
+}
+
+func setCapabilities(ctx context.Context, p *Process, caps map[string]bool) error {
+	var list []map[string]any
+	for c, on := range caps {
+		list = append(list, map[string]any{"capability": c, "state": on})
+	}
+	return p.QMP.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": list}, nil)
+}
+
+// SetupMigration applies sealift's migration settings to a source QEMU:
+// capabilities (events; pause-before-switchover if pause), bandwidth
+// (0: unlimited) and downtime limit (0: QEMU's default of 300 ms).
+func SetupMigration(ctx context.Context, p *Process, pause bool, bandwidth uint64, downtime time.Duration) error {
+	if err := setCapabilities(ctx, p, map[string]bool{"events": true, "pause-before-switchover": pause}); err != nil {
+		return err
+	}
+	if bandwidth == 0 {
+		bandwidth = defaultBandwidth
+	}
+	params := map[string]any{"max-bandwidth": bandwidth}
+	if downtime > 0 {
+		params["downtime-limit"] = downtime.Milliseconds()
+	}
+	return p.QMP.Execute(ctx, "migrate-set-parameters", params, nil)
+}
+
+// Migrate live-migrates name to the endpoint (tcp:HOST:PORT of a prepared
+// target). With AtSwitchover set the source pauses before switchover
+// (pause-before-switchover), the hook runs, and only then is the last
+// state sent; the target stays paused until its Resume. On success the
+// source QEMU is quit. On failure the VM keeps running here.
+func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.Endpoint, opts hypervisor.MigrateOptions) (hypervisor.Stats, error) {
+	var stats hypervisor.Stats
+	if err := validName(name); err != nil {
+		return stats, err
+	}
+	if to.VM != "" && to.VM != name {
+		return stats, fmt.Errorf("%w: endpoint is for vm %q, not %q", hypervisor.ErrInvalid, to.VM, name)
+	}
+	if _, _, err := ParseURI(to.URI); err != nil {
+		return stats, err
+	}
+	if to.MigrateURI != "" && to.MigrateURI != to.URI {
+		return stats, fmt.Errorf("%w: endpoint MigrateURI %q: the qemu backend sends to URI only", hypervisor.ErrInvalid, to.MigrateURI)
+	}
+	if opts.MaxDowntime < 0 {
+		return stats, fmt.Errorf("%w: MaxDowntime %v is negative", hypervisor.ErrInvalid, opts.MaxDowntime)
+	}
+	e, err := h.entry(name)
+	if err != nil {
+		return stats, err
+	}
+	h.mu.Lock()
+	switch {
+	case e.incoming:
+		h.mu.Unlock()
+		return stats, fmt.Errorf("%w: vm %q on host %q is an incoming instance, not resumed", hypervisor.ErrState, name, h.host)
+	case e.migrating:
+		h.mu.Unlock()
+		return stats, fmt.Errorf("%w: vm %q on host %q is already migrating", hypervisor.ErrState, name, h.host)
+	}
+	e.migrating, e.aborted = true, false
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		e.migrating = false
+		h.mu.Unlock()
+	}()
+	p := e.p
+	st, err := p.Status(ctx)
+	if err != nil {
+		return stats, fmt.Errorf("qemu: vm %q: %w", name, err)
+	}
+	if s := state(st); s != hypervisor.Running && s != hypervisor.Paused {
+		return stats, fmt.Errorf("%w: vm %q on host %q is %q", hypervisor.ErrState, name, h.host, st)
+	}
+
+	events, unsub := p.QMP.Subscribe()
+	defer unsub()
+	if err := SetupMigration(ctx, p, opts.AtSwitchover != nil, opts.MaxBandwidth, opts.MaxDowntime); err != nil {
+		return stats, fmt.Errorf("qemu: vm %q: %w", name, err)
+	}
+	start := time.Now()
+	if err := p.QMP.Execute(ctx, "migrate", map[string]any{"uri": to.URI}, nil); err != nil {
+		return stats, fmt.Errorf("%w: vm %q to %s: %v", hypervisor.ErrMigration, name, to.URI, err)
+	}
+	h.log.Info("migration started", "vm", name, "host", h.host, "to", to.URI)
+
+	// fail cancels the migration (if still running), makes sure the VM
+	// runs here, and returns cause.
+	fail := func(cause error) (hypervisor.Stats, error) {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := cancelAndContinue(cctx, p); err != nil {
+			cause = errors.Join(cause, fmt.Errorf("resume at source: %w", err))
+		}
+		h.log.Warn("migration failed", "vm", name, "host", h.host, "err", cause)
+		return stats, cause
+	}
+	aborted := func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return e.aborted
+	}
+
+	tick := time.NewTicker(progressEvery)
+	defer tick.Stop()
+	status, switched := "setup", false
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				return fail(fmt.Errorf("%w: vm %q: QMP connection lost: %v", hypervisor.ErrMigration, name, p.QMP.Err()))
+			}
+			if ev.Name != "MIGRATION" {
+				continue
+			}
+			var d struct {
+				Status string `json:"status"`
+			}
+			_ = json.Unmarshal(ev.Data, &d)
+			status = d.Status
+		case <-tick.C:
+			var mi migrateInfo
+			if err := p.QMP.Execute(ctx, "query-migrate", nil, &mi); err != nil {
+				continue // ctx or process end is handled below
+			}
+			status = mi.Status
+			if opts.OnProgress != nil && mi.Status == "active" {
+				opts.OnProgress(progress(start, mi))
+			}
+		case <-p.Done():
+			return stats, fmt.Errorf("%w: vm %q: source QEMU exited during migration: %v", hypervisor.ErrMigration, name, p.Err())
+		case <-ctx.Done():
+			if status == "setup" { // never connected: a target that does not answer
+				return fail(fmt.Errorf("%w: vm %q to %s: no connection before %v", hypervisor.ErrUnreachable, name, to.URI, ctx.Err()))
+			}
+			return fail(fmt.Errorf("%w: vm %q: %v", hypervisor.ErrAborted, name, ctx.Err()))
+		}
+
+		switch status {
+		case "pre-switchover":
+			if switched {
+				continue // a late report of the state we already handled
+			}
+			switched = true
+			stats.Switchover = time.Now()
+			var herr error
+			if opts.AtSwitchover != nil {
+				herr = runHook(ctx, opts.AtSwitchover)
+			}
+			stats.SwitchoverDone = time.Now()
+			if herr != nil {
+				return fail(fmt.Errorf("%w: vm %q: %v", hypervisor.ErrSwitchoverHook, name, herr))
+			}
+			if aborted() {
+				return fail(fmt.Errorf("%w: vm %q on host %q", hypervisor.ErrAborted, name, h.host))
+			}
+			if err := p.QMP.Execute(ctx, "migrate-continue", map[string]any{"state": "pre-switchover"}, nil); err != nil {
+				return fail(fmt.Errorf("%w: vm %q: migrate-continue: %v", hypervisor.ErrMigration, name, err))
+			}
+			status = "device"
+		case "completed":
+			return h.finish(ctx, name, e, start, stats, opts.OnProgress)
+		case "failed":
+			var mi migrateInfo
+			_ = p.QMP.Execute(ctx, "query-migrate", nil, &mi)
+			sentinel := hypervisor.ErrMigration
+			if mi.RAM.Transferred == 0 {
+				sentinel = hypervisor.ErrUnreachable
+			}
+			return fail(fmt.Errorf("%w: vm %q to %s: %s", sentinel, name, to.URI, mi.ErrorDesc))
+		case "cancelling", "cancelled":
+			if aborted() {
+				return fail(fmt.Errorf("%w: vm %q on host %q", hypervisor.ErrAborted, name, h.host))
+			}
+			return fail(fmt.Errorf("%w: vm %q: migration cancelled by QEMU", hypervisor.ErrMigration, name))
+		}
+	}
+}
+
+func progress(start time.Time, mi migrateInfo) hypervisor.Progress {
+	return hypervisor.Progress{Elapsed: time.Since(start), Transferred: mi.RAM.Transferred,
+		Remaining: mi.RAM.Remaining, Total: mi.RAM.Total, Pass: mi.RAM.DirtySyncCount}
+}
+
+// runHook runs the switchover hook, turning a panic into an error.
+func runHook(ctx context.Context, f func(context.Context) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("hook panicked: %v", r)
+		}
+	}()
+	return f(ctx)
+}
+
+// finish collects the stats of a completed migration and quits the source.
+// The last progress report (Remaining 0) is sent from here.
+func (h *Hypervisor) finish(ctx context.Context, name string, e *vmEntry, start time.Time, stats hypervisor.Stats, onProgress func(hypervisor.Progress)) (hypervisor.Stats, error) {
+	stats.Total = time.Since(start)
+	var mi migrateInfo
+	// QEMU announces "completed" a moment before it fills in the times.
+	for i := 0; i < 100; i++ {
+		if err := e.p.QMP.Execute(ctx, "query-migrate", nil, &mi); err != nil || mi.TotalTime > 0 && mi.Downtime > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if mi.Status == "completed" {
+		stats.Downtime = time.Duration(mi.Downtime) * time.Millisecond
+		stats.Bytes = mi.RAM.Transferred
+		if onProgress != nil {
+			onProgress(progress(start, mi))
+		}
+	}
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	_ = e.p.Quit(qctx)
+	h.release(name, e)
+	h.log.Info("migration completed", "vm", name, "host", h.host, "total", stats.Total, "downtime", stats.Downtime, "bytes", stats.Bytes)
+	return stats, nil
+}
+
+// cancelAndContinue cancels a migration in flight, waits for it to settle
+// and makes sure the VM runs at this (source) host. With no migration in
+// flight it changes nothing.
+func cancelAndContinue(ctx context.Context, p *Process) error {
+	var mi migrateInfo
+	if err := p.QMP.Execute(ctx, "query-migrate", nil, &mi); err != nil {
+		return err
+	}
+	switch mi.Status {
+	case "", "none", "completed":
+		return nil
+	case "failed", "cancelled":
+	default:
+		if err := p.QMP.Execute(ctx, "migrate_cancel", nil, nil); err != nil {
+			return err
+		}
+		events, unsub := p.QMP.Subscribe()
+		defer unsub()
+		for settled := false; !settled; {
+			if err := p.QMP.Execute(ctx, "query-migrate", nil, &mi); err != nil {
+				return err
+			}
+			switch mi.Status {
+			case "cancelled", "failed", "completed":
+				settled = true
+				continue
+			}
+			select {
+			case <-events:
+			case <-time.After(50 * time.Millisecond):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if mi.Status == "completed" {
+			return nil // too late: the guest is complete at the target
+		}
+	}
+	st, err := p.Status(ctx)
+	if err != nil {
+		return err
+	}
+	switch st {
+	case "running":
+		return nil
+	case "finish-migrate", "paused", "postmigrate":
+		return p.QMP.Execute(ctx, "cont", nil, nil)
+	}
+	return nil
+}
