@@ -210,7 +210,8 @@ func (k *Linker) prepare(ctx context.Context, l *link) (tunnel.Link, error) {
 }
 
 // Activate switches the policies to allow with the ESP template (in/fwd
-// at both ends first, then out) and adds the routes and proxy entries.
+// at both ends first, then out) and adds the routes and proxy entries,
+// announced by gratuitous ARP. On an active link it only announces again.
 func (k *Linker) Activate(ctx context.Context, id string) error {
 	l, err := k.get(id)
 	if err != nil {
@@ -223,6 +224,11 @@ func (k *Linker) Activate(ctx context.Context, id string) error {
 		return err
 	}
 	defer ends.close()
+	if l.active {
+		// Again on an active link: re-announce the proxied addresses (the
+		// caller opened a fence behind which neighbours cache old MACs).
+		return ends.announce(l)
+	}
 	if err := ends.activate(ctx, l); err != nil {
 		return err
 	}

@@ -7,6 +7,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/sealift/sealift/internal/arp"
 )
 
 // RouteProtocol tags the routes a link installs (rtm_protocol), so Close
@@ -133,7 +135,7 @@ func (es ends) addRoutes(l *link) error {
 			l.proxies[i] = append(l.proxies[i], p)
 		}
 		for _, p := range proxies[i] {
-			if err := announce(e.host, p.linkIndex, p.ip); err != nil {
+			if err := arp.Announce(e.host, p.linkIndex, p.ip); err != nil {
 				return err
 			}
 		}
@@ -195,4 +197,16 @@ func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool {
 		}
 	}
 	return false
+}
+
+// announce sends a gratuitous ARP for every proxy entry of the link.
+func (es ends) announce(l *link) error {
+	for i, e := range es {
+		for _, p := range l.proxies[i] {
+			if err := arp.Announce(e.host, p.linkIndex, p.ip); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

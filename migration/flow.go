@@ -249,7 +249,12 @@ func (r *run) enable(ctx context.Context) error {
 			return err
 		}
 	}
-	return liftOK(r.src.Fencer.Lift(ctx, r.plan.VM))
+	if err := liftOK(r.src.Fencer.Lift(ctx, r.plan.VM)); err != nil {
+		return err
+	}
+	// Now that the fences are open, have the link announce its proxied
+	// addresses again: the VM and its peers drop stale neighbour entries.
+	return r.linker.Activate(ctx, r.linkID)
 }
 
 func (r *run) converge(ctx context.Context) {

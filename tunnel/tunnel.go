@@ -145,7 +145,10 @@ type SecureLinker interface {
 	// carries no traffic yet (uncovered traffic is dropped, never sent in
 	// clear).
 	Prepare(ctx context.Context, spec Spec) (Link, error)
-	// Activate makes the prepared link carry traffic.
+	// Activate makes the prepared link carry traffic and announces the
+	// addresses it proxies (gratuitous ARP). Calling it on an active link
+	// only announces again: the Migrator does so once the VM's fence
+	// opens, so neighbours that cached an old MAC switch at once.
 	Activate(ctx context.Context, id string) error
 	// Verify proves the link encrypts traffic (handshake or SA counters)
 	// or returns an error wrapping ErrNotProven.

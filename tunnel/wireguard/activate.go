@@ -14,7 +14,9 @@ import (
 // handshake (and waits up to activateHandshakeWait for it), routes each
 // end's view of the other's Protected prefixes through its device and,
 // with ProxyARP, answers ARP/NDP for them on the LAN side; then it turns
-// on the keepalives. After a failed Activate, Close the link.
+// on the keepalives, and announces the proxied addresses by gratuitous
+// ARP. On an active link it only announces again. After a failed
+// Activate, Close the link.
 func (l *Linker) Activate(ctx context.Context, id string) error {
 	lk, err := l.get(id)
 	if err != nil {
@@ -26,7 +28,9 @@ func (l *Linker) Activate(ctx context.Context, id string) error {
 		return fmt.Errorf("%w: %q", tunnel.ErrNoLink, id)
 	}
 	if lk.st.Link.Active {
-		return nil
+		// Again on an active link: re-announce (the caller opened a fence
+		// and wants neighbours behind it to learn the proxies now).
+		return announceProxies(lk.st.Ends[:])
 	}
 	spec := lk.st.Link.Spec
 	ends := [2]tunnel.End{spec.Secure, spec.Remote}
@@ -103,6 +107,9 @@ func (l *Linker) Activate(ctx context.Context, id string) error {
 	lk.st.Link.Active = true
 	if err := l.saveState(&lk.st); err != nil {
 		return err
+	}
+	if err := announceProxies(lk.st.Ends[:]); err != nil {
+		l.log.Warn("gratuitous ARP", "id", id, "err", err)
 	}
 	l.log.Info("wireguard link active", "id", id)
 	return nil

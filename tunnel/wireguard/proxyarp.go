@@ -11,6 +11,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/sealift/sealift/internal/arp"
+
 	"github.com/sealift/sealift/internal/nsutil"
 )
 
@@ -201,4 +203,38 @@ func writeSysctl(host, key, val string) error {
 		return fmt.Errorf("%s: write %s=%s: %w", hostName(host), key, val, err)
 	}
 	return nil
+}
+
+// announceProxies sends a gratuitous ARP for every IPv4 proxy entry of
+// the link's ends, so neighbours that cached an address's old owner (the
+// VM's MAC at the secure end, a peer's MAC inside the moved VM) switch to
+// the proxy now instead of when their entry expires.
+func announceProxies(ends []endState) error {
+	var errs []error
+	for _, st := range ends {
+		for _, e := range st.Proxy {
+			if !e.Addr.Is4() {
+				continue // IPv6: proxy NDP answers solicitations only
+			}
+			idx, err := ifIndex(st.Host, e.Dev)
+			if err == nil {
+				err = arp.Announce(st.Host, idx, e.Addr)
+			}
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func ifIndex(host, dev string) (int, error) {
+	h, err := nlHandle(host)
+	if err != nil {
+		return 0, err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %s: %w", hostName(host), dev, err)
+	}
+	return l.Attrs().Index, nil
 }
