@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/fence"
@@ -184,13 +185,18 @@ func (r *run) afterMigrate(ctx context.Context) error {
 }
 
 // finishForward runs blocks 355-395 (also used by Recover).
+//
+// The reset (365) runs after enable (370), not before as drawn in FIG. 3:
+// its RSTs must reach the VM, and until 370 the VM's port is fully
+// fenced. Nothing is exposed meanwhile: from 370 on, the VM talks only
+// through the secure link.
 func (r *run) finishForward(ctx context.Context) error {
 	p := r.plan
 	sel := conn.Selector{Host: r.dst.Host, Addrs: p.Addrs}
 	var conns []conn.Conn
 	if err := r.step(ctx, BlockAudit, nil, func() error {
 		var err error
-		conns, err = r.dst.Auditor.List(ctx, sel)
+		conns, err = r.listConns(ctx, sel)
 		return err
 	}); err != nil {
 		return r.stayFenced(ctx, fmt.Errorf("connection audit: %w", err))
@@ -199,6 +205,12 @@ func (r *run) finishForward(ctx context.Context) error {
 	r.rep.Audit.After = r.securePolicy()
 	_ = r.step(ctx, BlockKeep, map[string]string{"kept": fmt.Sprint(len(cls.Keep))}, func() error { return nil })
 	r.rep.Audit.Kept, r.rep.Audit.Reset = cls.Keep, cls.Reset
+
+	// 370: enable communications over the secure link only.
+	if err := r.step(ctx, BlockEnable, nil, func() error { return r.enable(ctx) }); err != nil {
+		return r.stayFenced(ctx, fmt.Errorf("enable over the secure link: %w", err))
+	}
+	// 365: reset the unsecured connections so they come back over the link.
 	if len(cls.Reset) > 0 {
 		bad := make([]conn.Conn, len(cls.Reset))
 		for i, v := range cls.Reset {
@@ -213,11 +225,6 @@ func (r *run) finishForward(ctx context.Context) error {
 		}
 	}
 
-	// 370: enable communications over the secure link only.
-	if err := r.step(ctx, BlockEnable, nil, func() error { return r.enable(ctx) }); err != nil {
-		return r.stayFenced(ctx, fmt.Errorf("enable over the secure link: %w", err))
-	}
-
 	// 375-390: if the subnet moved, wait for the routing core, then
 	// remove the redirect tunnel (make-before-break: only after the real
 	// route is there).
@@ -227,6 +234,48 @@ func (r *run) finishForward(ctx context.Context) error {
 	}
 	_ = r.step(ctx, BlockEnd, nil, func() error { return nil })
 	return r.finish(ctx, Completed, "")
+}
+
+// listConns lists the VM's connections at the target and, when the
+// source has an auditor, there too: a flow that persisted through the
+// move may not have crossed the target yet (its endpoints in TCP
+// backoff), but the source saw it. The lists are merged by 5-tuple; the
+// source's is best effort (a failure there is a warning).
+func (r *run) listConns(ctx context.Context, sel conn.Selector) ([]conn.Conn, error) {
+	var srcConns []conn.Conn
+	var srcErr error
+	var wg sync.WaitGroup
+	if r.src.Auditor != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			srcConns, srcErr = r.src.Auditor.List(ctx, conn.Selector{Host: r.src.Host, Addrs: sel.Addrs})
+		}()
+	}
+	conns, err := r.dst.Auditor.List(ctx, sel)
+	wg.Wait()
+	if err != nil {
+		return nil, err
+	}
+	if srcErr != nil {
+		r.rep.Warnings = append(r.rep.Warnings, fmt.Sprintf("list connections at the source: %v", srcErr))
+	}
+	type key struct {
+		proto         conn.Proto
+		local, remote netip.AddrPort
+	}
+	seen := make(map[key]bool, len(conns))
+	for _, c := range conns {
+		seen[key{c.Proto, c.Local, c.Remote}] = true
+	}
+	for _, c := range srcConns {
+		if k := (key{c.Proto, c.Local, c.Remote}); !seen[k] {
+			seen[k] = true
+			c.ID = 0 // the source's entry ID means nothing at the target
+			conns = append(conns, c)
+		}
+	}
+	return conns, nil
 }
 
 // enable lifts the full block at the target, leaving only the secure

@@ -220,13 +220,13 @@ func (a *Auditor) Reset(_ context.Context, sel conn.Selector, cs []conn.Conn) (c
 	defer a.mu.Unlock()
 	var res conn.ResetResult
 	for _, c := range cs {
+		a.resets = append(a.resets, c)
 		i := slices.IndexFunc(a.conns, func(x conn.Conn) bool { return x.Local == c.Local && x.Remote == c.Remote && x.Proto == c.Proto })
 		if i < 0 {
 			res.Missed++
 			continue
 		}
 		res.Reset++
-		a.resets = append(a.resets, c)
 		if a.Reconnect != "" {
 			a.conns[i].Device = a.Reconnect
 		} else {
