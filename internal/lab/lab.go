@@ -318,6 +318,11 @@ func AddRoute(ns, dst, gw, dev string) error {
 			return fmt.Errorf("%s: %s: %w", ns, dev, err)
 		}
 		r.LinkIndex = l.Attrs().Index
+		if gw == "" {
+			// As `ip route add DST dev DEV`: on-link, so it can resolve
+			// gateways of other routes.
+			r.Scope = netlink.SCOPE_LINK
+		}
 	}
 	if err := h.RouteAdd(r); err != nil {
 		return fmt.Errorf("%s: route %s via %s dev %s: %w", ns, dst, gw, dev, err)
