@@ -131,7 +131,7 @@ func (f *Fencer) Lift(ctx context.Context, vm string) error {
 
 // LiftAll lifts several fences in one transaction. If any VM is not
 // fenced it returns an error wrapping fence.ErrNotFenced and changes
-// nothing. The tables go when the last fence does.
+// nothing. The (then empty) tables stay; Remove deletes them.
 func (f *Fencer) LiftAll(ctx context.Context, vms []string) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -162,30 +162,28 @@ func (f *Fencer) LiftAll(ctx context.Context, vms []string) error {
 		}
 		lift[chainID(vm)] = true
 	}
-	if len(lift) == len(installed) {
-		// The last fences: drop both tables (nothing of sealift remains).
-		c.DelTable(bridgeTable)
-		c.DelTable(inetTable)
-	} else {
-		for _, b := range baseChains {
-			rules, err := c.GetRules(b.table, b.chain())
-			if err != nil {
-				return fmt.Errorf("nft: list %s %s: %w", b.table.Name, b.name, err)
-			}
-			for _, r := range rules {
-				id, ok := strings.CutPrefix(comment(r.UserData), jumpTag)
-				if ok && lift[id] {
-					if err := c.DelRule(r); err != nil {
-						return err
-					}
+	// The tables and their base chains stay, even when the last fence
+	// goes: deleting a base chain unregisters its hook and waits for an
+	// RCU grace period (~10 ms), on the path that re-enables traffic.
+	// Empty, they pass everything.
+	for _, b := range baseChains {
+		rules, err := c.GetRules(b.table, b.chain())
+		if err != nil {
+			return fmt.Errorf("nft: list %s %s: %w", b.table.Name, b.name, err)
+		}
+		for _, r := range rules {
+			id, ok := strings.CutPrefix(comment(r.UserData), jumpTag)
+			if ok && lift[id] {
+				if err := c.DelRule(r); err != nil {
+					return err
 				}
 			}
 		}
-		for id := range lift {
-			for _, vc := range vmChains(id, ruleSet{}) {
-				c.FlushChain(vc.c)
-				c.DelChain(vc.c)
-			}
+	}
+	for id := range lift {
+		for _, vc := range vmChains(id, ruleSet{}) {
+			c.FlushChain(vc.c)
+			c.DelChain(vc.c)
 		}
 	}
 	if err := c.Flush(); err != nil {
@@ -423,4 +421,29 @@ func addFence(c *nftables.Conn, s fence.Spec, bridge string, now time.Time, repl
 func commentData(s string) []byte {
 	b := append([]byte(s), 0)
 	return append([]byte{0 /* userdata.TypeComment */, byte(len(b))}, b...)
+}
+
+// Remove deletes sealift's tables from the host when no fence is left
+// (e.g. when decommissioning the host); with fences it refuses.
+func (f *Fencer) Remove(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, done, err := f.conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	installed, err := f.list(c)
+	if err != nil {
+		return err
+	}
+	if len(installed) > 0 {
+		return fmt.Errorf("%w: %d fences still installed on host %q", fence.ErrInvalid, len(installed), f.host)
+	}
+	c.DelTable(bridgeTable)
+	c.DelTable(inetTable)
+	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("nft: remove tables on %q: %w", f.host, err)
+	}
+	return nil
 }

@@ -172,8 +172,14 @@ func fenceBlocksAndLiftRestores(t *testing.T, brnf bool) {
 	if tr := w.probe(t, w.Peer2, lab.VMAddr, netip.Addr{}, n); !tr.Flows(n, false) {
 		t.Errorf("after lift, routed: %+v", tr)
 	}
+	// Only the empty base chains stay (no VM chain, no rule); Remove
+	// takes those too.
+	if rs := ruleset(t, w.A); strings.Contains(rs, "vm-") || strings.Contains(rs, "drop") || strings.Contains(rs, "jump") {
+		t.Errorf("ruleset still holds a fence after the last lift:\n%s", rs)
+	}
+	must(t, f.Remove(ctx))
 	if rs := ruleset(t, w.A); strings.Contains(rs, "sealift") {
-		t.Errorf("ruleset still holds sealift after the last lift:\n%s", rs)
+		t.Errorf("ruleset still holds sealift after Remove:\n%s", rs)
 	}
 }
 
