@@ -39,6 +39,6 @@ func Example() {
 	fmt.Println("reset:", len(rep.Audit.Reset), "kept:", len(rep.Audit.Kept))
 	// Output:
 	// completed - VM now at [b]
-	// [310 315 325 320 335 330 345 355 360 370 365 375 395]
+	// [310 315 325 320 335 330 345 370 355 360 365 375 395]
 	// reset: 1 kept: 0
 }

@@ -186,42 +186,28 @@ func (r *run) afterMigrate(ctx context.Context) error {
 
 // finishForward runs blocks 355-395 (also used by Recover).
 //
-// The reset (365) runs after enable (370), not before as drawn in FIG. 3:
-// its RSTs must reach the VM, and until 370 the VM's port is fully
-// fenced. Nothing is exposed meanwhile: from 370 on, the VM talks only
-// through the secure link.
+// Before-copy mode keeps FIG. 3's order: audit (355), keep (360), reset
+// (365), then enable (370). The VM's RSTs cannot reach it through the
+// full fence then; its stale sockets end when they next send (the peer,
+// reset already, answers with RST).
+//
+// At-switchover mode, the short-blackout mode, enables first: the link is
+// proven (345), so the VM talks only through it, encrypted; the audit and
+// the reset follow while traffic flows, and the RSTs reach both ends.
 func (r *run) finishForward(ctx context.Context) error {
-	p := r.plan
-	sel := conn.Selector{Host: r.dst.Host, Addrs: p.Addrs}
-	var conns []conn.Conn
-	if err := r.step(ctx, BlockAudit, nil, func() error {
-		var err error
-		conns, err = r.listConns(ctx, sel)
-		return err
-	}); err != nil {
-		return r.stayFenced(ctx, fmt.Errorf("connection audit: %w", err))
-	}
-	cls := conn.Classify(conns, r.plan.Audit)
-	r.rep.Audit.After = r.securePolicy()
-	_ = r.step(ctx, BlockKeep, map[string]string{"kept": fmt.Sprint(len(cls.Keep))}, func() error { return nil })
-	r.rep.Audit.Kept, r.rep.Audit.Reset = cls.Keep, cls.Reset
-
-	// 370: enable communications over the secure link only.
-	if err := r.step(ctx, BlockEnable, nil, func() error { return r.enable(ctx) }); err != nil {
-		return r.stayFenced(ctx, fmt.Errorf("enable over the secure link: %w", err))
-	}
-	// 365: reset the unsecured connections so they come back over the link.
-	if len(cls.Reset) > 0 {
-		bad := make([]conn.Conn, len(cls.Reset))
-		for i, v := range cls.Reset {
-			bad[i] = v.Conn
-		}
-		if err := r.step(ctx, BlockReset, map[string]string{"reset": fmt.Sprint(len(bad))}, func() error {
-			var err error
-			r.rep.Audit.Result, err = r.dst.Auditor.Reset(ctx, sel, bad)
+	if r.plan.FenceMode == FenceAtSwitchover {
+		if err := r.enableStep(ctx); err != nil {
 			return err
-		}); err != nil {
-			return r.stayFenced(ctx, fmt.Errorf("reset unsecured connections: %w", err))
+		}
+		if err := r.audit(ctx); err != nil {
+			return err
+		}
+	} else {
+		if err := r.audit(ctx); err != nil {
+			return err
+		}
+		if err := r.enableStep(ctx); err != nil {
+			return err
 		}
 	}
 
@@ -234,6 +220,47 @@ func (r *run) finishForward(ctx context.Context) error {
 	}
 	_ = r.step(ctx, BlockEnd, nil, func() error { return nil })
 	return r.finish(ctx, Completed, "")
+}
+
+// enableStep is block 370: communications over the secure link only.
+func (r *run) enableStep(ctx context.Context) error {
+	if err := r.step(ctx, BlockEnable, nil, func() error { return r.enable(ctx) }); err != nil {
+		return r.stayFenced(ctx, fmt.Errorf("enable over the secure link: %w", err))
+	}
+	return nil
+}
+
+// audit is blocks 355-365: list the VM's non-managed connections, keep
+// the secure ones, reset the rest in one batch.
+func (r *run) audit(ctx context.Context) error {
+	sel := conn.Selector{Host: r.dst.Host, Addrs: r.plan.Addrs}
+	var conns []conn.Conn
+	if err := r.step(ctx, BlockAudit, nil, func() error {
+		var err error
+		conns, err = r.listConns(ctx, sel)
+		return err
+	}); err != nil {
+		return r.stayFenced(ctx, fmt.Errorf("connection audit: %w", err))
+	}
+	cls := conn.Classify(conns, r.plan.Audit)
+	r.rep.Audit.After = r.securePolicy()
+	_ = r.step(ctx, BlockKeep, map[string]string{"kept": fmt.Sprint(len(cls.Keep))}, func() error { return nil })
+	r.rep.Audit.Kept, r.rep.Audit.Reset = cls.Keep, cls.Reset
+	if len(cls.Reset) == 0 {
+		return nil
+	}
+	bad := make([]conn.Conn, len(cls.Reset))
+	for i, v := range cls.Reset {
+		bad[i] = v.Conn
+	}
+	if err := r.step(ctx, BlockReset, map[string]string{"reset": fmt.Sprint(len(bad))}, func() error {
+		var err error
+		r.rep.Audit.Result, err = r.dst.Auditor.Reset(ctx, sel, bad)
+		return err
+	}); err != nil {
+		return r.stayFenced(ctx, fmt.Errorf("reset unsecured connections: %w", err))
+	}
+	return nil
 }
 
 // listConns lists the VM's connections at the target and, when the
@@ -282,23 +309,28 @@ func (r *run) listConns(ctx context.Context, sel conn.Selector) ([]conn.Conn, er
 // link open, and lifts the source's fence (the VM is gone from there; its
 // address is now reached through the link).
 func (r *run) enable(ctx context.Context) error {
+	var wg sync.WaitGroup
+	var srcErr error
+	wg.Add(1)
+	go func() { // the source host, in parallel with the target's
+		defer wg.Done()
+		srcErr = liftOK(r.src.Fencer.Lift(ctx, r.plan.VM))
+	}()
+	var dstErr error
 	if r.link.RemoteDevice != "" {
 		spec := r.dstSpec
 		spec.AllowVia = append([]string{r.link.RemoteDevice}, r.dst.SecureDevices...)
 		if r.redirect != nil && r.redirect.RemoteDevice != "" {
 			spec.AllowVia = append(spec.AllowVia, r.redirect.RemoteDevice)
 		}
-		if err := r.dst.Fencer.Fence(ctx, spec); err != nil {
-			return err
-		}
+		dstErr = r.dst.Fencer.Fence(ctx, spec)
 	} else {
 		// A policy-based (XFRM) link has no device: its policies drop
 		// VM<->peer traffic that is not encrypted, so the fence goes.
-		if err := liftOK(r.dst.Fencer.Lift(ctx, r.plan.VM)); err != nil {
-			return err
-		}
+		dstErr = liftOK(r.dst.Fencer.Lift(ctx, r.plan.VM))
 	}
-	if err := liftOK(r.src.Fencer.Lift(ctx, r.plan.VM)); err != nil {
+	wg.Wait()
+	if err := errors.Join(dstErr, srcErr); err != nil {
 		return err
 	}
 	// Now that the fences are open, have the link announce its proxied

@@ -50,13 +50,13 @@ func TestRunStepOrder(t *testing.T) {
 		want      []int
 	}{
 		{"vm only, nothing to reset", false, false, migration.FenceAtSwitchover,
-			[]int{310, 315, 325, 320, 335, 330, 345, 355, 360, 370, 375, 395}},
+			[]int{310, 315, 325, 320, 335, 330, 345, 370, 355, 360, 375, 395}},
 		{"vm only, unsecured conn", false, true, migration.FenceAtSwitchover,
-			[]int{310, 315, 325, 320, 335, 330, 345, 355, 360, 370, 365, 375, 395}},
+			[]int{310, 315, 325, 320, 335, 330, 345, 370, 355, 360, 365, 375, 395}},
 		{"before-copy fence", false, true, migration.FenceBeforeCopy,
-			[]int{310, 315, 320, 325, 335, 330, 345, 355, 360, 370, 365, 375, 395}},
+			[]int{310, 315, 320, 325, 335, 330, 345, 355, 360, 365, 370, 375, 395}},
 		{"subnet moved", true, true, migration.FenceAtSwitchover,
-			[]int{310, 315, 325, 320, 335, 340, 330, 345, 355, 360, 370, 365, 375, 380, 390, 395}},
+			[]int{310, 315, 325, 320, 335, 340, 330, 345, 370, 355, 360, 365, 375, 380, 390, 395}},
 		{"subnet moved, nothing to reset", true, false, migration.FenceBeforeCopy,
 			[]int{310, 315, 320, 325, 335, 340, 330, 345, 355, 360, 370, 375, 380, 390, 395}},
 	}
