@@ -14,6 +14,7 @@ import (
 	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/conn/conntrack"
 	"github.com/sealift/sealift/internal/lab"
+	"github.com/sealift/sealift/internal/nsutil"
 )
 
 // world is the reference lab with host A tracking connections and a
@@ -207,5 +208,37 @@ func TestResetFlowAbsentFromTable(t *testing.T) {
 	}
 	if err := srv.endOf(t, c.LocalAddr().String()); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("peer side: %v, want ECONNRESET", err)
+	}
+}
+
+// A SYN nobody answered is no connection: List leaves it out (a VM's
+// connection attempts while its peer was down must not be "reset").
+func TestListSkipsUnansweredSYN(t *testing.T) {
+	w := newWorld(t)
+	if out, err := lab.Exec(w.Peer2, "nft", "add table inet drop9; add chain inet drop9 in { type filter hook input priority 0; }; add rule inet drop9 in tcp dport 9999 drop"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	listenIn(t, w.Peer2, "tcp4", "10.2.0.20:8080", nil)
+	live := dialIn(t, w.VM, "tcp4", "10.2.0.20:8080")
+	if err := echo(live, "hi"); err != nil {
+		t.Fatal(err)
+	}
+	err := nsutil.Do(w.VM, func() error {
+		_, err := net.DialTimeout("tcp4", "10.2.0.20:9999", 300*time.Millisecond)
+		return err
+	})
+	if err == nil {
+		t.Fatal("dial to a dropped port succeeded")
+	}
+	a := conntrack.New(conntrack.WithHost(w.A))
+	got, err := a.List(t.Context(), w.sel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := lab.Exec(w.A, "conntrack", "-L", "-p", "tcp", "--dport", "9999"); !strings.Contains(string(out), "SYN_SENT") {
+		t.Fatalf("no SYN_SENT entry to test with: %s", out)
+	}
+	if len(got) != 1 || got[0].Remote.Port() != 8080 {
+		t.Fatalf("List = %v, want only the established connection to :8080", got)
 	}
 }

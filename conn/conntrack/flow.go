@@ -50,11 +50,15 @@ func (s selector) has(a netip.Addr) bool {
 	return slices.ContainsFunc(s.addrs, func(p netip.Prefix) bool { return p.Contains(a) })
 }
 
-// live reports whether a flow can still carry data: TCP entries in
+// live reports whether a flow can still carry data: TCP entries that
+// never saw a reply (a SYN nobody answered: no connection) or in
 // TIME_WAIT or CLOSE are left out, as are protocols other than TCP and UDP.
 func live(f *ct.Flow) bool {
 	switch f.TupleOrig.Proto.Protocol {
 	case unix.IPPROTO_TCP:
+		if f.Status&ct.StatusSeenReply == 0 {
+			return false
+		}
 		if f.ProtoInfo.TCP == nil {
 			return true
 		}
