@@ -35,6 +35,7 @@ type Hypervisor struct {
 	peerURI    string
 	migrateURI string
 	host       string
+	tls        bool // WithTLS: VIR_MIGRATE_TLS
 	log        *slog.Logger
 	conn       *golibvirt.Connect
 
@@ -64,6 +65,23 @@ func WithPeerURI(uri string) Option {
 func WithMigrateURI(uri string) Option {
 	return func(h *Hypervisor) error { h.migrateURI = uri; return nil }
 }
+
+// WithTLS makes every Migrate from this daemon encrypt the migration
+// stream (VIR_MIGRATE_TLS): QEMU's TLS migration with the X.509
+// credentials in the directory both daemons' qemu.conf name
+// (migrate_tls_x509_cert_dir, default /etc/pki/qemu; see
+// internal/libvirtd Options.MigrateTLSDir and qemu.NewTLSDir). The
+// target's server certificate must name the host of Endpoint.MigrateURI
+// (libvirt verifies it as the TLS hostname); with
+// migrate_tls_x509_verify = 1 the target checks the source's client
+// certificate too. A daemon without usable credentials fails the
+// migration; the VM keeps running at the source.
+func WithTLS() Option {
+	return func(h *Hypervisor) error { h.tls = true; return nil }
+}
+
+// TLS reports whether Migrate from here uses VIR_MIGRATE_TLS.
+func (h *Hypervisor) TLS() bool { return h.tls }
 
 // WithHost names the host in returned VMs (default: the URI).
 func WithHost(name string) Option {

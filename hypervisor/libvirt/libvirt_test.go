@@ -35,6 +35,14 @@ type world struct {
 
 func newWorld(t testing.TB, name string, addr netip.Addr) *world {
 	t.Helper()
+	return newWorldTLS(t, name, addr, "", "")
+}
+
+// newWorldTLS is newWorld with the daemons' migrate_tls_x509_cert_dir set
+// to tlsA (host A) and tlsB (host B) and both Hypervisors migrating
+// WithTLS (if tlsA is set).
+func newWorldTLS(t testing.TB, name string, addr netip.Addr, tlsA, tlsB string) *world {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		lab.Missing(t, "root (network namespaces)")
 	}
@@ -52,9 +60,9 @@ func newWorld(t testing.TB, name string, addr netip.Addr) *world {
 	}
 	w.lab = lab.New(t)
 	cache, _ := os.UserCacheDir()
-	start := func(host, listen, cacheName string, port, mig int) *libvirtd.Daemon {
+	start := func(host, listen, cacheName string, port, mig int, tlsDir string) *libvirtd.Daemon {
 		d, err := libvirtd.Start(ctx, libvirtd.Options{Host: host, Dir: t.TempDir(), ListenAddr: listen,
-			TCPPort: port, MigrationPortMin: mig, MigrationPortMax: mig + 31,
+			TCPPort: port, MigrationPortMin: mig, MigrationPortMax: mig + 31, MigrateTLSDir: tlsDir,
 			CacheDir: filepath.Join(cache, "sealift-libvirtd", cacheName)})
 		if err != nil {
 			t.Fatal(err)
@@ -66,11 +74,15 @@ func newWorld(t testing.TB, name string, addr netip.Addr) *world {
 		})
 		return d
 	}
-	w.da = start(w.lab.A, lab.AUplink.String(), "a", 16511, 49200)
-	w.db = start(w.lab.B, lab.BUnderlay.String(), "b", 16512, 49300)
+	w.da = start(w.lab.A, lab.AUplink.String(), "a", 16511, 49200, tlsA)
+	w.db = start(w.lab.B, lab.BUnderlay.String(), "b", 16512, 49300, tlsB)
 	connect := func(d *libvirtd.Daemon, host string) *libvirt.Hypervisor {
-		h, err := libvirt.New(libvirt.WithURI(d.URI), libvirt.WithPeerURI(d.TCPURI),
-			libvirt.WithMigrateURI(d.MigrateURI), libvirt.WithHost(host))
+		opts := []libvirt.Option{libvirt.WithURI(d.URI), libvirt.WithPeerURI(d.TCPURI),
+			libvirt.WithMigrateURI(d.MigrateURI), libvirt.WithHost(host)}
+		if tlsA != "" {
+			opts = append(opts, libvirt.WithTLS())
+		}
+		h, err := libvirt.New(opts...)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -147,8 +147,12 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 		}
 	}()
 
-	h.log.Info("migration started", "vm", name, "host", h.host, "to", to.URI, "data", to.MigrateURI)
-	merr := d.MigrateToURI3(to.URI, params, golibvirt.MIGRATE_LIVE|golibvirt.MIGRATE_PEER2PEER|golibvirt.MIGRATE_PAUSED)
+	h.log.Info("migration started", "vm", name, "host", h.host, "to", to.URI, "data", to.MigrateURI, "tls", h.tls)
+	flags := golibvirt.MIGRATE_LIVE | golibvirt.MIGRATE_PEER2PEER | golibvirt.MIGRATE_PAUSED
+	if h.tls {
+		flags |= golibvirt.MIGRATE_TLS
+	}
+	merr := d.MigrateToURI3(to.URI, params, flags)
 	if merr == nil {
 		// The source is gone: make sure the hook has run.
 		select {

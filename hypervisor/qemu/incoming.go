@@ -86,6 +86,11 @@ func (h *Hypervisor) PrepareIncoming(ctx context.Context, vm hypervisor.VM) (hyp
 	if err != nil {
 		return hypervisor.Endpoint{}, fmt.Errorf("qemu: host %q: migration address: %w", h.host, err)
 	}
+	if h.tlsDir != "" {
+		if err := h.checkServerAddr(addr); err != nil {
+			return hypervisor.Endpoint{}, err
+		}
+	}
 	e, err := h.reserve(vm.Name)
 	if err != nil {
 		return hypervisor.Endpoint{}, err
@@ -102,6 +107,11 @@ func (h *Hypervisor) PrepareIncoming(ctx context.Context, vm hypervisor.VM) (hyp
 	}
 	if err := setCapabilities(ctx, p, map[string]bool{"events": true}); err != nil {
 		return fail(err)
+	}
+	if h.tlsDir != "" {
+		if err := setTLS(ctx, p, true, ""); err != nil {
+			return fail(err)
+		}
 	}
 	uri := "tcp:" + net.JoinHostPort(addr.String(), "0")
 	if err := p.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil); err != nil {

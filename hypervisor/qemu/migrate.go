@@ -93,7 +93,8 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 	if to.VM != "" && to.VM != name {
 		return stats, fmt.Errorf("%w: endpoint is for vm %q, not %q", hypervisor.ErrInvalid, to.VM, name)
 	}
-	if _, _, err := ParseURI(to.URI); err != nil {
+	toHost, _, err := ParseURI(to.URI)
+	if err != nil {
 		return stats, err
 	}
 	if to.MigrateURI != "" && to.MigrateURI != to.URI {
@@ -101,6 +102,11 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 	}
 	if opts.MaxDowntime < 0 {
 		return stats, fmt.Errorf("%w: MaxDowntime %v is negative", hypervisor.ErrInvalid, opts.MaxDowntime)
+	}
+	if h.tlsDir != "" {
+		if err := CheckTLSDir(h.tlsDir); err != nil {
+			return stats, err
+		}
 	}
 	e, err := h.entry(name)
 	if err != nil {
@@ -135,6 +141,14 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 	defer unsub()
 	if err := SetupMigration(ctx, p, opts.AtSwitchover != nil, opts.MaxBandwidth, opts.MaxDowntime); err != nil {
 		return stats, fmt.Errorf("qemu: vm %q: %w", name, err)
+	}
+	if h.tlsDir != "" {
+		if err := reloadClientCreds(ctx, p, h.tlsDir, h.log); err != nil {
+			return stats, fmt.Errorf("qemu: vm %q: %w", name, err)
+		}
+		if err := setTLS(ctx, p, false, toHost); err != nil {
+			return stats, fmt.Errorf("qemu: vm %q: %w", name, err)
+		}
 	}
 	start := time.Now()
 	if err := p.QMP.Execute(ctx, "migrate", map[string]any{"uri": to.URI}, nil); err != nil {
@@ -222,7 +236,7 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 			var mi migrateInfo
 			_ = p.QMP.Execute(ctx, "query-migrate", nil, &mi)
 			sentinel := hypervisor.ErrMigration
-			if mi.RAM.Transferred == 0 {
+			if mi.RAM.Transferred == 0 && !(h.tlsDir != "" && tlsRefused(mi.ErrorDesc)) {
 				sentinel = hypervisor.ErrUnreachable
 			}
 			return fail(fmt.Errorf("%w: vm %q to %s: %s", sentinel, name, to.URI, mi.ErrorDesc))

@@ -27,6 +27,11 @@ type LaunchOptions struct {
 	StateDir string
 	// Incoming starts the instance paused with "-incoming defer".
 	Incoming bool
+	// TLSDir, if set, adds QEMU TLS credentials objects for the files in
+	// that directory (see WithTLS and CheckTLSDir): a client object
+	// "sealift-tls-client" always, a server object "sealift-tls-server"
+	// when Incoming. Select them with migrate-set-parameters tls-creds.
+	TLSDir string
 	// Logger (default: discard).
 	Logger *slog.Logger
 }
@@ -61,6 +66,11 @@ func Launch(ctx context.Context, cfg Config, o LaunchOptions) (*Process, error) 
 	cfg = cfg.withDefaults(o.StateDir)
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if o.TLSDir != "" {
+		if err := CheckTLSDir(o.TLSDir); err != nil {
+			return nil, err
+		}
 	}
 	if o.QEMU == "" {
 		o.QEMU = "qemu-system-x86_64"
@@ -105,7 +115,7 @@ func Launch(ctx context.Context, cfg Config, o LaunchOptions) (*Process, error) 
 		return nil, err
 	}
 	defer logf.Close()
-	cmd := exec.Command(bin, cfg.Args(3, o.Incoming)...)
+	cmd := exec.Command(bin, append(cfg.Args(3, o.Incoming), tlsArgs(o.TLSDir, o.Incoming)...)...)
 	cmd.ExtraFiles = []*os.File{lf}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Start from a thread inside the host's namespace: the child inherits it.

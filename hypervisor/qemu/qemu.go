@@ -7,6 +7,8 @@
 // "-incoming defer" listening on the host's migration address. Migrate
 // uses QEMU's pause-before-switchover capability to run the caller's
 // switchover hook while the source is paused and the target not resumed.
+// WithTLS encrypts and mutually authenticates the migration stream (QEMU's
+// tls-creds-x509); NewTLSDir makes credentials for users without a PKI.
 package qemu
 
 import (
@@ -30,6 +32,7 @@ type Hypervisor struct {
 	stateDir string
 	qemu     string
 	migAddr  netip.Addr
+	tlsDir   string // WithTLS: credentials directory, "" = plain TCP
 	log      *slog.Logger
 
 	mu   sync.Mutex
@@ -193,7 +196,7 @@ func (h *Hypervisor) Close() error {
 }
 
 func (h *Hypervisor) launchOpts(incoming bool) LaunchOptions {
-	return LaunchOptions{QEMU: h.qemu, Host: h.host, StateDir: h.stateDir, Incoming: incoming, Logger: h.log}
+	return LaunchOptions{QEMU: h.qemu, Host: h.host, StateDir: h.stateDir, Incoming: incoming, TLSDir: h.tlsDir, Logger: h.log}
 }
 
 // reserve claims name for a new process (ErrExists if a live one holds it).

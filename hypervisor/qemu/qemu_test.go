@@ -33,7 +33,9 @@ type world struct {
 	cancel context.CancelFunc
 }
 
-func newWorld(t testing.TB, name string, addr netip.Addr) *world {
+// newWorld builds the lab and a Hypervisor on A and on B (opts apply to
+// both) and defines the guest name (address addr) at B.
+func newWorld(t testing.TB, name string, addr netip.Addr, opts ...qemu.Option) *world {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		lab.Missing(t, "root (network namespaces)")
@@ -50,8 +52,8 @@ func newWorld(t testing.TB, name string, addr netip.Addr) *world {
 	}
 	w.img = img
 	w.lab = lab.New(t)
-	w.a = mustNew(t, qemu.WithHost(w.lab.A), qemu.WithStateDir(t.TempDir()))
-	w.b = mustNew(t, qemu.WithHost(w.lab.B), qemu.WithStateDir(t.TempDir()))
+	w.a = mustNew(t, append([]qemu.Option{qemu.WithHost(w.lab.A), qemu.WithStateDir(t.TempDir())}, opts...)...)
+	w.b = mustNew(t, append([]qemu.Option{qemu.WithHost(w.lab.B), qemu.WithStateDir(t.TempDir())}, opts...)...)
 	n := guest.Net{Addr: netip.PrefixFrom(addr, 24), Gateway: lab.Gateway, MAC: guest.MAC(addr), Tap: "tap" + name, Bridge: "br0"}
 	w.cfgA = img.Config(name, n)
 	w.cfgB = img.Config(name, n) // same tap name and bridge, on host B

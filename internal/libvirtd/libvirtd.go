@@ -11,7 +11,8 @@
 //   - libvirtd.conf: distinct host_uuid and tcp_port, listen_tcp=1,
 //     auth_tcp="none", listen_addr; qemu.conf: user/group root,
 //     security_driver="none", stdio_handler="file", no cgroups or
-//     namespaces, distinct migration ports;
+//     namespaces, distinct migration ports; optionally a TLS credentials
+//     directory for migrations (Options.MigrateTLSDir);
 //   - a libvirt-qemu user and group exist (added to bind-mounted copies
 //     of /etc/passwd and /etc/group when the machine lacks them).
 package libvirtd
@@ -38,6 +39,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sealift/sealift/hypervisor/qemu"
 	"github.com/sealift/sealift/internal/nsutil"
 )
 
@@ -66,6 +68,14 @@ type Options struct {
 	// MigrationPortMin/Max bound the ports QEMU receives migrations on
 	// (default 49152–49215).
 	MigrationPortMin, MigrationPortMax int
+	// MigrateTLSDir, if set, is the X.509 credentials directory QEMU uses
+	// for migrations with VIR_MIGRATE_TLS (qemu.conf
+	// migrate_tls_x509_cert_dir, with migrate_tls_x509_verify = 1: the
+	// target verifies the source's client certificate). It must be an
+	// absolute path holding ca-cert.pem, server-cert.pem, server-key.pem,
+	// client-cert.pem and client-key.pem (see qemu.NewTLSDir); the server
+	// certificate must name the address migrations to this daemon use.
+	MigrateTLSDir string
 	// Libvirtd is the daemon binary (default /usr/sbin/libvirtd).
 	Libvirtd string
 	// Logger (default: discard).
@@ -126,6 +136,14 @@ func (o *Options) check() error {
 	}
 	if o.CacheDir == "" {
 		o.CacheDir = filepath.Join(o.Dir, "cache")
+	}
+	if o.MigrateTLSDir != "" {
+		if !filepath.IsAbs(o.MigrateTLSDir) || strings.ContainsAny(o.MigrateTLSDir, "\"\n\\") {
+			return fmt.Errorf("%w: MigrateTLSDir %q must be an absolute path without quotes or backslashes", ErrInvalid, o.MigrateTLSDir)
+		}
+		if err := qemu.CheckTLSDir(o.MigrateTLSDir); err != nil {
+			return fmt.Errorf("%w: MigrateTLSDir: %v", ErrInvalid, err)
+		}
 	}
 	if o.Libvirtd == "" {
 		o.Libvirtd = "/usr/sbin/libvirtd"
@@ -242,7 +260,7 @@ log_outputs = "3:stderr"
 keepalive_interval = 5
 keepalive_count = 5
 `, o.TCPPort, o.ListenAddr, d.UUID)
-	qemu := fmt.Sprintf(`# written by sealift internal/libvirtd
+	qemuConf := fmt.Sprintf(`# written by sealift internal/libvirtd
 user = "root"
 group = "root"
 dynamic_ownership = 0
@@ -254,11 +272,14 @@ namespaces = [ ]
 migration_port_min = %d
 migration_port_max = %d
 `, o.MigrationPortMin, o.MigrationPortMax)
+	if o.MigrateTLSDir != "" {
+		qemuConf += fmt.Sprintf("migrate_tls_x509_cert_dir = %q\nmigrate_tls_x509_verify = 1\n", o.MigrateTLSDir)
+	}
 	etc := filepath.Join(o.Dir, "etc")
 	if err := os.WriteFile(filepath.Join(etc, "libvirtd.conf"), []byte(conf), 0o644); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(etc, "qemu.conf"), []byte(qemu), 0o644)
+	return os.WriteFile(filepath.Join(etc, "qemu.conf"), []byte(qemuConf), 0o644)
 }
 
 // usersFiles returns bind mounts of /etc/passwd and /etc/group copies with

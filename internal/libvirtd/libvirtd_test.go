@@ -3,6 +3,7 @@ package libvirtd_test
 import (
 	"context"
 	"errors"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -60,5 +61,25 @@ func TestTwoDaemons(t *testing.T) {
 	}
 	if _, err := libvirtd.Start(ctx, libvirtd.Options{Dir: "relative"}); !errors.Is(err, libvirtd.ErrInvalid) {
 		t.Fatalf("relative Dir: %v, want ErrInvalid", err)
+	}
+}
+
+// TestMigrateTLSDirChecked: a bad MigrateTLSDir is refused before anything
+// starts, naming what is wrong.
+func TestMigrateTLSDirChecked(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	for _, tc := range []struct{ tls, want string }{
+		{"relative/tls", "absolute"},
+		{t.TempDir(), "missing ca-cert.pem"},
+		{"/tmp/with\"quote", "quotes"},
+	} {
+		_, err := libvirtd.Start(ctx, libvirtd.Options{Dir: dir, MigrateTLSDir: tc.tls})
+		if !errors.Is(err, libvirtd.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("MigrateTLSDir %q: %v, want ErrInvalid mentioning %q", tc.tls, err, tc.want)
+		}
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("a refused Start left %d entries in Dir", len(ents))
 	}
 }

@@ -1,0 +1,414 @@
+package qemu_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sealift/sealift/hypervisor"
+	"github.com/sealift/sealift/hypervisor/qemu"
+	"github.com/sealift/sealift/internal/guest"
+	"github.com/sealift/sealift/internal/lab"
+)
+
+// tlsMarker is written into a guest's memory (through its echo service)
+// before it migrates; a capture on the wan looks for it in clear.
+var tlsMarker = []byte("SEALIFT-QEMU-TLS-MARKER-c41d9e")
+
+// hostAddrs are the migration addresses of hosts A and B in the lab.
+var hostAddrs = []netip.Addr{lab.AUplink, lab.BUnderlay}
+
+func newTLSDir(t testing.TB, addrs []netip.Addr) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "tls")
+	if err := qemu.NewTLSDir(dir, addrs); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestTLSDir checks NewTLSDir's output and that bad credential
+// directories are refused, naming the file, before anything starts.
+func TestTLSDir(t *testing.T) {
+	dir := newTLSDir(t, hostAddrs)
+	files := []string{qemu.TLSCACert, qemu.TLSServerCert, qemu.TLSServerKey, qemu.TLSClientCert, qemu.TLSClientKey}
+	for _, f := range append(files, qemu.TLSDHParams) {
+		fi, err := os.Stat(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", f, fi.Mode().Perm())
+		}
+	}
+	if err := qemu.CheckTLSDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	srv := readCert(t, filepath.Join(dir, qemu.TLSServerCert))
+	if len(srv.IPAddresses) != 2 || !srv.IPAddresses[0].Equal(lab.AUplink.AsSlice()) || !srv.IPAddresses[1].Equal(lab.BUnderlay.AsSlice()) {
+		t.Errorf("server certificate names %v, want %v", srv.IPAddresses, hostAddrs)
+	}
+	if srv.VerifyHostname("10.9.9.9") == nil {
+		t.Error("server certificate accepts an address it was not made for")
+	}
+	// A fresh CA per call.
+	other := newTLSDir(t, hostAddrs)
+	if bytes.Equal(readCert(t, filepath.Join(dir, qemu.TLSCACert)).Raw, readCert(t, filepath.Join(other, qemu.TLSCACert)).Raw) {
+		t.Error("two NewTLSDir calls made the same CA")
+	}
+
+	if err := qemu.NewTLSDir(t.TempDir(), nil); !errors.Is(err, hypervisor.ErrInvalid) {
+		t.Errorf("NewTLSDir without addresses: %v, want ErrInvalid", err)
+	}
+	if _, err := qemu.New(qemu.WithTLS("")); !errors.Is(err, hypervisor.ErrInvalid) {
+		t.Errorf("WithTLS(\"\"): %v, want ErrInvalid", err)
+	}
+	// Each missing file is named.
+	for _, f := range files {
+		d := copyDir(t, dir)
+		os.Remove(filepath.Join(d, f))
+		_, err := qemu.New(qemu.WithTLS(d))
+		if !errors.Is(err, hypervisor.ErrInvalid) || !strings.Contains(err.Error(), "missing "+f) {
+			t.Errorf("TLS dir without %s: %v, want ErrInvalid naming it", f, err)
+		}
+	}
+	// A key that does not belong to its certificate.
+	d := copyDir(t, dir)
+	mustCopy(t, filepath.Join(dir, qemu.TLSClientKey), filepath.Join(d, qemu.TLSServerKey))
+	if _, err := qemu.New(qemu.WithTLS(d)); !errors.Is(err, hypervisor.ErrInvalid) || !strings.Contains(err.Error(), qemu.TLSServerKey) {
+		t.Errorf("server key of another certificate: %v, want ErrInvalid naming %s", err, qemu.TLSServerKey)
+	}
+	// Certificates of another CA.
+	d = copyDir(t, dir)
+	mustCopy(t, filepath.Join(other, qemu.TLSCACert), filepath.Join(d, qemu.TLSCACert))
+	if _, err := qemu.New(qemu.WithTLS(d)); !errors.Is(err, hypervisor.ErrInvalid) || !strings.Contains(err.Error(), qemu.TLSCACert) {
+		t.Errorf("certificates of another CA: %v, want ErrInvalid naming %s", err, qemu.TLSCACert)
+	}
+	// Client and server certificates swapped: wrong key usage.
+	d = copyDir(t, dir)
+	mustCopy(t, filepath.Join(dir, qemu.TLSClientCert), filepath.Join(d, qemu.TLSServerCert))
+	mustCopy(t, filepath.Join(dir, qemu.TLSClientKey), filepath.Join(d, qemu.TLSServerKey))
+	if _, err := qemu.New(qemu.WithTLS(d)); !errors.Is(err, hypervisor.ErrInvalid) || !strings.Contains(err.Error(), qemu.TLSServerCert) {
+		t.Errorf("client certificate as server certificate: %v, want ErrInvalid naming %s", err, qemu.TLSServerCert)
+	}
+	// Launch refuses too, before creating anything in its state dir.
+	state := t.TempDir()
+	empty := t.TempDir()
+	_, err := qemu.Launch(context.Background(), qemu.Config{Name: "x", Kernel: "/boot/vmlinuz"},
+		qemu.LaunchOptions{StateDir: state, TLSDir: empty})
+	if !errors.Is(err, hypervisor.ErrInvalid) || !strings.Contains(err.Error(), "missing "+qemu.TLSCACert) {
+		t.Errorf("Launch with an empty TLS dir: %v, want ErrInvalid naming %s", err, qemu.TLSCACert)
+	}
+	if ents, _ := os.ReadDir(state); len(ents) != 0 {
+		t.Errorf("Launch with a bad TLS dir left %d files in its state dir", len(ents))
+	}
+}
+
+func readCert(t testing.TB, path string) *x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		t.Fatalf("%s: no PEM block", path)
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func copyDir(t testing.TB, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		mustCopy(t, filepath.Join(src, e.Name()), filepath.Join(dst, e.Name()))
+	}
+	return dst
+}
+
+func mustCopy(t testing.TB, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fillMarker puts many copies of the marker into the guest's memory: it
+// echoes 1 MiB of them once, then leaves 8 connections from namespace
+// from with up to 256 KiB each unread, so the echoes sit in the guest's
+// socket queues while it migrates (from is the peer on A's bridge: this
+// traffic never crosses the wan). The connections close when the test
+// ends.
+func fillMarker(t testing.TB, ctx context.Context, from string, addr netip.Addr) {
+	t.Helper()
+	payload := bytes.Repeat(tlsMarker, 4096/len(tlsMarker))
+	n, err := lab.SendTCP(from, netip.AddrPortFrom(addr, guest.EchoPort).String(), payload, 256)
+	if err != nil || n != 256 {
+		t.Fatalf("marker through the guest's echo: %d of 256 replies: %v", n, err)
+	}
+	held := 0
+	for i := 0; i < 8; i++ {
+		c, err := guest.Dial(ctx, from, addr, guest.EchoPort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+		for sent := 0; sent < 256<<10; sent += len(payload) {
+			if _, err := c.Write(payload); err != nil {
+				break // the windows are full: the guest holds what it can
+			}
+			held += len(payload)
+		}
+	}
+	if held < 256<<10 {
+		t.Fatalf("the guest took only %d bytes of marker on its held connections", held)
+	}
+}
+
+// migrateCaptured migrates name from one Hypervisor to the other while
+// counting frames on the wan (its interface towards B), and resumes it.
+func migrateCaptured(t testing.TB, ctx context.Context, l *lab.Lab, from, to *qemu.Hypervisor, name string) (hypervisor.Stats, lab.CaptureStats) {
+	t.Helper()
+	vm, err := from.Lookup(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := to.PrepareIncoming(ctx, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	capture, err := lab.StartCapture(l.WAN, "b0", tlsMarker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stats, err := from.Migrate(ctx, name, ep, hypervisor.MigrateOptions{AtSwitchover: func(context.Context) error { return nil }})
+	cs := capture.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := to.Resume(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	return stats, cs
+}
+
+// TestMigrateTLS migrates one guest A→B with TLS and proves the stream
+// was encrypted (no frame on the wan carries the marker the guest holds),
+// and migrates a second guest holding the same marker without TLS, where
+// the capture must find it (the control). On the way: a target of
+// another CA is refused by the source, a target whose certificate does
+// not name its address is refused before it starts, and a plain source
+// cannot feed a TLS target; the guest runs on at A each time. Finally the
+// credentials are renewed and the guest migrates back B→A with TLS.
+func TestMigrateTLS(t *testing.T) {
+	dir := newTLSDir(t, hostAddrs)
+	w := newWorld(t, "tls", netip.MustParseAddr("10.1.0.34"), qemu.WithTLS(dir))
+	before := w.boot(t)
+	vm, err := w.a.Lookup(w.ctx, w.name)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A target with credentials of another CA: the source rejects its
+	// certificate, the guest stays at A.
+	rogue := mustNew(t, qemu.WithHost(w.lab.B), qemu.WithStateDir(t.TempDir()), qemu.WithTLS(newTLSDir(t, hostAddrs)))
+	if err := rogue.Define(w.cfgB); err != nil {
+		t.Fatal(err)
+	}
+	ep, err := rogue.PrepareIncoming(w.ctx, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = w.a.Migrate(w.ctx, w.name, ep, hypervisor.MigrateOptions{AtSwitchover: func(context.Context) error {
+		t.Error("switchover hook ran for a target of another CA")
+		return nil
+	}})
+	if !errors.Is(err, hypervisor.ErrMigration) || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("Migrate to a target of another CA: %v, want ErrMigration about its certificate", err)
+	}
+	t.Logf("target of another CA: %v", err)
+	if err := rogue.Abort(w.ctx, w.name); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := w.a.Lookup(w.ctx, w.name); err != nil || got.State != hypervisor.Running {
+		t.Fatalf("lookup at A after the refused target: %+v %v, want running", got, err)
+	}
+
+	// A target whose server certificate does not name B's address is
+	// refused by PrepareIncoming before any QEMU starts.
+	wrongSAN := mustNew(t, qemu.WithHost(w.lab.B), qemu.WithStateDir(t.TempDir()),
+		qemu.WithTLS(newTLSDir(t, []netip.Addr{netip.MustParseAddr("192.0.2.99")})))
+	if err := wrongSAN.Define(w.cfgB); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wrongSAN.PrepareIncoming(w.ctx, vm); !errors.Is(err, hypervisor.ErrInvalid) ||
+		!strings.Contains(err.Error(), qemu.TLSServerCert) || !strings.Contains(err.Error(), lab.BUnderlay.String()) {
+		t.Fatalf("PrepareIncoming with a certificate not naming %s: %v, want ErrInvalid naming the file and address", lab.BUnderlay, err)
+	}
+	if wrongSAN.Process(w.name) != nil {
+		t.Fatal("PrepareIncoming started a QEMU for a certificate that cannot work")
+	}
+
+	// The control guest, on plain Hypervisors at the same hosts.
+	paddr := netip.MustParseAddr("10.1.0.35")
+	pcfg := w.img.Config("plain", guest.Net{Addr: netip.PrefixFrom(paddr, 24), Gateway: lab.Gateway,
+		MAC: guest.MAC(paddr), Tap: "tapplain", Bridge: "br0"})
+	pa := mustNew(t, qemu.WithHost(w.lab.A), qemu.WithStateDir(t.TempDir()))
+	pb := mustNew(t, qemu.WithHost(w.lab.B), qemu.WithStateDir(t.TempDir()))
+	if err := pb.Define(pcfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pa.Start(w.ctx, pcfg); err != nil {
+		t.Fatal(err)
+	}
+	pbefore, err := guest.WaitReady(w.ctx, w.lab.A, paddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A plain source cannot feed a TLS target: the migration fails and
+	// the guest runs on at A.
+	if err := w.b.Define(pcfg); err != nil {
+		t.Fatal(err)
+	}
+	pvm, err := pa.Lookup(w.ctx, "plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err = w.b.PrepareIncoming(w.ctx, pvm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pa.Migrate(w.ctx, "plain", ep, hypervisor.MigrateOptions{}); !errors.Is(err, hypervisor.ErrMigration) && !errors.Is(err, hypervisor.ErrUnreachable) {
+		t.Fatalf("plain source to a TLS target: %v, want a failed migration", err)
+	} else {
+		t.Logf("plain source to a TLS target: %v", err)
+	}
+	if err := w.b.Abort(w.ctx, "plain"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := pa.Lookup(w.ctx, "plain"); err != nil || got.State != hypervisor.Running {
+		t.Fatalf("control guest at A after the failed plain→TLS attempt: %+v %v, want running", got, err)
+	}
+
+	// With TLS: the marker is in the guest, not on the wan.
+	fillMarker(t, w.ctx, w.lab.Peer, w.addr)
+	stats, cs := migrateCaptured(t, w.ctx, w.lab, w.a, w.b, w.name)
+	t.Logf("TLS: total %v, downtime %v, %d bytes; wan %d frames (%d TCP), %d with the marker, %d dropped",
+		stats.Total, stats.Downtime, stats.Bytes, cs.Frames, cs.ByProto[6], cs.Marker, cs.Dropped)
+	if cs.Dropped != 0 {
+		t.Fatalf("capture dropped %d frames: cannot judge", cs.Dropped)
+	}
+	if cs.ByProto[6] < 100 {
+		t.Fatalf("only %d TCP frames on the wan: the stream did not cross it", cs.ByProto[6])
+	}
+	if cs.Marker != 0 {
+		t.Fatalf("%d frames on the wan carry the marker in clear during a TLS migration", cs.Marker)
+	}
+	after, err := guest.WaitReady(w.ctx, w.lab.B, w.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.BootID != before.BootID || after.Counter <= before.Counter {
+		t.Fatalf("guest before %+v, after %+v: want same boot id and a larger counter", before, after)
+	}
+	if err := guest.Echo(w.ctx, w.lab.B, w.addr, []byte("at B over TLS")); err != nil {
+		t.Fatal(err)
+	}
+
+	// Without TLS (the control): the same kind of guest memory shows the
+	// marker on the wan.
+	fillMarker(t, w.ctx, w.lab.Peer, paddr)
+	pstats, pcs := migrateCaptured(t, w.ctx, w.lab, pa, pb, "plain")
+	t.Logf("plain: total %v, downtime %v, %d bytes; wan %d frames (%d TCP), %d with the marker, %d dropped",
+		pstats.Total, pstats.Downtime, pstats.Bytes, pcs.Frames, pcs.ByProto[6], pcs.Marker, pcs.Dropped)
+	if pcs.Marker == 0 {
+		t.Fatal("no frame on the wan carries the marker during a plain migration: the check cannot fail")
+	}
+	pafter, err := guest.WaitReady(w.ctx, w.lab.B, paddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pafter.BootID != pbefore.BootID || pafter.Counter <= pbefore.Counter {
+		t.Fatalf("control guest before %+v, after %+v", pbefore, pafter)
+	}
+
+	// And back B→A with TLS after the credentials were renewed (a new CA):
+	// the instance at B, started with the old ones, reloads its client
+	// credentials (old and new CA do not trust each other).
+	if err := qemu.NewTLSDir(dir, hostAddrs); err != nil {
+		t.Fatal(err)
+	}
+	stats, cs = migrateCaptured(t, w.ctx, w.lab, w.b, w.a, w.name)
+	if cs.Marker != 0 || cs.Dropped != 0 || cs.ByProto[6] < 100 {
+		t.Fatalf("TLS B→A: wan %d TCP frames, %d with the marker, %d dropped", cs.ByProto[6], cs.Marker, cs.Dropped)
+	}
+	back, err := guest.WaitReady(w.ctx, w.lab.A, w.addr)
+	if err != nil || back.BootID != before.BootID || back.Counter <= after.Counter {
+		t.Fatalf("guest back at A: %+v %v (at B %+v)", back, err, after)
+	}
+	t.Logf("TLS B→A: total %v, downtime %v", stats.Total, stats.Downtime)
+}
+
+// BenchmarkMigrateTLS moves a 128 MiB guest between A and B once per
+// iteration, without and with TLS, and reports QEMU's total time and
+// downtime and sealift's end-to-end time (prepare → resumed).
+func BenchmarkMigrateTLS(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		addr string
+		tls  bool
+	}{{"plain", "10.1.0.44", false}, {"tls", "10.1.0.45", true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			var opts []qemu.Option
+			if tc.tls {
+				opts = append(opts, qemu.WithTLS(newTLSDir(b, hostAddrs)))
+			}
+			w := newWorld(b, "b"+tc.name[:1], netip.MustParseAddr(tc.addr), opts...)
+			w.boot(b)
+			if err := w.a.Define(w.cfgA); err != nil {
+				b.Fatal(err)
+			}
+			hs := [2]*qemu.Hypervisor{w.a, w.b}
+			var total, down, e2e time.Duration
+			var bytes uint64
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				d, st := w.hop(b, hs[i%2], hs[(i+1)%2])
+				e2e += d
+				total += st.Total
+				down += st.Downtime
+				bytes += st.Bytes
+			}
+			b.StopTimer()
+			n := float64(b.N)
+			b.ReportMetric(float64(total.Milliseconds())/n, "total-ms")
+			b.ReportMetric(float64(down.Milliseconds())/n, "downtime-ms")
+			b.ReportMetric(float64(e2e.Milliseconds())/n, "e2e-ms")
+			b.ReportMetric(float64(bytes)/n/(1<<20), "MiB-sent")
+			if _, err := guest.WaitReady(w.ctx, []string{w.lab.A, w.lab.B}[b.N%2], w.addr); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
