@@ -31,7 +31,10 @@ func Announce(host string, ifindex int, ip netip.Addr) error {
 		if err != nil {
 			return fmt.Errorf("arp: host %q: packet socket: %w", host, err)
 		}
-		defer unix.Close(fd)
+		// Closing a packet socket waits for an RCU grace period (~10 ms,
+		// packet_release -> synchronize_net): the frame is sent by then,
+		// so nobody needs to wait for it.
+		defer func() { go unix.Close(fd) }()
 		f := garpFrame(ifi.HardwareAddr, ip)
 		to := &unix.SockaddrLinklayer{Ifindex: ifindex, Protocol: htons(unix.ETH_P_ARP), Halen: 6}
 		copy(to.Addr[:], f[0:6])
