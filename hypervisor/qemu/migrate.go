@@ -269,12 +269,13 @@ func runHook(ctx context.Context, f func(context.Context) error) (err error) {
 func (h *Hypervisor) finish(ctx context.Context, name string, e *vmEntry, start time.Time, stats hypervisor.Stats, onProgress func(hypervisor.Progress)) (hypervisor.Stats, error) {
 	stats.Total = time.Since(start)
 	var mi migrateInfo
-	// QEMU announces "completed" a moment before it fills in the times.
-	for i := 0; i < 100; i++ {
+	// QEMU announces "completed" a moment before it fills in the times:
+	// poll briefly (the guest waits, paused at the target, meanwhile).
+	for i := 0; i < 500; i++ {
 		if err := e.p.QMP.Execute(ctx, "query-migrate", nil, &mi); err != nil || mi.TotalTime > 0 && mi.Downtime > 0 {
 			break
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(time.Millisecond)
 	}
 	if mi.Status == "completed" {
 		stats.Downtime = time.Duration(mi.Downtime) * time.Millisecond
@@ -283,10 +284,19 @@ func (h *Hypervisor) finish(ctx context.Context, name string, e *vmEntry, start 
 			onProgress(progress(start, mi))
 		}
 	}
-	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	_ = e.p.Quit(qctx)
+	// The source is inert now (QEMU's postmigrate: it never runs the guest
+	// again without an explicit cont) and gone from this Hypervisor at
+	// once. It quits in the background: its exit and its tap's teardown
+	// (which holds the kernel's RTNL lock for milliseconds) must not delay
+	// the target's resume. Close waits for it.
 	h.release(name, e)
+	h.quitting.Add(1)
+	go func() {
+		defer h.quitting.Done()
+		qctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = e.p.Quit(qctx)
+	}()
 	h.log.Info("migration completed", "vm", name, "host", h.host, "total", stats.Total, "downtime", stats.Downtime, "bytes", stats.Bytes)
 	return stats, nil
 }

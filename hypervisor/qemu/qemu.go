@@ -38,6 +38,8 @@ type Hypervisor struct {
 	mu   sync.Mutex
 	vms  map[string]*vmEntry
 	defs map[string]Config
+
+	quitting sync.WaitGroup // sources of finished migrations, exiting
 }
 
 type vmEntry struct {
@@ -192,6 +194,7 @@ func (h *Hypervisor) Close() error {
 	for _, p := range ps {
 		p.Kill()
 	}
+	h.quitting.Wait() // sources of finished migrations
 	return nil
 }
 
