@@ -67,9 +67,6 @@ func (r *run) beforeResume(ctx context.Context) error {
 		if r.dstSpec, err = specFor(p.VM, tvm, p.TargetPort, "TargetPort", p.Addrs); err != nil {
 			return err
 		}
-		if err := r.dst.Fencer.Fence(ctx, r.dstSpec); err != nil {
-			return fmt.Errorf("fence incoming VM at %q: %w", p.To, err)
-		}
 		if r.subnetMoved, err = r.decideSubnet(ctx); err != nil {
 			return err
 		}
@@ -88,6 +85,13 @@ func (r *run) beforeResume(ctx context.Context) error {
 				return fmt.Errorf("redirect tunnel: %w", err)
 			}
 		}
+		// The incoming VM is fenced before it can ever run: it may talk
+		// only through the link's devices, which encrypt everything and
+		// carry nothing until the hook activates the link (XFRM links have
+		// no device: a full block until block 370).
+		if err := r.dst.Fencer.Fence(ctx, r.targetSpec()); err != nil {
+			return fmt.Errorf("fence incoming VM at %q: %w", p.To, err)
+		}
 		return nil
 	})
 	if err != nil {
@@ -96,7 +100,7 @@ func (r *run) beforeResume(ctx context.Context) error {
 
 	// 320 (before-copy mode): block the VM's communications now.
 	if p.FenceMode == FenceBeforeCopy {
-		if err := r.step(ctx, BlockFence, nil, func() error { return r.src.Fencer.Fence(ctx, r.srcSpec) }); err != nil {
+		if err := r.step(ctx, BlockFence, nil, func() error { return r.src.Fencer.Fence(ctx, r.sourceSpec()) }); err != nil {
 			return err
 		}
 	}
@@ -107,6 +111,7 @@ func (r *run) beforeResume(ctx context.Context) error {
 		st, err := r.src.Hypervisor.Migrate(ctx, p.VM, to, hypervisor.MigrateOptions{
 			AtSwitchover: hook,
 			MaxBandwidth: p.MaxBandwidth,
+			MaxDowntime:  p.MaxDowntime,
 			OnProgress: func(pr hypervisor.Progress) {
 				r.m.bus.emit(MigrationProgress{ID: p.ID, Progress: pr})
 			},
@@ -130,7 +135,7 @@ func (r *run) switchover(ctx context.Context) error {
 		return err
 	}
 	if p.FenceMode == FenceAtSwitchover {
-		if err := r.step(ctx, BlockFence, nil, func() error { return r.src.Fencer.Fence(ctx, r.srcSpec) }); err != nil {
+		if err := r.step(ctx, BlockFence, nil, func() error { return r.src.Fencer.Fence(ctx, r.sourceSpec()) }); err != nil {
 			return err
 		}
 	}
@@ -318,12 +323,9 @@ func (r *run) enable(ctx context.Context) error {
 	}()
 	var dstErr error
 	if r.link.RemoteDevice != "" {
-		spec := r.dstSpec
-		spec.AllowVia = append([]string{r.link.RemoteDevice}, r.dst.SecureDevices...)
-		if r.redirect != nil && r.redirect.RemoteDevice != "" {
-			spec.AllowVia = append(spec.AllowVia, r.redirect.RemoteDevice)
-		}
-		dstErr = r.dst.Fencer.Fence(ctx, spec)
+		// Already so since block 315 (an idempotent no-op then): open
+		// through the link's devices only.
+		dstErr = r.dst.Fencer.Fence(ctx, r.targetSpec())
 	} else {
 		// A policy-based (XFRM) link has no device: its policies drop
 		// VM<->peer traffic that is not encrypted, so the fence goes.
@@ -336,6 +338,33 @@ func (r *run) enable(ctx context.Context) error {
 	// Now that the fences are open, have the link announce its proxied
 	// addresses again: the VM and its peers drop stale neighbour entries.
 	return r.linker.Activate(ctx, r.linkID)
+}
+
+// targetSpec is the target's fence from block 315 on: only the secure
+// link's devices (its own, a redirect tunnel's, the environment's site
+// VPN) may carry the VM's traffic; with a device-less (XFRM) link, a
+// full block.
+func (r *run) targetSpec() fence.Spec {
+	spec := r.dstSpec
+	if r.link.RemoteDevice == "" {
+		return spec
+	}
+	spec.AllowVia = append([]string{r.link.RemoteDevice}, r.dst.SecureDevices...)
+	if r.redirect != nil && r.redirect.RemoteDevice != "" {
+		spec.AllowVia = append(spec.AllowVia, r.redirect.RemoteDevice)
+	}
+	return spec
+}
+
+// sourceSpec is the source's fence (block 320): the VM's port and
+// addresses are blocked there, except through the link's secure-end
+// device, over which its address is reached once the link is active.
+func (r *run) sourceSpec() fence.Spec {
+	spec := r.srcSpec
+	if r.link.SecureDevice != "" {
+		spec.AllowVia = []string{r.link.SecureDevice}
+	}
+	return spec
 }
 
 func (r *run) converge(ctx context.Context) {

@@ -124,27 +124,50 @@ func TestRunStepOrder(t *testing.T) {
 	}
 }
 
-// Fail closed: the target is never opened before the secure link is
-// proven, and the source is fenced before the VM leaves it.
-func TestTargetOpenedOnlyAfterLinkVerified(t *testing.T) {
-	s := migrationtest.NewSetup()
-	if _, err := newMigrator(t, s).Run(context.Background(), s.Plan()); err != nil {
-		t.Fatal(err)
-	}
-	var calls []string
-	for _, c := range s.Calls() {
-		calls = append(calls, c.String())
-	}
-	idx := func(sub string) int {
-		return slices.IndexFunc(calls, func(c string) bool { return strings.Contains(c, sub) })
-	}
-	fenceB, verify, openB, resume := idx("fence:b.Fence(vm1 via=)"), idx("link.Verify"), idx("fence:b.Fence(vm1 via=wg"), idx("hv:b.Resume")
-	fenceA, migrate := idx("fence:a.Fence(vm1"), idx("hv:a.Migrate")
-	if !(fenceB >= 0 && fenceB < resume && resume < verify && verify < openB) {
-		t.Fatalf("want target fenced < resume < verify < opened via link; calls:\n%s", strings.Join(calls, "\n"))
-	}
-	if !(migrate < fenceA && fenceA < resume) {
-		t.Fatalf("want source fenced during the migration, before resume; calls:\n%s", strings.Join(calls, "\n"))
+// Fail closed. Before the secure link is proven, the target's fence lets
+// the VM talk through the link's own devices at most (they encrypt
+// everything and carry nothing until the link is activated in the
+// switchover hook); a device-less (XFRM) link keeps a full block until
+// after the proof. The source is fenced while the VM leaves it.
+func TestFailClosedOrder(t *testing.T) {
+	for _, kind := range []tunnel.Kind{tunnel.WireGuard, tunnel.IPsec} {
+		t.Run(string(kind), func(t *testing.T) {
+			s := migrationtest.NewSetup()
+			p := s.Plan()
+			p.Link = kind
+			rep, err := newMigrator(t, s).Run(context.Background(), p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var calls []string
+			for _, c := range s.Calls() {
+				calls = append(calls, c.String())
+			}
+			at := func(sub string) int {
+				return slices.IndexFunc(calls, func(c string) bool { return strings.Contains(c, sub) })
+			}
+			dump := strings.Join(calls, "\n")
+			migrate, fenceA, activate, resume, verify := at("hv:a.Migrate"), at("fence:a.Fence(vm1"), at("link.Activate"), at("hv:b.Resume"), at("link.Verify")
+			if !(migrate < fenceA && fenceA < activate && activate < resume && resume < verify) {
+				t.Fatalf("want Migrate < source fenced < link activated < resume < verify; calls:\n%s", dump)
+			}
+			allowed := map[string]bool{"": true, rep.Link.RemoteDevice: true, "site0": true}
+			for i, c := range calls[:verify] {
+				if v, ok := strings.CutPrefix(c, "fence:b.Fence(vm1 via="); ok {
+					for _, d := range strings.Split(strings.TrimSuffix(v, ")"), ",") {
+						if !allowed[d] || kind == tunnel.IPsec && d != "" {
+							t.Fatalf("call %d, before the link was proven: %s (link device %q)\n%s", i, c, rep.Link.RemoteDevice, dump)
+						}
+					}
+				}
+				if strings.HasPrefix(c, "fence:b.Lift") {
+					t.Fatalf("target fence lifted before the link was proven:\n%s", dump)
+				}
+			}
+			if at("fence:b.Fence(vm1") < 0 || at("fence:b.Fence(vm1") > migrate {
+				t.Fatalf("incoming VM not fenced before the migration:\n%s", dump)
+			}
+		})
 	}
 }
 

@@ -80,6 +80,9 @@ type Plan struct {
 	SourcePort, TargetPort string
 	// MaxBandwidth for the migration stream, bytes/s (0: unlimited).
 	MaxBandwidth uint64
+	// MaxDowntime is the stop-and-copy time the hypervisor may take at
+	// switchover (0: its default, 300 ms for QEMU).
+	MaxDowntime time.Duration
 }
 
 func (p *Plan) defaults() {
@@ -195,6 +198,9 @@ func (p Plan) validate(cfg *Config) error {
 		if s.Via.IsValid() && s.Via.Is4() != s.Prefix.Addr().Is4() {
 			return bad("Subnet.Via %s is not of the family of Subnet.Prefix %s", s.Via, s.Prefix)
 		}
+	}
+	if p.MaxDowntime < 0 {
+		return bad("MaxDowntime %s is negative", p.MaxDowntime)
 	}
 	for _, port := range []struct{ name, v string }{{"SourcePort", p.SourcePort}, {"TargetPort", p.TargetPort}} {
 		if len(port.v) > 15 {

@@ -47,6 +47,7 @@ func TestPlanValidation(t *testing.T) {
 			p.Subnet = &migration.Subnet{Prefix: pfx("10.1.0.0/24"), Via: netip.MustParseAddr("2001:db8::1")}
 		}, "Subnet.Via 2001:db8::1 is not of the family"},
 		{"long port", func(p *migration.Plan) { p.TargetPort = "a-very-long-port-name" }, `TargetPort "a-very-long-port-name" is longer than 15`},
+		{"negative downtime", func(p *migration.Plan) { p.MaxDowntime = -time.Millisecond }, "MaxDowntime -1ms is negative"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
