@@ -5,8 +5,9 @@ export PATH := /usr/local/go/bin:$(PATH)
 .PHONY: lab test deps quickstart bench
 
 ## lab: the end-to-end lab (installs what a fresh machine lacks, then runs it)
+##   make lab LABFLAGS="-subnet -fence before-copy"
 lab: deps
-	$(GO) run ./examples/quickstart $(LABFLAGS)
+	$(GO) run ./examples/lab -json lab-report.json $(LABFLAGS)
 
 ## test: go vet + every test, with the race detector
 test:

@@ -1,0 +1,269 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/sealift/sealift/conn/conntrack"
+	"github.com/sealift/sealift/fence/nft"
+	"github.com/sealift/sealift/hypervisor/qemu"
+	"github.com/sealift/sealift/internal/guest"
+	"github.com/sealift/sealift/internal/lab"
+	"github.com/sealift/sealift/ipsec"
+	"github.com/sealift/sealift/migration"
+	"github.com/sealift/sealift/routing/gobgp"
+	"github.com/sealift/sealift/routing/netlinkroute"
+	"github.com/sealift/sealift/tunnel"
+	"github.com/sealift/sealift/tunnel/wireguard"
+)
+
+// Lab addresses beyond internal/lab's reference topology.
+var (
+	vm2Addr    = netip.MustParseAddr("10.1.0.11")
+	baseVM     = vmSpec{"base", netip.MustParseAddr("10.1.0.12")} // the baseline's guest
+	coreSite   = netip.MustParseAddr("100.64.0.1")                // core's end of the operator's site link
+	bSite      = netip.MustParseAddr("100.64.0.2")                // B's end: the proper route's next hop
+	siteLinkID = "site"
+)
+
+// vmSpec is one guest of the lab.
+type vmSpec struct {
+	name string
+	addr netip.Addr
+}
+
+func (v vmSpec) net(tap string) guest.Net {
+	return guest.Net{Addr: netip.PrefixFrom(v.addr, 24), Gateway: lab.Gateway, MAC: guest.MAC(v.addr), Tap: tap, Bridge: "br0"}
+}
+
+// world is the built lab: topology, guests and the real backends.
+type world struct {
+	opts   Options
+	log    *slog.Logger
+	dir    string
+	l      *lab.Lab
+	img    guest.Image
+	vms    []vmSpec
+	tlsDir string // X.509 credentials for the migration stream (A and B)
+	hv     *hypervisors
+	base   *qemu.Hypervisor // plain QEMU in A: the baseline guest
+	base2  *qemu.Hypervisor // plain QEMU in A: the baseline's target
+	audit  *conntrack.Auditor
+	links  map[tunnel.Kind]tunnel.SecureLinker
+	wg     *wireguard.Linker
+	core   *gobgp.Watcher // the routing core's BGP speaker (subnet scenario)
+	bgpB   *gobgp.Watcher // B's speaker
+	cfg    migration.Config
+}
+
+// build makes the topology, boots the guests at A and wires the backends.
+func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, error) {
+	w := &world{opts: o, log: log}
+	var err error
+	if w.dir, err = os.MkdirTemp("", "sealift-lab-"); err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { os.RemoveAll(w.dir) })
+	w.vms = []vmSpec{{"vm1", lab.VMAddr}}
+	if o.Subnet {
+		w.vms = append(w.vms, vmSpec{"vm2", vm2Addr})
+	}
+	log.Info("building the guest image (Debian kernel + busybox + agent)")
+	if w.img, err = guest.Build(ctx, guest.WithLogger(log)); err != nil {
+		return nil, err
+	}
+	w.l = lab.New(t)
+	// The guests replace the reference topology's stand-in VM endpoint.
+	if err := netns.DeleteNamed(w.l.VM); err != nil {
+		return nil, err
+	}
+	if err := w.topology(); err != nil {
+		return nil, err
+	}
+	// The migration stream crosses the wan too: TLS, with a fresh CA.
+	w.tlsDir = filepath.Join(w.dir, "tls")
+	if err := qemu.NewTLSDir(w.tlsDir, []netip.Addr{lab.AUplink, lab.BUnderlay}); err != nil {
+		return nil, err
+	}
+	switch o.Hypervisor {
+	case "libvirt":
+		w.hv, err = w.libvirtHypervisors(ctx, t)
+	default:
+		w.hv, err = w.qemuHypervisors(t)
+	}
+	if err != nil {
+		return nil, err
+	}
+	for i, v := range w.vms {
+		if err := w.hv.boot(ctx, i, v); err != nil {
+			return nil, fmt.Errorf("boot %s at A: %w", v.name, err)
+		}
+	}
+	if w.base, w.base2, err = w.baselineHypervisors(t); err != nil {
+		return nil, fmt.Errorf("baseline guest: %w", err)
+	}
+	for _, v := range append([]vmSpec{baseVM}, w.vms...) {
+		if _, err := guest.WaitReady(ctx, w.l.Peer2, v.addr); err != nil {
+			return nil, fmt.Errorf("%s not ready: %w", v.name, err)
+		}
+	}
+	return w, w.backends(ctx, t)
+}
+
+// topology adds what the scenario needs to the reference topology.
+func (w *world) topology() error {
+	l := w.l
+	// B routes traffic of moved VMs between links and its bridge; replies
+	// to peers may leave by another link than the one a request came in.
+	for _, k := range []string{"all", "default"} {
+		if err := lab.Sysctl(l.B, "net/ipv4/conf/"+k+"/rp_filter", "0"); err != nil {
+			return err
+		}
+	}
+	// The hosts run a stateful firewall, as hypervisor hosts do: without a
+	// rule that uses conntrack a namespace tracks no connections, and the
+	// audit (conn/conntrack) would see none.
+	for _, h := range []string{l.A, l.B} {
+		if out, err := lab.Exec(h, "nft", "add table inet lab_stateful; add chain inet lab_stateful tracked { type filter hook forward priority 10; }; add rule inet lab_stateful tracked ct state established counter"); err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+	}
+	if !w.opts.Subnet {
+		return nil
+	}
+	// Subnet scenario: the whole 10.1.0.0/24 moves; no peer stays in it.
+	if err := netns.DeleteNamed(l.Peer); err != nil {
+		return err
+	}
+	// The core's route to the subnet through A is its IGP route: metric
+	// 8192, so the redirect (4096) beats it and BGP's (20) beats both.
+	if _, err := lab.Exec(l.Core, "ip", "route", "replace", "10.1.0.0/24", "via", lab.AUplink.String(), "metric", "8192"); err != nil {
+		return err
+	}
+	_, err := lab.Exec(l.Core, "ip", "route", "del", "10.1.0.0/24", "via", lab.AUplink.String(), "metric", "0")
+	return err
+}
+
+// backends builds the real backends and the Migrator's configuration.
+func (w *world) backends(ctx context.Context, t lab.TB) error {
+	l := w.l
+	w.wg = wireguard.New(wireguard.WithStateDir(filepath.Join(w.dir, "wg")), wireguard.WithLogger(w.log))
+	w.links = map[tunnel.Kind]tunnel.SecureLinker{tunnel.WireGuard: w.wg, tunnel.IPsec: ipsec.New(ipsec.WithLogger(w.log))}
+	t.Cleanup(func() { w.closeLinks() })
+	w.audit = conntrack.New(conntrack.WithHost(l.B), conntrack.WithLogger(w.log))
+	secure := migration.Environment{
+		Hypervisor: w.hv.a, Fencer: nft.New(nft.WithHost(l.A), nft.WithLogger(w.log)),
+		Auditor: conntrack.New(conntrack.WithHost(l.A)), Host: l.A, Underlay: lab.AUplink,
+	}
+	cloud := migration.Environment{
+		Hypervisor: w.hv.b, Fencer: nft.New(nft.WithHost(l.B), nft.WithLogger(w.log)),
+		Auditor: w.audit, Host: l.B, Underlay: lab.BUnderlay,
+	}
+	if w.opts.Subnet {
+		site, err := w.siteLink(ctx)
+		if err != nil {
+			return err
+		}
+		cloud.SecureDevices = []string{site.RemoteDevice}
+		if err := w.speakers(ctx, t); err != nil {
+			return err
+		}
+	}
+	// The Migrator watches the core's kernel routing table (what really
+	// forwards), which BGP feeds in the subnet scenario.
+	secure.Core = &migration.Core{Host: l.Core, Underlay: lab.CoreWAN,
+		Routing: netlinkroute.New(netlinkroute.WithHost(l.Core), netlinkroute.WithLogger(w.log))}
+	w.cfg = migration.Config{
+		Environments: map[string]migration.Environment{"secure": secure, "cloud": cloud},
+		Linkers:      w.links,
+		Logger:       w.log,
+	}
+	return nil
+}
+
+// siteLink is the operator's permanent site-to-site VPN between the
+// routing core and B (WireGuard across the wan), over which routes to the
+// subnet's new place go once BGP has converged. Routes into it come from
+// BGP (NoSecureRoutes), except the one to B's site address.
+func (w *world) siteLink(ctx context.Context) (tunnel.Link, error) {
+	l := w.l
+	spec := tunnel.Spec{ID: siteLinkID, Kind: tunnel.WireGuard, NoSecureRoutes: true,
+		Secure: tunnel.End{Host: l.Core, Underlay: lab.CoreWAN,
+			Protected: []netip.Prefix{lab.Peer2Net, netip.PrefixFrom(coreSite, 32)}},
+		Remote: tunnel.End{Host: l.B, Underlay: lab.BUnderlay,
+			Protected: []netip.Prefix{lab.VMSubnet, netip.PrefixFrom(bSite, 32)}},
+	}
+	site, err := w.wg.Prepare(ctx, spec)
+	if err != nil {
+		return site, fmt.Errorf("site link: %w", err)
+	}
+	if err := w.wg.Activate(ctx, spec.ID); err != nil {
+		return site, fmt.Errorf("site link: %w", err)
+	}
+	steps := []func() error{
+		func() error { return lab.AddAddr(l.Core, "lo", coreSite.String()+"/32") },
+		func() error { return lab.AddAddr(l.B, "lo", bSite.String()+"/32") },
+		func() error { return lab.AddRoute(l.Core, bSite.String()+"/32", "", site.SecureDevice) },
+	}
+	for _, s := range steps {
+		if err := s(); err != nil {
+			return site, fmt.Errorf("site link: %w", err)
+		}
+	}
+	return site, nil
+}
+
+// speakers starts the core's BGP speaker (with a FIB stand-in for zebra)
+// and B's, joined over the site link.
+func (w *world) speakers(ctx context.Context, t lab.TB) error {
+	l := w.l
+	var err error
+	w.core, err = gobgp.New(ctx, gobgp.WithHost(l.Core), gobgp.WithLogger(w.log), gobgp.WithSpeaker(gobgp.Speaker{
+		AS: 65001, RouterID: coreSite, ListenAddrs: []netip.Addr{coreSite},
+		Neighbors: []gobgp.Neighbor{{Address: bSite, AS: 65002}}}))
+	if err != nil {
+		return err
+	}
+	t.Cleanup(func() { w.core.Close(context.Background()) })
+	w.bgpB, err = gobgp.New(ctx, gobgp.WithHost(l.B), gobgp.WithLogger(w.log), gobgp.WithSpeaker(gobgp.Speaker{
+		AS: 65002, RouterID: bSite, ListenAddrs: []netip.Addr{bSite},
+		Neighbors: []gobgp.Neighbor{{Address: coreSite, AS: 65001}}}))
+	if err != nil {
+		return err
+	}
+	t.Cleanup(func() { w.bgpB.Close(context.Background()) })
+	closeSessions, err := gobgp.Connect(ctx, w.core, coreSite, w.bgpB, bSite)
+	if err != nil {
+		return err
+	}
+	t.Cleanup(closeSessions)
+	stopFIB, err := w.core.SyncFIB(ctx, 20)
+	if err != nil {
+		return err
+	}
+	t.Cleanup(stopFIB)
+	return nil
+}
+
+// closeLinks closes every link the lab's linkers still have.
+func (w *world) closeLinks() {
+	ctx := context.Background()
+	for _, lk := range w.links {
+		ls, err := lk.List(ctx)
+		if err != nil {
+			continue
+		}
+		for _, k := range ls {
+			if err := lk.Close(ctx, k.ID); err != nil && !errors.Is(err, tunnel.ErrNoLink) {
+				w.log.Warn("close link", "id", k.ID, "err", err)
+			}
+		}
+	}
+}
