@@ -60,8 +60,16 @@ func (r *run) beforeResume(ctx context.Context) error {
 		if to, err = r.dst.Hypervisor.PrepareIncoming(ctx, vm); err != nil {
 			return err
 		}
+		// The target's instance and port exist now (QEMU), or only once
+		// the migration has begun (libvirt creates the domain as part of
+		// it): then its fence waits for the switchover hook, and the
+		// source's description gives the MAC and (unless TargetPort is
+		// set) the port name, which libvirt keeps.
 		tvm, err := r.dst.Hypervisor.Lookup(ctx, p.VM)
-		if err != nil {
+		switch {
+		case errors.Is(err, hypervisor.ErrNotFound):
+			tvm, r.fenceInHook = vm, true
+		case err != nil:
 			return fmt.Errorf("look up incoming VM at %q: %w", p.To, err)
 		}
 		if r.dstSpec, err = specFor(p.VM, tvm, p.TargetPort, "TargetPort", p.Addrs); err != nil {
@@ -89,10 +97,10 @@ func (r *run) beforeResume(ctx context.Context) error {
 		// only through the link's devices, which encrypt everything and
 		// carry nothing until the hook activates the link (XFRM links have
 		// no device: a full block until block 370).
-		if err := r.dst.Fencer.Fence(ctx, r.targetSpec()); err != nil {
-			return fmt.Errorf("fence incoming VM at %q: %w", p.To, err)
+		if r.fenceInHook {
+			return nil
 		}
-		return nil
+		return r.fenceTarget(ctx)
 	})
 	if err != nil {
 		return err
@@ -131,7 +139,12 @@ func (r *run) beforeResume(ctx context.Context) error {
 // it only flips what was pre-staged.
 func (r *run) switchover(ctx context.Context) error {
 	p := r.plan
-	if err := r.step(ctx, BlockPause, nil, func() error { return nil }); err != nil {
+	if err := r.step(ctx, BlockPause, nil, func() error {
+		if r.fenceInHook { // its instance exists now, and cannot run yet
+			return r.fenceTarget(ctx)
+		}
+		return nil
+	}); err != nil {
 		return err
 	}
 	if p.FenceMode == FenceAtSwitchover {
@@ -172,6 +185,13 @@ func (r *run) afterMigrate(ctx context.Context) error {
 	p := r.plan
 	// 345: restart at the target, then prove the secure link.
 	err := r.step(ctx, BlockRestart, map[string]string{"link": r.linkID}, func() error {
+		if !r.dstFenced {
+			// E.g. the hook failed after the hypervisor had finished: the
+			// VM runs nowhere until it is fenced here.
+			if err := r.fenceTarget(ctx); err != nil {
+				return err
+			}
+		}
 		if err := r.dst.Hypervisor.Resume(ctx, p.VM); err != nil {
 			return err
 		}
@@ -225,6 +245,15 @@ func (r *run) finishForward(ctx context.Context) error {
 	}
 	_ = r.step(ctx, BlockEnd, nil, func() error { return nil })
 	return r.finish(ctx, Completed, "")
+}
+
+// fenceTarget installs the target's fence (targetSpec).
+func (r *run) fenceTarget(ctx context.Context) error {
+	if err := r.dst.Fencer.Fence(ctx, r.targetSpec()); err != nil {
+		return fmt.Errorf("fence incoming VM at %q: %w", r.plan.To, err)
+	}
+	r.dstFenced = true
+	return nil
 }
 
 // enableStep is block 370: communications over the secure link only.

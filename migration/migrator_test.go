@@ -501,3 +501,40 @@ func TestAuditMergesSourceAndTargetLists(t *testing.T) {
 		t.Fatalf("target reset %v", remotes)
 	}
 }
+
+// A hypervisor that creates the incoming instance only as the migration
+// begins (libvirt): the target is fenced in the switchover hook, before
+// it can run; if that fails, the migration rolls back.
+func TestLazyIncomingFencedInHook(t *testing.T) {
+	s := migrationtest.NewSetup()
+	s.Cloud.Hypervisor.LazyIncoming = true
+	rep, err := newMigrator(t, s).Run(context.Background(), s.Plan())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls []string
+	for _, c := range s.Calls() {
+		calls = append(calls, c.String())
+	}
+	at := func(sub string) int {
+		return slices.IndexFunc(calls, func(c string) bool { return strings.Contains(c, sub) })
+	}
+	fenceB, migrate, resume := at("fence:b.Fence(vm1 via="+rep.Link.RemoteDevice), at("hv:a.Migrate"), at("hv:b.Resume")
+	if !(migrate < fenceB && fenceB < resume) {
+		t.Fatalf("want the target fenced inside the migration, before resume:\n%s", strings.Join(calls, "\n"))
+	}
+	if spec, ok := s.Cloud.Fencer.Fenced("vm1"); !ok || spec.Port != "tap-vm1" {
+		t.Fatalf("target fence %+v, want the port named as at the source", spec)
+	}
+
+	s = migrationtest.NewSetup()
+	s.Cloud.Hypervisor.LazyIncoming = true
+	s.Cloud.Fencer.FailOn("Fence", 1, errBoom)
+	rep, err = newMigrator(t, s).Run(context.Background(), s.Plan())
+	if !errors.Is(err, migration.ErrRolledBack) || rep.Outcome != migration.RolledBack {
+		t.Fatalf("target fence failing in the hook: %v (%v), want rolled back", rep.Outcome, err)
+	}
+	if got := s.Where("vm1"); !slices.Equal(got, []string{"a"}) || s.State("a", "vm1") != hypervisor.Running {
+		t.Fatalf("VM at %v, want running at a", got)
+	}
+}

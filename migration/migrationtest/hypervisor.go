@@ -17,12 +17,13 @@ type World struct {
 	mu         sync.Mutex
 	vms        map[string]map[string]*hypervisor.VM // vm -> host -> state
 	arrived    map[string]string                    // vm -> host it last migrated to
+	lazy       map[string]bool                      // "vm@host": prepared, not yet created
 	violations []string
 }
 
 // NewWorld returns an empty world.
 func NewWorld() *World {
-	return &World{vms: map[string]map[string]*hypervisor.VM{}, arrived: map[string]string{}}
+	return &World{vms: map[string]map[string]*hypervisor.VM{}, arrived: map[string]string{}, lazy: map[string]bool{}}
 }
 
 // AddVM places a running VM on host with one NIC whose port is port.
@@ -94,6 +95,10 @@ type Hypervisor struct {
 	host string
 	// Port names the port the fake gives an incoming VM ("" = "tap-"+vm).
 	Port string
+	// LazyIncoming makes it behave like libvirt: PrepareIncoming only
+	// checks and returns the endpoint; the incoming instance appears
+	// when the migration starts (with the source's NIC port name).
+	LazyIncoming bool
 }
 
 var _ hypervisor.Hypervisor = (*Hypervisor)(nil)
@@ -125,18 +130,27 @@ func (h *Hypervisor) PrepareIncoming(_ context.Context, vm hypervisor.VM) (hyper
 	if cur := h.w.vms[vm.Name][h.host]; cur != nil && cur.State.Active() {
 		return hypervisor.Endpoint{}, fmt.Errorf("%w: %q at %s", hypervisor.ErrExists, vm.Name, h.host)
 	}
+	ep := hypervisor.Endpoint{VM: vm.Name, URI: "fake://" + h.host + "/" + vm.Name}
+	if h.LazyIncoming {
+		h.w.lazy[vm.Name+"@"+h.host] = true
+		return ep, nil
+	}
 	port := h.Port
 	if port == "" {
 		port = "tap-" + vm.Name
 	}
+	h.w.put(vm.Name, h.host, incoming(vm, h.host, port))
+	return ep, nil
+}
+
+func incoming(vm hypervisor.VM, host, port string) *hypervisor.VM {
 	in := vm
-	in.Host, in.State = h.host, hypervisor.Incoming
+	in.Host, in.State = host, hypervisor.Incoming
 	in.NICs = []hypervisor.NIC{{Port: port}}
 	if len(vm.NICs) > 0 {
 		in.NICs[0].MAC = vm.NICs[0].MAC
 	}
-	h.w.put(vm.Name, h.host, &in)
-	return hypervisor.Endpoint{VM: vm.Name, URI: "fake://" + h.host + "/" + vm.Name}, nil
+	return &in
 }
 
 func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.Endpoint, opts hypervisor.MigrateOptions) (hypervisor.Stats, error) {
@@ -151,6 +165,14 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 	dst = dst[:len(dst)-len(name)-1]
 	h.w.mu.Lock()
 	src := h.w.vms[name][h.host]
+	if h.w.lazy[name+"@"+dst] && src != nil {
+		delete(h.w.lazy, name+"@"+dst)
+		port := ""
+		if len(src.NICs) > 0 {
+			port = src.NICs[0].Port
+		}
+		h.w.put(name, dst, incoming(*src, dst, port))
+	}
 	in := h.w.vms[name][dst]
 	switch {
 	case src == nil || src.State != hypervisor.Running:
