@@ -203,21 +203,6 @@ func dump(ctx context.Context, ns netns.NsHandle, sel conn.Selector) ([]selected
 	return out, ctx.Err()
 }
 
-// validConns names the first conn Reset cannot act on.
-func validConns(conns []conn.Conn) error {
-	for i, c := range conns {
-		switch {
-		case c.Proto != conn.TCP && c.Proto != conn.UDP:
-			return fmt.Errorf("%w: conns[%d].Proto %q is not tcp or udp", conn.ErrInvalid, i, c.Proto)
-		case !c.Local.IsValid():
-			return fmt.Errorf("%w: conns[%d].Local is not a valid address", conn.ErrInvalid, i)
-		case !c.Remote.IsValid():
-			return fmt.Errorf("%w: conns[%d].Remote is not a valid address", conn.ErrInvalid, i)
-		}
-	}
-	return nil
-}
-
 // Reset makes both endpoints of every TCP flow in conns drop it (RST),
 // rejects UDP flows' next packets while it runs, and deletes all their
 // conntrack entries, in one batch (see the package doc). Conns are found
@@ -231,7 +216,7 @@ func (a *Auditor) Reset(ctx context.Context, sel conn.Selector, conns []conn.Con
 	if err := sel.Validate(); err != nil {
 		return conn.ResetResult{}, err
 	}
-	if err := validConns(conns); err != nil {
+	if err := conn.ValidateConns(conns); err != nil {
 		return conn.ResetResult{}, err
 	}
 	if len(conns) == 0 {

@@ -2,7 +2,6 @@ package conntrack_test
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"net"
 	"net/netip"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/conn/conntrack"
+	"github.com/sealift/sealift/conn/internal/conntest"
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/internal/nsutil"
 )
@@ -58,25 +58,8 @@ func newWorld(t *testing.T) *world {
 // and the client's new connection, now routed over the link, is secure.
 func TestAuditKeepsSecureResetsPlain(t *testing.T) {
 	w := newWorld(t)
-	srvTLS, cliTLS := selfSigned(t, "10.2.0.20")
-	plainSrv := listenIn(t, w.Peer2, "tcp4", "10.2.0.20:8080", nil)
-	listenIn(t, w.Peer2, "tcp4", "10.2.0.20:443", srvTLS)
-	listenIn(t, w.Peer2, "tcp4", "10.2.1.20:9000", nil)
-	udpStop, err := lab.ServeUDPEcho(w.Peer2, "10.2.0.20:5353")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udpStop()
-
-	plain := dialIn(t, w.VM, "tcp4", "10.2.0.20:8080")
-	tlsConn := tls.Client(dialIn(t, w.VM, "tcp4", "10.2.0.20:443"), cliTLS)
-	secure := dialIn(t, w.VM, "tcp4", "10.2.1.20:9000")
-	udp := dialIn(t, w.VM, "udp4", "10.2.0.20:5353")
-	for name, c := range map[string]net.Conn{"plain": plain, "tls": tlsConn, "secure": secure, "udp": udp} {
-		if err := echo(c, "hello "+name); err != nil {
-			t.Fatalf("%s echo: %v", name, err)
-		}
-	}
+	ss := conntest.StartSessions(t, w.Lab)
+	plainSrv, plain, tlsConn, secure := ss.PlainSrv, ss.Plain, ss.TLS, ss.Secure
 
 	a := conntrack.New(conntrack.WithHost(w.A))
 	ctx := t.Context()
@@ -100,14 +83,7 @@ func TestAuditKeepsSecureResetsPlain(t *testing.T) {
 	}
 
 	cl := conn.Classify(conns, w.policy)
-	reasons := map[string]conn.Reason{}
-	for _, v := range append(cl.Keep, cl.Reset...) {
-		reasons[v.Conn.Remote.String()] = v.Reason
-	}
-	if reasons["10.2.0.20:443"] != conn.ReasonTLSPort || reasons["10.2.1.20:9000"] != conn.ReasonWireGuard ||
-		reasons["10.2.0.20:8080"] != conn.ReasonUnsecured || reasons["10.2.0.20:5353"] != conn.ReasonUnsecured {
-		t.Fatalf("classification: %v", reasons)
-	}
+	conntest.CheckReasons(t, cl)
 
 	// The tunnel now carries the plain service (FIG. 3: link first, then reset).
 	if out, err := lab.Exec(w.A, "ip", "route", "add", "10.2.0.20/32", "via", "10.254.0.2", "dev", "wg0"); err != nil {
@@ -125,17 +101,17 @@ func TestAuditKeepsSecureResetsPlain(t *testing.T) {
 		t.Fatalf("Reset = %+v, want 2 reset 0 missed", res)
 	}
 	// Both endpoints of the plain session were reset, without traffic of their own.
-	if err := readErr(plain); !errors.Is(err, syscall.ECONNRESET) {
+	if err := conntest.ReadErr(plain); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("VM side of plain session: %v, want ECONNRESET", err)
 	}
-	if err := plainSrv.endOf(t, plain.LocalAddr().String()); !errors.Is(err, syscall.ECONNRESET) {
+	if err := plainSrv.EndOf(t, plain.LocalAddr().String()); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("peer side of plain session: %v, want ECONNRESET", err)
 	}
 	// The kept sessions still work.
-	if err := echo(tlsConn, "still tls"); err != nil {
+	if err := conntest.Echo(tlsConn, "still tls"); err != nil {
 		t.Errorf("tls session after audit: %v", err)
 	}
-	if err := echo(secure, "still secure"); err != nil {
+	if err := conntest.Echo(secure, "still secure"); err != nil {
 		t.Errorf("secure session after audit: %v", err)
 	}
 	// The reset table removed itself; the UDP entry is gone.
@@ -155,8 +131,8 @@ func TestAuditKeepsSecureResetsPlain(t *testing.T) {
 	}
 
 	// The client reconnects; the new flow crosses the link and is secure.
-	re := dialIn(t, w.VM, "tcp4", "10.2.0.20:8080")
-	if err := echo(re, "again"); err != nil {
+	re := conntest.DialIn(t, w.VM, "tcp4", "10.2.0.20:8080")
+	if err := conntest.Echo(re, "again"); err != nil {
 		t.Fatal(err)
 	}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -181,9 +157,9 @@ func TestAuditKeepsSecureResetsPlain(t *testing.T) {
 // by its 5-tuple alone.
 func TestResetFlowAbsentFromTable(t *testing.T) {
 	w := newWorld(t)
-	srv := listenIn(t, w.Peer2, "tcp4", "10.2.0.20:8080", nil)
-	c := dialIn(t, w.VM, "tcp4", "10.2.0.20:8080")
-	if err := echo(c, "hello"); err != nil {
+	srv := conntest.ListenIn(t, w.Peer2, "tcp4", "10.2.0.20:8080", nil)
+	c := conntest.DialIn(t, w.VM, "tcp4", "10.2.0.20:8080")
+	if err := conntest.Echo(c, "hello"); err != nil {
 		t.Fatal(err)
 	}
 	// What the source saw: the 5-tuple, and an ID that means nothing here.
@@ -203,10 +179,10 @@ func TestResetFlowAbsentFromTable(t *testing.T) {
 	if res.Reset != 1 || res.Missed != 0 {
 		t.Fatalf("Reset = %+v, want 1 reset", res)
 	}
-	if err := readErr(c); !errors.Is(err, syscall.ECONNRESET) {
+	if err := conntest.ReadErr(c); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("VM side: %v, want ECONNRESET", err)
 	}
-	if err := srv.endOf(t, c.LocalAddr().String()); !errors.Is(err, syscall.ECONNRESET) {
+	if err := srv.EndOf(t, c.LocalAddr().String()); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("peer side: %v, want ECONNRESET", err)
 	}
 }
@@ -218,9 +194,9 @@ func TestListSkipsUnansweredSYN(t *testing.T) {
 	if out, err := lab.Exec(w.Peer2, "nft", "add table inet drop9; add chain inet drop9 in { type filter hook input priority 0; }; add rule inet drop9 in tcp dport 9999 drop"); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	listenIn(t, w.Peer2, "tcp4", "10.2.0.20:8080", nil)
-	live := dialIn(t, w.VM, "tcp4", "10.2.0.20:8080")
-	if err := echo(live, "hi"); err != nil {
+	conntest.ListenIn(t, w.Peer2, "tcp4", "10.2.0.20:8080", nil)
+	live := conntest.DialIn(t, w.VM, "tcp4", "10.2.0.20:8080")
+	if err := conntest.Echo(live, "hi"); err != nil {
 		t.Fatal(err)
 	}
 	err := nsutil.Do(w.VM, func() error {

@@ -3,14 +3,13 @@ package conntrack
 import (
 	"errors"
 	"fmt"
-	"syscall"
 
 	ct "github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/sealift/sealift/internal/nsutil"
+	"github.com/sealift/sealift/internal/nlsock"
 )
 
 // ctnetlink attribute and message numbers (linux/netfilter/nfnetlink_conntrack.h).
@@ -34,24 +33,15 @@ const (
 // request names the original tuple and the entry id, so an entry that was
 // replaced meanwhile is left alone. It returns how many were already gone.
 func deleteFlows(ns netns.NsHandle, flows []ct.Flow) (int, error) {
-	reqs := make([]nlRequest, len(flows))
+	reqs := make([]nlsock.Request, len(flows))
 	for i := range flows {
 		body, err := deleteBody(&flows[i])
 		if err != nil {
 			return 0, err
 		}
-		reqs[i] = nlRequest{Type: uint16(netfilter.NFSubsysCTNetlink)<<8 | ctMsgDelete, Body: body}
+		reqs[i] = nlsock.Request{Type: uint16(netfilter.NFSubsysCTNetlink)<<8 | ctMsgDelete, Body: body}
 	}
-	var errnos []syscall.Errno
-	err := nsutil.DoHandle(ns, func() error {
-		s, err := openNetlink(unix.NETLINK_NETFILTER)
-		if err != nil {
-			return err
-		}
-		defer s.Close()
-		errnos, err = s.pipeline(reqs)
-		return err
-	})
+	errnos, err := nlsock.PipelineAt(ns, unix.NETLINK_NETFILTER, reqs)
 	if err != nil {
 		return 0, fmt.Errorf("conntrack: delete entries: %w", err)
 	}

@@ -1,7 +1,6 @@
 package conntrack_test
 
 import (
-	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -9,6 +8,7 @@ import (
 
 	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/conn/conntrack"
+	"github.com/sealift/sealift/conn/internal/conntest"
 	"github.com/sealift/sealift/internal/lab"
 )
 
@@ -17,50 +17,32 @@ func TestBadInput(t *testing.T) {
 	a := conntrack.New()
 	vm := []netip.Prefix{netip.MustParsePrefix("10.1.0.10/32")}
 	good := conn.Conn{Proto: conn.TCP, Local: netip.MustParseAddrPort("10.1.0.10:1"), Remote: netip.MustParseAddrPort("10.2.0.20:2")}
-	for _, tc := range []struct {
-		name  string
-		run   func() error
-		is    error
-		names string
-	}{
-		{"list empty selector", func() error { _, err := a.List(t.Context(), conn.Selector{}); return err }, conn.ErrInvalid, "Selector.Addrs"},
-		{"list bad prefix", func() error {
+	cases := []conntest.ErrCase{
+		{Name: "list empty selector", Run: func() error { _, err := a.List(t.Context(), conn.Selector{}); return err }, Is: conn.ErrInvalid, Names: "Selector.Addrs"},
+		{Name: "list bad prefix", Run: func() error {
 			_, err := a.List(t.Context(), conn.Selector{Addrs: []netip.Prefix{{}}})
 			return err
-		}, conn.ErrInvalid, "Selector.Addrs[0]"},
-		{"list unknown host", func() error {
-			_, err := a.List(t.Context(), conn.Selector{Host: "sl-no-such-ns", Addrs: vm})
-			return err
-		}, conn.ErrNoHost, "sl-no-such-ns"},
-		{"reset unknown host", func() error {
-			_, err := a.Reset(t.Context(), conn.Selector{Host: "sl-no-such-ns", Addrs: vm}, []conn.Conn{good})
-			return err
-		}, conn.ErrNoHost, "sl-no-such-ns"},
-		{"option host unknown", func() error {
-			_, err := conntrack.New(conntrack.WithHost("sl-no-such-ns2")).List(t.Context(), conn.Selector{Addrs: vm})
-			return err
-		}, conn.ErrNoHost, "sl-no-such-ns2"},
-		{"reset empty selector", func() error { _, err := a.Reset(t.Context(), conn.Selector{}, []conn.Conn{good}); return err }, conn.ErrInvalid, "Selector.Addrs"},
-		{"reset bad proto", func() error {
+		}, Is: conn.ErrInvalid, Names: "Selector.Addrs[0]"},
+	}
+	cases = append(cases, conntest.HostErrCases(t.Context(), a, func(ns string) conn.ConnAuditor {
+		return conntrack.New(conntrack.WithHost(ns))
+	})...)
+	cases = append(cases, []conntest.ErrCase{
+		{Name: "reset empty selector", Run: func() error { _, err := a.Reset(t.Context(), conn.Selector{}, []conn.Conn{good}); return err }, Is: conn.ErrInvalid, Names: "Selector.Addrs"},
+		{Name: "reset bad proto", Run: func() error {
 			c := good
 			c.Proto = "sctp"
 			_, err := a.Reset(t.Context(), conn.Selector{Host: "sl-no-such-ns", Addrs: vm}, []conn.Conn{good, c})
 			return err
-		}, conn.ErrInvalid, "conns[1].Proto"},
-		{"reset no remote", func() error {
+		}, Is: conn.ErrInvalid, Names: "conns[1].Proto"},
+		{Name: "reset no remote", Run: func() error {
 			c := good
 			c.Remote = netip.AddrPort{}
 			_, err := a.Reset(t.Context(), conn.Selector{Addrs: vm}, []conn.Conn{c})
 			return err
-		}, conn.ErrInvalid, "conns[0].Remote"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			err := tc.run()
-			if !errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.names) {
-				t.Fatalf("err = %v, want %v naming %q", err, tc.is, tc.names)
-			}
-		})
-	}
+		}, Is: conn.ErrInvalid, Names: "conns[0].Remote"},
+	}...)
+	conntest.RunErrCases(t, cases)
 }
 
 // TestResetMissed: a conn not in the table whose endpoints do not answer

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/conn/conntrack"
+	"github.com/sealift/sealift/conn/internal/conntest"
 	"github.com/sealift/sealift/internal/lab"
 )
 
@@ -21,9 +22,9 @@ import (
 // directions were rejected (well before its timeout).
 func TestResetWithoutTickles(t *testing.T) {
 	w := newWorld(t)
-	srv := listenIn(t, w.Peer2, "tcp4", "10.2.0.20:8080", nil)
-	plain := dialIn(t, w.VM, "tcp4", "10.2.0.20:8080")
-	if err := echo(plain, "hi"); err != nil {
+	srv := conntest.ListenIn(t, w.Peer2, "tcp4", "10.2.0.20:8080", nil)
+	plain := conntest.DialIn(t, w.VM, "tcp4", "10.2.0.20:8080")
+	if err := conntest.Echo(plain, "hi"); err != nil {
 		t.Fatal(err)
 	}
 	var logs syncBuf
@@ -60,7 +61,7 @@ func TestResetWithoutTickles(t *testing.T) {
 	if _, err := plain.Write([]byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	if err := readErr(plain); !errors.Is(err, syscall.ECONNRESET) {
+	if err := conntest.ReadErr(plain); !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("VM side: %v, want ECONNRESET", err)
 	}
 	// The peer's echo server writes only when it reads: abort its socket
@@ -75,7 +76,7 @@ func TestResetWithoutTickles(t *testing.T) {
 	if strings.Contains(logs.String(), "not confirmed") {
 		t.Fatalf("Reset ran into its timeout:\n%s", logs.String())
 	}
-	if err := srv.endOf(t, plain.LocalAddr().String()); err == nil {
+	if err := srv.EndOf(t, plain.LocalAddr().String()); err == nil {
 		t.Errorf("peer side ended without error")
 	}
 }

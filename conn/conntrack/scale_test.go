@@ -1,44 +1,15 @@
 package conntrack_test
 
 import (
-	"errors"
-	"fmt"
 	"net"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/conn/conntrack"
-	"github.com/sealift/sealift/internal/nsutil"
+	"github.com/sealift/sealift/conn/internal/conntest"
 )
-
-// dialMany opens n connections from ns to addr on one locked thread.
-func dialMany(t *testing.T, ns, addr string, n int) []net.Conn {
-	t.Helper()
-	out := make([]net.Conn, 0, n)
-	err := nsutil.Do(ns, func() error {
-		d := net.Dialer{Timeout: 10 * time.Second}
-		for range n {
-			c, err := d.DialContext(t.Context(), "tcp4", addr)
-			if err != nil {
-				return fmt.Errorf("after %d conns: %w", len(out), err)
-			}
-			out = append(out, c)
-		}
-		return nil
-	})
-	t.Cleanup(func() {
-		for _, c := range out {
-			c.Close()
-		}
-	})
-	if err != nil {
-		t.Fatalf("dial %s from %s: %v", addr, ns, err)
-	}
-	return out
-}
 
 // TestAudit10000 lists and classifies 10,000 live flows through host A
 // and resets the unsecured half; every reset endpoint (both sides) sees
@@ -49,12 +20,12 @@ func TestAudit10000(t *testing.T) {
 	}
 	const half = 5000
 	w := newWorld(t)
-	srv := startEchoHelper(t, w.Peer2, "10.2.0.20:8080", "10.2.0.20:443")
-	plain := dialMany(t, w.VM, "10.2.0.20:8080", half)
-	kept := dialMany(t, w.VM, "10.2.0.20:443", half)
+	srv := conntest.StartEchoHelper(t, w.Peer2, "10.2.0.20:8080", "10.2.0.20:443")
+	plain := conntest.DialMany(t, w.VM, "10.2.0.20:8080", half)
+	kept := conntest.DialMany(t, w.VM, "10.2.0.20:443", half)
 	// One round trip each so every entry is ESTABLISHED in both directions.
 	for _, c := range append(append([]net.Conn{}, plain...), kept...) {
-		if err := echo(c, "x"); err != nil {
+		if err := conntest.Echo(c, "x"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -86,31 +57,12 @@ func TestAudit10000(t *testing.T) {
 		t.Fatalf("Reset = %+v, want %d reset", res, half)
 	}
 
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	resets := 0
-	for _, c := range plain {
-		wg.Go(func() {
-			if err := readErr(c); errors.Is(err, syscall.ECONNRESET) {
-				mu.Lock()
-				resets++
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	if resets != half {
+	if resets := conntest.CountReadErrs(plain, syscall.ECONNRESET); resets != half {
 		t.Errorf("VM side: %d of %d reset connections saw ECONNRESET", resets, half)
 	}
-	for n := 0; n < half; n++ {
-		select {
-		case <-srv.resets:
-		case <-t.Context().Done():
-			t.Fatalf("peer side: %d of %d saw ECONNRESET", n, half)
-		}
-	}
+	srv.AwaitResets(t, half)
 	for i, c := range kept {
-		if err := echo(c, "y"); err != nil {
+		if err := conntest.Echo(c, "y"); err != nil {
 			t.Fatalf("kept conn %d: %v", i, err)
 		}
 	}

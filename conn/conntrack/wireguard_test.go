@@ -14,6 +14,7 @@ import (
 
 	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/conn/conntrack"
+	"github.com/sealift/sealift/conn/internal/conntest"
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/tunnel"
 	"github.com/sealift/sealift/tunnel/wireguard"
@@ -59,12 +60,12 @@ func TestAuditAtTargetOverWireGuard(t *testing.T) {
 		t.Fatalf("%v: %s", err, out)
 	}
 
-	srvTLS, cliTLS := selfSigned(t, "10.2.0.20")
-	plainSrv := listenIn(t, l.Peer2, "tcp4", "10.2.0.20:8080", nil)
-	listenIn(t, l.Peer2, "tcp4", "10.2.0.20:443", srvTLS)
-	listenIn(t, l.Peer, "tcp4", "10.1.0.20:9000", nil)
-	plain := dialIn(t, vm, "tcp4", "10.2.0.20:8080")
-	tlsConn := tls.Client(dialIn(t, vm, "tcp4", "10.2.0.20:443"), cliTLS)
+	srvTLS, cliTLS := conntest.SelfSigned(t, "10.2.0.20")
+	plainSrv := conntest.ListenIn(t, l.Peer2, "tcp4", "10.2.0.20:8080", nil)
+	conntest.ListenIn(t, l.Peer2, "tcp4", "10.2.0.20:443", srvTLS)
+	conntest.ListenIn(t, l.Peer, "tcp4", "10.1.0.20:9000", nil)
+	plain := conntest.DialIn(t, vm, "tcp4", "10.2.0.20:8080")
+	tlsConn := tls.Client(conntest.DialIn(t, vm, "tcp4", "10.2.0.20:443"), cliTLS)
 
 	ctx := t.Context()
 	linker := wireguard.New(wireguard.WithStateDir(t.TempDir()))
@@ -84,9 +85,9 @@ func TestAuditAtTargetOverWireGuard(t *testing.T) {
 	}
 	id := lab.NewPrefix()[2:]
 	link := open("a"+id, netip.PrefixFrom(lab.PeerAddr, 32))
-	secure := dialIn(t, vm, "tcp4", "10.1.0.20:9000")
+	secure := conntest.DialIn(t, vm, "tcp4", "10.1.0.20:9000")
 	for name, c := range map[string]net.Conn{"plain": plain, "tls": tlsConn, "secure": secure} {
-		if err := echo(c, "hello "+name); err != nil {
+		if err := conntest.Echo(c, "hello "+name); err != nil {
 			t.Fatalf("%s echo: %v", name, err)
 		}
 	}
@@ -118,14 +119,14 @@ func TestAuditAtTargetOverWireGuard(t *testing.T) {
 	if err != nil || res.Reset != 1 {
 		t.Fatalf("Reset = %+v, %v", res, err)
 	}
-	if err := readErr(plain); !errors.Is(err, syscall.ECONNRESET) {
+	if err := conntest.ReadErr(plain); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("VM side of plain session: %v, want ECONNRESET", err)
 	}
-	if err := plainSrv.endOf(t, plain.LocalAddr().String()); !errors.Is(err, syscall.ECONNRESET) {
+	if err := plainSrv.EndOf(t, plain.LocalAddr().String()); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("peer2 side of plain session: %v, want ECONNRESET", err)
 	}
 	for name, c := range map[string]net.Conn{"tls": tlsConn, "secure": secure} {
-		if err := echo(c, "still "+name); err != nil {
+		if err := conntest.Echo(c, "still "+name); err != nil {
 			t.Errorf("%s session after audit: %v", name, err)
 		}
 	}
@@ -139,8 +140,8 @@ func TestAuditAtTargetOverWireGuard(t *testing.T) {
 	if out, err := lab.Exec(l.Core, "ip", "route", "replace", "10.1.0.10/32", "via", "10.255.1.1"); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	re := dialIn(t, vm, "tcp4", "10.2.0.20:8080")
-	if err := echo(re, "again"); err != nil {
+	re := conntest.DialIn(t, vm, "tcp4", "10.2.0.20:8080")
+	if err := conntest.Echo(re, "again"); err != nil {
 		t.Fatal(err)
 	}
 	policy = conn.Policy{WireGuardDevices: []string{link.RemoteDevice}}

@@ -25,13 +25,13 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
-	"syscall"
 
 	vnl "github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/sealift/sealift/conn"
+	"github.com/sealift/sealift/internal/nlsock"
 	"github.com/sealift/sealift/internal/nsutil"
 )
 
@@ -149,7 +149,7 @@ func (a *Auditor) dump(ctx context.Context, ns netns.NsHandle, sel conn.Selector
 	}
 	var out []sock
 	err := nsutil.DoHandle(ns, func() error {
-		s, err := openNetlink(unix.NETLINK_SOCK_DIAG)
+		s, err := nlsock.Open(unix.NETLINK_SOCK_DIAG)
 		if err != nil {
 			return err
 		}
@@ -160,7 +160,7 @@ func (a *Auditor) dump(ctx context.Context, ns netns.NsHandle, sel conn.Selector
 				states uint32
 				ext    uint8
 			}{{unix.IPPROTO_TCP, tcpStatesLive, 1 << (inetDiagInfo - 1)}, {unix.IPPROTO_UDP, udpConnected, 0}} {
-				err := s.dump(sockDiagByFamily, request(fam, q.proto, q.ext, q.states, nil), func(data []byte) error {
+				err := s.Dump(sockDiagByFamily, request(fam, q.proto, q.ext, q.states, nil), func(data []byte) error {
 					if k, ok := parse(data, q.proto); ok && (has(k.local.Addr()) || has(k.remote.Addr())) {
 						out = append(out, k)
 					}
@@ -179,28 +179,13 @@ func (a *Auditor) dump(ctx context.Context, ns netns.NsHandle, sel conn.Selector
 	return out, ctx.Err()
 }
 
-// validConns names the first conn Reset cannot act on.
-func validConns(conns []conn.Conn) error {
-	for i, c := range conns {
-		switch {
-		case c.Proto != conn.TCP && c.Proto != conn.UDP:
-			return fmt.Errorf("%w: conns[%d].Proto %q is not tcp or udp", conn.ErrInvalid, i, c.Proto)
-		case !c.Local.IsValid():
-			return fmt.Errorf("%w: conns[%d].Local is not a valid address", conn.ErrInvalid, i)
-		case !c.Remote.IsValid():
-			return fmt.Errorf("%w: conns[%d].Remote is not a valid address", conn.ErrInvalid, i)
-		}
-	}
-	return nil
-}
-
 // Reset destroys the sockets of conns (matched by cookie and 4-tuple) in
 // one pipelined batch. Sockets that are gone are counted as Missed.
 func (a *Auditor) Reset(ctx context.Context, sel conn.Selector, conns []conn.Conn) (conn.ResetResult, error) {
 	if err := sel.Validate(); err != nil {
 		return conn.ResetResult{}, err
 	}
-	if err := validConns(conns); err != nil {
+	if err := conn.ValidateConns(conns); err != nil {
 		return conn.ResetResult{}, err
 	}
 	if len(conns) == 0 {
@@ -224,7 +209,7 @@ func (a *Auditor) Reset(ctx context.Context, sel conn.Selector, conns []conn.Con
 		byCookie[key{s.proto, s.cookie}] = i
 	}
 	var res conn.ResetResult
-	var reqs []nlRequest
+	var reqs []nlsock.Request
 	var which []int
 	done := make(map[int]bool, len(conns))
 	for _, c := range conns {
@@ -239,22 +224,13 @@ func (a *Auditor) Reset(ctx context.Context, sel conn.Selector, conns []conn.Con
 		}
 		done[i] = true
 		s := &cur[i]
-		reqs = append(reqs, nlRequest{Type: sockDestroy, Body: request(s.family, s.proto, 0, 0xffffffff, &s.id)})
+		reqs = append(reqs, nlsock.Request{Type: sockDestroy, Body: request(s.family, s.proto, 0, 0xffffffff, &s.id)})
 		which = append(which, i)
 	}
 	if len(reqs) == 0 {
 		return res, nil
 	}
-	var errnos []syscall.Errno
-	err = nsutil.DoHandle(ns, func() error {
-		s, err := openNetlink(unix.NETLINK_SOCK_DIAG)
-		if err != nil {
-			return err
-		}
-		defer s.Close()
-		errnos, err = s.pipeline(reqs)
-		return err
-	})
+	errnos, err := nlsock.PipelineAt(ns, unix.NETLINK_SOCK_DIAG, reqs)
 	if err != nil {
 		return res, fmt.Errorf("sockdiag: destroy: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/sealift/sealift/conn"
+	"github.com/sealift/sealift/conn/internal/conntest"
 	"github.com/sealift/sealift/conn/sockdiag"
 	"github.com/sealift/sealift/internal/lab"
 )
@@ -14,7 +15,7 @@ func benchWorld(b *testing.B) (*lab.Lab, conn.Selector) {
 	b.Helper()
 	lab.RequireRoot(b)
 	l := lab.New(b)
-	startEchoHelper(b, l.Peer2, "10.2.0.20:8080", "10.2.0.20:443")
+	conntest.StartEchoHelper(b, l.Peer2, "10.2.0.20:8080", "10.2.0.20:443")
 	return l, conn.Selector{Host: l.VM, Addrs: []netip.Prefix{netip.PrefixFrom(lab.VMAddr, 32)}}
 }
 
@@ -22,8 +23,8 @@ func benchWorld(b *testing.B) (*lab.Lab, conn.Selector) {
 func BenchmarkListClassify10000(b *testing.B) {
 	const n = 10000
 	l, sel := benchWorld(b)
-	dialMany(b, l.VM, "10.2.0.20:8080", n/2)
-	dialMany(b, l.VM, "10.2.0.20:443", n/2)
+	conntest.DialMany(b, l.VM, "10.2.0.20:8080", n/2)
+	conntest.DialMany(b, l.VM, "10.2.0.20:443", n/2)
 	a := sockdiag.New()
 	for b.Loop() {
 		conns, err := a.List(b.Context(), sel)
@@ -45,7 +46,7 @@ func BenchmarkReset10000(b *testing.B) {
 	a := sockdiag.New()
 	for b.Loop() {
 		b.StopTimer()
-		cs := dialMany(b, l.VM, "10.2.0.20:8080", n)
+		cs := conntest.DialMany(b, l.VM, "10.2.0.20:8080", n)
 		conns, err := a.List(b.Context(), sel)
 		if err != nil || len(conns) != n {
 			b.Fatalf("listed %d: %v", len(conns), err)

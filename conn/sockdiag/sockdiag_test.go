@@ -2,7 +2,6 @@ package sockdiag_test
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"net"
 	"net/netip"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sealift/sealift/conn"
+	"github.com/sealift/sealift/conn/internal/conntest"
 	"github.com/sealift/sealift/conn/sockdiag"
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/internal/nsutil"
@@ -45,25 +45,8 @@ func newWorld(t *testing.T) *world {
 // RST); the client reconnects over the link and the new socket is secure.
 func TestAuditKeepsSecureResetsPlain(t *testing.T) {
 	w := newWorld(t)
-	srvTLS, cliTLS := selfSigned(t, "10.2.0.20")
-	plainSrv := listenIn(t, w.Peer2, "tcp4", "10.2.0.20:8080", nil)
-	listenIn(t, w.Peer2, "tcp4", "10.2.0.20:443", srvTLS)
-	listenIn(t, w.Peer2, "tcp4", "10.2.1.20:9000", nil)
-	udpStop, err := lab.ServeUDPEcho(w.Peer2, "10.2.0.20:5353")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udpStop()
-
-	plain := dialIn(t, w.VM, "tcp4", "10.2.0.20:8080")
-	tlsConn := tls.Client(dialIn(t, w.VM, "tcp4", "10.2.0.20:443"), cliTLS)
-	secure := dialIn(t, w.VM, "tcp4", "10.2.1.20:9000")
-	udp := dialIn(t, w.VM, "udp4", "10.2.0.20:5353")
-	for name, c := range map[string]net.Conn{"plain": plain, "tls": tlsConn, "secure": secure, "udp": udp} {
-		if err := echo(c, "hello "+name); err != nil {
-			t.Fatalf("%s echo: %v", name, err)
-		}
-	}
+	ss := conntest.StartSessions(t, w.Lab)
+	plainSrv, plain, tlsConn, secure, udp := ss.PlainSrv, ss.Plain, ss.TLS, ss.Secure, ss.UDP
 
 	a := sockdiag.New()
 	ctx := t.Context()
@@ -83,14 +66,7 @@ func TestAuditKeepsSecureResetsPlain(t *testing.T) {
 		}
 	}
 	cl := conn.Classify(conns, w.policy)
-	reasons := map[string]conn.Reason{}
-	for _, v := range append(cl.Keep, cl.Reset...) {
-		reasons[v.Conn.Remote.String()] = v.Reason
-	}
-	if reasons["10.2.0.20:443"] != conn.ReasonTLSPort || reasons["10.2.1.20:9000"] != conn.ReasonWireGuard ||
-		reasons["10.2.0.20:8080"] != conn.ReasonUnsecured || reasons["10.2.0.20:5353"] != conn.ReasonUnsecured {
-		t.Fatalf("classification: %v", reasons)
-	}
+	conntest.CheckReasons(t, cl)
 
 	// The link now carries the plain service, then the reset (FIG. 3).
 	if out, err := lab.Exec(w.VM, "ip", "route", "add", "10.2.0.20/32", "via", "10.2.1.20", "dev", "wg0"); err != nil {
@@ -107,19 +83,19 @@ func TestAuditKeepsSecureResetsPlain(t *testing.T) {
 	if res.Reset != 2 || res.Missed != 0 {
 		t.Fatalf("Reset = %+v, want 2 reset", res)
 	}
-	if err := readErr(plain); !errors.Is(err, syscall.ECONNABORTED) {
+	if err := conntest.ReadErr(plain); !errors.Is(err, syscall.ECONNABORTED) {
 		t.Errorf("VM side of plain session: %v, want ECONNABORTED", err)
 	}
-	if err := plainSrv.endOf(t, plain.LocalAddr().String()); !errors.Is(err, syscall.ECONNRESET) {
+	if err := plainSrv.EndOf(t, plain.LocalAddr().String()); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("peer side of plain session: %v, want ECONNRESET", err)
 	}
-	if err := readErr(udp); !errors.Is(err, syscall.ECONNABORTED) {
+	if err := conntest.ReadErr(udp); !errors.Is(err, syscall.ECONNABORTED) {
 		t.Errorf("VM's UDP socket: %v, want ECONNABORTED", err)
 	}
-	if err := echo(tlsConn, "still tls"); err != nil {
+	if err := conntest.Echo(tlsConn, "still tls"); err != nil {
 		t.Errorf("tls session after audit: %v", err)
 	}
-	if err := echo(secure, "still secure"); err != nil {
+	if err := conntest.Echo(secure, "still secure"); err != nil {
 		t.Errorf("secure session after audit: %v", err)
 	}
 	// A second Reset of the same conns finds nothing.
@@ -127,8 +103,8 @@ func TestAuditKeepsSecureResetsPlain(t *testing.T) {
 		t.Errorf("second Reset = %+v, %v; want 2 missed", res, err)
 	}
 
-	re := dialIn(t, w.VM, "tcp4", "10.2.0.20:8080")
-	if err := echo(re, "again"); err != nil {
+	re := conntest.DialIn(t, w.VM, "tcp4", "10.2.0.20:8080")
+	if err := conntest.Echo(re, "again"); err != nil {
 		t.Fatal(err)
 	}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -161,7 +137,7 @@ func TestULPFromKernel(t *testing.T) {
 	go func() {
 		c, err := ln.Accept()
 		if err == nil {
-			_ = readEcho(c)
+			_ = conntest.ReadEcho(c)
 			c.Close()
 		}
 	}()
@@ -176,7 +152,7 @@ func TestULPFromKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := echo(c, "mp"); err != nil {
+	if err := conntest.Echo(c, "mp"); err != nil {
 		t.Fatal(err)
 	}
 	if tc, ok := c.(*net.TCPConn); !ok {

@@ -1,4 +1,9 @@
-package sockdiag
+// Package nlsock is a raw netlink socket for what the request/response
+// netlink libraries cannot do: many requests pipelined in one sendmsg with
+// their acks matched back by sequence number, and a plain dump loop. The
+// connection auditors (conn/conntrack, conn/sockdiag) use it to delete
+// conntrack entries and to list and destroy sockets.
+package nlsock
 
 import (
 	"encoding/binary"
@@ -6,20 +11,23 @@ import (
 	"fmt"
 	"syscall"
 
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/sealift/sealift/internal/nsutil"
 )
 
-// nlSocket is a raw netlink socket for pipelined requests: many requests go
-// out in one sendmsg and their acks are matched back by sequence number,
-// which the request/response libraries cannot do.
-type nlSocket struct {
+// Socket is a raw netlink socket of one protocol, bound in the namespace
+// it was opened in. It is not safe for concurrent use.
+type Socket struct {
 	fd  int
 	seq uint32
 }
 
-// openNetlink opens a netlink socket of proto in the calling thread's
-// namespace (the caller runs it inside nsutil.Do).
-func openNetlink(proto int) (*nlSocket, error) {
+// Open opens a netlink socket of proto (e.g. unix.NETLINK_SOCK_DIAG) in
+// the calling thread's namespace (the caller runs it inside nsutil.Do or
+// nsutil.DoHandle to pick another one).
+func Open(proto int) (*Socket, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
 	if err != nil {
 		return nil, fmt.Errorf("netlink socket: %w", err)
@@ -33,13 +41,16 @@ func openNetlink(proto int) (*nlSocket, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("netlink bind: %w", err)
 	}
-	return &nlSocket{fd: fd}, nil
+	return &Socket{fd: fd}, nil
 }
 
-func (s *nlSocket) Close() error { return unix.Close(s.fd) }
+// Close closes the socket.
+func (s *Socket) Close() error { return unix.Close(s.fd) }
 
-// nlRequest is one request body (everything after the nlmsghdr).
-type nlRequest struct {
+// Request is one netlink request: its message type, its flags (Pipeline
+// adds NLM_F_REQUEST and NLM_F_ACK) and its body (everything after the
+// nlmsghdr).
+type Request struct {
 	Type  uint16
 	Flags uint16
 	Body  []byte
@@ -49,9 +60,9 @@ type nlRequest struct {
 // ~1 KiB truesize each) must fit in the receive buffer.
 const chunk = 256
 
-// pipeline sends reqs (each with NLM_F_ACK) chunk by chunk and returns
+// Pipeline sends reqs (each with NLM_F_ACK) chunk by chunk and returns
 // one errno per request (0 for success), matched by sequence number.
-func (s *nlSocket) pipeline(reqs []nlRequest) ([]syscall.Errno, error) {
+func (s *Socket) Pipeline(reqs []Request) ([]syscall.Errno, error) {
 	out := make([]syscall.Errno, len(reqs))
 	buf := make([]byte, 0, 64*1024)
 	rbuf := make([]byte, 64*1024)
@@ -61,7 +72,7 @@ func (s *nlSocket) pipeline(reqs []nlRequest) ([]syscall.Errno, error) {
 		buf = buf[:0]
 		for i := start; i < end; i++ {
 			s.seq++
-			buf = appendMsg(buf, reqs[i].Type, reqs[i].Flags|unix.NLM_F_REQUEST|unix.NLM_F_ACK, s.seq, reqs[i].Body)
+			buf = AppendMsg(buf, reqs[i].Type, reqs[i].Flags|unix.NLM_F_REQUEST|unix.NLM_F_ACK, s.seq, reqs[i].Body)
 		}
 		if err := unix.Sendto(s.fd, buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 			return nil, fmt.Errorf("netlink send: %w", err)
@@ -96,27 +107,29 @@ func (s *nlSocket) pipeline(reqs []nlRequest) ([]syscall.Errno, error) {
 	return out, nil
 }
 
-func appendMsg(b []byte, typ, flags uint16, seq uint32, body []byte) []byte {
-	l := unix.NLMSG_HDRLEN + len(body)
-	var h [unix.NLMSG_HDRLEN]byte
-	binary.NativeEndian.PutUint32(h[0:], uint32(l))
-	binary.NativeEndian.PutUint16(h[4:], typ)
-	binary.NativeEndian.PutUint16(h[6:], flags)
-	binary.NativeEndian.PutUint32(h[8:], seq)
-	b = append(b, h[:]...)
-	b = append(b, body...)
-	for len(b)%4 != 0 {
-		b = append(b, 0)
-	}
-	return b
+// PipelineAt opens a socket of proto in the namespace ns, runs
+// Pipeline(reqs) on it and closes it.
+func PipelineAt(ns netns.NsHandle, proto int, reqs []Request) ([]syscall.Errno, error) {
+	var errnos []syscall.Errno
+	err := nsutil.DoHandle(ns, func() error {
+		s, err := Open(proto)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		errnos, err = s.Pipeline(reqs)
+		return err
+	})
+	return errnos, err
 }
 
-// dump sends one dump request and calls fn with every message body until
-// NLMSG_DONE.
-func (s *nlSocket) dump(typ uint16, body []byte, fn func(data []byte) error) error {
+// Dump sends one dump request (NLM_F_REQUEST|NLM_F_DUMP) of type typ with
+// body and calls fn with every reply's body until NLMSG_DONE. An error fn
+// returns ends the dump and is returned as it is.
+func (s *Socket) Dump(typ uint16, body []byte, fn func(data []byte) error) error {
 	s.seq++
 	seq := s.seq
-	b := appendMsg(nil, typ, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, seq, body)
+	b := AppendMsg(nil, typ, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, seq, body)
 	if err := unix.Sendto(s.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("netlink send: %w", err)
 	}
@@ -153,4 +166,21 @@ func (s *nlSocket) dump(typ uint16, body []byte, fn func(data []byte) error) err
 			}
 		}
 	}
+}
+
+// AppendMsg appends to b one netlink message: a header (length, typ,
+// flags, seq; port id 0) and body, padded to the 4-byte alignment.
+func AppendMsg(b []byte, typ, flags uint16, seq uint32, body []byte) []byte {
+	l := unix.NLMSG_HDRLEN + len(body)
+	var h [unix.NLMSG_HDRLEN]byte
+	binary.NativeEndian.PutUint32(h[0:], uint32(l))
+	binary.NativeEndian.PutUint16(h[4:], typ)
+	binary.NativeEndian.PutUint16(h[6:], flags)
+	binary.NativeEndian.PutUint32(h[8:], seq)
+	b = append(b, h[:]...)
+	b = append(b, body...)
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	return b
 }
