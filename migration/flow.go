@@ -343,6 +343,16 @@ func (r *run) listConns(ctx context.Context, sel conn.Selector) ([]conn.Conn, er
 // link open, and lifts the source's fence (the VM is gone from there; its
 // address is now reached through the link).
 func (r *run) enable(ctx context.Context) error {
+	// With a device link the target's fence has let the link's traffic
+	// through since block 315: announce the proxied addresses first, so
+	// the VM and its peers drop stale neighbour entries (the VM resumed
+	// with the peers' MACs cached) before the slower fence work.
+	devLink := r.link.RemoteDevice != ""
+	if devLink {
+		if err := r.linker.Activate(ctx, r.linkID); err != nil {
+			return err
+		}
+	}
 	var wg sync.WaitGroup
 	var srcErr error
 	wg.Add(1)
@@ -351,7 +361,7 @@ func (r *run) enable(ctx context.Context) error {
 		srcErr = liftOK(r.src.Fencer.Lift(ctx, r.plan.VM))
 	}()
 	var dstErr error
-	if r.link.RemoteDevice != "" {
+	if devLink {
 		// Already so since block 315 (an idempotent no-op then): open
 		// through the link's devices only.
 		dstErr = r.dst.Fencer.Fence(ctx, r.targetSpec())
@@ -364,9 +374,10 @@ func (r *run) enable(ctx context.Context) error {
 	if err := errors.Join(dstErr, srcErr); err != nil {
 		return err
 	}
-	// Now that the fences are open, have the link announce its proxied
-	// addresses again: the VM and its peers drop stale neighbour entries.
-	return r.linker.Activate(ctx, r.linkID)
+	if !devLink {
+		return r.linker.Activate(ctx, r.linkID) // announce, now that the fence is gone
+	}
+	return nil
 }
 
 // targetSpec is the target's fence from block 315 on: only the secure

@@ -45,6 +45,8 @@ type Stats struct {
 	TotalMS    float64 `json:"total_ms"`
 	DowntimeMS float64 `json:"downtime_ms"`
 	Bytes      uint64  `json:"bytes"`
+	// HookMS is the time the switchover hook took (source paused).
+	HookMS float64 `json:"switchover_hook_ms"`
 }
 
 // AuditResult is blocks 355-365 plus the re-establishment check.
@@ -88,7 +90,11 @@ func scenario(o Options) string {
 }
 
 func migrationStats(st hypervisor.Stats) Stats {
-	return Stats{TotalMS: ms(st.Total), DowntimeMS: ms(st.Downtime), Bytes: st.Bytes}
+	s := Stats{TotalMS: ms(st.Total), DowntimeMS: ms(st.Downtime), Bytes: st.Bytes}
+	if !st.Switchover.IsZero() && !st.SwitchoverDone.IsZero() {
+		s.HookMS = ms(st.SwitchoverDone.Sub(st.Switchover))
+	}
+	return s
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -231,8 +237,8 @@ func (r *Result) Text() string {
 		for _, s := range m.Steps {
 			fmt.Fprintf(&b, "  block %d %-21s %9.2f ms %s\n", s.Block, s.Name, s.MS, s.Err)
 		}
-		fmt.Fprintf(&b, "  migration %.0f ms total, %.1f ms downtime, %.1f MiB; peer-observed blackout %.1f ms; traffic %.1f ms after resume\n",
-			m.Migration.TotalMS, m.Migration.DowntimeMS, mib(m.Migration.Bytes), m.BlackoutMS, m.TrafficAfterResumeMS)
+		fmt.Fprintf(&b, "  migration %.0f ms total, %.1f ms downtime (switchover hook %.1f ms), %.1f MiB; peer-observed blackout %.1f ms; traffic %.1f ms after resume\n",
+			m.Migration.TotalMS, m.Migration.DowntimeMS, m.Migration.HookMS, mib(m.Migration.Bytes), m.BlackoutMS, m.TrafficAfterResumeMS)
 		for _, w := range m.Warnings {
 			fmt.Fprintf(&b, "  warning: %s\n", w)
 		}
