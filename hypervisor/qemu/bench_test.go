@@ -17,7 +17,7 @@ import (
 // hop migrates w's guest from one Hypervisor to the other through the
 // contract (PrepareIncoming, Migrate with a no-op switchover hook, Resume)
 // and returns the time from PrepareIncoming to a running target.
-func (w *world) hop(b *testing.B, from, to *qemu.Hypervisor) (time.Duration, hypervisor.Stats) {
+func (w *world) hop(b testing.TB, from, to *qemu.Hypervisor) (time.Duration, hypervisor.Stats) {
 	t0 := time.Now()
 	vm, err := from.Lookup(w.ctx, w.name)
 	if err != nil {

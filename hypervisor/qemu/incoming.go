@@ -91,6 +91,9 @@ func (h *Hypervisor) PrepareIncoming(ctx context.Context, vm hypervisor.VM) (hyp
 			return hypervisor.Endpoint{}, err
 		}
 	}
+	if err := h.awaitExit(ctx, vm.Name); err != nil {
+		return hypervisor.Endpoint{}, err
+	}
 	e, err := h.reserve(vm.Name)
 	if err != nil {
 		return hypervisor.Endpoint{}, err

@@ -291,11 +291,21 @@ func (h *Hypervisor) finish(ctx context.Context, name string, e *vmEntry, start 
 	// the target's resume. Close waits for it.
 	h.release(name, e)
 	h.quitting.Add(1)
+	gone := make(chan struct{})
+	h.mu.Lock()
+	h.exiting[name] = gone
+	h.mu.Unlock()
 	go func() {
 		defer h.quitting.Done()
 		qctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		_ = e.p.Quit(qctx)
+		h.mu.Lock()
+		if h.exiting[name] == gone {
+			delete(h.exiting, name)
+		}
+		h.mu.Unlock()
+		close(gone)
 	}()
 	h.log.Info("migration completed", "vm", name, "host", h.host, "total", stats.Total, "downtime", stats.Downtime, "bytes", stats.Bytes)
 	return stats, nil

@@ -39,7 +39,8 @@ type Hypervisor struct {
 	vms  map[string]*vmEntry
 	defs map[string]Config
 
-	quitting sync.WaitGroup // sources of finished migrations, exiting
+	quitting sync.WaitGroup            // sources of finished migrations, exiting
+	exiting  map[string]chan struct{} // by VM name: closed once that source is gone
 }
 
 type vmEntry struct {
@@ -95,7 +96,7 @@ func WithLogger(l *slog.Logger) Option {
 // New returns a Hypervisor for one host. It starts nothing.
 func New(opts ...Option) (*Hypervisor, error) {
 	h := &Hypervisor{qemu: "qemu-system-x86_64", log: slog.New(slog.DiscardHandler),
-		vms: map[string]*vmEntry{}, defs: map[string]Config{}}
+		vms: map[string]*vmEntry{}, defs: map[string]Config{}, exiting: map[string]chan struct{}{}}
 	for _, o := range opts {
 		if err := o(h); err != nil {
 			return nil, err
@@ -152,6 +153,9 @@ func (h *Hypervisor) Start(ctx context.Context, cfg Config) (hypervisor.VM, erro
 	if err := cfg.Validate(); err != nil {
 		return hypervisor.VM{}, err
 	}
+	if err := h.awaitExit(ctx, cfg.Name); err != nil {
+		return hypervisor.VM{}, err
+	}
 	e, err := h.reserve(cfg.Name)
 	if err != nil {
 		return hypervisor.VM{}, err
@@ -203,6 +207,23 @@ func (h *Hypervisor) launchOpts(incoming bool) LaunchOptions {
 }
 
 // reserve claims name for a new process (ErrExists if a live one holds it).
+// awaitExit waits until a source of that name that is still quitting
+// after its migration is gone: a new instance must not share its tap.
+func (h *Hypervisor) awaitExit(ctx context.Context, name string) error {
+	h.mu.Lock()
+	gone := h.exiting[name]
+	h.mu.Unlock()
+	if gone == nil {
+		return nil
+	}
+	select {
+	case <-gone:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("qemu: vm %q on host %q: the previous instance is still exiting: %w", name, h.host, ctx.Err())
+	}
+}
+
 func (h *Hypervisor) reserve(name string) (*vmEntry, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
