@@ -39,7 +39,7 @@ type Hypervisor struct {
 	vms  map[string]*vmEntry
 	defs map[string]Config
 
-	quitting sync.WaitGroup            // sources of finished migrations, exiting
+	quitting sync.WaitGroup           // sources of finished migrations, exiting
 	exiting  map[string]chan struct{} // by VM name: closed once that source is gone
 }
 
