@@ -10,9 +10,9 @@ import (
 	"github.com/sealift/sealift/tunnel"
 )
 
-// Activate brings both devices up, has the secure end start the
-// handshake (and waits up to activateHandshakeWait for it), routes each
-// end's view of the other's Protected prefixes through its device and,
+// Activate routes each end's view of the other's Protected prefixes
+// through its device (the devices are up and have handshaken since
+// Prepare; after a recovery Activate brings them up first) and,
 // with ProxyARP, answers ARP/NDP for them on the LAN side; then it turns
 // on the keepalives, and announces the proxied addresses by gratuitous
 // ARP. On an active link it only announces again. After a failed
@@ -46,32 +46,10 @@ func (l *Linker) Activate(ctx context.Context, id string) error {
 			plans[i] = p
 		}
 	}
-	for i, e := range ends {
-		if err := ctx.Err(); err != nil {
+	if !lk.up {
+		if err := l.bringUp(ctx, lk); err != nil {
 			return err
 		}
-		if err := setUp(e.Host, lk.st.Ends[i].Device); err != nil {
-			return err
-		}
-		if u := lk.user[i]; u != nil {
-			if err := u.up(); err != nil {
-				return fmt.Errorf("%s: %s up: %w", hostName(e.Host), u.name, err)
-			}
-		}
-	}
-	// Only the secure end starts the handshake: initiations crossing from
-	// both ends void each other until WireGuard retries 5 s later. Routes
-	// come when both ends have a session, so no packet makes the remote
-	// end initiate meanwhile.
-	if err := kickKeepalive(ends[0].Host, lk.st.Ends[0].Device, l.keepalive); err != nil {
-		return err
-	}
-	if err := awaitHandshake(ctx, lk.st.Ends, activateHandshakeWait); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		// Not fatal: WireGuard keeps trying, and Verify is the proof.
-		l.log.Warn("wireguard link activated before its handshake completed", "id", id, "err", err)
 	}
 	for i, e := range ends {
 		st := &lk.st.Ends[i]
@@ -212,4 +190,39 @@ func (l *Linker) heldByOther(lk *link, key string) bool {
 		}
 	}
 	return false
+}
+
+// bringUp brings both devices up and has them handshake, with nothing
+// routed into them yet: the link still carries no traffic, and Activate
+// (which runs in the migration's switchover hook) only has to route.
+func (l *Linker) bringUp(ctx context.Context, lk *link) error {
+	ends := [2]tunnel.End{lk.st.Link.Spec.Secure, lk.st.Link.Spec.Remote}
+	for i, e := range ends {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := setUp(e.Host, lk.st.Ends[i].Device); err != nil {
+			return err
+		}
+		if u := lk.user[i]; u != nil {
+			if err := u.up(); err != nil {
+				return fmt.Errorf("%s: %s up: %w", hostName(e.Host), u.name, err)
+			}
+		}
+	}
+	// Only the secure end starts the handshake: initiations crossing from
+	// both ends void each other until WireGuard retries 5 s later. Routes
+	// come later, so no packet makes the remote end initiate meanwhile.
+	if err := kickKeepalive(ends[0].Host, lk.st.Ends[0].Device, l.keepalive); err != nil {
+		return err
+	}
+	if err := awaitHandshake(ctx, lk.st.Ends, activateHandshakeWait); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// Not fatal: WireGuard keeps trying, and Verify is the proof.
+		l.log.Warn("wireguard link up before its handshake completed", "id", lk.st.Link.ID, "err", err)
+	}
+	lk.up = true
+	return nil
 }

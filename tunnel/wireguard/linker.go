@@ -56,6 +56,7 @@ type link struct {
 	st   linkState
 	user [2]*userDevice // embedded devices (nil for kernel ones)
 	gone bool           // closed and removed from the Linker
+	up   bool           // devices up and handshaken (Prepare), nothing routed yet
 
 	// Guarded by Linker.mu: LAN interfaces ("host\x00dev") the link's proxy
 	// entries use, and sysctl values handed over by closed links sharing

@@ -62,11 +62,12 @@ func testLinkLifecycle(t *testing.T, b Backend, wantBackend string) {
 	t.Logf("prepared %s: %s (%s) ↔ %s (%s), ports %d/%d", link.ID, link.SecureDevice, w.l.A,
 		link.RemoteDevice, w.l.B, link.Secure.Port, link.Remote.Port)
 
-	// Prepared: devices exist, down, nothing routed through them.
+	// Prepared: devices up and handshaken (so that Activate, in the
+	// switchover hook, only routes), nothing routed through them.
 	for _, e := range []struct{ host, dev string }{{w.l.A, link.SecureDevice}, {w.l.B, link.RemoteDevice}} {
 		up, routes, mtu := devState(t, e.host, e.dev)
-		if up || len(routes) != 0 {
-			t.Errorf("%s/%s after Prepare: up=%v routes=%v, want down and no routes", e.host, e.dev, up, routes)
+		if !up || len(routes) != 0 {
+			t.Errorf("%s/%s after Prepare: up=%v routes=%v, want up and no routes", e.host, e.dev, up, routes)
 		}
 		if mtu != 1500-80 {
 			t.Errorf("%s/%s MTU %d, want the underlay's 1500 - 80", e.host, e.dev, mtu)

@@ -134,6 +134,11 @@ func (l *Linker) prepare(ctx context.Context, lk *link, spec tunnel.Spec) (tunne
 	if err := l.saveState(&lk.st); err != nil {
 		return tunnel.Link{}, err
 	}
+	// Up and handshaken, nothing routed into it: ready for Activate,
+	// which then only routes (it runs while the VM is paused).
+	if err := l.bringUp(ctx, lk); err != nil {
+		return tunnel.Link{}, err
+	}
 	l.log.Info("wireguard link prepared", "id", spec.ID, "backend", backend, "mtu", mtu,
 		"secure", spec.Secure.Host+"/"+names[0], "remote", spec.Remote.Host+"/"+names[1])
 	return lk.st.Link, nil
