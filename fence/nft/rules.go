@@ -146,7 +146,44 @@ func buildRules(s fence.Spec, bridge string) ruleSet {
 			cat(metaEq(expr.MetaKeyNFPROTO, []byte{unix.NFPROTO_IPV6}), loadEq(expr.PayloadBaseNetworkHeader, 8, a.AsSlice()), drop()),
 			cat(metaEq(expr.MetaKeyNFPROTO, []byte{unix.NFPROTO_IPV6}), loadEq(expr.PayloadBaseNetworkHeader, 24, a.AsSlice()), drop()))
 	}
+	rs.inet = append(rs.inet, icmpErrorDrops(v4, v6)...)
 	return rs
+}
+
+// icmpErrorDrops drop ICMP and ICMPv6 errors that quote a packet from or
+// to the VM (its addresses in the quoted header), unless an earlier rule
+// let them through a secure link. The host itself sends such errors
+// (destination unreachable while the VM is paused or gone, time
+// exceeded, ...) from its own address, which the VM's address rules do
+// not match: without these, an error about a peer's packet to the VM
+// would leave by the host's default route and carry the start of that
+// packet's payload across the untrusted network in clear.
+func icmpErrorDrops(v4, v6 []netip.Addr) [][]expr.Any {
+	var rules [][]expr.Any
+	// ICMP errors: destination unreachable (3), time exceeded (11),
+	// parameter problem (12); the quoted IPv4 header starts 8 bytes into
+	// the ICMP message: source at +12, destination at +16.
+	for _, typ := range []byte{3, 11, 12} {
+		for _, a := range v4 {
+			for _, off := range []uint32{8 + 12, 8 + 16} {
+				rules = append(rules, cat(metaEq(expr.MetaKeyL4PROTO, []byte{unix.IPPROTO_ICMP}),
+					loadEq(expr.PayloadBaseTransportHeader, 0, []byte{typ}),
+					loadEq(expr.PayloadBaseTransportHeader, off, a.AsSlice()), drop()))
+			}
+		}
+	}
+	// ICMPv6 errors 1-4; the quoted IPv6 header starts 8 bytes in:
+	// source at +8, destination at +24.
+	for _, typ := range []byte{1, 2, 3, 4} {
+		for _, a := range v6 {
+			for _, off := range []uint32{8 + 8, 8 + 24} {
+				rules = append(rules, cat(metaEq(expr.MetaKeyL4PROTO, []byte{unix.IPPROTO_ICMPV6}),
+					loadEq(expr.PayloadBaseTransportHeader, 0, []byte{typ}),
+					loadEq(expr.PayloadBaseTransportHeader, off, a.AsSlice()), drop()))
+			}
+		}
+	}
+	return rules
 }
 
 func cat(parts ...[]expr.Any) []expr.Any {

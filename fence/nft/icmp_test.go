@@ -1,0 +1,91 @@
+package nft
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/internal/lab"
+	"github.com/sealift/sealift/internal/nsutil"
+)
+
+// An ICMP error the host itself sends about a packet to or from the
+// fenced VM quotes that packet's start; from the host's own address it
+// would leave by the host's routes, in clear, whatever the VM's address
+// rules say. The fence drops it (unless it leaves through AllowVia).
+// Here peer2's datagrams to the VM expire at A (TTL 2: core, then A):
+// unfenced, peer2 gets A's "time exceeded"; fenced, none.
+func TestFenceDropsICMPErrorsQuotingTheVM(t *testing.T) {
+	lab.RequireRoot(t)
+	l := lab.New(t)
+	f := New(WithHost(l.A))
+	spec := fence.Spec{VM: "vm-1", Port: "vm0", Addrs: []netip.Addr{lab.VMAddr}}
+
+	if n := timeExceeded(t, l.Peer2, 5); n == 0 {
+		t.Fatal("control: no time-exceeded came back unfenced; the check below would prove nothing")
+	}
+	if err := f.Fence(context.Background(), spec); err != nil {
+		t.Fatal(err)
+	}
+	if n := timeExceeded(t, l.Peer2, 5); n != 0 {
+		t.Fatalf("fenced: %d ICMP errors quoting the VM's traffic left the host", n)
+	}
+	// Through a secure link they may leave: AllowVia on A's uplink (as if
+	// it were one).
+	spec.AllowVia = []string{"up0"}
+	if err := f.Fence(context.Background(), spec); err != nil {
+		t.Fatal(err)
+	}
+	if n := timeExceeded(t, l.Peer2, 5); n == 0 {
+		t.Fatal("AllowVia up0: the errors should pass through the allowed device")
+	}
+}
+
+// timeExceeded sends n UDP datagrams with TTL 2 from ns to the VM's
+// address and counts the ICMP time-exceeded messages that quote them.
+func timeExceeded(t *testing.T, ns string, n int) int {
+	t.Helper()
+	var icmp net.PacketConn
+	var udp *net.UDPConn
+	err := nsutil.Do(ns, func() (err error) {
+		if icmp, err = net.ListenPacket("ip4:icmp", "0.0.0.0"); err != nil {
+			return err
+		}
+		udp, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: lab.VMAddr.AsSlice(), Port: 9})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer icmp.Close()
+	defer udp.Close()
+	raw, err := udp.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TTL, 2) })
+	for i := 0; i < n; i++ {
+		if _, err := udp.Write([]byte("SEALIFT-ICMP-QUOTE")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := 0
+	buf := make([]byte, 1500)
+	for {
+		icmp.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		m, _, err := icmp.ReadFrom(buf)
+		if err != nil {
+			return got
+		}
+		// type 11, quoted IPv4 header at +8: destination at +16.
+		if m >= 28 && buf[0] == 11 && netip.AddrFrom4([4]byte(buf[24:28])) == lab.VMAddr &&
+			binary.BigEndian.Uint16(buf[8+20+2:]) == 9 {
+			got++
+		}
+	}
+}
