@@ -183,6 +183,16 @@ func redirectVia(r *run) netip.Addr {
 // on, a failure never rolls back: the VM stays fenced at the target.
 func (r *run) afterMigrate(ctx context.Context) error {
 	p := r.plan
+	// The VM has left the source, whose only route to its address is now
+	// the (active, encrypting) link: lift the source's fence while the
+	// target resumes; block 370 waits for it. (A same-subnet peer's
+	// packets to the VM enter the source host through its bridge, which
+	// the fence closes.)
+	if r.srcLift == nil {
+		lifted := make(chan error, 1)
+		r.srcLift = lifted
+		go func() { lifted <- liftOK(r.src.Fencer.Lift(ctx, p.VM)) }()
+	}
 	// 345: restart at the target, then prove the secure link.
 	err := r.step(ctx, BlockRestart, map[string]string{"link": r.linkID}, func() error {
 		if !r.dstFenced {
@@ -196,6 +206,14 @@ func (r *run) afterMigrate(ctx context.Context) error {
 			return err
 		}
 		r.resumed = true
+		if r.link.RemoteDevice != "" {
+			// The VM resumed with its peers' old MACs cached: announce the
+			// proxied addresses now. ARP carries no data, and the target's
+			// fence lets the VM talk through the link's devices only.
+			if err := r.linker.Activate(ctx, r.linkID); err != nil {
+				return err
+			}
+		}
 		var err error
 		r.rep.Proof, err = r.linker.Verify(ctx, r.linkID)
 		return err
@@ -243,7 +261,23 @@ func (r *run) finishForward(ctx context.Context) error {
 	if r.subnetMoved {
 		r.converge(ctx)
 	}
-	_ = r.step(ctx, BlockEnd, nil, func() error { return nil })
+	// 395: the VM must still run at the target. A hypervisor can report
+	// a migration done while the guest dies right after (a corrupt stream
+	// under QEMU's TCG has been seen to panic the guest kernel): say so.
+	var gone error
+	_ = r.step(ctx, BlockEnd, nil, func() error {
+		vm, err := r.dst.Hypervisor.Lookup(ctx, r.plan.VM)
+		switch {
+		case err != nil:
+			gone = fmt.Errorf("VM %q no longer found at %q after the migration: %w", r.plan.VM, r.plan.To, err)
+		case vm.State != hypervisor.Running:
+			gone = fmt.Errorf("VM %q is %s at %q after the migration, want running", r.plan.VM, vm.State, r.plan.To)
+		}
+		return gone
+	})
+	if gone != nil {
+		return r.abandon(ctx, ErrVMLost, gone.Error())
+	}
 	return r.finish(ctx, Completed, "")
 }
 
@@ -344,22 +378,15 @@ func (r *run) listConns(ctx context.Context, sel conn.Selector) ([]conn.Conn, er
 // address is now reached through the link).
 func (r *run) enable(ctx context.Context) error {
 	// With a device link the target's fence has let the link's traffic
-	// through since block 315: announce the proxied addresses first, so
-	// the VM and its peers drop stale neighbour entries (the VM resumed
-	// with the peers' MACs cached) before the slower fence work.
+	// through since block 315, and the proxied addresses were announced
+	// at the resume (345).
 	devLink := r.link.RemoteDevice != ""
-	if devLink {
-		if err := r.linker.Activate(ctx, r.linkID); err != nil {
-			return err
-		}
+	lifted := r.srcLift
+	if lifted == nil { // (Recover of a VM already running at the target)
+		ch := make(chan error, 1)
+		go func() { ch <- liftOK(r.src.Fencer.Lift(ctx, r.plan.VM)) }()
+		lifted = ch
 	}
-	var wg sync.WaitGroup
-	var srcErr error
-	wg.Add(1)
-	go func() { // the source host, in parallel with the target's
-		defer wg.Done()
-		srcErr = liftOK(r.src.Fencer.Lift(ctx, r.plan.VM))
-	}()
 	var dstErr error
 	if devLink {
 		// Already so since block 315 (an idempotent no-op then): open
@@ -370,8 +397,7 @@ func (r *run) enable(ctx context.Context) error {
 		// VM<->peer traffic that is not encrypted, so the fence goes.
 		dstErr = liftOK(r.dst.Fencer.Lift(ctx, r.plan.VM))
 	}
-	wg.Wait()
-	if err := errors.Join(dstErr, srcErr); err != nil {
+	if err := errors.Join(dstErr, <-lifted); err != nil {
 		return err
 	}
 	if !devLink {

@@ -157,9 +157,10 @@ type run struct {
 	redirect         *tunnel.Link
 	redirectAdded    bool
 	srcSpec, dstSpec fenceSpecs
-	fenceInHook      bool // the target's instance appears only during the migration
-	dstFenced        bool // the target's fence is in place
-	migrated         bool // Migrate returned: the VM is complete at the target
+	fenceInHook      bool         // the target's instance appears only during the migration
+	dstFenced        bool         // the target's fence is in place
+	migrated         bool         // Migrate returned: the VM is complete at the target
+	srcLift          <-chan error // the source fence's lift, started once the VM left
 	resumed          bool
 }
 

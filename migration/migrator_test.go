@@ -538,3 +538,18 @@ func TestLazyIncomingFencedInHook(t *testing.T) {
 		t.Fatalf("VM at %v, want running at a", got)
 	}
 }
+
+// A migration the hypervisor reports done, whose guest is gone from the
+// target by the end (it crashed), is not "completed": the report says
+// the VM was lost.
+func TestVMLostAfterResumeIsReported(t *testing.T) {
+	s := migrationtest.NewSetup()
+	s.Cloud.Hypervisor.FailOn("Lookup", 3, hypervisor.ErrNotFound) // 1: at 310, 2: at 315, 3: at 395
+	rep, err := newMigrator(t, s).Run(context.Background(), s.Plan())
+	if rep == nil || rep.Outcome != migration.Abandoned || !strings.Contains(rep.Reason, "no longer found") {
+		t.Fatalf("outcome %v (%v), reason %q; want abandoned, saying the VM is gone", rep.Outcome, err, rep.Reason)
+	}
+	if !errors.Is(err, migration.ErrVMLost) {
+		t.Fatalf("err %v, want ErrVMLost", err)
+	}
+}

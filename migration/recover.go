@@ -72,14 +72,14 @@ func (r *run) recover(ctx context.Context) error {
 	atDst := dstErr == nil && dst.State.Active()
 	switch {
 	case atSrc && atDst && dst.State == hypervisor.Running:
-		return r.abandon(ctx, fmt.Sprintf("VM %q is active at %q (%s) and running at %q", p.VM, p.From, src.State, p.To))
+		return r.abandon(ctx, ErrRollbackFailed, fmt.Sprintf("VM %q is active at %q (%s) and running at %q", p.VM, p.From, src.State, p.To))
 	case atSrc:
 		cause := fmt.Errorf("controller stopped before the target resumed (VM %s at %q)", src.State, p.From)
 		return r.rollback(ctx, cause)
 	case atDst:
 		r.migrated = true
 		if r.dstSpec, err = specFor(p.VM, dst, p.TargetPort, "TargetPort", p.Addrs); err != nil {
-			return r.abandon(ctx, err.Error())
+			return r.abandon(ctx, ErrRollbackFailed, err.Error())
 		}
 		if r.link.ID == "" {
 			return r.stayFenced(ctx, fmt.Errorf("secure link %s missing after the VM reached %q", r.linkID, p.To))
@@ -105,14 +105,14 @@ func (r *run) recover(ctx context.Context) error {
 		}
 		return r.afterMigrate(ctx)
 	default:
-		return r.abandon(ctx, fmt.Sprintf("VM %q found in neither %q nor %q", p.VM, p.From, p.To))
+		return r.abandon(ctx, ErrVMLost, fmt.Sprintf("VM %q found in neither %q nor %q", p.VM, p.From, p.To))
 	}
 }
 
 // abandon ends a migration that needs a human, fencing what can be fenced.
-func (r *run) abandon(ctx context.Context, reason string) error {
+func (r *run) abandon(ctx context.Context, sentinel error, reason string) error {
 	if err := r.finish(ctx, Abandoned, reason); err != nil {
-		return errors.Join(errors.New(reason), err)
+		return errors.Join(fmt.Errorf("%w: %s", sentinel, reason), err)
 	}
-	return fmt.Errorf("%w: %s", ErrRollbackFailed, reason)
+	return fmt.Errorf("%w: %s", sentinel, reason)
 }

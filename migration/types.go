@@ -36,6 +36,9 @@ var (
 	// ErrRollbackFailed: rolling back failed too; the error says what is
 	// left, and the journal keeps the migration unfinished for Recover.
 	ErrRollbackFailed = errors.New("migration: rollback incomplete")
+	// ErrVMLost: the VM runs nowhere (e.g. the guest crashed at the target
+	// right after the move); the error says what the hypervisors report.
+	ErrVMLost = errors.New("migration: vm lost")
 )
 
 // Block is a block of FIG. 3.

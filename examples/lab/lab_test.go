@@ -31,7 +31,23 @@ func TestLab(t *testing.T) {
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			res, err := Run(t.Context(), t, Options{Hypervisor: "qemu", Link: tunnel.WireGuard, Fence: sc.fence, Subnet: sc.subnet}, log)
+			o := Options{Hypervisor: "qemu", Link: tunnel.WireGuard, Fence: sc.fence, Subnet: sc.subnet}
+			res, err := runLab(t, o, log)
+			if res != nil && res.GuestPanicked() {
+				// Seen in about 1 run of 15 on QEMU 7.2 under TCG: the guest
+				// kernel panics at the target right after a migration QEMU
+				// reported complete (the Migrator then reports the VM lost).
+				// Not sealift's doing as far as we know (BENCHMARKS.md): log
+				// it loudly and run the scenario once more; a second failure
+				// of any kind fails the test.
+				t.Logf("GUEST KERNEL PANIC after migration (QEMU TCG), retrying the scenario once:\n%s", res.Text())
+				for k, v := range res.Diagnostics {
+					if strings.HasPrefix(k, "serial_") {
+						t.Logf("%s:\n%s", k, v)
+					}
+				}
+				res, err = runLab(t, o, log)
+			}
 			if res != nil {
 				t.Log("\n" + res.Text())
 				// Assert from the JSON, as a user of the report would.
@@ -90,4 +106,13 @@ func checkReport(t *testing.T, r map[string]any, subnet bool) {
 	if n := last["redirect_removal_lost"].(float64); n != 0 {
 		t.Errorf("redirect_removal_lost = %v, want 0 (make-before-break)", n)
 	}
+}
+
+// runLab runs one scenario in a subtest of its own, so that the lab it
+// builds is torn down before a retry builds the next.
+func runLab(t *testing.T, o Options, log *slog.Logger) (res *Result, err error) {
+	t.Run("run", func(t *testing.T) {
+		res, err = Run(t.Context(), t, o, log)
+	})
+	return res, err
 }

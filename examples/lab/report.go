@@ -30,6 +30,9 @@ type Result struct {
 	CounterContinued     bool              `json:"counter_continued"`
 	JournalComplete      bool              `json:"journal_complete"`
 	Migrations           []MigrationResult `json:"migrations"`
+	// Diagnostics, when a guest is unreachable afterwards: what B's
+	// hypervisor, kernel and the guest's console say.
+	Diagnostics map[string]string `json:"diagnostics,omitempty"`
 }
 
 // Step is one block of FIG. 3 with its duration.
@@ -254,4 +257,15 @@ func (r *Result) Text() string {
 	fmt.Fprintf(&b, "every peer reaches every guest: %v %v\n", r.PeersReachAll, r.Unreachable)
 	fmt.Fprintf(&b, "VM reachable after: %v; counter continued: %v; journal complete: %v\n", r.VMReachableAfter, r.CounterContinued, r.JournalComplete)
 	return b.String()
+}
+
+// GuestPanicked reports whether a guest's console shows a kernel panic
+// (the diagnostics hold the consoles' last lines).
+func (r *Result) GuestPanicked() bool {
+	for k, v := range r.Diagnostics {
+		if strings.HasPrefix(k, "serial_") && strings.Contains(v, "Kernel panic") {
+			return true
+		}
+	}
+	return false
 }

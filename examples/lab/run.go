@@ -179,6 +179,7 @@ func Run(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*Result, e
 			res.fromFirst(mr)
 		}
 		if err != nil {
+			res.Diagnostics = w.diagnose(ctx)
 			return res, fmt.Errorf("migrate %s: %w", v.name, err)
 		}
 	}
@@ -206,6 +207,9 @@ func Run(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*Result, e
 				res.Unreachable = append(res.Unreachable, fmt.Sprintf("%s from pinger %#x", name, p.id))
 			}
 		}
+	}
+	if !res.VMReachableAfter || !res.PeersReachAll {
+		res.Diagnostics = w.diagnose(ctx)
 	}
 	res.Audit.ReestablishedSecure, res.Audit.Reestablished = w.reestablished(ctx, sess, res.Migrations[0])
 	res.JournalComplete = journalComplete(ctx, j)

@@ -200,7 +200,15 @@ func Bridge(ns, name, addr string) error {
 		return err
 	}
 	defer h.Close()
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
+	// A fixed MAC: a bridge without one takes the lowest of its ports'
+	// and changes it when ports come and go (a migrated VM's tap leaving),
+	// which would invalidate what proxy ARP announced for it.
+	mac := make(net.HardwareAddr, 6)
+	if _, err := rand.Read(mac); err != nil {
+		return err
+	}
+	mac[0] = mac[0]&0xfe | 0x02 // unicast, locally administered
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, HardwareAddr: mac}}
 	if err := h.LinkAdd(br); err != nil {
 		return fmt.Errorf("%s: add bridge %s: %w", ns, name, err)
 	}
