@@ -15,8 +15,6 @@ import (
 	"github.com/sealift/sealift/tunnel"
 )
 
-type fenceSpecs = fence.Spec
-
 // forward runs FIG. 3 from block 310. Until the target resumes, any
 // failure rolls back; after, failures leave the VM fenced at the target.
 func (r *run) forward(ctx context.Context) error {
@@ -159,7 +157,6 @@ func (r *run) switchover(ctx context.Context) error {
 	r.rep.SubnetMoved = r.subnetMoved
 	if r.subnetMoved {
 		err := r.step(ctx, BlockRedirect, nil, func() error {
-			r.redirectAdded = true // journaled before: recovery removes it even if half done
 			return r.src.Core.Routing.AddRedirect(ctx, routing.Redirect{
 				Prefix: p.Subnet.Prefix, Device: r.redirect.SecureDevice, Via: redirectVia(r),
 			})
@@ -456,7 +453,6 @@ func (r *run) converge(ctx context.Context) {
 		if err := r.src.Core.Routing.RemoveRedirect(ctx, s.Prefix); err != nil && !errors.Is(err, routing.ErrNoRedirect) {
 			return err
 		}
-		r.redirectAdded = false
 		return r.linker.Close(ctx, r.redirID)
 	})
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sealift/sealift/fence"
 	"github.com/sealift/sealift/tunnel"
 )
 
@@ -155,8 +156,7 @@ type run struct {
 	subnetMoved      bool
 	link             tunnel.Link
 	redirect         *tunnel.Link
-	redirectAdded    bool
-	srcSpec, dstSpec fenceSpecs
+	srcSpec, dstSpec fence.Spec
 	fenceInHook      bool         // the target's instance appears only during the migration
 	dstFenced        bool         // the target's fence is in place
 	migrated         bool         // Migrate returned: the VM is complete at the target
