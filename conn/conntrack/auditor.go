@@ -54,7 +54,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sealift/sealift/conn"
-	"github.com/sealift/sealift/internal/nsutil"
+	"github.com/sealift/sealift/conn/internal/host"
 )
 
 var _ conn.ConnAuditor = (*Auditor)(nil)
@@ -136,21 +136,9 @@ func (a *Auditor) List(ctx context.Context, sel conn.Selector) ([]conn.Conn, err
 	return out, nil
 }
 
-func (a *Auditor) hostOf(sel conn.Selector) string {
-	if sel.Host != "" {
-		return sel.Host
-	}
-	return a.host
-}
+func (a *Auditor) hostOf(sel conn.Selector) string { return host.Of(sel, a.host) }
 
-func (a *Auditor) open(sel conn.Selector) (netns.NsHandle, error) {
-	host := a.hostOf(sel)
-	ns, err := nsutil.Open(host)
-	if errors.Is(err, nsutil.ErrNoHost) {
-		return ns, fmt.Errorf("%w: Selector.Host %q", conn.ErrNoHost, host)
-	}
-	return ns, err
-}
+func (a *Auditor) open(sel conn.Selector) (netns.NsHandle, error) { return host.Open(sel, a.host) }
 
 // dump reads the table once and keeps the live flows sel selects.
 func dump(ctx context.Context, ns netns.NsHandle, sel conn.Selector) ([]selected, error) {

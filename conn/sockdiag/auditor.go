@@ -31,6 +31,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sealift/sealift/conn"
+	"github.com/sealift/sealift/conn/internal/host"
 	"github.com/sealift/sealift/internal/nlsock"
 	"github.com/sealift/sealift/internal/nsutil"
 )
@@ -62,21 +63,9 @@ func New(opts ...Option) *Auditor {
 	return a
 }
 
-func (a *Auditor) hostOf(sel conn.Selector) string {
-	if sel.Host != "" {
-		return sel.Host
-	}
-	return a.host
-}
+func (a *Auditor) hostOf(sel conn.Selector) string { return host.Of(sel, a.host) }
 
-func (a *Auditor) open(sel conn.Selector) (netns.NsHandle, error) {
-	host := a.hostOf(sel)
-	ns, err := nsutil.Open(host)
-	if errors.Is(err, nsutil.ErrNoHost) {
-		return ns, fmt.Errorf("%w: Selector.Host %q", conn.ErrNoHost, host)
-	}
-	return ns, err
-}
+func (a *Auditor) open(sel conn.Selector) (netns.NsHandle, error) { return host.Open(sel, a.host) }
 
 // List returns the live TCP and connected UDP sockets with an end in
 // sel.Addrs.

@@ -1,0 +1,31 @@
+// Package host resolves the namespace a conn.ConnAuditor backend acts in:
+// the selector's Host, else the backend's own.
+package host
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/sealift/sealift/conn"
+	"github.com/sealift/sealift/internal/nsutil"
+)
+
+// Of returns sel.Host, or def when the selector names none.
+func Of(sel conn.Selector, def string) string {
+	if sel.Host != "" {
+		return sel.Host
+	}
+	return def
+}
+
+// Open opens the namespace of Of(sel, def); a missing one is conn.ErrNoHost.
+func Open(sel conn.Selector, def string) (netns.NsHandle, error) {
+	h := Of(sel, def)
+	ns, err := nsutil.Open(h)
+	if errors.Is(err, nsutil.ErrNoHost) {
+		return ns, fmt.Errorf("%w: Selector.Host %q", conn.ErrNoHost, h)
+	}
+	return ns, err
+}
