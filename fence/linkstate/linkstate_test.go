@@ -13,72 +13,16 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/fence/internal/fencetest"
 	"github.com/sealift/sealift/internal/lab"
 )
-
-var vm6 = netip.MustParseAddr("fd00:1::10")
-
-type world struct {
-	*lab.Lab
-	target *lab.Target
-	mac    string
-}
-
-func newWorld(t *testing.T) *world {
-	t.Helper()
-	lab.RequireRoot(t)
-	l := lab.New(t)
-	w := &world{Lab: l}
-	must(t, lab.AddAddr(l.VM, "eth0", "fd00:1::10/64"))
-	must(t, lab.AddAddr(l.Peer, "eth0", "fd00:1::20/64"))
-	var err error
-	if w.target, err = lab.StartTarget(l.VM, "eth0", 7000, 7001); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(w.target.Close)
-	h, err := lab.Handle(l.VM)
-	must(t, err)
-	defer h.Close()
-	eth0, err := h.LinkByName("eth0")
-	must(t, err)
-	w.mac = eth0.Attrs().HardwareAddr.String()
-	w.waitV6(t)
-	return w
-}
-
-// waitV6 waits (with a deadline) until the peer reaches the VM over
-// IPv6: neighbour discovery on a fresh or re-enabled link takes ~1 s.
-func (w *world) waitV6(t *testing.T) {
-	t.Helper()
-	must(t, lab.WaitReachable(w.Peer, vm6, 10*time.Second))
-}
-
-func must(t *testing.T, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-func (w *world) spec() fence.Spec {
-	return fence.Spec{VM: "vm-1", Port: "vm0", MAC: w.mac, Addrs: []netip.Addr{lab.VMAddr, vm6}}
-}
-
-func (w *world) probe(t *testing.T, from string, dst, dst6 netip.Addr, n int) lab.Probe {
-	t.Helper()
-	p, err := w.target.Probe(from, dst, dst6, n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 // links is the host's link table as `ip -o link` shows it: state and
 // aliases, for "nothing changed" assertions.
 func links(t *testing.T, ns string) string {
 	t.Helper()
 	out, err := lab.Exec(ns, "ip", "-o", "link", "show")
-	must(t, err)
+	fencetest.Must(t, err)
 	return string(out)
 }
 
@@ -88,23 +32,23 @@ func TestFenceBlocksAndLiftRestores(t *testing.T) {
 	ctx := context.Background()
 	f := New(WithHost(w.A))
 	const n = 3
-	if p := w.probe(t, w.Peer, lab.VMAddr, vm6, n); !p.Flows(n, true) {
+	if p := w.Probe(t, w.Peer, lab.VMAddr, fencetest.VM6, n); !p.Flows(n, true) {
 		t.Fatalf("before the fence: %+v", p)
 	}
 	setLink(t, w.A, "vm0", func(h *netlink.Handle, l netlink.Link) error { return h.LinkSetAlias(l, "operator note") })
-	must(t, f.Fence(ctx, w.spec()))
-	if p := w.probe(t, w.Peer, lab.VMAddr, vm6, n); !p.None() {
+	fencetest.Must(t, f.Fence(ctx, w.Spec()))
+	if p := w.Probe(t, w.Peer, lab.VMAddr, fencetest.VM6, n); !p.None() {
 		t.Errorf("fenced, same LAN: %+v; want nothing", p)
 	}
-	if p := w.probe(t, w.Peer2, lab.VMAddr, netip.Addr{}, n); !p.None() {
+	if p := w.Probe(t, w.Peer2, lab.VMAddr, netip.Addr{}, n); !p.None() {
 		t.Errorf("fenced, routed: %+v; want nothing", p)
 	}
-	must(t, f.Lift(ctx, "vm-1"))
-	w.waitV6(t)
-	if p := w.probe(t, w.Peer, lab.VMAddr, vm6, n); !p.Flows(n, true) {
+	fencetest.Must(t, f.Lift(ctx, "vm-1"))
+	w.WaitV6(t)
+	if p := w.Probe(t, w.Peer, lab.VMAddr, fencetest.VM6, n); !p.Flows(n, true) {
 		t.Errorf("after lift: %+v", p)
 	}
-	if p := w.probe(t, w.Peer2, lab.VMAddr, netip.Addr{}, n); !p.Flows(n, false) {
+	if p := w.Probe(t, w.Peer2, lab.VMAddr, netip.Addr{}, n); !p.Flows(n, false) {
 		t.Errorf("after lift, routed: %+v", p)
 	}
 	if ls := links(t, w.A); !strings.Contains(ls, "alias operator note") || strings.Contains(ls, AliasPrefix) {
@@ -117,24 +61,24 @@ func TestFenceHoldsWhenGuestChangesMACAndIP(t *testing.T) {
 	w := newWorld(t)
 	ctx := context.Background()
 	f := New(WithHost(w.A))
-	must(t, f.Fence(ctx, w.spec()))
+	fencetest.Must(t, f.Fence(ctx, w.Spec()))
 	h, err := lab.Handle(w.VM)
-	must(t, err)
+	fencetest.Must(t, err)
 	defer h.Close()
 	eth0, err := h.LinkByName("eth0")
-	must(t, err)
-	must(t, h.LinkSetHardwareAddr(eth0, net.HardwareAddr{0x02, 0x5e, 0xa1, 0x1f, 0, 0x99}))
-	must(t, lab.AddAddr(w.VM, "eth0", "10.1.0.11/24"))
+	fencetest.Must(t, err)
+	fencetest.Must(t, h.LinkSetHardwareAddr(eth0, net.HardwareAddr{0x02, 0x5e, 0xa1, 0x1f, 0, 0x99}))
+	fencetest.Must(t, lab.AddAddr(w.VM, "eth0", "10.1.0.11/24"))
 	newV4 := netip.MustParseAddr("10.1.0.11")
-	if p := w.probe(t, w.Peer, newV4, netip.Addr{}, 2); !p.None() {
+	if p := w.Probe(t, w.Peer, newV4, netip.Addr{}, 2); !p.None() {
 		t.Errorf("fenced guest with a new MAC/IP: %+v; want nothing", p)
 	}
-	if p := w.probe(t, w.Peer2, newV4, netip.Addr{}, 2); !p.None() {
+	if p := w.Probe(t, w.Peer2, newV4, netip.Addr{}, 2); !p.None() {
 		t.Errorf("fenced guest with a new MAC/IP, routed: %+v; want nothing", p)
 	}
-	must(t, f.Lift(ctx, "vm-1"))
-	must(t, lab.WaitReachable(w.Peer, newV4, 10*time.Second)) // carrier is back
-	if p := w.probe(t, w.Peer, newV4, netip.Addr{}, 2); !p.Flows(2, false) {
+	fencetest.Must(t, f.Lift(ctx, "vm-1"))
+	fencetest.Must(t, lab.WaitReachable(w.Peer, newV4, 10*time.Second)) // carrier is back
+	if p := w.Probe(t, w.Peer, newV4, netip.Addr{}, 2); !p.Flows(2, false) {
 		t.Errorf("after lift, new address: %+v", p)
 	}
 }
@@ -144,31 +88,31 @@ func TestFenceIdempotentMoveAndRecover(t *testing.T) {
 	w := newWorld(t)
 	ctx := context.Background()
 	f := New(WithHost(w.A))
-	s := w.spec()
-	must(t, f.Fence(ctx, s))
+	s := w.Spec()
+	fencetest.Must(t, f.Fence(ctx, s))
 	l1 := links(t, w.A)
-	must(t, f.Fence(ctx, s))
+	fencetest.Must(t, f.Fence(ctx, s))
 	if l2 := links(t, w.A); l2 != l1 {
 		t.Errorf("same spec twice changed the links:\n%s\n---\n%s", l1, l2)
 	}
 	got, err := New(WithHost(w.A)).List(ctx)
-	must(t, err)
+	fencetest.Must(t, err)
 	if len(got) != 1 || !sameSpec(got[0].Spec, s) || got[0].Backend != "linkstate" || got[0].Since.IsZero() {
 		t.Fatalf("List after restart: %+v; want %+v", got, s)
 	}
 	// Someone sets the port up: fencing again takes it down again.
 	setLink(t, w.A, "vm0", func(h *netlink.Handle, l netlink.Link) error { return h.LinkSetUp(l) })
-	must(t, f.Fence(ctx, s))
+	fencetest.Must(t, f.Fence(ctx, s))
 	if up := isUp(t, w.A, "vm0"); up {
 		t.Error("re-fence left the port up")
 	}
 	// A different spec moves the fence to another port.
-	must(t, lab.Veth(w.A, "alt0", "", w.A, "alt1", ""))
+	fencetest.Must(t, lab.Veth(w.A, "alt0", "", w.A, "alt1", ""))
 	s2 := s
 	s2.Port = "alt0"
-	must(t, f.Fence(ctx, s2))
+	fencetest.Must(t, f.Fence(ctx, s2))
 	got, err = New(WithHost(w.A)).List(ctx)
-	must(t, err)
+	fencetest.Must(t, err)
 	if len(got) != 1 || got[0].Port != "alt0" || !isUp(t, w.A, "vm0") || isUp(t, w.A, "alt0") {
 		t.Errorf("after moving the fence: %+v, vm0 up %v, alt0 up %v", got, isUp(t, w.A, "vm0"), isUp(t, w.A, "alt0"))
 	}
@@ -179,7 +123,7 @@ func TestFenceIdempotentMoveAndRecover(t *testing.T) {
 	if after := links(t, w.A); after != before {
 		t.Error("Lift(absent) changed the links")
 	}
-	must(t, f.Lift(ctx, "vm-1"))
+	fencetest.Must(t, f.Lift(ctx, "vm-1"))
 	if err := f.Lift(ctx, "vm-1"); !errors.Is(err, fence.ErrNotFenced) {
 		t.Errorf("second Lift = %v, want ErrNotFenced", err)
 	}
@@ -188,20 +132,20 @@ func TestFenceIdempotentMoveAndRecover(t *testing.T) {
 func setLink(t *testing.T, ns, ifname string, fn func(*netlink.Handle, netlink.Link) error) {
 	t.Helper()
 	h, err := lab.Handle(ns)
-	must(t, err)
+	fencetest.Must(t, err)
 	defer h.Close()
 	l, err := h.LinkByName(ifname)
-	must(t, err)
-	must(t, fn(h, l))
+	fencetest.Must(t, err)
+	fencetest.Must(t, fn(h, l))
 }
 
 func isUp(t *testing.T, ns, ifname string) bool {
 	t.Helper()
 	h, err := lab.Handle(ns)
-	must(t, err)
+	fencetest.Must(t, err)
 	defer h.Close()
 	l, err := h.LinkByName(ifname)
-	must(t, err)
+	fencetest.Must(t, err)
 	return l.Attrs().Flags&net.FlagUp != 0
 }
 
@@ -210,9 +154,9 @@ func TestFenceRejectsBadInputUnchanged(t *testing.T) {
 	w := newWorld(t)
 	ctx := context.Background()
 	f := New(WithHost(w.A))
-	must(t, f.Fence(ctx, w.spec()))
+	fencetest.Must(t, f.Fence(ctx, w.Spec()))
 	before := links(t, w.A)
-	good := w.spec()
+	good := w.Spec()
 	good.VM, good.Port = "vm-2", "pr0"
 	cases := []struct {
 		name   string
@@ -290,9 +234,9 @@ func TestFence100(t *testing.T) {
 	ports := addPorts(t, w.A, 100)
 	specs := manySpecs(ports)
 	f := New(WithHost(w.A))
-	must(t, f.FenceAll(ctx, specs))
+	fencetest.Must(t, f.FenceAll(ctx, specs))
 	got, err := New(WithHost(w.A)).List(ctx)
-	must(t, err)
+	fencetest.Must(t, err)
 	if len(got) != len(specs) {
 		t.Fatalf("List: %d fences, want %d", len(got), len(specs))
 	}
@@ -304,7 +248,7 @@ func TestFence100(t *testing.T) {
 			t.Errorf("%s is up while fenced", specs[i].Port)
 		}
 	}
-	if p := w.probe(t, w.Peer, lab.VMAddr, vm6, 2); !p.Flows(2, true) {
+	if p := w.Probe(t, w.Peer, lab.VMAddr, fencetest.VM6, 2); !p.Flows(2, true) {
 		t.Errorf("unfenced VM among 100 fences: %+v", p)
 	}
 	vms := make([]string, len(specs))
@@ -317,7 +261,7 @@ func TestFence100(t *testing.T) {
 	if got, _ := f.List(ctx); len(got) != 100 {
 		t.Errorf("a failed LiftAll changed the fences: %d left", len(got))
 	}
-	must(t, f.LiftAll(ctx, vms))
+	fencetest.Must(t, f.LiftAll(ctx, vms))
 	if got, _ := f.List(ctx); len(got) != 0 {
 		t.Errorf("after lifting all: %d fences", len(got))
 	}
@@ -354,3 +298,5 @@ func BenchmarkFence(b *testing.B) {
 		})
 	}
 }
+
+func newWorld(t *testing.T) *fencetest.World { return fencetest.NewWorld(t, nil) }

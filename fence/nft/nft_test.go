@@ -15,84 +15,29 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/fence/internal/fencetest"
 	"github.com/sealift/sealift/internal/lab"
 )
 
 var (
 	counters = regexp.MustCompile(`counter packets \d+ bytes \d+`)
-	vm6      = netip.MustParseAddr("fd00:1::10")
 )
 
-// world is the reference lab with IPv6 on the VM's LAN and echo servers
-// in the VM namespace that count what arrives.
-type world struct {
-	*lab.Lab
-	target *lab.Target
-	mac    string
-}
-
-func newWorld(t *testing.T, brnf bool) *world {
+func newWorld(t *testing.T, brnf bool) *fencetest.World {
 	t.Helper()
-	lab.RequireRoot(t)
 	if _, err := exec.LookPath("nft"); err != nil {
 		lab.Missing(t, "nft (apt: nftables)")
 	}
-	l := lab.New(t)
-	w := &world{Lab: l}
-	// br_netfilter (when the kernel has it) hands bridged packets to the
-	// inet hooks too; the fence must be right either way.
-	for _, k := range []string{"net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables"} {
-		err := lab.Sysctl(l.A, k, map[bool]string{false: "0", true: "1"}[brnf])
-		if err != nil && brnf {
-			t.Skipf("br_netfilter not available: %v", err)
+	return fencetest.NewWorld(t, func(l *lab.Lab) {
+		// br_netfilter hands bridged packets to the inet hooks too; the
+		// fence must be right either way.
+		for _, k := range []string{"net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables"} {
+			err := lab.Sysctl(l.A, k, map[bool]string{false: "0", true: "1"}[brnf])
+			if err != nil && brnf {
+				lab.Missing(t, "br_netfilter (modprobe br_netfilter): "+err.Error())
+			}
 		}
-	}
-	must(t, lab.AddAddr(l.VM, "eth0", "fd00:1::10/64"))
-	must(t, lab.AddAddr(l.Peer, "eth0", "fd00:1::20/64"))
-	var err error
-	if w.target, err = lab.StartTarget(l.VM, "eth0", 7000, 7001); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(w.target.Close)
-	w.mac = linkMAC(t, l.VM, "eth0")
-	// The first IPv6 neighbour discovery on a fresh bridge takes about a
-	// second; settle it here so probes measure the fence, not ND.
-	must(t, lab.WaitReachable(l.Peer, vm6, 10*time.Second))
-	return w
-}
-
-func linkMAC(t *testing.T, ns, ifname string) string {
-	t.Helper()
-	h, err := lab.Handle(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	lk, err := h.LinkByName(ifname)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return lk.Attrs().HardwareAddr.String()
-}
-
-func must(t *testing.T, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-func (w *world) spec() fence.Spec {
-	return fence.Spec{VM: "vm-1", Port: "vm0", MAC: w.mac, Addrs: []netip.Addr{lab.VMAddr, vm6}}
-}
-
-func (w *world) probe(t *testing.T, from string, dst, dst6 netip.Addr, n int) lab.Probe {
-	t.Helper()
-	p, err := w.target.Probe(from, dst, dst6, n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	})
 }
 
 func ruleset(t *testing.T, ns string) string {
@@ -144,18 +89,18 @@ func fenceBlocksAndLiftRestores(t *testing.T, brnf bool) {
 	f := New(WithHost(w.A))
 	const n = 3
 
-	if tr := w.probe(t, w.Peer, lab.VMAddr, vm6, n); !tr.Flows(n, true) {
+	if tr := w.Probe(t, w.Peer, lab.VMAddr, fencetest.VM6, n); !tr.Flows(n, true) {
 		t.Fatalf("before the fence: %+v", tr)
 	}
-	if tr := w.probe(t, w.Peer2, lab.VMAddr, netip.Addr{}, n); !tr.Flows(n, false) {
+	if tr := w.Probe(t, w.Peer2, lab.VMAddr, netip.Addr{}, n); !tr.Flows(n, false) {
 		t.Fatalf("before the fence, routed: %+v", tr)
 	}
-	must(t, f.Fence(ctx, w.spec()))
+	fencetest.Must(t, f.Fence(ctx, w.Spec()))
 	before := dropped(t, f, "vm-1")
-	if tr := w.probe(t, w.Peer, lab.VMAddr, vm6, n); !tr.None() {
+	if tr := w.Probe(t, w.Peer, lab.VMAddr, fencetest.VM6, n); !tr.None() {
 		t.Errorf("fenced, same LAN: %+v; want nothing sent back nor delivered", tr)
 	}
-	if tr := w.probe(t, w.Peer2, lab.VMAddr, netip.Addr{}, n); !tr.None() {
+	if tr := w.Probe(t, w.Peer2, lab.VMAddr, netip.Addr{}, n); !tr.None() {
 		t.Errorf("fenced, routed: %+v; want nothing", tr)
 	}
 	after := dropped(t, f, "vm-1")
@@ -165,11 +110,11 @@ func fenceBlocksAndLiftRestores(t *testing.T, brnf bool) {
 	}
 	t.Logf("drop counters: %d -> %d", before, after)
 
-	must(t, f.Lift(ctx, "vm-1"))
-	if tr := w.probe(t, w.Peer, lab.VMAddr, vm6, n); !tr.Flows(n, true) {
+	fencetest.Must(t, f.Lift(ctx, "vm-1"))
+	if tr := w.Probe(t, w.Peer, lab.VMAddr, fencetest.VM6, n); !tr.Flows(n, true) {
 		t.Errorf("after lift: %+v", tr)
 	}
-	if tr := w.probe(t, w.Peer2, lab.VMAddr, netip.Addr{}, n); !tr.Flows(n, false) {
+	if tr := w.Probe(t, w.Peer2, lab.VMAddr, netip.Addr{}, n); !tr.Flows(n, false) {
 		t.Errorf("after lift, routed: %+v", tr)
 	}
 	// Only the empty base chains stay (no VM chain, no rule); Remove
@@ -177,7 +122,7 @@ func fenceBlocksAndLiftRestores(t *testing.T, brnf bool) {
 	if rs := ruleset(t, w.A); strings.Contains(rs, "vm-") || strings.Contains(rs, "drop") || strings.Contains(rs, "jump") {
 		t.Errorf("ruleset still holds a fence after the last lift:\n%s", rs)
 	}
-	must(t, f.Remove(ctx))
+	fencetest.Must(t, f.Remove(ctx))
 	if rs := ruleset(t, w.A); strings.Contains(rs, "sealift") {
 		t.Errorf("ruleset still holds sealift after Remove:\n%s", rs)
 	}
@@ -188,26 +133,26 @@ func fenceHoldsWhenGuestChangesMACAndIP(t *testing.T, brnf bool) {
 	w := newWorld(t, brnf)
 	ctx := context.Background()
 	f := New(WithHost(w.A))
-	must(t, f.Fence(ctx, w.spec()))
+	fencetest.Must(t, f.Fence(ctx, w.Spec()))
 
 	h, err := lab.Handle(w.VM)
-	must(t, err)
+	fencetest.Must(t, err)
 	defer h.Close()
 	eth0, err := h.LinkByName("eth0")
-	must(t, err)
-	must(t, h.LinkSetHardwareAddr(eth0, net.HardwareAddr{0x02, 0x5e, 0xa1, 0x1f, 0, 0x99}))
-	must(t, lab.AddAddr(w.VM, "eth0", "10.1.0.11/24"))
-	must(t, lab.AddAddr(w.VM, "eth0", "fd00:1::11/64"))
+	fencetest.Must(t, err)
+	fencetest.Must(t, h.LinkSetHardwareAddr(eth0, net.HardwareAddr{0x02, 0x5e, 0xa1, 0x1f, 0, 0x99}))
+	fencetest.Must(t, lab.AddAddr(w.VM, "eth0", "10.1.0.11/24"))
+	fencetest.Must(t, lab.AddAddr(w.VM, "eth0", "fd00:1::11/64"))
 	newV4, newV6 := netip.MustParseAddr("10.1.0.11"), netip.MustParseAddr("fd00:1::11")
 
-	if tr := w.probe(t, w.Peer, newV4, newV6, 2); !tr.None() {
+	if tr := w.Probe(t, w.Peer, newV4, newV6, 2); !tr.None() {
 		t.Errorf("fenced guest with a new MAC/IP, same LAN: %+v; want nothing", tr)
 	}
-	if tr := w.probe(t, w.Peer2, newV4, netip.Addr{}, 2); !tr.None() {
+	if tr := w.Probe(t, w.Peer2, newV4, netip.Addr{}, 2); !tr.None() {
 		t.Errorf("fenced guest with a new MAC/IP, routed: %+v; want nothing", tr)
 	}
-	must(t, f.Lift(ctx, "vm-1"))
-	if tr := w.probe(t, w.Peer, newV4, newV6, 2); !tr.Flows(2, true) {
+	fencetest.Must(t, f.Lift(ctx, "vm-1"))
+	if tr := w.Probe(t, w.Peer, newV4, newV6, 2); !tr.Flows(2, true) {
 		t.Errorf("after lift, new address: %+v", tr)
 	}
 }
@@ -217,18 +162,18 @@ func fenceHoldsWhenGuestChangesMACAndIP(t *testing.T, brnf bool) {
 func fenceByMACAndIPAlone(t *testing.T, brnf bool) {
 	w := newWorld(t, brnf)
 	ctx := context.Background()
-	must(t, lab.Veth(w.A, "other0", "", w.A, "other1", ""))
+	fencetest.Must(t, lab.Veth(w.A, "other0", "", w.A, "other1", ""))
 	f := New(WithHost(w.A))
-	s := w.spec()
+	s := w.Spec()
 	s.Port = "other0"
-	must(t, f.Fence(ctx, s))
-	if tr := w.probe(t, w.Peer, lab.VMAddr, vm6, 2); !tr.Blocked() {
+	fencetest.Must(t, f.Fence(ctx, s))
+	if tr := w.Probe(t, w.Peer, lab.VMAddr, fencetest.VM6, 2); !tr.Blocked() {
 		t.Errorf("fence by MAC/IP: %+v; want no replies", tr)
 	}
-	if tr := w.probe(t, w.Peer2, lab.VMAddr, netip.Addr{}, 2); !tr.Blocked() {
+	if tr := w.Probe(t, w.Peer2, lab.VMAddr, netip.Addr{}, 2); !tr.Blocked() {
 		t.Errorf("fence by MAC/IP, routed: %+v; want nothing", tr)
 	}
-	must(t, f.Lift(ctx, "vm-1"))
+	fencetest.Must(t, f.Lift(ctx, "vm-1"))
 }
 
 // AllowVia on a bridge port (an L2 secure link): the far end reaches the
@@ -237,18 +182,18 @@ func fenceAllowViaBridgePort(t *testing.T, brnf bool) {
 	w := newWorld(t, brnf)
 	ctx := context.Background()
 	far, err := w.AttachVM("far", w.A, "sl0", "10.1.0.30/24")
-	must(t, err)
+	fencetest.Must(t, err)
 	f := New(WithHost(w.A))
-	s := w.spec()
+	s := w.Spec()
 	s.AllowVia = []string{"sl0"}
-	must(t, f.Fence(ctx, s))
-	if tr := w.probe(t, far, lab.VMAddr, netip.Addr{}, 2); !tr.Flows(2, false) {
+	fencetest.Must(t, f.Fence(ctx, s))
+	if tr := w.Probe(t, far, lab.VMAddr, netip.Addr{}, 2); !tr.Flows(2, false) {
 		t.Errorf("via the secure link: %+v; want flowing\n%s", tr, ruleset(t, w.A))
 	}
-	if tr := w.probe(t, w.Peer, lab.VMAddr, vm6, 2); !tr.Blocked() {
+	if tr := w.Probe(t, w.Peer, lab.VMAddr, fencetest.VM6, 2); !tr.Blocked() {
 		t.Errorf("from the peer: %+v; want nothing", tr)
 	}
-	must(t, f.Lift(ctx, "vm-1"))
+	fencetest.Must(t, f.Lift(ctx, "vm-1"))
 }
 
 // AllowVia on a routed device (like a WireGuard interface): peer2,
@@ -258,46 +203,46 @@ func fenceAllowViaRoutedDevice(t *testing.T, brnf bool) {
 	w := newWorld(t, brnf)
 	ctx := context.Background()
 	f := New(WithHost(w.A))
-	w.routeV6(t)
+	routeV6(t, w)
 	peer2v6 := netip.MustParseAddr("fd00:2::20")
-	s := w.spec()
+	s := w.Spec()
 	s.AllowVia = []string{"up0"}
-	must(t, f.Fence(ctx, s))
+	fencetest.Must(t, f.Fence(ctx, s))
 	// IPv6 works through the link: neighbour discovery between the VM
 	// and the host passes the fence.
-	must(t, lab.WaitReachable(w.Peer2, vm6, 10*time.Second))
-	if tr := w.probe(t, w.Peer2, lab.VMAddr, vm6, 2); !tr.Flows(2, true) {
+	fencetest.Must(t, lab.WaitReachable(w.Peer2, fencetest.VM6, 10*time.Second))
+	if tr := w.Probe(t, w.Peer2, lab.VMAddr, fencetest.VM6, 2); !tr.Flows(2, true) {
 		t.Errorf("via the routed secure link: %+v; want flowing", tr)
 	}
 	if r, err := lab.Ping(w.VM, peer2v6, 2, time.Second); err != nil || r != 2 {
 		t.Errorf("VM -> peer2 over IPv6 via the link: %d, %v", r, err)
 	}
-	if tr := w.probe(t, w.Peer, lab.VMAddr, vm6, 2); !tr.Blocked() {
+	if tr := w.Probe(t, w.Peer, lab.VMAddr, fencetest.VM6, 2); !tr.Blocked() {
 		t.Errorf("from the peer: %+v; want nothing", tr)
 	}
 	// The guest takes another IP: the port may not send from it.
-	must(t, lab.AddAddr(w.VM, "eth0", "10.1.0.12/24"))
-	if tr := w.probe(t, w.Peer2, netip.MustParseAddr("10.1.0.12"), netip.Addr{}, 2); !tr.Blocked() {
+	fencetest.Must(t, lab.AddAddr(w.VM, "eth0", "10.1.0.12/24"))
+	if tr := w.Probe(t, w.Peer2, netip.MustParseAddr("10.1.0.12"), netip.Addr{}, 2); !tr.Blocked() {
 		t.Errorf("guest with a new IP via the link: %+v; want no replies", tr)
 	}
-	must(t, f.Lift(ctx, "vm-1"))
+	fencetest.Must(t, f.Lift(ctx, "vm-1"))
 }
 
 // routeV6 gives the path VM - A - core - peer2 IPv6 addresses and routes.
-func (w *world) routeV6(t *testing.T) {
+func routeV6(t *testing.T, w *fencetest.World) {
 	t.Helper()
 	for _, a := range []struct{ ns, ifname, addr string }{
 		{w.A, "br0", "fd00:1::1/64"}, {w.A, "up0", "fd00:ff::1/64"},
 		{w.Core, "a0", "fd00:ff::2/64"}, {w.Core, "p2", "fd00:2::1/64"}, {w.Peer2, "eth0", "fd00:2::20/64"},
 	} {
-		must(t, lab.AddAddr(a.ns, a.ifname, a.addr))
+		fencetest.Must(t, lab.AddAddr(a.ns, a.ifname, a.addr))
 	}
-	must(t, lab.AddRoute(w.A, "::/0", "fd00:ff::2", ""))
-	must(t, lab.AddRoute(w.Core, "fd00:1::/64", "fd00:ff::1", ""))
-	must(t, lab.AddRoute(w.Peer2, "::/0", "fd00:2::1", ""))
-	must(t, lab.AddRoute(w.VM, "::/0", "fd00:1::1", ""))
+	fencetest.Must(t, lab.AddRoute(w.A, "::/0", "fd00:ff::2", ""))
+	fencetest.Must(t, lab.AddRoute(w.Core, "fd00:1::/64", "fd00:ff::1", ""))
+	fencetest.Must(t, lab.AddRoute(w.Peer2, "::/0", "fd00:2::1", ""))
+	fencetest.Must(t, lab.AddRoute(w.VM, "::/0", "fd00:1::1", ""))
 	for _, ns := range []string{w.A, w.Core} {
-		must(t, lab.Sysctl(ns, "net/ipv6/conf/all/forwarding", "1"))
+		fencetest.Must(t, lab.Sysctl(ns, "net/ipv6/conf/all/forwarding", "1"))
 	}
 }
 
@@ -307,31 +252,31 @@ func fenceRoutedPort(t *testing.T, brnf bool) {
 	w := newWorld(t, brnf)
 	ctx := context.Background()
 	rvm := w.Prefix + "-rvm"
-	must(t, w.AddHost(rvm))
-	must(t, lab.Veth(w.A, "rv0", "10.9.0.1/24", rvm, "eth0", "10.9.0.10/24"))
-	must(t, lab.AddRoute(rvm, "0.0.0.0/0", "10.9.0.1", ""))
+	fencetest.Must(t, w.AddHost(rvm))
+	fencetest.Must(t, lab.Veth(w.A, "rv0", "10.9.0.1/24", rvm, "eth0", "10.9.0.10/24"))
+	fencetest.Must(t, lab.AddRoute(rvm, "0.0.0.0/0", "10.9.0.1", ""))
 	target, err := lab.StartTarget(rvm, "eth0", 7000, 7001)
-	must(t, err)
+	fencetest.Must(t, err)
 	defer target.Close()
 	dst := netip.MustParseAddr("10.9.0.10")
-	must(t, lab.WaitReachable(w.Peer, dst, 10*time.Second)) // carrier of a new veth
+	fencetest.Must(t, lab.WaitReachable(w.Peer, dst, 10*time.Second)) // carrier of a new veth
 	probe := func() lab.Probe {
 		p, err := target.Probe(w.Peer, dst, netip.Addr{}, 2)
-		must(t, err)
+		fencetest.Must(t, err)
 		return p
 	}
 	if p := probe(); !p.Flows(2, false) {
 		t.Fatalf("before the fence: %+v", p)
 	}
 	f := New(WithHost(w.A))
-	must(t, f.Fence(ctx, fence.Spec{VM: "routed", Port: "rv0", Addrs: []netip.Addr{dst}}))
+	fencetest.Must(t, f.Fence(ctx, fence.Spec{VM: "routed", Port: "rv0", Addrs: []netip.Addr{dst}}))
 	if p := probe(); !p.None() {
 		t.Errorf("fenced routed port: %+v; want nothing", p)
 	}
 	if n := dropped(t, f, "routed"); n < 6 {
 		t.Errorf("drop counters: %d, want >= 6", n)
 	}
-	must(t, f.Lift(ctx, "routed"))
+	fencetest.Must(t, f.Lift(ctx, "routed"))
 	if p := probe(); !p.Flows(2, false) {
 		t.Errorf("after lift: %+v", p)
 	}
@@ -346,15 +291,15 @@ func fenceAllowMarks(t *testing.T, brnf bool) {
 		t.Fatalf("%v: %s", err, out)
 	}
 	f := New(WithHost(w.A))
-	s := w.spec()
+	s := w.Spec()
 	s.AllowMarks = []uint32{0x42}
-	must(t, f.Fence(ctx, s))
+	fencetest.Must(t, f.Fence(ctx, s))
 	// The VM's ARP replies are unmarked and dropped: give the peer a
 	// static neighbour entry.
-	if out, err := lab.Exec(w.Peer, "ip", "neigh", "replace", "10.1.0.10", "lladdr", w.mac, "dev", "eth0", "nud", "permanent"); err != nil {
+	if out, err := lab.Exec(w.Peer, "ip", "neigh", "replace", "10.1.0.10", "lladdr", w.MAC, "dev", "eth0", "nud", "permanent"); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	tr := w.probe(t, w.Peer, lab.VMAddr, netip.Addr{}, 2)
+	tr := w.Probe(t, w.Peer, lab.VMAddr, netip.Addr{}, 2)
 	if tr.UDPIn != 2 || tr.UDP != 0 {
 		t.Errorf("marked requests: %+v; want 2 UDP delivered, 0 replies back", tr)
 	}
@@ -362,10 +307,10 @@ func fenceAllowMarks(t *testing.T, brnf bool) {
 	if out, err := lab.Exec(w.A, "nft", "delete", "table", "bridge", "marker"); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	if tr := w.probe(t, w.Peer, lab.VMAddr, netip.Addr{}, 2); !tr.Blocked() {
+	if tr := w.Probe(t, w.Peer, lab.VMAddr, netip.Addr{}, 2); !tr.Blocked() {
 		t.Errorf("unmarked requests: %+v; want nothing", tr)
 	}
-	must(t, f.Lift(ctx, "vm-1"))
+	fencetest.Must(t, f.Lift(ctx, "vm-1"))
 }
 
 func TestFenceIdempotentReplaceAndRecover(t *testing.T) {
@@ -373,15 +318,15 @@ func TestFenceIdempotentReplaceAndRecover(t *testing.T) {
 	w := newWorld(t, false)
 	ctx := context.Background()
 	f := New(WithHost(w.A))
-	s := w.spec()
-	must(t, f.Fence(ctx, s))
+	s := w.Spec()
+	fencetest.Must(t, f.Fence(ctx, s))
 	rs1 := ruleset(t, w.A)
-	must(t, f.Fence(ctx, s))
+	fencetest.Must(t, f.Fence(ctx, s))
 	if rs2 := ruleset(t, w.A); rs2 != rs1 {
 		t.Errorf("same spec twice changed the ruleset:\n%s\n---\n%s", rs1, rs2)
 	}
 	got, err := New(WithHost(w.A)).List(ctx)
-	must(t, err)
+	fencetest.Must(t, err)
 	if len(got) != 1 || !sameSpec(got[0].Spec, s) || got[0].Backend != "nft" || got[0].Since.IsZero() {
 		t.Fatalf("List after restart: %+v; want one fence %+v", got, s)
 	}
@@ -389,9 +334,9 @@ func TestFenceIdempotentReplaceAndRecover(t *testing.T) {
 	s2 := s
 	s2.AllowVia = []string{"sl0"}
 	s2.Addrs = []netip.Addr{lab.VMAddr}
-	must(t, f.Fence(ctx, s2))
+	fencetest.Must(t, f.Fence(ctx, s2))
 	got, err = New(WithHost(w.A)).List(ctx)
-	must(t, err)
+	fencetest.Must(t, err)
 	if len(got) != 1 || !sameSpec(got[0].Spec, s2) {
 		t.Fatalf("List after replace: %+v; want %+v", got, s2)
 	}
@@ -406,7 +351,7 @@ func TestFenceIdempotentReplaceAndRecover(t *testing.T) {
 	if after := ruleset(t, w.A); after != before {
 		t.Errorf("Lift(absent) changed the ruleset")
 	}
-	must(t, f.Lift(ctx, "vm-1"))
+	fencetest.Must(t, f.Lift(ctx, "vm-1"))
 	if err := f.Lift(ctx, "vm-1"); !errors.Is(err, fence.ErrNotFenced) {
 		t.Errorf("second Lift = %v, want ErrNotFenced", err)
 	}
@@ -430,9 +375,9 @@ func TestFenceRejectsBadInputUnchanged(t *testing.T) {
 	if rs := ruleset(t, w.A); strings.TrimSpace(rs) != "" {
 		t.Errorf("clean host has a ruleset:\n%s", rs)
 	}
-	must(t, f.Fence(ctx, w.spec())) // a non-empty ruleset to compare
+	fencetest.Must(t, f.Fence(ctx, w.Spec())) // a non-empty ruleset to compare
 	before := ruleset(t, w.A)
-	good := w.spec()
+	good := w.Spec()
 	cases := []struct {
 		name   string
 		mutate func(*fence.Spec)
@@ -516,9 +461,9 @@ func TestFence100InOneBatch(t *testing.T) {
 	ctx := context.Background()
 	specs := manySpecs(addPorts(t, w.A, 100))
 	f := New(WithHost(w.A))
-	must(t, f.FenceAll(ctx, specs))
+	fencetest.Must(t, f.FenceAll(ctx, specs))
 	got, err := New(WithHost(w.A)).List(ctx)
-	must(t, err)
+	fencetest.Must(t, err)
 	if len(got) != len(specs) {
 		t.Fatalf("List: %d fences, want %d", len(got), len(specs))
 	}
@@ -528,7 +473,7 @@ func TestFence100InOneBatch(t *testing.T) {
 		}
 	}
 	// The VM's own traffic is untouched by the other 100 fences.
-	if tr := w.probe(t, w.Peer, lab.VMAddr, vm6, 2); !tr.Flows(2, true) {
+	if tr := w.Probe(t, w.Peer, lab.VMAddr, fencetest.VM6, 2); !tr.Flows(2, true) {
 		t.Errorf("unfenced VM among 100 fences: %+v", tr)
 	}
 	// Lifting half keeps the other half.
@@ -536,9 +481,9 @@ func TestFence100InOneBatch(t *testing.T) {
 	for _, s := range specs[:50] {
 		half = append(half, s.VM)
 	}
-	must(t, f.LiftAll(ctx, half))
+	fencetest.Must(t, f.LiftAll(ctx, half))
 	got, err = f.List(ctx)
-	must(t, err)
+	fencetest.Must(t, err)
 	if len(got) != 50 || got[0].VM != specs[50].VM {
 		t.Fatalf("after lifting 50: %d fences, first %q", len(got), got[0].VM)
 	}
