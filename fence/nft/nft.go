@@ -88,15 +88,11 @@ func (f *Fencer) FenceAll(ctx context.Context, specs []fence.Spec) error {
 	if err != nil {
 		return err
 	}
-	c, done, err := f.conn(ctx)
+	c, installed, done, err := f.session(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	installed, err := f.list(c)
-	if err != nil {
-		return err
-	}
 	now := f.now()
 	var changed []string
 	tablesAdded := false
@@ -146,15 +142,11 @@ func (f *Fencer) LiftAll(ctx context.Context, vms []string) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	c, done, err := f.conn(ctx)
+	c, installed, done, err := f.session(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	installed, err := f.list(c)
-	if err != nil {
-		return err
-	}
 	lift := map[string]bool{}
 	for _, vm := range vms {
 		if _, ok := installed[vm]; !ok {
@@ -222,15 +214,11 @@ func (f *Fencer) List(ctx context.Context) ([]fence.Fence, error) {
 func (f *Fencer) Dropped(ctx context.Context, vm string) (uint64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	c, done, err := f.conn(ctx)
+	c, installed, done, err := f.session(ctx)
 	if err != nil {
 		return 0, err
 	}
 	defer done()
-	installed, err := f.list(c)
-	if err != nil {
-		return 0, err
-	}
 	if _, ok := installed[vm]; !ok {
 		return 0, fmt.Errorf("nft: %q on host %q: %w", vm, f.host, fence.ErrNotFenced)
 	}
@@ -344,6 +332,20 @@ func bigBuffers(c *netlink.Conn) error {
 }
 
 // list reads the installed fences from the bridge table's "-fwd" chains.
+// session opens a connection and reads the fences installed on the host
+// (f.mu held); done closes the connection.
+func (f *Fencer) session(ctx context.Context) (c *nftables.Conn, installed map[string]fence.Fence, done func(), err error) {
+	c, done, err = f.conn(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if installed, err = f.list(c); err != nil {
+		done()
+		return nil, nil, nil, err
+	}
+	return c, installed, done, nil
+}
+
 func (f *Fencer) list(c *nftables.Conn) (map[string]fence.Fence, error) {
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyBridge)
 	if err != nil {
@@ -428,15 +430,11 @@ func commentData(s string) []byte {
 func (f *Fencer) Remove(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	c, done, err := f.conn(ctx)
+	c, installed, done, err := f.session(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	installed, err := f.list(c)
-	if err != nil {
-		return err
-	}
 	if len(installed) > 0 {
 		return fmt.Errorf("%w: %d fences still installed on host %q", fence.ErrInvalid, len(installed), f.host)
 	}
