@@ -43,7 +43,13 @@ func (w *world) hop(b testing.TB, from, to *qemu.Hypervisor) (time.Duration, hyp
 // the underlay) once per iteration and reports QEMU's total time and
 // downtime and sealift's end-to-end time (prepare → resumed).
 func BenchmarkMigrate(b *testing.B) {
-	w := newWorld(b, "bm", netip.MustParseAddr("10.1.0.41"))
+	benchHops(b, newWorld(b, "bm", netip.MustParseAddr("10.1.0.41")))
+}
+
+// benchHops boots w's guest at A and moves it A<->B once per iteration,
+// reporting QEMU's total time and downtime, the end-to-end time and the
+// bytes sent; the guest must survive every hop.
+func benchHops(b *testing.B, w *world) {
 	w.boot(b)
 	if err := w.a.Define(w.cfgA); err != nil {
 		b.Fatal(err)
@@ -65,7 +71,6 @@ func BenchmarkMigrate(b *testing.B) {
 	b.ReportMetric(float64(down.Milliseconds())/n, "downtime-ms")
 	b.ReportMetric(float64(e2e.Milliseconds())/n, "e2e-ms")
 	b.ReportMetric(float64(bytes)/n/(1<<20), "MiB-sent")
-	// The guest survived every hop.
 	if _, err := guest.WaitReady(w.ctx, []string{w.lab.A, w.lab.B}[b.N%2], w.addr); err != nil {
 		b.Fatal(err)
 	}

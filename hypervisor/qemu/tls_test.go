@@ -384,31 +384,7 @@ func BenchmarkMigrateTLS(b *testing.B) {
 			if tc.tls {
 				opts = append(opts, qemu.WithTLS(newTLSDir(b, hostAddrs)))
 			}
-			w := newWorld(b, "b"+tc.name[:1], netip.MustParseAddr(tc.addr), opts...)
-			w.boot(b)
-			if err := w.a.Define(w.cfgA); err != nil {
-				b.Fatal(err)
-			}
-			hs := [2]*qemu.Hypervisor{w.a, w.b}
-			var total, down, e2e time.Duration
-			var bytes uint64
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				d, st := w.hop(b, hs[i%2], hs[(i+1)%2])
-				e2e += d
-				total += st.Total
-				down += st.Downtime
-				bytes += st.Bytes
-			}
-			b.StopTimer()
-			n := float64(b.N)
-			b.ReportMetric(float64(total.Milliseconds())/n, "total-ms")
-			b.ReportMetric(float64(down.Milliseconds())/n, "downtime-ms")
-			b.ReportMetric(float64(e2e.Milliseconds())/n, "e2e-ms")
-			b.ReportMetric(float64(bytes)/n/(1<<20), "MiB-sent")
-			if _, err := guest.WaitReady(w.ctx, []string{w.lab.A, w.lab.B}[b.N%2], w.addr); err != nil {
-				b.Fatal(err)
-			}
+			benchHops(b, newWorld(b, "b"+tc.name[:1], netip.MustParseAddr(tc.addr), opts...))
 		})
 	}
 }
