@@ -2,19 +2,17 @@ package nsutil_test
 
 import (
 	"net"
-	"os"
 	"testing"
 
 	"github.com/vishvananda/netns"
 
+	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/internal/nsutil"
 )
 
 func newNS(tb testing.TB) string {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root")
-	}
+	lab.RequireRoot(tb)
 	name := "slnsbench"
 	errc := make(chan error)
 	go func() {
