@@ -22,10 +22,12 @@ func (w *world) diagnose(ctx context.Context) map[string]string {
 		}
 	}
 	serials, _ := filepath.Glob(filepath.Join(w.dir, "*", "*.serial"))
+	top, _ := filepath.Glob(filepath.Join(w.dir, "*.serial")) // libvirt's consoles
+	serials = append(serials, top...)
 	for _, f := range serials {
 		if b, err := os.ReadFile(f); err == nil {
 			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-			d["serial_"+strings.TrimPrefix(f, w.dir+"/")] = strings.Join(lines[max(0, len(lines)-8):], "\n")
+			d["serial_"+strings.TrimPrefix(f, w.dir+"/")] = strings.Join(lines[max(0, len(lines)-15):], "\n")
 		}
 	}
 	for name, args := range map[string][]string{

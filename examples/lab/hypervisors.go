@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/hypervisor/libvirt"
@@ -22,22 +23,36 @@ type hypervisors struct {
 	a, b hypervisor.Hypervisor
 	// boot starts guest v (the i-th) at A.
 	boot func(ctx context.Context, i int, v vmSpec) error
+	// targetTap is the i-th guest's port at B.
+	targetTap func(i int) string
 }
 
-// baseline are plain QEMU handles (no TLS) in A: the baseline guest boots
-// on base and migrates to base2.
-func (w *world) baselineHypervisors(t lab.TB) (base, base2 *qemu.Hypervisor, err error) {
-	if base, err = w.qemuHandle(t, w.l.A, "base", lab.AUplink, ""); err != nil {
-		return nil, nil, err
+// baselineHypervisors are QEMU handles at A and B on the baselines'
+// network, one pair with a TLS migration stream and one without, each
+// with its guest booted at A (and defined at B).
+func (w *world) baselineHypervisors(ctx context.Context, t lab.TB) error {
+	var err error
+	pairs := []struct {
+		a, b   **qemu.Hypervisor
+		v      vmSpec
+		tlsDir string
+		sub    string
+	}{{&w.btA, &w.btB, baseTLS, w.tlsDir, "bt"}, {&w.bpA, &w.bpB, basePlain, "", "bp"}}
+	for _, p := range pairs {
+		if *p.a, err = w.qemuHandle(t, w.l.A, p.sub+"a", baseUnderA, p.tlsDir); err != nil {
+			return err
+		}
+		if *p.b, err = w.qemuHandle(t, w.l.B, p.sub+"b", baseUnderB, p.tlsDir); err != nil {
+			return err
+		}
+		if err := (*p.b).Define(w.img.Config(p.v.name, p.v.net("tap"+p.sub+"2"))); err != nil {
+			return err
+		}
+		if _, err := (*p.a).Start(ctx, w.img.Config(p.v.name, p.v.net("tap"+p.sub+"1"))); err != nil {
+			return err
+		}
 	}
-	if base2, err = w.qemuHandle(t, w.l.A, "base2", lab.Gateway, ""); err != nil {
-		return nil, nil, err
-	}
-	if err := base2.Define(w.img.Config(baseVM.name, baseVM.net("tapz2"))); err != nil {
-		return nil, nil, err
-	}
-	_, err = base.Start(context.Background(), w.img.Config(baseVM.name, baseVM.net("tapz1")))
-	return base, base2, err
+	return nil
 }
 
 func (w *world) qemuHandle(t lab.TB, host, sub string, mig netip.Addr, tlsDir string) (*qemu.Hypervisor, error) {
@@ -71,7 +86,7 @@ func (w *world) qemuHypervisors(t lab.TB) (*hypervisors, error) {
 		_, err := a.Start(ctx, w.img.Config(v.name, v.net(fmt.Sprintf("tapa%d", i+1))))
 		return err
 	}
-	return &hypervisors{a: a, b: b, boot: boot}, nil
+	return &hypervisors{a: a, b: b, boot: boot, targetTap: func(i int) string { return fmt.Sprintf("tapb%d", i+1) }}, nil
 }
 
 // libvirtHypervisors: three real libvirt daemons (two in A's namespace,
@@ -113,5 +128,41 @@ func (w *world) libvirtHypervisors(ctx context.Context, t lab.TB) (*hypervisors,
 			NICs: []libvirt.DomainNIC{{MAC: n.MAC, Bridge: "br0", Tap: n.Tap}}})
 		return err
 	}
-	return &hypervisors{a: a, b: b, boot: boot}, nil
+	return &hypervisors{a: a, b: b, boot: boot, targetTap: func(i int) string { return fmt.Sprintf("tapl%d", i+1) }}, nil
+}
+
+// watchResume reports when the incoming guest name at B resumed, from
+// QEMU's own RESUME event (its timestamp is QEMU's clock); nothing for
+// libvirt (whose lifecycle events the lab does not watch). Call it once
+// the incoming instance exists (after block 315).
+func (w *world) watchResume(name string) <-chan time.Time {
+	qh, ok := w.hv.b.(*qemu.Hypervisor)
+	if !ok {
+		return nil
+	}
+	p := qh.Process(name)
+	if p == nil {
+		return nil
+	}
+	events, unsub := p.QMP.Subscribe()
+	ch := make(chan time.Time, 1)
+	go func() {
+		defer unsub()
+		timeout := time.After(2 * time.Minute)
+		for {
+			select {
+			case e, ok := <-events:
+				if !ok {
+					return
+				}
+				if e.Name == "RESUME" {
+					ch <- e.Time
+					return
+				}
+			case <-timeout:
+				return
+			}
+		}
+	}()
+	return ch
 }

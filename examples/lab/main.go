@@ -66,6 +66,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "lab:", err)
 		os.Exit(1)
 	}
+	if res == nil || !res.Pass {
+		fmt.Fprintln(os.Stderr, "lab: a verdict failed (see FAILED lines above)")
+		os.Exit(1)
+	}
 }
 
 // runProgram runs the lab with a TB that collects cleanups and turns

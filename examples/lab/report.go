@@ -6,33 +6,64 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/migration"
 )
 
-// Result is the lab's JSON report.
+// Result is the lab's JSON report. Every figure in it comes from what
+// really happened (reply arrivals at the peers, frames on the wan,
+// packet counters on the path), and Verdicts say what failed.
 type Result struct {
-	Scenario             string            `json:"scenario"`
-	Steps                []Step            `json:"steps"`
-	BlackoutMS           float64           `json:"blackout_ms"`
-	BaselineBlackoutMS   float64           `json:"baseline_blackout_ms"`
-	TrafficAfterResumeMS float64           `json:"traffic_after_resume_ms"`
-	PlaintextFramesOnWAN int               `json:"plaintext_frames_on_wan"`
-	WAN                  wanStats          `json:"wan"`
-	Migration            Stats             `json:"migration"`
-	Baseline             Stats             `json:"baseline_migration"`
-	Audit                AuditResult       `json:"audit"`
-	VMReachableAfter     bool              `json:"vm_reachable_after"`
-	PeersReachAll        bool              `json:"peers_reach_all"`
-	Unreachable          []string          `json:"unreachable,omitempty"`
-	CounterContinued     bool              `json:"counter_continued"`
-	JournalComplete      bool              `json:"journal_complete"`
-	Migrations           []MigrationResult `json:"migrations"`
-	// Diagnostics, when a guest is unreachable afterwards: what B's
-	// hypervisor, kernel and the guest's console say.
+	Scenario string `json:"scenario"`
+	// Pass is true when every verdict holds.
+	Pass     bool      `json:"pass"`
+	Verdicts []Verdict `json:"verdicts"`
+	// The headline: the first secure migration against the baseline with
+	// a TLS stream (same hypervisor backend, A to B, nothing of sealift).
+	BlackoutMS           float64  `json:"blackout_ms"`
+	BaselineBlackoutMS   float64  `json:"baseline_blackout_ms"`
+	BlackoutRatio        float64  `json:"blackout_ratio"`
+	TrafficAfterResumeMS *float64 `json:"traffic_after_resume_ms"`
+
+	Baselines  []BaselineResult  `json:"baselines"`
+	Migrations []MigrationResult `json:"migrations"`
+	WAN        WANResult         `json:"wan"`
+	Audit      AuditResult       `json:"audit"`
+
+	VMReachableAfter bool     `json:"vm_reachable_after"`
+	PeersReachAll    bool     `json:"peers_reach_all"`
+	Unreachable      []string `json:"unreachable,omitempty"`
+	CounterContinued bool     `json:"counter_continued"`
+	Journal          string   `json:"journal"` // "ok" or what is wrong
+	// Diagnostics, when something failed: what B's hypervisor, kernel and
+	// the guests' consoles say.
 	Diagnostics map[string]string `json:"diagnostics,omitempty"`
+}
+
+// Verdict is one check of the run.
+type Verdict struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// Blackout is what the peers saw of one migration (the worst pinger).
+type Blackout struct {
+	// MS: the longest time in which no reply arrived, minus one interval.
+	MS float64 `json:"ms"`
+	// LateReplies answered after more than 20 ms; MaxRTTMS the longest.
+	LateReplies int     `json:"late_replies"`
+	MaxRTTMS    float64 `json:"max_rtt_ms"`
+	Lost        int     `json:"lost"`
+	Sent        int     `json:"sent"`
+}
+
+// BaselineResult is one baseline migration of the run.
+type BaselineResult struct {
+	Name      string   `json:"name"`
+	Migration Stats    `json:"migration"`
+	Blackout  Blackout `json:"blackout"`
 }
 
 // Step is one block of FIG. 3 with its duration.
@@ -54,34 +85,87 @@ type Stats struct {
 
 // AuditResult is blocks 355-365 plus the re-establishment check.
 type AuditResult struct {
-	Kept                []string `json:"kept"`
-	Reset               []string `json:"reset"`
-	ReestablishedSecure bool     `json:"reestablished_secure"`
-	Reestablished       string   `json:"reestablished"`
+	Kept  []string `json:"kept"`
+	Reset []string `json:"reset"`
+	// ReestablishedSecure: the plaintext session's new connection took
+	// only the link's device at B (packet counters on B's forward path).
+	ReestablishedSecure bool   `json:"reestablished_secure"`
+	Reestablished       string `json:"reestablished"`
+	ViaLinkPackets      uint64 `json:"via_link_packets"`
+	OtherPackets        uint64 `json:"other_path_packets"`
 }
 
-type wanStats struct {
-	Frames, ESP, UDP, TCP, ICMP, Dropped int
+// WANResult is what the capture of every interface of the wan namespace
+// saw, each packet counted once where it entered the wan.
+type WANResult struct {
+	Frames int            `json:"frames"`
+	ByKind map[string]int `json:"by_kind"`
+	// After the control: frames with a guest's or a peer subnet's address
+	// in any IP header, with the marker, of no expected kind.
+	PlaintextByAddress int `json:"plaintext_by_address"`
+	PlaintextByMarker  int `json:"plaintext_by_marker"`
+	Unknown            int `json:"unknown"`
+	Dropped            int `json:"dropped"`
+	// Control: one marked packet from a peer's address sent in clear
+	// across the wan on purpose before any link exists; both counts must
+	// be 1, or the counters prove nothing.
+	ControlByAddress int `json:"control_by_address"`
+	ControlByMarker  int `json:"control_by_marker"`
+	// Samples describe the first suspicious frames after the control.
+	Samples []string `json:"samples,omitempty"`
+	// LeakProbe: after the migrations, peers send to an address of the
+	// moved subnet with no VM and to a guest that is down at B; the
+	// frames with a watched address that this caused (must be 0).
+	LeakProbe *LeakProbe `json:"leak_probe,omitempty"`
+	Error     string     `json:"error,omitempty"`
+}
+
+// LeakProbe is the result of provoking the target's own ICMP errors.
+type LeakProbe struct {
+	Targets            []string `json:"targets"`
+	PlaintextByAddress int      `json:"plaintext_by_address"`
+	Samples            []string `json:"samples,omitempty"`
+}
+
+// Timeline is one migration's switchover, in ms after the source paused.
+type Timeline struct {
+	SourcePaused time.Time `json:"source_paused"`
+	HookEndMS    *float64  `json:"hook_end_ms"`
+	// TargetResumedMS: QEMU's RESUME event at B (ResumeFrom says).
+	TargetResumedMS *float64 `json:"target_resumed_ms"`
+	ResumeFrom      string   `json:"resume_from"`
+	// FirstGuestPacketMS: the first IPv4 frame out of the guest's tap at
+	// B after the resume; FirstLinkPacketMS: the first packet B sent into
+	// the link's device after it.
+	FirstGuestPacketMS *float64 `json:"first_guest_packet_ms"`
+	FirstLinkPacketMS  *float64 `json:"first_link_packet_ms"`
+	// FirstReplyMS: per pinger, the first reply arriving after the resume.
+	FirstReplyMS map[string]*float64 `json:"first_reply_ms"`
 }
 
 // MigrationResult is one secure migration of the run.
 type MigrationResult struct {
-	VM                   string   `json:"vm"`
-	Outcome              string   `json:"outcome"`
-	Error                string   `json:"error,omitempty"`
-	Link                 string   `json:"link"`
-	SubnetMoved          bool     `json:"subnet_moved"`
-	RedirectTunnel       string   `json:"redirect_tunnel,omitempty"`
-	ConvergedMS          float64  `json:"converged_ms,omitempty"`
-	RedirectRemoved      bool     `json:"redirect_removed"`
-	RedirectRemovalLost  int      `json:"redirect_removal_lost"`
-	BlackoutMS           float64  `json:"blackout_ms"`
-	TrafficAfterResumeMS float64  `json:"traffic_after_resume_ms"`
+	VM                  string   `json:"vm"`
+	ID                  string   `json:"id"`
+	Outcome             string   `json:"outcome"`
+	Error               string   `json:"error,omitempty"`
+	Link                string   `json:"link"`
+	SubnetMoved         bool     `json:"subnet_moved"`
+	RedirectTunnel      string   `json:"redirect_tunnel,omitempty"`
+	ConvergedMS         float64  `json:"converged_ms,omitempty"`
+	RedirectRemoved     bool     `json:"redirect_removed"`
+	RedirectRemovalLost int      `json:"redirect_removal_lost"`
+	Blackout            Blackout `json:"blackout"`
+	// TrafficAfterResumeMS: from the target's resume to the first reply
+	// received for a ping sent after it (worst pinger); null: none.
+	TrafficAfterResumeMS *float64 `json:"traffic_after_resume_ms"`
+	Timeline             Timeline `json:"timeline"`
 	Steps                []Step   `json:"steps"`
 	Migration            Stats    `json:"migration"`
 	Warnings             []string `json:"warnings,omitempty"`
 	kept, reset          []string
-	after                conn.Policy
+	resumed              time.Time
+	rep                  *migration.Report
 }
 
 func scenario(o Options) string {
@@ -102,10 +186,11 @@ func migrationStats(st hypervisor.Stats) Stats {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
+func msp(d time.Duration) *float64 { v := ms(d); return &v }
+
 func migrationResult(rep *migration.Report, err error) MigrationResult {
-	mr := MigrationResult{VM: rep.VM, Outcome: string(rep.Outcome), Link: rep.Link.Backend,
-		SubnetMoved: rep.SubnetMoved, Migration: migrationStats(rep.Migration), Warnings: rep.Warnings,
-		after: rep.Audit.After}
+	mr := MigrationResult{VM: rep.VM, ID: rep.ID, Outcome: string(rep.Outcome), Link: rep.Link.Backend,
+		SubnetMoved: rep.SubnetMoved, Migration: migrationStats(rep.Migration), Warnings: rep.Warnings, rep: rep}
 	if err != nil {
 		mr.Error = err.Error()
 	}
@@ -129,12 +214,6 @@ func migrationResult(rep *migration.Report, err error) MigrationResult {
 	return mr
 }
 
-// fromFirst fills the top-level fields from the first migration.
-func (r *Result) fromFirst(mr MigrationResult) {
-	r.Steps, r.Migration, r.BlackoutMS, r.TrafficAfterResumeMS = mr.Steps, mr.Migration, mr.BlackoutMS, mr.TrafficAfterResumeMS
-	r.Audit.Kept, r.Audit.Reset = nonNil(mr.kept), nonNil(mr.reset)
-}
-
 func nonNil(s []string) []string {
 	if s == nil {
 		return []string{}
@@ -142,31 +221,33 @@ func nonNil(s []string) []string {
 	return s
 }
 
-// maxBlackout is the longest peer-observed blackout over the pingers.
-func maxBlackout(ps []*pinger, from, to time.Time) float64 {
-	var worst time.Duration
+// blackout is the worst of the pingers over [from, to].
+func blackout(ps []*pinger, from, to time.Time) Blackout {
+	var b Blackout
 	for _, p := range ps {
 		s := p.Between(from, to)
-		if s.Answered == 0 {
-			return ms(to.Sub(from)) // never answered: the whole window
-		}
-		worst = max(worst, s.Blackout)
+		b.MS = max(b.MS, ms(s.Blackout))
+		b.LateReplies += s.Late
+		b.MaxRTTMS = max(b.MaxRTTMS, ms(s.MaxRTT))
+		b.Lost += s.Sent - s.Answered
+		b.Sent += s.Sent
 	}
-	return ms(worst)
+	return b
 }
 
-// firstReplyAfter is the time from t (the target's resume) to the first
-// answered ping sent after it, over the pingers (the worst one).
-func firstReplyAfter(ps []*pinger, t time.Time) float64 {
+// trafficAfter is the time from t (the target's resume) to the first
+// reply received for a ping sent at or after t: the worst pinger; nil if
+// one never got such a reply.
+func trafficAfter(ps []*pinger, t time.Time) *float64 {
 	var worst time.Duration
 	for _, p := range ps {
-		at, ok := p.firstAnsweredAfter(t)
+		at, ok := p.FirstReplyAfter(t)
 		if !ok {
-			return -1
+			return nil
 		}
 		worst = max(worst, at.Sub(t))
 	}
-	return ms(worst)
+	return msp(worst)
 }
 
 // lostDuring counts pings sent while block b ran (and for 20 ms after:
@@ -180,7 +261,8 @@ func lostDuring(ps []*pinger, rep *migration.Report, b migration.Block) int {
 	to := time.Unix(0, st.Start+st.Duration).Add(20 * time.Millisecond)
 	n := 0
 	for _, p := range ps {
-		n += p.lostBetween(from, to)
+		s := p.Between(from, to)
+		n += s.Sent - s.Answered
 	}
 	return n
 }
@@ -193,9 +275,10 @@ func allPingers(m map[string][]*pinger) []*pinger {
 	return all
 }
 
-// relay prints progress and, in the subnet scenario, makes B's speaker
+// relay prints progress; in the subnet scenario it makes B's speaker
 // announce the subnet once the Migrator starts watching the core (what
-// the target environment's routing does when the subnet is up there).
+// the target environment's routing does when the subnet is up there);
+// once the incoming instance exists it watches for its resume.
 func relay(events <-chan migration.Event, o Options, w *world) {
 	for e := range events {
 		switch e := e.(type) {
@@ -212,6 +295,13 @@ func relay(events <-chan migration.Event, o Options, w *world) {
 				}
 				o.Progress(fmt.Sprintf("  block %d %-21s %8.2f ms%s", e.Block, e.Block, ms(e.Duration), errs))
 			}
+			if e.Block == migration.BlockTarget && e.Err == nil {
+				name, _ := w.current.Load().(string)
+				select {
+				case w.resumes <- w.watchResume(name):
+				default:
+				}
+			}
 		case migration.StepStarted:
 			if e.Block == migration.BlockInspect && w.bgpB != nil {
 				go func() {
@@ -226,6 +316,13 @@ func relay(events <-chan migration.Event, o Options, w *world) {
 
 func mib(b uint64) float64 { return float64(b) / (1 << 20) }
 
+func fmtMS(v *float64) string {
+	if v == nil {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f ms", *v)
+}
+
 // Text renders the report for people.
 func (r *Result) Text() string {
 	var b strings.Builder
@@ -237,35 +334,66 @@ func (r *Result) Text() string {
 				m.RedirectTunnel, m.ConvergedMS, m.RedirectRemoved, m.RedirectRemovalLost)
 		}
 		fmt.Fprintln(&b)
+		if m.Error != "" {
+			fmt.Fprintf(&b, "  error: %s\n", m.Error)
+		}
 		for _, s := range m.Steps {
 			fmt.Fprintf(&b, "  block %d %-21s %9.2f ms %s\n", s.Block, s.Name, s.MS, s.Err)
 		}
-		fmt.Fprintf(&b, "  migration %.0f ms total, %.1f ms downtime (switchover hook %.1f ms), %.1f MiB; peer-observed blackout %.1f ms; traffic %.1f ms after resume\n",
-			m.Migration.TotalMS, m.Migration.DowntimeMS, m.Migration.HookMS, mib(m.Migration.Bytes), m.BlackoutMS, m.TrafficAfterResumeMS)
+		fmt.Fprintf(&b, "  migration %.0f ms total, %.1f ms downtime (switchover hook %.1f ms), %.1f MiB\n",
+			m.Migration.TotalMS, m.Migration.DowntimeMS, m.Migration.HookMS, mib(m.Migration.Bytes))
+		fmt.Fprintf(&b, "  peers: blackout %.1f ms (no reply arriving), %d late replies (max RTT %.1f ms), %d of %d lost; traffic %s after resume\n",
+			m.Blackout.MS, m.Blackout.LateReplies, m.Blackout.MaxRTTMS, m.Blackout.Lost, m.Blackout.Sent, fmtMS(m.TrafficAfterResumeMS))
+		tl := m.Timeline
+		if !tl.SourcePaused.IsZero() {
+			fmt.Fprintf(&b, "  timeline after the source paused: hook end %s, target resumed %s (%s), guest's first packet at B %s, first packet into the link %s",
+				fmtMS(tl.HookEndMS), fmtMS(tl.TargetResumedMS), tl.ResumeFrom, fmtMS(tl.FirstGuestPacketMS), fmtMS(tl.FirstLinkPacketMS))
+			for k, v := range tl.FirstReplyMS {
+				fmt.Fprintf(&b, ", first reply at %s %s", k, fmtMS(v))
+			}
+			fmt.Fprintln(&b)
+		}
 		for _, w := range m.Warnings {
 			fmt.Fprintf(&b, "  warning: %s\n", w)
 		}
 	}
-	fmt.Fprintf(&b, "\nbaseline (plain QEMU migration): %.0f ms total, %.1f ms downtime, peer-observed blackout %.1f ms\n",
-		r.Baseline.TotalMS, r.Baseline.DowntimeMS, r.BaselineBlackoutMS)
-	if r.BaselineBlackoutMS > 0 {
-		fmt.Fprintf(&b, "blackout ratio (secure / baseline): %.2f\n", r.BlackoutMS/r.BaselineBlackoutMS)
+	fmt.Fprintln(&b)
+	for _, bl := range r.Baselines {
+		fmt.Fprintf(&b, "baseline %s: %.0f ms total, %.1f ms downtime; peers: blackout %.1f ms, %d late (max RTT %.1f ms), %d of %d lost\n",
+			bl.Name, bl.Migration.TotalMS, bl.Migration.DowntimeMS, bl.Blackout.MS, bl.Blackout.LateReplies, bl.Blackout.MaxRTTMS, bl.Blackout.Lost, bl.Blackout.Sent)
 	}
-	fmt.Fprintf(&b, "audit: kept %v, reset %v; came back secure: %v (%s)\n", r.Audit.Kept, r.Audit.Reset, r.Audit.ReestablishedSecure, r.Audit.Reestablished)
-	fmt.Fprintf(&b, "wan: %d frames (%d ESP, %d UDP, %d TCP, %d ICMP), %d with the plaintext marker\n",
-		r.WAN.Frames, r.WAN.ESP, r.WAN.UDP, r.WAN.TCP, r.WAN.ICMP, r.PlaintextFramesOnWAN)
-	fmt.Fprintf(&b, "every peer reaches every guest: %v %v\n", r.PeersReachAll, r.Unreachable)
-	fmt.Fprintf(&b, "VM reachable after: %v; counter continued: %v; journal complete: %v\n", r.VMReachableAfter, r.CounterContinued, r.JournalComplete)
-	return b.String()
-}
-
-// GuestPanicked reports whether a guest's console shows a kernel panic
-// (the diagnostics hold the consoles' last lines).
-func (r *Result) GuestPanicked() bool {
-	for k, v := range r.Diagnostics {
-		if strings.HasPrefix(k, "serial_") && strings.Contains(v, "Kernel panic") {
-			return true
+	if r.BaselineBlackoutMS > 0 {
+		fmt.Fprintf(&b, "blackout ratio (secure / baseline with TLS): %.2f\n", r.BlackoutRatio)
+	}
+	fmt.Fprintf(&b, "audit: kept %v, reset %v\ncame back secure (by path at B: %d packets via the link, %d by another way): %v (%s)\n",
+		r.Audit.Kept, r.Audit.Reset, r.Audit.ViaLinkPackets, r.Audit.OtherPackets, r.Audit.ReestablishedSecure, r.Audit.Reestablished)
+	wn := r.WAN
+	fmt.Fprintf(&b, "wan: %d frames %v; control seen by address %d, by marker %d; after it: plaintext by address %d, by marker %d, unknown %d; dropped %d\n",
+		wn.Frames, wn.ByKind, wn.ControlByAddress, wn.ControlByMarker, wn.PlaintextByAddress, wn.PlaintextByMarker, wn.Unknown, wn.Dropped)
+	if wn.Error != "" {
+		fmt.Fprintf(&b, "wan capture: %s\n", wn.Error)
+	}
+	for _, s := range wn.Samples {
+		fmt.Fprintf(&b, "  wan frame: %s\n", s)
+	}
+	if lp := wn.LeakProbe; lp != nil {
+		fmt.Fprintf(&b, "leak probe (%s): %d frames with a watched address\n", strings.Join(lp.Targets, ", "), lp.PlaintextByAddress)
+		for _, s := range lp.Samples {
+			fmt.Fprintf(&b, "  wan frame: %s\n", s)
 		}
 	}
-	return false
+	fmt.Fprintf(&b, "every peer reaches every guest: %v %v\n", r.PeersReachAll, r.Unreachable)
+	fmt.Fprintf(&b, "VM reachable after: %v; counter continued: %v; journal: %s\n", r.VMReachableAfter, r.CounterContinued, r.Journal)
+	fmt.Fprintln(&b)
+	failed := 0
+	for _, v := range r.Verdicts {
+		if !v.OK {
+			failed++
+			fmt.Fprintf(&b, "FAILED %s: %s\n", v.Name, v.Detail)
+		}
+	}
+	if failed == 0 {
+		fmt.Fprintf(&b, "all %d verdicts hold\n", len(r.Verdicts))
+	}
+	return b.String()
 }

@@ -8,10 +8,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
-	"github.com/sealift/sealift/conn"
+	"golang.org/x/sys/unix"
+
 	"github.com/sealift/sealift/hypervisor"
+	"github.com/sealift/sealift/hypervisor/qemu"
 	"github.com/sealift/sealift/internal/guest"
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/migration"
@@ -63,30 +67,86 @@ const pingEvery = 5 * time.Millisecond
 // secure migrations alike (QEMU's default is 300 ms), so they compare.
 const maxDowntime = 30 * time.Millisecond
 
-// Run builds the lab, runs the scenario and returns the result.
+// Run builds the lab, runs the scenario and returns the result, judged:
+// res.Pass is false (and res.Verdicts say why) when anything failed, the
+// run itself included. The wan capture is read whatever happens.
 func Run(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*Result, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	res := &Result{Scenario: scenario(o)}
+	res := &Result{Scenario: scenario(o), Journal: "not checked"}
 	w, err := build(ctx, t, o, log)
 	if err != nil {
-		return nil, fmt.Errorf("build lab: %w", err)
+		err = fmt.Errorf("build lab: %w", err)
+		res.judge(err, o)
+		return res, err
 	}
-	l := w.l
-	journalPath := filepath.Join(w.dir, "journal.db")
-	j, err := migration.OpenBoltJournal(journalPath)
+	// The wan, every interface, for the whole run: each packet counted
+	// once, where it entered the untrusted network.
+	wan, err := lab.StartCaptureWith(w.l.WAN, lab.CaptureOptions{IngressOnly: true, Marker: marker,
+		Classify: &lab.Classifier{Watch: []netip.Prefix{lab.VMSubnet, lab.Peer2Net},
+			Underlay: []netip.Addr{lab.AUplink, lab.CoreWAN, lab.BUnderlay}}})
 	if err != nil {
-		return nil, err
+		res.judge(err, o)
+		return res, err
+	}
+	var control, quiet lab.CaptureStats
+	err = w.run(ctx, t, res, wan, &quiet, &control)
+	res.WAN = wanResult(wan.Stop(), quiet, control, res.WAN.LeakProbe)
+	res.judge(err, o)
+	if !res.Pass {
+		res.Diagnostics = w.diagnose(context.WithoutCancel(ctx))
+	}
+	return res, err
+}
+
+// wanResult sums up the wan capture: the control (the delta between
+// quiet and control) must be exactly one frame by address and marker;
+// everything else counts against the run.
+func wanResult(final, quiet, control lab.CaptureStats, probe *LeakProbe) WANResult {
+	c := control.Sub(quiet)
+	if control.Frames == 0 && quiet.Frames == 0 {
+		c = lab.CaptureStats{ByKind: map[string]int{}}
+	}
+	r := WANResult{Frames: final.Frames, ByKind: final.ByKind, Dropped: final.Dropped,
+		ControlByAddress: c.Watched, ControlByMarker: c.Marker,
+		PlaintextByAddress: final.Watched - min(c.Watched, 1),
+		PlaintextByMarker:  final.Marker - min(c.Marker, 1),
+		Unknown:            final.ByKind[lab.KindUnknown] - min(c.ByKind[lab.KindUnknown], 1),
+		Samples:            final.Sub(control).Samples, LeakProbe: probe}
+	if final.Frames == 0 {
+		r.Error = "the capture saw no frame"
+	}
+	return r
+}
+
+// run is the scenario: control packet, baselines, secure migrations,
+// checks. It fills res as it goes, so a failure still reports.
+func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture, quiet, control *lab.CaptureStats) error {
+	l, o := w.l, w.opts
+	j, err := migration.OpenBoltJournal(filepath.Join(w.dir, "journal.db"))
+	if err != nil {
+		return err
 	}
 	t.Cleanup(func() { j.Close() })
 
-	// Capture the wan for the whole run, between the wan router and B.
-	capture, err := lab.StartCapture(l.WAN, "b0", marker)
-	if err != nil {
-		return nil, err
+	// The control: one marked packet from a peer's address, in clear
+	// across the wan, before any link exists. The counters must see it.
+	*quiet = wan.Snapshot()
+	*control = *quiet
+	if err := lab.SendControl(l.Peer2, lab.BUnderlay, marker); err != nil {
+		return fmt.Errorf("control packet: %w", err)
 	}
-	defer capture.Stop()
+	_ = waitFor(ctx, 3*time.Second, func() bool { return wan.Snapshot().Watched > quiet.Watched })
+	*control = wan.Snapshot()
+
+	// B's own interfaces (not its uplinks) for the timeline: the guest's
+	// tap, the link's device.
+	capB, err := lab.StartCaptureWith(l.B, lab.CaptureOptions{Times: true, Exclude: []string{"wan0", "bw0"}})
+	if err != nil {
+		return err
+	}
+	defer capB.Stop()
 
 	// Peers keep talking to the guests all along: pings every 5 ms and a
 	// plaintext TCP session from the other subnet.
@@ -99,7 +159,7 @@ func Run(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*Result, e
 		for pi, ns := range peers {
 			p, err := startPinger(ns, v.addr, pingEvery, uint16(0x5100+vi*16+pi), marker)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			defer p.Stop()
 			pingers[v.name] = append(pingers[v.name], p)
@@ -109,47 +169,37 @@ func Run(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*Result, e
 	defer sess.Stop()
 	before, err := guest.Query(ctx, l.Peer2, lab.VMAddr)
 	if err != nil {
-		return nil, fmt.Errorf("guest status before: %w", err)
+		return fmt.Errorf("guest status before: %w", err)
 	}
 	if err := waitFor(ctx, 10*time.Second, func() bool { return len(sess.Connections()) == 1 && sess.echoedN() > 5 }); err != nil {
-		return nil, fmt.Errorf("plaintext session did not start: %w (last error %v)", err, sess.err())
+		return fmt.Errorf("plaintext session did not start: %w (last error %v)", err, sess.err())
 	}
 
-	// Baseline: a plain, insecure QEMU migration (no TLS, no fence, no
-	// link) of an identical guest within A, measured the same way.
-	basePingers := []*pinger{}
-	for pi, ns := range peers {
-		p, err := startPinger(ns, baseVM.addr, pingEvery, uint16(0x5200+pi), marker)
+	// The baselines: the same QEMU backend moving an identical guest from
+	// A to B, with a TLS stream (a) and without (b), nothing of sealift.
+	for i, b := range []struct {
+		name     string
+		v        vmSpec
+		from, to hypervisor.Hypervisor
+	}{{"qemu A->B, TLS stream (a)", baseTLS, w.btA, w.btB}, {"qemu A->B, plain stream (b)", basePlain, w.bpA, w.bpB}} {
+		br, err := w.baseline(ctx, b.name, b.v, b.from, b.to, uint16(0x5200+i*16))
 		if err != nil {
-			return nil, err
+			return fmt.Errorf("baseline %s: %w", b.name, err)
 		}
-		defer p.Stop()
-		basePingers = append(basePingers, p)
+		res.Baselines = append(res.Baselines, br)
 	}
-	if err := waitFor(ctx, 5*time.Second, func() bool { return basePingers[0].Between(time.Now().Add(-time.Second), time.Now()).Answered > 10 }); err != nil {
-		return nil, fmt.Errorf("baseline guest does not answer pings: %w", err)
-	}
-	t0 := time.Now()
-	st, err := plainMigrate(ctx, w.base, w.base2, baseVM.name, maxDowntime)
-	if err != nil {
-		return nil, fmt.Errorf("baseline migration: %w", err)
-	}
-	time.Sleep(300 * time.Millisecond) // let replies in flight arrive
-	res.Baseline = migrationStats(st)
-	res.BaselineBlackoutMS = maxBlackout(basePingers, t0, time.Now())
-	for _, p := range basePingers {
-		p.Stop()
-	}
+
 	w.cfg.Journal = j
 	m, err := migration.New(w.cfg)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	events, unsubscribe := m.Subscribe(1024)
 	go relay(events, o, w)
 	defer unsubscribe()
 
 	// The secure migrations.
+	var reps []*migration.Report
 	for i, v := range w.vms {
 		p := migration.Plan{VM: v.name, From: "secure", To: "cloud", Link: o.Link, FenceMode: o.Fence, MaxDowntime: maxDowntime,
 			Addrs: []netip.Prefix{netip.PrefixFrom(v.addr, 32)},
@@ -160,32 +210,46 @@ func Run(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*Result, e
 			p.Subnet = &migration.Subnet{Prefix: lab.VMSubnet, Members: []string{"vm1", "vm2"}, Via: bSite,
 				ConvergeTimeout: 60 * time.Second}
 		}
+		w.current.Store(v.name)
+		select {
+		case <-w.resumes: // a previous migration's, unused
+		default:
+		}
 		t0 := time.Now()
 		rep, err := m.Run(ctx, p)
 		if rep == nil {
-			return res, fmt.Errorf("migrate %s: %w", v.name, err)
+			return fmt.Errorf("migrate %s: %w", v.name, err)
 		}
-		time.Sleep(300 * time.Millisecond)
+		reps = append(reps, rep)
+		time.Sleep(300 * time.Millisecond) // replies in flight, and an outage still running shows
 		mr := migrationResult(rep, err)
-		mr.BlackoutMS = maxBlackout(pingers[v.name], t0, time.Now())
-		if st, ok := rep.Step(migration.BlockRestart); ok {
-			mr.TrafficAfterResumeMS = firstReplyAfter(pingers[v.name], time.Unix(0, st.Start))
+		mr.Blackout = blackout(pingers[v.name], t0, time.Now())
+		mr.resumed, mr.Timeline.ResumeFrom = w.resumeTime(rep)
+		if !mr.resumed.IsZero() {
+			mr.TrafficAfterResumeMS = trafficAfter(pingers[v.name], mr.resumed)
 		}
+		w.timeline(&mr, i, capB, pingers[v.name], peers)
 		if o.Subnet && rep.SubnetMoved {
 			mr.RedirectRemovalLost = lostDuring(allPingers(pingers), rep, migration.BlockRemoveTunnel)
 		}
 		res.Migrations = append(res.Migrations, mr)
 		if i == 0 {
-			res.fromFirst(mr)
+			res.BlackoutMS, res.TrafficAfterResumeMS = mr.Blackout.MS, mr.TrafficAfterResumeMS
+			res.Audit.Kept, res.Audit.Reset = nonNil(mr.kept), nonNil(mr.reset)
+			if len(res.Baselines) > 0 {
+				res.BaselineBlackoutMS = res.Baselines[0].Blackout.MS
+				if res.BaselineBlackoutMS > 0 {
+					res.BlackoutRatio = res.BlackoutMS / res.BaselineBlackoutMS
+				}
+			}
 		}
 		if err != nil {
-			res.Diagnostics = w.diagnose(ctx)
-			return res, fmt.Errorf("migrate %s: %w", v.name, err)
+			return fmt.Errorf("migrate %s: %w", v.name, err)
 		}
 	}
 
 	// After: the guest answers at B, its counter went on, the plaintext
-	// session came back over the link and is classified secure.
+	// session came back, over the link only.
 	after, err := guest.Query(ctx, l.Peer2, lab.VMAddr)
 	res.VMReachableAfter = err == nil
 	res.CounterContinued = err == nil && after.BootID == before.BootID && after.Counter > before.Counter
@@ -197,32 +261,131 @@ func Run(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*Result, e
 			res.VMReachableAfter = false // still (or also) at the source
 		}
 	}
-	// Every peer still reaches every guest (answered pings in the last 300 ms).
+	// Every peer still reaches every guest (replies arrived in the last 300 ms).
 	res.PeersReachAll = true
 	for name, ps := range pingers {
 		for _, p := range ps {
-			s := p.Between(time.Now().Add(-300*time.Millisecond), time.Now())
-			if s.Answered == 0 {
+			if _, ok := p.FirstArrivalAfter(time.Now().Add(-300 * time.Millisecond)); !ok {
 				res.PeersReachAll = false
 				res.Unreachable = append(res.Unreachable, fmt.Sprintf("%s from pinger %#x", name, p.id))
 			}
 		}
 	}
-	if !res.VMReachableAfter || !res.PeersReachAll {
-		res.Diagnostics = w.diagnose(ctx)
-	}
-	res.Audit.ReestablishedSecure, res.Audit.Reestablished = w.reestablished(ctx, sess, res.Migrations[0])
-	res.JournalComplete = journalComplete(ctx, j)
+	w.reestablished(ctx, sess, res.Migrations[0], &res.Audit)
+	res.Journal = journalCheck(ctx, j, reps)
 	for _, ps := range pingers {
 		for _, p := range ps {
 			p.Stop()
 		}
 	}
 	sess.Stop()
-	cs := capture.Stop()
-	res.PlaintextFramesOnWAN = cs.Marker
-	res.WAN = wanStats{Frames: cs.Frames, ESP: cs.ByProto[50], UDP: cs.ByProto[17], TCP: cs.ByProto[6], ICMP: cs.ByProto[1], Dropped: cs.Dropped}
-	return res, nil
+	res.WAN.LeakProbe = w.leakProbe(ctx, wan)
+	return nil
+}
+
+// baseline migrates guest v from one handle to the other while bpeer
+// pings it, measured exactly as the secure migrations are.
+func (w *world) baseline(ctx context.Context, name string, v vmSpec, from, to hypervisor.Hypervisor, id uint16) (BaselineResult, error) {
+	p, err := startPinger(w.bpeer, v.addr, pingEvery, id, marker)
+	if err != nil {
+		return BaselineResult{}, err
+	}
+	defer p.Stop()
+	if err := waitFor(ctx, 5*time.Second, func() bool { return p.Between(time.Now().Add(-time.Second), time.Now()).Answered > 10 }); err != nil {
+		return BaselineResult{}, fmt.Errorf("guest %s does not answer pings: %w", v.name, err)
+	}
+	t0 := time.Now()
+	st, err := plainMigrate(ctx, from, to, v.name, maxDowntime)
+	if err != nil {
+		return BaselineResult{}, err
+	}
+	time.Sleep(300 * time.Millisecond)
+	return BaselineResult{Name: name, Migration: migrationStats(st), Blackout: blackout([]*pinger{p}, t0, time.Now())}, nil
+}
+
+// resumeTime is when the target resumed: QEMU's RESUME event at B, or
+// (libvirt) the start of block 345, which precedes the resume.
+func (w *world) resumeTime(rep *migration.Report) (time.Time, string) {
+	select {
+	case ch := <-w.resumes:
+		if ch != nil {
+			select {
+			case at := <-ch:
+				return at, "qemu RESUME event at B"
+			case <-time.After(time.Second):
+			}
+		}
+	default:
+	}
+	if st, ok := rep.Step(migration.BlockRestart); ok {
+		return time.Unix(0, st.Start), "start of block 345 (no resume event)"
+	}
+	return time.Time{}, "none"
+}
+
+// timeline fills mr.Timeline from the hypervisor's stats, the resume, B's
+// capture and the pingers.
+func (w *world) timeline(mr *MigrationResult, i int, capB *lab.Capture, ps []*pinger, peers []string) {
+	st := mr.rep.Migration
+	tl := &mr.Timeline
+	if st.Switchover.IsZero() {
+		return
+	}
+	tl.SourcePaused = st.Switchover
+	rel := func(t time.Time, ok bool) *float64 {
+		if !ok || t.IsZero() {
+			return nil
+		}
+		return msp(t.Sub(st.Switchover))
+	}
+	tl.HookEndMS = rel(st.SwitchoverDone, true)
+	tl.TargetResumedMS = rel(mr.resumed, true)
+	from := mr.resumed
+	if from.IsZero() {
+		from = st.SwitchoverDone
+	}
+	tl.FirstGuestPacketMS = rel(capB.FirstAfter(w.hv.targetTap(i), false, unix.ETH_P_IP, from))
+	if dev := mr.rep.Link.RemoteDevice; dev != "" {
+		tl.FirstLinkPacketMS = rel(capB.FirstAfter(dev, true, 0, from))
+	}
+	tl.FirstReplyMS = map[string]*float64{}
+	for k, p := range ps {
+		name := strings.TrimPrefix(peers[k], w.l.Prefix+"-")
+		tl.FirstReplyMS[name] = rel(p.FirstArrivalAfter(from))
+	}
+}
+
+// leakProbe provokes the target's own ICMP errors toward a peer: pings to
+// an address of the moved subnet that has no VM (subnet scenario) and to
+// a guest that is down at B (its QEMU stopped; qemu only). Whatever B
+// answers must not cross the wan in clear.
+func (w *world) leakProbe(ctx context.Context, wan *lab.Capture) *LeakProbe {
+	lp := &LeakProbe{}
+	targets := []netip.Addr{}
+	if w.opts.Subnet {
+		targets = append(targets, unusedAddr)
+		lp.Targets = append(lp.Targets, unusedAddr.String()+" (no VM)")
+	}
+	if qh, ok := w.hv.b.(*qemu.Hypervisor); ok {
+		v := w.vms[len(w.vms)-1]
+		if err := qh.Stop(ctx, v.name); err != nil {
+			lp.Targets = append(lp.Targets, fmt.Sprintf("%s: could not stop: %v", v.name, err))
+		} else {
+			targets = append(targets, v.addr)
+			lp.Targets = append(lp.Targets, v.addr.String()+" ("+v.name+" stopped at B)")
+		}
+	}
+	if len(targets) == 0 {
+		return nil
+	}
+	before := wan.Snapshot()
+	for _, a := range targets {
+		_, _ = lab.Ping(w.l.Peer2, a, 20, time.Second)
+	}
+	time.Sleep(100 * time.Millisecond)
+	d := wan.Snapshot().Sub(before)
+	lp.PlaintextByAddress, lp.Samples = d.Watched, d.Samples
+	return lp
 }
 
 // plainMigrate is the baseline: QEMU's migration between two instances,
@@ -245,41 +408,92 @@ func plainMigrate(ctx context.Context, from, to hypervisor.Hypervisor, name stri
 }
 
 // reestablished waits for the plaintext session's new connection and
-// judges its flow at B with the policy that holds once the link is up.
-func (w *world) reestablished(ctx context.Context, s *session, mr MigrationResult) (secure bool, detail string) {
+// judges it by the path its packets really take at B: counters on B's
+// forward hook split them by whether they enter or leave through one of
+// the target's secure devices (the link's, a redirect's, the site VPN).
+func (w *world) reestablished(ctx context.Context, s *session, mr MigrationResult, a *AuditResult) {
 	if err := waitFor(ctx, 20*time.Second, func() bool { return len(s.Connections()) >= 2 && s.echoedN() > 0 }); err != nil {
-		return false, fmt.Sprintf("no new connection: %v (last error %v)", err, s.err())
+		a.Reestablished = fmt.Sprintf("no new connection: %v (last error %v)", err, s.err())
+		return
 	}
 	cs := s.Connections()
 	latest := cs[len(cs)-1]
-	sel := conn.Selector{Host: w.l.B, Addrs: []netip.Prefix{netip.PrefixFrom(lab.VMAddr, 32)}}
-	var found *conn.Conn
-	err := waitFor(ctx, 10*time.Second, func() bool {
-		flows, err := w.audit.List(ctx, sel)
-		if err != nil {
-			return false
+	var secure []string
+	for _, l := range []*tunnel.Link{&mr.rep.Link, mr.rep.Redirect} {
+		if l != nil && l.RemoteDevice != "" {
+			secure = append(secure, l.RemoteDevice)
 		}
-		for i := range flows {
-			if flows[i].Remote == latest && flows[i].Proto == conn.TCP {
-				found = &flows[i]
-				return true
-			}
-		}
-		return false
-	})
+	}
+	secure = append(secure, w.cfg.Environments["cloud"].SecureDevices...)
+	if len(secure) == 0 {
+		a.Reestablished = "no secure device at B to judge the path by (a device-less XFRM link)"
+		return
+	}
+	vm := netip.AddrPortFrom(lab.VMAddr, guest.EchoPort)
+	pw, err := lab.WatchPath(w.l.B, latest, vm, secure)
 	if err != nil {
-		return false, fmt.Sprintf("new connection %s not seen at B: %v", latest, err)
+		a.Reestablished = err.Error()
+		return
 	}
-	cls := conn.Classify([]conn.Conn{*found}, mr.after)
-	if len(cls.Keep) == 1 {
-		return true, fmt.Sprintf("%s secure (%s)", found, cls.Keep[0].Reason)
+	defer pw.Close()
+	n0 := s.echoedN()
+	if err := waitFor(ctx, 10*time.Second, func() bool { return s.echoedN() >= n0+5 }); err != nil {
+		a.Reestablished = fmt.Sprintf("new connection %s: too few echoes while watched: %v", latest, err)
 	}
-	return false, fmt.Sprintf("%s unsecured", found)
+	c, err := pw.Counts()
+	if err != nil {
+		a.Reestablished = err.Error()
+		return
+	}
+	a.ViaLinkPackets, a.OtherPackets = c.ViaSecure, c.Other
+	a.ReestablishedSecure = c.Secure() && s.echoedN() >= n0+5
+	a.Reestablished = fmt.Sprintf("tcp %s->%s at B: %d packets through %v, %d by another way", latest, vm, c.ViaSecure, secure, c.Other)
 }
 
-func journalComplete(ctx context.Context, j migration.Journal) bool {
+// journalCheck reads the journal as a recovering controller would: no
+// migration unfinished, each record completed, a begin and a done entry
+// for every step the report lists and for every block FIG. 3 requires.
+func journalCheck(ctx context.Context, j migration.Journal, reps []*migration.Report) string {
 	un, err := j.Unfinished(ctx)
-	return err == nil && len(un) == 0
+	if err != nil {
+		return err.Error()
+	}
+	if len(un) > 0 {
+		return fmt.Sprintf("%d unfinished records", len(un))
+	}
+	var bad []string
+	for _, rep := range reps {
+		rec, entries, err := j.Load(ctx, rep.ID)
+		if err != nil {
+			return err.Error()
+		}
+		if rec.Outcome != migration.Completed {
+			bad = append(bad, fmt.Sprintf("%s: outcome %q", rep.VM, rec.Outcome))
+		}
+		phases := map[migration.Block]map[migration.Phase]bool{}
+		for _, e := range entries {
+			if phases[e.Block] == nil {
+				phases[e.Block] = map[migration.Phase]bool{}
+			}
+			phases[e.Block][e.Phase] = true
+		}
+		need := []migration.Block{310, 315, 320, 325, 330, 335, 345, 355, 360, 370, 375, 395}
+		for _, s := range rep.Steps {
+			need = append(need, s.Block)
+		}
+		if rep.SubnetMoved {
+			need = append(need, 340, 380, 390)
+		}
+		for _, b := range need {
+			if !phases[b][migration.PhaseBegin] || !phases[b][migration.PhaseDone] {
+				bad = append(bad, fmt.Sprintf("%s: block %d lacks a begin or done entry", rep.VM, b))
+			}
+		}
+	}
+	if len(bad) > 0 {
+		return strings.Join(slices.Compact(bad), "; ")
+	}
+	return "ok"
 }
 
 func waitFor(ctx context.Context, d time.Duration, ok func() bool) error {

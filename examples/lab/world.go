@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netns"
 
@@ -27,20 +29,41 @@ import (
 // Lab addresses beyond internal/lab's reference topology.
 var (
 	vm2Addr    = netip.MustParseAddr("10.1.0.11")
-	baseVM     = vmSpec{"base", netip.MustParseAddr("10.1.0.12")} // the baseline's guest
-	coreSite   = netip.MustParseAddr("100.64.0.1")                // core's end of the operator's site link
-	bSite      = netip.MustParseAddr("100.64.0.2")                // B's end: the proper route's next hop
+	unusedAddr = netip.MustParseAddr("10.1.0.12")  // in the moved subnet, no VM
+	coreSite   = netip.MustParseAddr("100.64.0.1") // core's end of the operator's site link
+	bSite      = netip.MustParseAddr("100.64.0.2") // B's end: the proper route's next hop
 	siteLinkID = "site"
+)
+
+// The baselines' own network: their guests live on a bridge br9 in A and
+// B, stretched at layer 2 by a plain VXLAN across a network of their own
+// (bwan), so they migrate A -> B exactly as the secure guests do, with
+// nothing of sealift, and none of their traffic is on the secure wan.
+var (
+	baseNet    = netip.MustParsePrefix("10.9.0.0/24")
+	baseGW     = netip.MustParseAddr("10.9.0.1") // nobody: the peer is on-link
+	basePeer   = netip.MustParseAddr("10.9.0.20")
+	baseUnderA = netip.MustParseAddr("10.254.1.1")
+	baseUnderB = netip.MustParseAddr("10.254.2.1")
+	baseTLS    = vmSpec{"basetls", netip.MustParseAddr("10.9.0.10"), baseNet, baseGW, "br9"}
+	basePlain  = vmSpec{"baseplain", netip.MustParseAddr("10.9.0.11"), baseNet, baseGW, "br9"}
 )
 
 // vmSpec is one guest of the lab.
 type vmSpec struct {
-	name string
-	addr netip.Addr
+	name   string
+	addr   netip.Addr
+	subnet netip.Prefix
+	gw     netip.Addr
+	bridge string
+}
+
+func secureVM(name string, a netip.Addr) vmSpec {
+	return vmSpec{name, a, lab.VMSubnet, lab.Gateway, "br0"}
 }
 
 func (v vmSpec) net(tap string) guest.Net {
-	return guest.Net{Addr: netip.PrefixFrom(v.addr, 24), Gateway: lab.Gateway, MAC: guest.MAC(v.addr), Tap: tap, Bridge: "br0"}
+	return guest.Net{Addr: netip.PrefixFrom(v.addr, v.subnet.Bits()), Gateway: v.gw, MAC: guest.MAC(v.addr), Tap: tap, Bridge: v.bridge}
 }
 
 // world is the built lab: topology, guests and the real backends.
@@ -53,27 +76,33 @@ type world struct {
 	vms    []vmSpec
 	tlsDir string // X.509 credentials for the migration stream (A and B)
 	hv     *hypervisors
-	base   *qemu.Hypervisor // plain QEMU in A: the baseline guest
-	base2  *qemu.Hypervisor // plain QEMU in A: the baseline's target
-	audit  *conntrack.Auditor
-	links  map[tunnel.Kind]tunnel.SecureLinker
-	wg     *wireguard.Linker
-	core   *gobgp.Watcher // the routing core's BGP speaker (subnet scenario)
-	bgpB   *gobgp.Watcher // B's speaker
-	cfg    migration.Config
+	// The baselines: QEMU at A and B over bwan, with a TLS stream (bt*)
+	// and without (bp*); bpeer pings their guests from A's br9.
+	btA, btB, bpA, bpB *qemu.Hypervisor
+	bwan, bpeer        string
+	// current is the VM being migrated; resumes gets, once its incoming
+	// instance exists, the channel that will tell when it resumed.
+	current atomic.Value
+	resumes chan (<-chan time.Time)
+	audit   *conntrack.Auditor
+	links   map[tunnel.Kind]tunnel.SecureLinker
+	wg      *wireguard.Linker
+	core    *gobgp.Watcher // the routing core's BGP speaker (subnet scenario)
+	bgpB    *gobgp.Watcher // B's speaker
+	cfg     migration.Config
 }
 
 // build makes the topology, boots the guests at A and wires the backends.
 func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, error) {
-	w := &world{opts: o, log: log}
+	w := &world{opts: o, log: log, resumes: make(chan (<-chan time.Time), 1)}
 	var err error
 	if w.dir, err = os.MkdirTemp("", "sealift-lab-"); err != nil {
 		return nil, err
 	}
 	t.Cleanup(func() { os.RemoveAll(w.dir) })
-	w.vms = []vmSpec{{"vm1", lab.VMAddr}}
+	w.vms = []vmSpec{secureVM("vm1", lab.VMAddr)}
 	if o.Subnet {
-		w.vms = append(w.vms, vmSpec{"vm2", vm2Addr})
+		w.vms = append(w.vms, secureVM("vm2", vm2Addr))
 	}
 	log.Info("building the guest image (Debian kernel + busybox + agent)")
 	if w.img, err = guest.Build(ctx, guest.WithLogger(log)); err != nil {
@@ -87,9 +116,12 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 	if err := w.topology(); err != nil {
 		return nil, err
 	}
+	if err := w.baselineNet(); err != nil {
+		return nil, fmt.Errorf("baseline network: %w", err)
+	}
 	// The migration stream crosses the wan too: TLS, with a fresh CA.
 	w.tlsDir = filepath.Join(w.dir, "tls")
-	if err := qemu.NewTLSDir(w.tlsDir, []netip.Addr{lab.AUplink, lab.BUnderlay}); err != nil {
+	if err := qemu.NewTLSDir(w.tlsDir, []netip.Addr{lab.AUplink, lab.BUnderlay, baseUnderA, baseUnderB}); err != nil {
 		return nil, err
 	}
 	switch o.Hypervisor {
@@ -106,11 +138,16 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 			return nil, fmt.Errorf("boot %s at A: %w", v.name, err)
 		}
 	}
-	if w.base, w.base2, err = w.baselineHypervisors(t); err != nil {
-		return nil, fmt.Errorf("baseline guest: %w", err)
+	if err := w.baselineHypervisors(ctx, t); err != nil {
+		return nil, fmt.Errorf("baseline guests: %w", err)
 	}
-	for _, v := range append([]vmSpec{baseVM}, w.vms...) {
+	for _, v := range w.vms {
 		if _, err := guest.WaitReady(ctx, w.l.Peer2, v.addr); err != nil {
+			return nil, fmt.Errorf("%s not ready: %w", v.name, err)
+		}
+	}
+	for _, v := range []vmSpec{baseTLS, basePlain} {
+		if _, err := guest.WaitReady(ctx, w.bpeer, v.addr); err != nil {
 			return nil, fmt.Errorf("%s not ready: %w", v.name, err)
 		}
 	}
@@ -149,6 +186,52 @@ func (w *world) topology() error {
 	}
 	_, err := lab.Exec(l.Core, "ip", "route", "del", "10.1.0.0/24", "via", lab.AUplink.String(), "metric", "0")
 	return err
+}
+
+// baselineNet builds the baselines' network: bwan routes between A's
+// and B's addresses on it, a VXLAN over it joins br9 at A and B, and a
+// peer (bpeer) sits on A's br9.
+func (w *world) baselineNet() error {
+	l := w.l
+	w.bwan, w.bpeer = l.Prefix+"-bwan", l.Prefix+"-bpeer"
+	steps := []func() error{
+		func() error { return l.AddHost(w.bwan) },
+		func() error { return l.AddHost(w.bpeer) },
+		func() error { return lab.Veth(l.A, "bw0", baseUnderA.String()+"/30", w.bwan, "a0", "10.254.1.2/30") },
+		func() error { return lab.Veth(w.bwan, "b0", "10.254.2.2/30", l.B, "bw0", baseUnderB.String()+"/30") },
+		func() error { return lab.AddRoute(l.A, "10.254.2.0/30", "10.254.1.2", "") },
+		func() error { return lab.AddRoute(l.B, "10.254.1.0/30", "10.254.2.2", "") },
+		func() error { return lab.Sysctl(w.bwan, "net/ipv4/ip_forward", "1") },
+		func() error { return lab.Bridge(l.A, "br9", "") },
+		func() error { return lab.Bridge(l.B, "br9", "") },
+		func() error { return l.Endpoint(w.bpeer, l.A, "bp0", "br9", basePeer.String()+"/24", netip.Addr{}) },
+	}
+	for _, s := range steps {
+		if err := s(); err != nil {
+			return err
+		}
+	}
+	// VXLAN's 50 bytes of overhead fit: the underlay links carry 1600.
+	for _, c := range [][]string{
+		{l.A, "bw0"}, {w.bwan, "a0"}, {w.bwan, "b0"}, {l.B, "bw0"},
+	} {
+		if _, err := lab.Exec(c[0], "ip", "link", "set", c[1], "mtu", "1600"); err != nil {
+			return err
+		}
+	}
+	for _, h := range []struct {
+		ns           string
+		local, other netip.Addr
+	}{{l.A, baseUnderA, baseUnderB}, {l.B, baseUnderB, baseUnderA}} {
+		if _, err := lab.Exec(h.ns, "ip", "link", "add", "vx9", "type", "vxlan", "id", "9", "local", h.local.String(),
+			"remote", h.other.String(), "dstport", "4789"); err != nil {
+			return err
+		}
+		if _, err := lab.Exec(h.ns, "ip", "link", "set", "vx9", "master", "br9", "up"); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // backends builds the real backends and the Migrator's configuration.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -32,6 +33,13 @@ type CaptureStats struct {
 	// Dropped is what the kernel dropped because the socket's queue was
 	// full (PACKET_STATISTICS); tests that count should require 0.
 	Dropped int
+	// With a Classifier (CaptureOptions.Classify): Watched counts frames
+	// with a watched address in any IP header (plaintext by address);
+	// ByKind counts frames by Classifier kind; Samples describes the
+	// first frames that were watched or unknown (at most 20).
+	Watched int
+	ByKind  map[string]int
+	Samples []string
 }
 
 func (s CaptureStats) clone() CaptureStats {
@@ -44,14 +52,73 @@ func (s CaptureStats) clone() CaptureStats {
 	for k, v := range s.UDPPorts {
 		c.UDPPorts[k] = v
 	}
+	c.ByKind = make(map[string]int, len(s.ByKind))
+	for k, v := range s.ByKind {
+		c.ByKind[k] = v
+	}
+	c.Samples = append([]string(nil), s.Samples...)
 	return c
 }
 
-// Capture reads every frame of one interface through an AF_PACKET socket.
+// Sub returns the counts of s that came after the snapshot o.
+func (s CaptureStats) Sub(o CaptureStats) CaptureStats {
+	d := s.clone()
+	d.Frames -= o.Frames
+	d.Outgoing -= o.Outgoing
+	d.Marker -= o.Marker
+	d.MarkerOutgoing -= o.MarkerOutgoing
+	d.Dropped -= o.Dropped
+	d.Watched -= o.Watched
+	for k, v := range o.ByProto {
+		d.ByProto[k] -= v
+	}
+	for k, v := range o.UDPPorts {
+		d.UDPPorts[k] -= v
+	}
+	for k, v := range o.ByKind {
+		d.ByKind[k] -= v
+	}
+	d.Samples = d.Samples[min(len(o.Samples), len(d.Samples)):]
+	return d
+}
+
+// CaptureOptions configure StartCaptureWith.
+type CaptureOptions struct {
+	// Interface to read; "" reads every interface of the namespace.
+	Interface string
+	// IngressOnly counts only frames entering the namespace (not
+	// PACKET_OUTGOING): with every interface read, a packet routed through
+	// the namespace counts once, where it entered.
+	IngressOnly bool
+	// Exclude names interfaces whose frames the kernel filters out before
+	// the capture reads them (e.g. a busy uplink nobody asked about).
+	Exclude []string
+	// Marker, if set, is counted where it appears in a frame's bytes.
+	Marker []byte
+	// Classify, if set, sorts every counted frame (Watched, ByKind).
+	Classify *Classifier
+	// Times keeps the arrival time (kernel timestamp) of every counted
+	// frame, by interface, for FirstAfter.
+	Times bool
+}
+
+// frameTime is one counted frame's arrival, for FirstAfter.
+type frameTime struct {
+	at       time.Time
+	ifindex  int
+	outgoing bool
+	etype    uint16
+}
+
+// Capture reads every frame of one interface (or of a namespace)
+// through an AF_PACKET socket.
 type Capture struct {
-	fd     int
-	wake   int // eventfd: Snapshot and Stop ask the reader to drain
-	marker []byte
+	fd    int
+	wake  int // eventfd: Snapshot and Stop ask the reader to drain
+	ns    string
+	opts  CaptureOptions
+	all   bool // every interface: count only frames entering the namespace
+	times []frameTime
 
 	mu         sync.Mutex
 	stats      CaptureStats
@@ -68,22 +135,37 @@ type Capture struct {
 // switched into ns, so it belongs to that namespace), binds it to ifname
 // and counts frames in a goroutine until Stop. marker may be nil.
 func StartCapture(ns, ifname string, marker []byte) (*Capture, error) {
+	return StartCaptureWith(ns, CaptureOptions{Interface: ifname, Marker: marker})
+}
+
+// StartCaptureWith starts a capture in ns as o says.
+func StartCaptureWith(ns string, o CaptureOptions) (*Capture, error) {
 	fd := -1
+	ifname := o.Interface
 	err := nsutil.Do(ns, func() error {
-		ifi, err := net.InterfaceByName(ifname)
-		if err != nil {
-			return fmt.Errorf("capture: %s: interface %q: %w", ns, ifname, err)
+		index := 0 // every interface
+		if ifname != "" {
+			ifi, err := net.InterfaceByName(ifname)
+			if err != nil {
+				return fmt.Errorf("capture: %s: interface %q: %w", ns, ifname, err)
+			}
+			index = ifi.Index
 		}
-		// Protocol 0: receive nothing until bound to the one interface.
+		// Protocol 0: receive nothing until bound.
 		s, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("capture: socket: %w", err)
 		}
-		_ = unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20)
-		sa := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}
+		_ = unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 32<<20)
+		_ = unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
+		if err := excludeFilter(s, o.Exclude); err != nil {
+			unix.Close(s)
+			return fmt.Errorf("capture: %s: %w", ns, err)
+		}
+		sa := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: index}
 		if err := unix.Bind(s, sa); err != nil {
 			unix.Close(s)
-			return fmt.Errorf("capture: bind %s/%s: %w", ns, ifname, err)
+			return fmt.Errorf("capture: bind %s/%q: %w", ns, ifname, err)
 		}
 		fd = s
 		return nil
@@ -97,8 +179,8 @@ func StartCapture(ns, ifname string, marker []byte) (*Capture, error) {
 		return nil, fmt.Errorf("capture: eventfd: %w", err)
 	}
 	c := &Capture{
-		fd: fd, wake: wake, marker: append([]byte(nil), marker...),
-		stats: CaptureStats{ByProto: map[uint8]int{}, UDPPorts: map[uint16]int{}},
+		fd: fd, wake: wake, ns: ns, opts: o,
+		stats: CaptureStats{ByProto: map[uint8]int{}, UDPPorts: map[uint16]int{}, ByKind: map[string]int{}},
 		done:  make(chan struct{}),
 	}
 	go c.run()
@@ -195,8 +277,9 @@ func (c *Capture) run() {
 // drain reads until the queue is empty (bounded, so a flood cannot keep
 // a Snapshot waiting forever).
 func (c *Capture) drain(buf []byte) {
+	oob := make([]byte, 64)
 	for i := 0; i < 1<<20; i++ {
-		n, from, err := unix.Recvfrom(c.fd, buf, unix.MSG_DONTWAIT)
+		n, oobn, _, from, err := unix.Recvmsg(c.fd, buf, oob, unix.MSG_DONTWAIT)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
@@ -204,8 +287,45 @@ func (c *Capture) drain(buf []byte) {
 			return
 		}
 		ll, _ := from.(*unix.SockaddrLinklayer)
-		c.count(buf[:min(n, len(buf))], ll)
+		c.count(buf[:min(n, len(buf))], ll, socketTime(oob[:oobn]))
 	}
+}
+
+// socketTime is a message's SCM_TIMESTAMPNS, or now.
+func socketTime(oob []byte) time.Time {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err == nil {
+		for _, m := range msgs {
+			if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
+				return time.Unix(int64(binary.NativeEndian.Uint64(m.Data[0:8])), int64(binary.NativeEndian.Uint64(m.Data[8:16])))
+			}
+		}
+	}
+	return time.Now()
+}
+
+// FirstAfter is the arrival of the first frame counted on ifname at or
+// after t, in the given direction, of ethertype etype (0: any). Times
+// must be set.
+func (c *Capture) FirstAfter(ifname string, outgoing bool, etype uint16, t time.Time) (time.Time, bool) {
+	var index int
+	if err := nsutil.Do(c.ns, func() error {
+		ifi, err := net.InterfaceByName(ifname)
+		if err == nil {
+			index = ifi.Index
+		}
+		return err
+	}); err != nil {
+		return time.Time{}, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, f := range c.times {
+		if f.ifindex == index && f.outgoing == outgoing && (etype == 0 || f.etype == etype) && !f.at.Before(t) {
+			return f.at, true
+		}
+	}
+	return time.Time{}, false
 }
 
 func (c *Capture) dropped() int {
@@ -216,13 +336,40 @@ func (c *Capture) dropped() int {
 	return int(st.Drops)
 }
 
-func (c *Capture) count(frame []byte, ll *unix.SockaddrLinklayer) {
+func (c *Capture) count(frame []byte, ll *unix.SockaddrLinklayer, at time.Time) {
 	out := ll != nil && ll.Pkttype == unix.PACKET_OUTGOING
+	if c.opts.IngressOnly && out {
+		return
+	}
 	proto, l4, hasL4 := parseFrame(frame, ll)
+	var v Verdict
+	var sample string
+	if c.opts.Classify != nil {
+		et := uint16(0)
+		if ll != nil && ll.Hatype != unix.ARPHRD_ETHER && ll.Hatype != unix.ARPHRD_LOOPBACK {
+			et = ntohs(ll.Protocol)
+		}
+		v = c.opts.Classify.Classify(frame, et)
+		if v.Watched.IsValid() || v.Kind == KindUnknown {
+			sample = fmt.Sprintf("%s %s: %s", at.Format("15:04:05.000000"), v.Kind, Describe(frame, et))
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := &c.stats
 	s.Frames++
+	if c.opts.Classify != nil {
+		s.ByKind[v.Kind]++
+		if v.Watched.IsValid() {
+			s.Watched++
+		}
+		if sample != "" && len(s.Samples) < 20 {
+			s.Samples = append(s.Samples, sample)
+		}
+	}
+	if c.opts.Times && ll != nil && len(c.times) < 4<<20 {
+		c.times = append(c.times, frameTime{at: at, ifindex: ll.Ifindex, outgoing: out, etype: frameType(frame, ll)})
+	}
 	if out {
 		s.Outgoing++
 	}
@@ -236,7 +383,7 @@ func (c *Capture) count(frame []byte, ll *unix.SockaddrLinklayer) {
 			}
 		}
 	}
-	if len(c.marker) > 0 && bytes.Contains(frame, c.marker) {
+	if len(c.opts.Marker) > 0 && bytes.Contains(frame, c.opts.Marker) {
 		s.Marker++
 		if out {
 			s.MarkerOutgoing++
@@ -303,6 +450,41 @@ func parseFrame(f []byte, ll *unix.SockaddrLinklayer) (proto int, l4 []byte, ok 
 		}
 	}
 	return -1, nil, false
+}
+
+// frameType is a frame's ethertype.
+func frameType(f []byte, ll *unix.SockaddrLinklayer) uint16 {
+	if ll != nil && ll.Hatype != unix.ARPHRD_ETHER && ll.Hatype != unix.ARPHRD_LOOPBACK {
+		return ntohs(ll.Protocol)
+	}
+	if len(f) < 14 {
+		return 0
+	}
+	return binary.BigEndian.Uint16(f[12:14])
+}
+
+// excludeFilter attaches a classic BPF program that drops frames of the
+// named interfaces (resolved in the calling thread's namespace).
+func excludeFilter(fd int, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	const skfAdIfindex = 0xfffff000 + 8 // SKF_AD_OFF + SKF_AD_IFINDEX
+	prog := []unix.SockFilter{{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: skfAdIfindex}}
+	n := len(names)
+	for i, name := range names {
+		ifi, err := net.InterfaceByName(name)
+		if err != nil {
+			return fmt.Errorf("exclude interface %q: %w", name, err)
+		}
+		// Equal: jump to the drop at the end; else try the next.
+		prog = append(prog, unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: uint32(ifi.Index), Jt: uint8(n - i), Jf: 0})
+	}
+	prog = append(prog,
+		unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0x40000}, // keep
+		unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0})       // drop
+	fp := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	return unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &fp)
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }

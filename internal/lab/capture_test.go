@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
 
@@ -201,4 +203,37 @@ func mustAddr(t *testing.T, s string) netip.Addr {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// TestCaptureAllCountsEachPacketOnce: a capture of every interface of
+// the wan counts a routed packet once (where it entered), sees a peer's
+// address in clear (the control), and counts nothing when nothing is sent.
+func TestCaptureAllCountsEachPacketOnce(t *testing.T) {
+	RequireRoot(t)
+	l := New(t)
+	marker := []byte("SEALIFT-MARK-control-4e1d")
+	cl := &Classifier{Watch: []netip.Prefix{VMSubnet, Peer2Net}, Underlay: []netip.Addr{CoreWAN, BUnderlay}}
+	c, err := StartCaptureWith(l.WAN, CaptureOptions{IngressOnly: true, Marker: marker, Classify: cl, Times: true})
+	require.NoError(t, err)
+	defer c.Stop()
+	excl, err := StartCaptureWith(l.WAN, CaptureOptions{IngressOnly: true, Marker: marker, Exclude: []string{"c0"}})
+	require.NoError(t, err)
+	defer excl.Stop()
+	quiet := c.Snapshot()
+	assert.Zero(t, quiet.Watched)
+	sent := time.Now()
+	require.NoError(t, SendControl(l.Peer2, BUnderlay, marker))
+	require.Eventually(t, func() bool { return c.Snapshot().Marker > 0 }, 5*time.Second, 10*time.Millisecond)
+	time.Sleep(50 * time.Millisecond) // a second copy, if any, would be in by now
+	s := c.Stop().Sub(quiet)
+	assert.Zero(t, excl.Stop().Marker, "the packet entered through c0, which the filter excludes")
+	assert.Equal(t, 1, s.Marker, "one packet, counted once though it crossed c0 and b0")
+	assert.Equal(t, 1, s.Watched, "the peer's address in clear")
+	assert.Equal(t, 1, s.ByKind[KindUnknown], "samples: %v", s.Samples)
+	assert.Zero(t, s.Dropped)
+	require.Len(t, s.Samples, 1)
+	assert.Contains(t, s.Samples[0], "10.2.0.20 -> 203.0.113.1")
+	at, ok := c.FirstAfter("c0", false, unix.ETH_P_IP, sent)
+	assert.True(t, ok, "the control entered at c0")
+	assert.WithinDuration(t, sent, at, time.Second)
 }

@@ -426,3 +426,21 @@ func WaitReachable(ns string, dst netip.Addr, timeout time.Duration) error {
 		}
 	}
 }
+
+// SendControl sends one ICMP echo reply carrying payload from ns to dst:
+// a packet that draws no answer (no host replies to a reply), so a
+// capture on its path sees exactly one frame per hop. The lab sends it
+// in clear across the wan on purpose, to prove its counters count.
+func SendControl(ns string, dst netip.Addr, payload []byte) error {
+	return nsutil.Do(ns, func() error {
+		c, err := net.ListenPacket("ip4:icmp", "0.0.0.0")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		msg := append([]byte{0, 0, 0, 0, 0x5c, 0x01, 0, 1}, payload...)
+		binary.BigEndian.PutUint16(msg[2:], checksum(msg))
+		_, err = c.WriteTo(msg, &net.IPAddr{IP: dst.AsSlice()})
+		return err
+	})
+}

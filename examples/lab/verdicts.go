@@ -1,0 +1,60 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/sealift/sealift/migration"
+)
+
+// judge computes the run's verdicts from what it measured (never from a
+// default: a run that failed early fails its checks) and sets Pass.
+func (r *Result) judge(runErr error, o Options) {
+	r.Verdicts = nil
+	add := func(name string, ok bool, detail string, args ...any) {
+		r.Verdicts = append(r.Verdicts, Verdict{Name: name, OK: ok, Detail: fmt.Sprintf(detail, args...)})
+	}
+	if runErr != nil {
+		add("run", false, "%v", runErr)
+	}
+	w := r.WAN
+	add("wan capture saw traffic", w.Frames > 0, "%d frames", w.Frames)
+	add("wan capture dropped nothing", w.Dropped == 0, "%d dropped", w.Dropped)
+	add("control counted by address", w.ControlByAddress == 1, "%d frames, want 1: the counter must see a deliberate leak", w.ControlByAddress)
+	add("control counted by marker", w.ControlByMarker == 1, "%d frames, want 1", w.ControlByMarker)
+	samples := strings.Join(w.Samples, "; ")
+	add("no plaintext by address", w.PlaintextByAddress == 0, "%d frames with a guest or peer address in clear: %s", w.PlaintextByAddress, samples)
+	add("no plaintext by marker", w.PlaintextByMarker == 0, "%d frames with the marker", w.PlaintextByMarker)
+	add("no unknown frames", w.Unknown == 0, "%d frames neither WireGuard/ESP nor TCP between underlay addresses: %s", w.Unknown, samples)
+	if p := w.LeakProbe; p != nil {
+		add("target sends nothing to peers in clear", p.PlaintextByAddress == 0, "%d frames after %v: %s", p.PlaintextByAddress, p.Targets, strings.Join(p.Samples, "; "))
+	}
+	want := 1
+	if o.Subnet {
+		want = 2
+	}
+	add("every migration ran", len(r.Migrations) == want, "%d of %d", len(r.Migrations), want)
+	for _, m := range r.Migrations {
+		add("outcome "+m.VM, m.Outcome == string(migration.Completed), "%s %s", m.Outcome, m.Error)
+	}
+	add("baselines ran", len(r.Baselines) == 2, "%d of 2", len(r.Baselines))
+	add("VM reachable after, at B only", r.VMReachableAfter, "")
+	add("every peer reaches every guest", r.PeersReachAll, "unreachable: %v", r.Unreachable)
+	add("guest counter continued", r.CounterContinued, "")
+	var sessionReset bool
+	for _, c := range r.Audit.Reset {
+		sessionReset = sessionReset || strings.HasPrefix(c, "tcp 10.1.0.10:7777->")
+	}
+	add("plaintext session reset", sessionReset, "reset %v", r.Audit.Reset)
+	add("came back secure, by path", r.Audit.ReestablishedSecure, "%s", r.Audit.Reestablished)
+	add("journal complete", r.Journal == "ok", "%s", r.Journal)
+	if o.Subnet && len(r.Migrations) == want {
+		last := r.Migrations[want-1]
+		add("subnet moved and redirect removed", last.SubnetMoved && last.RedirectRemoved, "moved %v removed %v", last.SubnetMoved, last.RedirectRemoved)
+		add("no ping lost removing the redirect", last.RedirectRemovalLost == 0, "%d lost", last.RedirectRemovalLost)
+	}
+	r.Pass = true
+	for _, v := range r.Verdicts {
+		r.Pass = r.Pass && v.OK
+	}
+}
