@@ -25,34 +25,33 @@ type hypervisors struct {
 	boot func(ctx context.Context, i int, v vmSpec) error
 	// targetTap is the i-th guest's port at B.
 	targetTap func(i int) string
+	// baseline makes a pair of handles (A, B) of the same backend on the
+	// baselines' network, with a TLS stream or not, and boots v at A.
+	// tap is v's port at B.
+	baseline func(ctx context.Context, t lab.TB, v vmSpec, tls bool) (a, b hypervisor.Hypervisor, tap string, err error)
 }
 
-// baselineHypervisors are QEMU handles at A and B on the baselines'
-// network, one pair with a TLS migration stream and one without, each
-// with its guest booted at A (and defined at B).
-func (w *world) baselineHypervisors(ctx context.Context, t lab.TB) error {
-	var err error
-	pairs := []struct {
-		a, b   **qemu.Hypervisor
-		v      vmSpec
-		tlsDir string
-		sub    string
-	}{{&w.btA, &w.btB, baseTLS, w.tlsDir, "bt"}, {&w.bpA, &w.bpB, basePlain, "", "bp"}}
-	for _, p := range pairs {
-		if *p.a, err = w.qemuHandle(t, w.l.A, p.sub+"a", baseUnderA, p.tlsDir); err != nil {
-			return err
-		}
-		if *p.b, err = w.qemuHandle(t, w.l.B, p.sub+"b", baseUnderB, p.tlsDir); err != nil {
-			return err
-		}
-		if err := (*p.b).Define(w.img.Config(p.v.name, p.v.net("tap"+p.sub+"2"))); err != nil {
-			return err
-		}
-		if _, err := (*p.a).Start(ctx, w.img.Config(p.v.name, p.v.net("tap"+p.sub+"1"))); err != nil {
-			return err
-		}
+// qemuBaseline: QEMU handles at A and B whose migration stream goes over
+// the baselines' network.
+func (w *world) qemuBaseline(ctx context.Context, t lab.TB, v vmSpec, tls bool) (hypervisor.Hypervisor, hypervisor.Hypervisor, string, error) {
+	sub, dir := "bp", ""
+	if tls {
+		sub, dir = "bt", w.tlsDir
 	}
-	return nil
+	a, err := w.qemuHandle(t, w.l.A, sub+"a", baseUnderA, dir)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	b, err := w.qemuHandle(t, w.l.B, sub+"b", baseUnderB, dir)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	tap := "tap" + sub + "2"
+	if err := b.Define(w.img.Config(v.name, v.net(tap))); err != nil {
+		return nil, nil, "", err
+	}
+	_, err = a.Start(ctx, w.img.Config(v.name, v.net("tap"+sub+"1")))
+	return a, b, tap, err
 }
 
 func (w *world) qemuHandle(t lab.TB, host, sub string, mig netip.Addr, tlsDir string) (*qemu.Hypervisor, error) {
@@ -86,13 +85,15 @@ func (w *world) qemuHypervisors(t lab.TB) (*hypervisors, error) {
 		_, err := a.Start(ctx, w.img.Config(v.name, v.net(fmt.Sprintf("tapa%d", i+1))))
 		return err
 	}
-	return &hypervisors{a: a, b: b, boot: boot, targetTap: func(i int) string { return fmt.Sprintf("tapb%d", i+1) }}, nil
+	return &hypervisors{a: a, b: b, boot: boot, targetTap: func(i int) string { return fmt.Sprintf("tapb%d", i+1) },
+		baseline: w.qemuBaseline}, nil
 }
 
 // libvirtHypervisors: three real libvirt daemons (two in A's namespace,
 // one in B's), driven through libvirt.org/go/libvirt.
 func (w *world) libvirtHypervisors(ctx context.Context, t lab.TB) (*hypervisors, error) {
 	cache, _ := os.UserCacheDir()
+	daemons := map[string]*libvirtd.Daemon{}
 	start := func(host, listen, name string, port, mig int) (*libvirt.Hypervisor, error) {
 		d, err := libvirtd.Start(ctx, libvirtd.Options{Host: host, Dir: filepath.Join(w.dir, "lv-"+name), ListenAddr: listen,
 			TCPPort: port, MigrationPortMin: mig, MigrationPortMax: mig + 31, Logger: w.log,
@@ -105,6 +106,7 @@ func (w *world) libvirtHypervisors(ctx context.Context, t lab.TB) (*hypervisors,
 			defer cancel()
 			_ = d.Stop(sctx)
 		})
+		daemons[name] = d
 		h, err := libvirt.New(libvirt.WithURI(d.URI), libvirt.WithPeerURI(d.TCPURI),
 			libvirt.WithMigrateURI(d.MigrateURI), libvirt.WithHost(host), libvirt.WithLogger(w.log), libvirt.WithTLS())
 		if err != nil {
@@ -128,15 +130,47 @@ func (w *world) libvirtHypervisors(ctx context.Context, t lab.TB) (*hypervisors,
 			NICs: []libvirt.DomainNIC{{MAC: n.MAC, Bridge: "br0", Tap: n.Tap}}})
 		return err
 	}
-	return &hypervisors{a: a, b: b, boot: boot, targetTap: func(i int) string { return fmt.Sprintf("tapl%d", i+1) }}, nil
+	// The baselines: handles on the same daemons whose data stream goes
+	// to B's address on the baselines' network (the daemons' own control
+	// connection stays on the wan).
+	baseline := func(ctx context.Context, t lab.TB, v vmSpec, tls bool) (hypervisor.Hypervisor, hypervisor.Hypervisor, string, error) {
+		handle := func(host, name, migrate string) (*libvirt.Hypervisor, error) {
+			d := daemons[name]
+			opts := []libvirt.Option{libvirt.WithURI(d.URI), libvirt.WithPeerURI(d.TCPURI),
+				libvirt.WithMigrateURI(migrate), libvirt.WithHost(host), libvirt.WithLogger(w.log)}
+			if tls {
+				opts = append(opts, libvirt.WithTLS())
+			}
+			h, err := libvirt.New(opts...)
+			if err == nil {
+				t.Cleanup(func() { h.Close() })
+			}
+			return h, err
+		}
+		ba, err := handle(w.l.A, "a", "tcp://"+baseUnderA.String())
+		if err != nil {
+			return nil, nil, "", err
+		}
+		bb, err := handle(w.l.B, "b", "tcp://"+baseUnderB.String())
+		if err != nil {
+			return nil, nil, "", err
+		}
+		n := v.net("tapl" + v.name[len(v.name)-3:])
+		_, err = ba.Start(ctx, libvirt.DomainSpec{Name: v.name, Kernel: w.img.Kernel, Initrd: w.img.Initrd,
+			Cmdline: guest.Cmdline(n), Serial: filepath.Join(w.dir, v.name+".serial"),
+			NICs: []libvirt.DomainNIC{{MAC: n.MAC, Bridge: v.bridge, Tap: n.Tap}}})
+		return ba, bb, n.Tap, err
+	}
+	return &hypervisors{a: a, b: b, boot: boot, targetTap: func(i int) string { return fmt.Sprintf("tapl%d", i+1) },
+		baseline: baseline}, nil
 }
 
-// watchResume reports when the incoming guest name at B resumed, from
+// watchResume reports when the incoming guest name on h resumed, from
 // QEMU's own RESUME event (its timestamp is QEMU's clock); nothing for
 // libvirt (whose lifecycle events the lab does not watch). Call it once
-// the incoming instance exists (after block 315).
-func (w *world) watchResume(name string) <-chan time.Time {
-	qh, ok := w.hv.b.(*qemu.Hypervisor)
+// the incoming instance exists (after PrepareIncoming, block 315).
+func watchResume(h hypervisor.Hypervisor, name string) <-chan time.Time {
+	qh, ok := h.(*qemu.Hypervisor)
 	if !ok {
 		return nil
 	}

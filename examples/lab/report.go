@@ -64,6 +64,10 @@ type BaselineResult struct {
 	Name      string   `json:"name"`
 	Migration Stats    `json:"migration"`
 	Blackout  Blackout `json:"blackout"`
+	// TrafficAfterResumeMS and FirstGuestPacketMS: measured as for the
+	// secure migrations, from the target's RESUME event.
+	TrafficAfterResumeMS *float64 `json:"traffic_after_resume_ms"`
+	FirstGuestPacketMS   *float64 `json:"first_guest_packet_ms"`
 }
 
 // Step is one block of FIG. 3 with its duration.
@@ -298,7 +302,7 @@ func relay(events <-chan migration.Event, o Options, w *world) {
 			if e.Block == migration.BlockTarget && e.Err == nil {
 				name, _ := w.current.Load().(string)
 				select {
-				case w.resumes <- w.watchResume(name):
+				case w.resumes <- watchResume(w.hv.b, name):
 				default:
 				}
 			}
@@ -359,8 +363,9 @@ func (r *Result) Text() string {
 	}
 	fmt.Fprintln(&b)
 	for _, bl := range r.Baselines {
-		fmt.Fprintf(&b, "baseline %s: %.0f ms total, %.1f ms downtime; peers: blackout %.1f ms, %d late (max RTT %.1f ms), %d of %d lost\n",
-			bl.Name, bl.Migration.TotalMS, bl.Migration.DowntimeMS, bl.Blackout.MS, bl.Blackout.LateReplies, bl.Blackout.MaxRTTMS, bl.Blackout.Lost, bl.Blackout.Sent)
+		fmt.Fprintf(&b, "baseline %s: %.0f ms total, %.1f ms downtime; peers: blackout %.1f ms, %d late (max RTT %.1f ms), %d of %d lost; after resume: guest's first packet %s, traffic %s\n",
+			bl.Name, bl.Migration.TotalMS, bl.Migration.DowntimeMS, bl.Blackout.MS, bl.Blackout.LateReplies, bl.Blackout.MaxRTTMS, bl.Blackout.Lost, bl.Blackout.Sent,
+			fmtMS(bl.FirstGuestPacketMS), fmtMS(bl.TrafficAfterResumeMS))
 	}
 	if r.BaselineBlackoutMS > 0 {
 		fmt.Fprintf(&b, "blackout ratio (secure / baseline with TLS): %.2f\n", r.BlackoutRatio)

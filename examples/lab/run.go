@@ -181,8 +181,10 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 		name     string
 		v        vmSpec
 		from, to hypervisor.Hypervisor
-	}{{"qemu A->B, TLS stream (a)", baseTLS, w.btA, w.btB}, {"qemu A->B, plain stream (b)", basePlain, w.bpA, w.bpB}} {
-		br, err := w.baseline(ctx, b.name, b.v, b.from, b.to, uint16(0x5200+i*16))
+		tap      string
+	}{{o.Hypervisor + " A->B, TLS stream (a)", baseTLS, w.btA, w.btB, w.btTap},
+		{o.Hypervisor + " A->B, plain stream (b)", basePlain, w.bpA, w.bpB, w.bpTap}} {
+		br, err := w.baseline(ctx, b.name, b.v, b.from, b.to, uint16(0x5200+i*16), capB, b.tap)
 		if err != nil {
 			return fmt.Errorf("baseline %s: %w", b.name, err)
 		}
@@ -285,7 +287,7 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 
 // baseline migrates guest v from one handle to the other while bpeer
 // pings it, measured exactly as the secure migrations are.
-func (w *world) baseline(ctx context.Context, name string, v vmSpec, from, to hypervisor.Hypervisor, id uint16) (BaselineResult, error) {
+func (w *world) baseline(ctx context.Context, name string, v vmSpec, from, to hypervisor.Hypervisor, id uint16, capB *lab.Capture, tap string) (BaselineResult, error) {
 	p, err := startPinger(w.bpeer, v.addr, pingEvery, id, marker)
 	if err != nil {
 		return BaselineResult{}, err
@@ -295,12 +297,21 @@ func (w *world) baseline(ctx context.Context, name string, v vmSpec, from, to hy
 		return BaselineResult{}, fmt.Errorf("guest %s does not answer pings: %w", v.name, err)
 	}
 	t0 := time.Now()
-	st, err := plainMigrate(ctx, from, to, v.name, maxDowntime)
+	st, resumed, err := plainMigrate(ctx, from, to, v.name, maxDowntime)
 	if err != nil {
 		return BaselineResult{}, err
 	}
 	time.Sleep(300 * time.Millisecond)
-	return BaselineResult{Name: name, Migration: migrationStats(st), Blackout: blackout([]*pinger{p}, t0, time.Now())}, nil
+	br := BaselineResult{Name: name, Migration: migrationStats(st), Blackout: blackout([]*pinger{p}, t0, time.Now())}
+	select {
+	case at := <-resumed:
+		br.TrafficAfterResumeMS = trafficAfter([]*pinger{p}, at)
+		if first, ok := capB.FirstAfter(tap, false, unix.ETH_P_IP, at); ok {
+			br.FirstGuestPacketMS = msp(first.Sub(at))
+		}
+	default:
+	}
+	return br, nil
 }
 
 // resumeTime is when the target resumed: QEMU's RESUME event at B, or
@@ -390,21 +401,22 @@ func (w *world) leakProbe(ctx context.Context, wan *lab.Capture) *LeakProbe {
 
 // plainMigrate is the baseline: QEMU's migration between two instances,
 // nothing else.
-func plainMigrate(ctx context.Context, from, to hypervisor.Hypervisor, name string, downtime time.Duration) (hypervisor.Stats, error) {
+func plainMigrate(ctx context.Context, from, to hypervisor.Hypervisor, name string, downtime time.Duration) (hypervisor.Stats, <-chan time.Time, error) {
 	vm, err := from.Lookup(ctx, name)
 	if err != nil {
-		return hypervisor.Stats{}, err
+		return hypervisor.Stats{}, nil, err
 	}
 	ep, err := to.PrepareIncoming(ctx, vm)
 	if err != nil {
-		return hypervisor.Stats{}, err
+		return hypervisor.Stats{}, nil, err
 	}
+	resumed := watchResume(to, name)
 	st, err := from.Migrate(ctx, name, ep, hypervisor.MigrateOptions{MaxDowntime: downtime})
 	if err != nil {
 		to.Abort(ctx, name)
-		return st, err
+		return st, nil, err
 	}
-	return st, to.Resume(ctx, name)
+	return st, resumed, to.Resume(ctx, name)
 }
 
 // reestablished waits for the plaintext session's new connection and

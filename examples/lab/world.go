@@ -15,6 +15,7 @@ import (
 
 	"github.com/sealift/sealift/conn/conntrack"
 	"github.com/sealift/sealift/fence/nft"
+	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/hypervisor/qemu"
 	"github.com/sealift/sealift/internal/guest"
 	"github.com/sealift/sealift/internal/lab"
@@ -76,9 +77,11 @@ type world struct {
 	vms    []vmSpec
 	tlsDir string // X.509 credentials for the migration stream (A and B)
 	hv     *hypervisors
-	// The baselines: QEMU at A and B over bwan, with a TLS stream (bt*)
-	// and without (bp*); bpeer pings their guests from A's br9.
-	btA, btB, bpA, bpB *qemu.Hypervisor
+	// The baselines: the same backend at A and B over bwan, with a TLS
+	// stream (bt*) and without (bp*); bpeer pings their guests from A's
+	// br9; bt/bpTap are their ports at B.
+	btA, btB, bpA, bpB hypervisor.Hypervisor
+	btTap, bpTap       string
 	bwan, bpeer        string
 	// current is the VM being migrated; resumes gets, once its incoming
 	// instance exists, the channel that will tell when it resumed.
@@ -138,8 +141,11 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 			return nil, fmt.Errorf("boot %s at A: %w", v.name, err)
 		}
 	}
-	if err := w.baselineHypervisors(ctx, t); err != nil {
-		return nil, fmt.Errorf("baseline guests: %w", err)
+	if w.btA, w.btB, w.btTap, err = w.hv.baseline(ctx, t, baseTLS, true); err != nil {
+		return nil, fmt.Errorf("baseline guest %s: %w", baseTLS.name, err)
+	}
+	if w.bpA, w.bpB, w.bpTap, err = w.hv.baseline(ctx, t, basePlain, false); err != nil {
+		return nil, fmt.Errorf("baseline guest %s: %w", basePlain.name, err)
 	}
 	for _, v := range w.vms {
 		if _, err := guest.WaitReady(ctx, w.l.Peer2, v.addr); err != nil {
