@@ -24,7 +24,7 @@ var _ conn.ConnAuditor = (*Auditor)(nil)
 
 // Auditor returns a fake auditor of host.
 func (w *World) Auditor(host string) *Auditor {
-	return &Auditor{Faults: Faults{name: "audit:" + host, log: &w.Recorder}}
+	return &Auditor{Faults: Faults{name: "audit:" + host, log: &w.Recorder, methods: methodsOf[conn.ConnAuditor]()}}
 }
 
 // SetConns sets what List returns.
@@ -41,11 +41,11 @@ func (a *Auditor) ResetConns() []conn.Conn {
 	return slices.Clone(a.resets)
 }
 
-func (a *Auditor) List(_ context.Context, sel conn.Selector) ([]conn.Conn, error) {
+func (a *Auditor) List(ctx context.Context, sel conn.Selector) ([]conn.Conn, error) {
 	if err := sel.Validate(); err != nil {
 		return nil, err
 	}
-	if err := a.enter("List", fmt.Sprint(sel.Addrs)); err != nil {
+	if err := a.enter(ctx, "List", fmt.Sprint(sel.Addrs)); err != nil {
 		return nil, err
 	}
 	a.mu.Lock()
@@ -53,8 +53,8 @@ func (a *Auditor) List(_ context.Context, sel conn.Selector) ([]conn.Conn, error
 	return slices.Clone(a.conns), nil
 }
 
-func (a *Auditor) Reset(_ context.Context, sel conn.Selector, cs []conn.Conn) (conn.ResetResult, error) {
-	if err := a.enter("Reset", fmt.Sprint(len(cs))); err != nil {
+func (a *Auditor) Reset(ctx context.Context, sel conn.Selector, cs []conn.Conn) (conn.ResetResult, error) {
+	if err := a.enter(ctx, "Reset", fmt.Sprint(len(cs))); err != nil {
 		return conn.ResetResult{}, err
 	}
 	a.mu.Lock()

@@ -22,14 +22,14 @@ var _ fence.Fencer = (*Fencer)(nil)
 
 // Fencer returns a fake fencer of host.
 func (w *World) Fencer(host string) *Fencer {
-	return &Fencer{Faults: Faults{name: "fence:" + host, log: &w.Recorder}, fences: map[string]fence.Fence{}}
+	return &Fencer{Faults: Faults{name: "fence:" + host, log: &w.Recorder, methods: methodsOf[fence.Fencer]()}, fences: map[string]fence.Fence{}}
 }
 
-func (f *Fencer) Fence(_ context.Context, s fence.Spec) error {
+func (f *Fencer) Fence(ctx context.Context, s fence.Spec) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
-	if err := f.enter("Fence", s.VM+" via="+strings.Join(s.AllowVia, ",")); err != nil {
+	if err := f.enter(ctx, "Fence", s.VM+" via="+strings.Join(s.AllowVia, ",")); err != nil {
 		return err
 	}
 	f.mu.Lock()
@@ -38,8 +38,8 @@ func (f *Fencer) Fence(_ context.Context, s fence.Spec) error {
 	return nil
 }
 
-func (f *Fencer) Lift(_ context.Context, vm string) error {
-	if err := f.enter("Lift", vm); err != nil {
+func (f *Fencer) Lift(ctx context.Context, vm string) error {
+	if err := f.enter(ctx, "Lift", vm); err != nil {
 		return err
 	}
 	f.mu.Lock()
@@ -51,8 +51,8 @@ func (f *Fencer) Lift(_ context.Context, vm string) error {
 	return nil
 }
 
-func (f *Fencer) List(context.Context) ([]fence.Fence, error) {
-	if err := f.enter("List", ""); err != nil {
+func (f *Fencer) List(ctx context.Context) ([]fence.Fence, error) {
+	if err := f.enter(ctx, "List", ""); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()

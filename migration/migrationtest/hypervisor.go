@@ -105,11 +105,12 @@ var _ hypervisor.Hypervisor = (*Hypervisor)(nil)
 
 // Hypervisor returns the fake hypervisor of host.
 func (w *World) Hypervisor(host string) *Hypervisor {
-	return &Hypervisor{Faults: Faults{name: "hv:" + host, log: &w.Recorder}, w: w, host: host}
+	return &Hypervisor{Faults: Faults{name: "hv:" + host, log: &w.Recorder,
+		methods: methodsOf[hypervisor.Hypervisor](), after: []string{"Migrate"}}, w: w, host: host}
 }
 
-func (h *Hypervisor) Lookup(_ context.Context, name string) (hypervisor.VM, error) {
-	if err := h.enter("Lookup", name); err != nil {
+func (h *Hypervisor) Lookup(ctx context.Context, name string) (hypervisor.VM, error) {
+	if err := h.enter(ctx, "Lookup", name); err != nil {
 		return hypervisor.VM{}, err
 	}
 	h.w.mu.Lock()
@@ -121,8 +122,8 @@ func (h *Hypervisor) Lookup(_ context.Context, name string) (hypervisor.VM, erro
 	return *vm, nil
 }
 
-func (h *Hypervisor) PrepareIncoming(_ context.Context, vm hypervisor.VM) (hypervisor.Endpoint, error) {
-	if err := h.enter("PrepareIncoming", vm.Name); err != nil {
+func (h *Hypervisor) PrepareIncoming(ctx context.Context, vm hypervisor.VM) (hypervisor.Endpoint, error) {
+	if err := h.enter(ctx, "PrepareIncoming", vm.Name); err != nil {
 		return hypervisor.Endpoint{}, err
 	}
 	h.w.mu.Lock()
@@ -154,7 +155,7 @@ func incoming(vm hypervisor.VM, host, port string) *hypervisor.VM {
 }
 
 func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.Endpoint, opts hypervisor.MigrateOptions) (hypervisor.Stats, error) {
-	if err := h.enter("Migrate", name); err != nil {
+	if err := h.enter(ctx, "Migrate", name); err != nil {
 		return hypervisor.Stats{}, err
 	}
 	start := time.Now()
@@ -212,11 +213,11 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 	h.w.arrived[name] = dst
 	h.w.mu.Unlock()
 	st.Total, st.Downtime, st.Bytes = time.Since(start), time.Since(st.Switchover), mem
-	return st, nil
+	return st, h.leave("Migrate")
 }
 
-func (h *Hypervisor) Resume(_ context.Context, name string) error {
-	if err := h.enter("Resume", name); err != nil {
+func (h *Hypervisor) Resume(ctx context.Context, name string) error {
+	if err := h.enter(ctx, "Resume", name); err != nil {
 		return err
 	}
 	h.w.mu.Lock()
@@ -229,8 +230,8 @@ func (h *Hypervisor) Resume(_ context.Context, name string) error {
 	return nil
 }
 
-func (h *Hypervisor) Abort(_ context.Context, name string) error {
-	if err := h.enter("Abort", name); err != nil {
+func (h *Hypervisor) Abort(ctx context.Context, name string) error {
+	if err := h.enter(ctx, "Abort", name); err != nil {
 		return err
 	}
 	h.w.mu.Lock()

@@ -21,14 +21,14 @@ var _ tunnel.SecureLinker = (*Linker)(nil)
 
 // Linker returns a fake secure linker.
 func (w *World) Linker() *Linker {
-	return &Linker{Faults: Faults{name: "link", log: &w.Recorder}, links: map[string]*tunnel.Link{}}
+	return &Linker{Faults: Faults{name: "link", log: &w.Recorder, methods: methodsOf[tunnel.SecureLinker]()}, links: map[string]*tunnel.Link{}}
 }
 
-func (l *Linker) Prepare(_ context.Context, s tunnel.Spec) (tunnel.Link, error) {
+func (l *Linker) Prepare(ctx context.Context, s tunnel.Spec) (tunnel.Link, error) {
 	if err := s.Validate(); err != nil {
 		return tunnel.Link{}, err
 	}
-	if err := l.enter("Prepare", s.ID); err != nil {
+	if err := l.enter(ctx, "Prepare", s.ID); err != nil {
 		return tunnel.Link{}, err
 	}
 	l.mu.Lock()
@@ -46,8 +46,8 @@ func (l *Linker) Prepare(_ context.Context, s tunnel.Spec) (tunnel.Link, error) 
 	return *k, nil
 }
 
-func (l *Linker) Activate(_ context.Context, id string) error {
-	if err := l.enter("Activate", id); err != nil {
+func (l *Linker) Activate(ctx context.Context, id string) error {
+	if err := l.enter(ctx, "Activate", id); err != nil {
 		return err
 	}
 	l.mu.Lock()
@@ -60,8 +60,8 @@ func (l *Linker) Activate(_ context.Context, id string) error {
 	return nil
 }
 
-func (l *Linker) Verify(_ context.Context, id string) (tunnel.Proof, error) {
-	if err := l.enter("Verify", id); err != nil {
+func (l *Linker) Verify(ctx context.Context, id string) (tunnel.Proof, error) {
+	if err := l.enter(ctx, "Verify", id); err != nil {
 		return tunnel.Proof{}, err
 	}
 	l.mu.Lock()
@@ -76,8 +76,8 @@ func (l *Linker) Verify(_ context.Context, id string) (tunnel.Proof, error) {
 	return tunnel.Proof{Handshake: time.Now(), TxPackets: 1, RxPackets: 1, Detail: "fake"}, nil
 }
 
-func (l *Linker) Close(_ context.Context, id string) error {
-	if err := l.enter("Close", id); err != nil {
+func (l *Linker) Close(ctx context.Context, id string) error {
+	if err := l.enter(ctx, "Close", id); err != nil {
 		return err
 	}
 	l.mu.Lock()
@@ -86,8 +86,8 @@ func (l *Linker) Close(_ context.Context, id string) error {
 	return nil
 }
 
-func (l *Linker) List(context.Context) ([]tunnel.Link, error) {
-	if err := l.enter("List", ""); err != nil {
+func (l *Linker) List(ctx context.Context) ([]tunnel.Link, error) {
+	if err := l.enter(ctx, "List", ""); err != nil {
 		return nil, err
 	}
 	l.mu.Lock()

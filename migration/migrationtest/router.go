@@ -25,7 +25,7 @@ var _ routing.RouteWatcher = (*Router)(nil)
 
 // Router returns a fake routing core.
 func (w *World) Router() *Router {
-	return &Router{Faults: Faults{name: "routing", log: &w.Recorder},
+	return &Router{Faults: Faults{name: "routing", log: &w.Recorder, methods: methodsOf[routing.RouteWatcher]()},
 		redirects: map[netip.Prefix]routing.Redirect{}, changed: make(chan struct{})}
 }
 
@@ -50,7 +50,7 @@ func (r *Router) Wait(ctx context.Context, e routing.Expect) (routing.Converged,
 	if err := e.Validate(); err != nil {
 		return routing.Converged{}, err
 	}
-	if err := r.enter("Wait", e.Prefix.String()); err != nil {
+	if err := r.enter(ctx, "Wait", e.Prefix.String()); err != nil {
 		return routing.Converged{}, err
 	}
 	start := time.Now()
@@ -72,11 +72,11 @@ func (r *Router) Wait(ctx context.Context, e routing.Expect) (routing.Converged,
 	}
 }
 
-func (r *Router) AddRedirect(_ context.Context, rd routing.Redirect) error {
+func (r *Router) AddRedirect(ctx context.Context, rd routing.Redirect) error {
 	if err := rd.Validate(); err != nil {
 		return err
 	}
-	if err := r.enter("AddRedirect", rd.Prefix.String()); err != nil {
+	if err := r.enter(ctx, "AddRedirect", rd.Prefix.String()); err != nil {
 		return err
 	}
 	r.mu.Lock()
@@ -89,8 +89,8 @@ func (r *Router) AddRedirect(_ context.Context, rd routing.Redirect) error {
 	return nil
 }
 
-func (r *Router) RemoveRedirect(_ context.Context, p netip.Prefix) error {
-	if err := r.enter("RemoveRedirect", p.String()); err != nil {
+func (r *Router) RemoveRedirect(ctx context.Context, p netip.Prefix) error {
+	if err := r.enter(ctx, "RemoveRedirect", p.String()); err != nil {
 		return err
 	}
 	r.mu.Lock()
@@ -102,8 +102,8 @@ func (r *Router) RemoveRedirect(_ context.Context, p netip.Prefix) error {
 	return nil
 }
 
-func (r *Router) Redirects(context.Context) ([]routing.Redirect, error) {
-	if err := r.enter("Redirects", ""); err != nil {
+func (r *Router) Redirects(ctx context.Context) ([]routing.Redirect, error) {
+	if err := r.enter(ctx, "Redirects", ""); err != nil {
 		return nil, err
 	}
 	r.mu.Lock()
