@@ -188,7 +188,7 @@ func (r *run) afterMigrate(ctx context.Context) error {
 	if r.srcLift == nil {
 		lifted := make(chan error, 1)
 		r.srcLift = lifted
-		go func() { lifted <- liftOK(r.src.Fencer.Lift(ctx, p.VM)) }()
+		go func() { lifted <- ignoreNotFenced(r.src.Fencer.Lift(ctx, p.VM)) }()
 	}
 	// 345: restart at the target, then prove the secure link.
 	err := r.step(ctx, BlockRestart, map[string]string{"link": r.linkID}, func() error {
@@ -254,7 +254,7 @@ func (r *run) finishForward(ctx context.Context) error {
 	// 375-390: if the subnet moved, wait for the routing core, then
 	// remove the redirect tunnel (make-before-break: only after the real
 	// route is there).
-	_ = r.step(ctx, BlockSubnetMoved2, map[string]string{"moved": fmt.Sprint(r.subnetMoved)}, func() error { return nil })
+	_ = r.step(ctx, BlockSubnetMovedAfterEnable, map[string]string{"moved": fmt.Sprint(r.subnetMoved)}, func() error { return nil })
 	if r.subnetMoved {
 		r.converge(ctx)
 	}
@@ -370,9 +370,11 @@ func (r *run) listConns(ctx context.Context, sel conn.Selector) ([]conn.Conn, er
 	return conns, nil
 }
 
-// enable lifts the full block at the target, leaving only the secure
-// link open, and lifts the source's fence (the VM is gone from there; its
-// address is now reached through the link).
+// enable is the work of block 370: the target keeps only the secure
+// link open (a device link: its fence, already so since block 315, is
+// re-asserted; an XFRM link: the fence goes, the policies drop what is
+// not encrypted, and the link is activated again to announce), and the
+// source's fence, lifted in the background since the VM left, is joined.
 func (r *run) enable(ctx context.Context) error {
 	// With a device link the target's fence has let the link's traffic
 	// through since block 315, and the proxied addresses were announced
@@ -381,7 +383,7 @@ func (r *run) enable(ctx context.Context) error {
 	lifted := r.srcLift
 	if lifted == nil { // (Recover of a VM already running at the target)
 		ch := make(chan error, 1)
-		go func() { ch <- liftOK(r.src.Fencer.Lift(ctx, r.plan.VM)) }()
+		go func() { ch <- ignoreNotFenced(r.src.Fencer.Lift(ctx, r.plan.VM)) }()
 		lifted = ch
 	}
 	var dstErr error
@@ -392,7 +394,7 @@ func (r *run) enable(ctx context.Context) error {
 	} else {
 		// A policy-based (XFRM) link has no device: its policies drop
 		// VM<->peer traffic that is not encrypted, so the fence goes.
-		dstErr = liftOK(r.dst.Fencer.Lift(ctx, r.plan.VM))
+		dstErr = ignoreNotFenced(r.dst.Fencer.Lift(ctx, r.plan.VM))
 	}
 	if err := errors.Join(dstErr, <-lifted); err != nil {
 		return err
@@ -513,7 +515,7 @@ func (r *run) undo(ctx context.Context) []error {
 		errs = append(errs, r.linker.Close(ctx, r.redirID))
 	}
 	errs = append(errs, r.linker.Close(ctx, r.linkID))
-	errs = append(errs, liftOK(r.dst.Fencer.Lift(ctx, p.VM)), liftOK(r.src.Fencer.Lift(ctx, p.VM)))
+	errs = append(errs, ignoreNotFenced(r.dst.Fencer.Lift(ctx, p.VM)), ignoreNotFenced(r.src.Fencer.Lift(ctx, p.VM)))
 	// The VM must run at the source now.
 	vm, err := r.src.Hypervisor.Lookup(ctx, p.VM)
 	switch {
@@ -535,7 +537,9 @@ func (r *run) atTargetOnly(ctx context.Context) bool {
 	return err == nil && t.State.Active()
 }
 
-func liftOK(err error) error {
+// ignoreNotFenced treats lifting a fence that is not there as done
+// (lifts are idempotent).
+func ignoreNotFenced(err error) error {
 	if errors.Is(err, fence.ErrNotFenced) {
 		return nil
 	}

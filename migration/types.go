@@ -46,23 +46,26 @@ type Block int
 
 // The blocks of FIG. 3, in order.
 const (
-	BlockSelect       Block = 310 // select the VM
-	BlockTarget       Block = 315 // target the different environment
-	BlockFence        Block = 320 // block data communications
-	BlockPause        Block = 325 // pause at the source (switchover)
-	BlockMigrate      Block = 330 // live migrate
-	BlockSubnetMoved  Block = 335 // subnet moved?
-	BlockRedirect     Block = 340 // add the redirect tunnel
-	BlockRestart      Block = 345 // restart at target + secure link/IPsec policy
-	BlockAudit        Block = 355 // non-managed connections?
-	BlockKeep         Block = 360 // keep the secure ones
-	BlockReset        Block = 365 // reset the unsecured ones
-	BlockEnable       Block = 370 // enable comms over the secure link
-	BlockSubnetMoved2 Block = 375 // subnet moved?
-	BlockInspect      Block = 380 // inspect the routing core (380/385)
-	BlockRemoveTunnel Block = 390 // remove the redirect tunnel
-	BlockEnd          Block = 395
-	blockRollback     Block = 900 // not in FIG. 3: the way back
+	BlockSelect      Block = 310 // select the VM
+	BlockTarget      Block = 315 // target the different environment
+	BlockFence       Block = 320 // block data communications
+	BlockPause       Block = 325 // pause at the source (switchover)
+	BlockMigrate     Block = 330 // live migrate
+	BlockSubnetMoved Block = 335 // subnet moved? (at switchover: add the redirect?)
+	BlockRedirect    Block = 340 // add the redirect tunnel
+	BlockRestart     Block = 345 // restart at target + secure link/IPsec policy
+	BlockAudit       Block = 355 // non-managed connections?
+	BlockKeep        Block = 360 // keep the secure ones
+	BlockReset       Block = 365 // reset the unsecured ones
+	BlockEnable      Block = 370 // enable comms over the secure link
+	// BlockSubnetMovedAfterEnable is FIG. 3's second "subnet moved?"
+	// decision, once the VM talks over the link: wait for the routing
+	// core and remove the redirect tunnel (380-390)?
+	BlockSubnetMovedAfterEnable Block = 375
+	BlockInspect                Block = 380 // inspect the routing core (380/385)
+	BlockRemoveTunnel           Block = 390 // remove the redirect tunnel
+	BlockEnd                    Block = 395 // the VM still runs at the target?
+	blockRollback               Block = 900 // not in FIG. 3: the way back
 )
 
 var blockNames = map[Block]string{
@@ -70,7 +73,7 @@ var blockNames = map[Block]string{
 	BlockPause: "pause", BlockMigrate: "migrate", BlockSubnetMoved: "subnet-moved",
 	BlockRedirect: "redirect-tunnel", BlockRestart: "restart", BlockAudit: "audit",
 	BlockKeep: "keep-secure", BlockReset: "reset-unsecured", BlockEnable: "enable",
-	BlockSubnetMoved2: "subnet-moved", BlockInspect: "inspect-routing-core",
+	BlockSubnetMovedAfterEnable: "subnet-moved-after-enable", BlockInspect: "inspect-routing-core",
 	BlockRemoveTunnel: "remove-tunnel", BlockEnd: "end", blockRollback: "rollback",
 }
 
