@@ -185,11 +185,7 @@ func (r *run) afterMigrate(ctx context.Context) error {
 	// target resumes; block 370 waits for it. (A same-subnet peer's
 	// packets to the VM enter the source host through its bridge, which
 	// the fence closes.)
-	if r.srcLift == nil {
-		lifted := make(chan error, 1)
-		r.srcLift = lifted
-		go func() { lifted <- ignoreNotFenced(r.src.Fencer.Lift(ctx, p.VM)) }()
-	}
+	r.liftSource(ctx)
 	// 345: restart at the target, then prove the secure link.
 	err := r.step(ctx, BlockRestart, map[string]string{"link": r.linkID}, func() error {
 		if !r.dstFenced {
@@ -380,12 +376,7 @@ func (r *run) enable(ctx context.Context) error {
 	// through since block 315, and the proxied addresses were announced
 	// at the resume (345).
 	devLink := r.link.RemoteDevice != ""
-	lifted := r.srcLift
-	if lifted == nil { // (Recover of a VM already running at the target)
-		ch := make(chan error, 1)
-		go func() { ch <- ignoreNotFenced(r.src.Fencer.Lift(ctx, r.plan.VM)) }()
-		lifted = ch
-	}
+	r.liftSource(ctx) // (started already, unless Recover found the VM running at the target)
 	var dstErr error
 	if devLink {
 		// Already so since block 315 (an idempotent no-op then): open
@@ -396,13 +387,33 @@ func (r *run) enable(ctx context.Context) error {
 		// VM<->peer traffic that is not encrypted, so the fence goes.
 		dstErr = ignoreNotFenced(r.dst.Fencer.Lift(ctx, r.plan.VM))
 	}
-	if err := errors.Join(dstErr, <-lifted); err != nil {
+	if err := errors.Join(dstErr, r.joinSourceLift()); err != nil {
 		return err
 	}
 	if !devLink {
 		return r.linker.Activate(ctx, r.linkID) // announce, now that the fence is gone
 	}
 	return nil
+}
+
+// liftSource starts lifting the source's fence in the background, once:
+// the VM has left the source.
+func (r *run) liftSource(ctx context.Context) {
+	if r.srcLift != nil {
+		return
+	}
+	lifted := make(chan error, 1)
+	r.srcLift = lifted
+	go func() { lifted <- ignoreNotFenced(r.src.Fencer.Lift(ctx, r.plan.VM)) }()
+}
+
+// joinSourceLift waits for the source's lift, if one was started, and
+// returns its error (the same error every time it is called).
+func (r *run) joinSourceLift() error {
+	if r.srcLift != nil && !r.srcJoined {
+		r.srcLiftErr, r.srcJoined = <-r.srcLift, true
+	}
+	return r.srcLiftErr
 }
 
 // targetSpec is the target's fence from block 315 on: only the secure
@@ -468,6 +479,11 @@ func (r *run) converge(ctx context.Context) {
 func (r *run) stayFenced(ctx context.Context, cause error) error {
 	cctx, cancel := r.cleanupCtx(ctx)
 	defer cancel()
+	// The source's lift (if started) ends before the migration does: no
+	// call outlives Run, and the report says if the fence stayed there.
+	if joined := r.srcJoined; r.joinSourceLift() != nil && !joined {
+		cause = errors.Join(cause, fmt.Errorf("lift the source's fence: %w", r.srcLiftErr))
+	}
 	if err := r.dst.Fencer.Fence(cctx, r.dstSpec); err != nil {
 		cause = errors.Join(cause, fmt.Errorf("re-fence at target: %w", err))
 	}

@@ -161,6 +161,8 @@ type run struct {
 	dstFenced        bool         // the target's fence is in place
 	migrated         bool         // Migrate returned: the VM is complete at the target
 	srcLift          <-chan error // the source fence's lift, started once the VM left
+	srcJoined        bool         // srcLift was waited for; its result is srcLiftErr
+	srcLiftErr       error
 	resumed          bool
 }
 
