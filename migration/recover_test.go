@@ -69,6 +69,9 @@ func TestCrashRecovery(t *testing.T) {
 				rd, err := s.Router.Redirects(ctx)
 				require.NoError(t, err)
 				assert.Empty(t, rd, "redirect left after rolling forward")
+				links, err := s.Linker.List(ctx)
+				require.NoError(t, err)
+				assert.Len(t, links, 1, "the redirect tunnel is closed, the VM's link kept")
 			}
 			// Nothing more to do the second time.
 			reps, err = m2.Recover(ctx)
