@@ -504,18 +504,28 @@ func (r *run) rollback(ctx context.Context, cause error) error {
 		r.log.Warn("migration failed after the VM reached the target: rolling forward", "err", cause)
 		return r.afterMigrate(ctx)
 	}
-	var errs []error
+	undone := false
 	err := r.step(cctx, blockRollback, map[string]string{"cause": cause.Error()}, func() error {
-		errs = r.undo(cctx)
-		return joinErrs(errs)
+		undone = true
+		return joinErrs(r.undo(cctx))
 	})
-	if err != nil {
-		return fmt.Errorf("%w: %w (after: %w)", ErrRollbackFailed, err, cause)
+	if !undone {
+		// The journal refused the step: undo all the same (every action
+		// is idempotent); the record stays unfinished for Recover.
+		err = errors.Join(err, joinErrs(r.undo(cctx)))
 	}
-	if ferr := r.finish(cctx, RolledBack, cause.Error()); ferr != nil {
-		return fmt.Errorf("%w: %w (after: %w)", ErrRollbackFailed, ferr, cause)
+	if err == nil {
+		err = r.finish(cctx, RolledBack, cause.Error())
+		if err == nil {
+			return fmt.Errorf("%w: %w", ErrRolledBack, cause)
+		}
 	}
-	return fmt.Errorf("%w: %w", ErrRolledBack, cause)
+	// The journal keeps the migration unfinished, for Recover; the report
+	// and the events say a human must look, and what is left.
+	r.rep.Outcome, r.rep.Reason = Abandoned, fmt.Sprintf("rollback incomplete: %v (after: %v)", err, cause)
+	r.m.bus.emit(Finished{ID: r.plan.ID, Outcome: Abandoned, Reason: r.rep.Reason})
+	r.log.Error("rollback incomplete", "err", err, "cause", cause)
+	return fmt.Errorf("%w: %w (after: %w)", ErrRollbackFailed, err, cause)
 }
 
 // undo brings everything back to before the migration. Each action is
