@@ -178,8 +178,16 @@ func redirectVia(r *run) netip.Addr {
 
 // afterMigrate resumes the VM at the target and finishes. From the resume
 // on, a failure never rolls back: the VM stays fenced at the target.
-func (r *run) afterMigrate(ctx context.Context) error {
+//
+// The VM is complete only at the target: there is no way back, and
+// stopping here would leave it paused, or fenced, there. So the caller's
+// cancellation no longer stops the migration: its blocks run on cleanup
+// contexts (see cleanupCtx), except the wait for the routing core, which
+// the caller's context ends (the redirect tunnel then stays).
+func (r *run) afterMigrate(callerCtx context.Context) error {
 	p := r.plan
+	ctx, cancel := r.cleanupCtx(callerCtx)
+	defer cancel()
 	// The VM has left the source, whose only route to its address is now
 	// the (active, encrypting) link: lift the source's fence while the
 	// target resumes; block 370 waits for it. (A same-subnet peer's
@@ -217,7 +225,7 @@ func (r *run) afterMigrate(ctx context.Context) error {
 		}
 		return r.stayFenced(ctx, fmt.Errorf("secure link not proven: %w", err))
 	}
-	return r.finishForward(ctx)
+	return r.finishForward(callerCtx)
 }
 
 // finishForward runs blocks 355-395 (also used by Recover).
@@ -230,33 +238,26 @@ func (r *run) afterMigrate(ctx context.Context) error {
 // At-switchover mode, the short-blackout mode, enables first: the link is
 // proven (345), so the VM talks only through it, encrypted; the audit and
 // the reset follow while traffic flows, and the RSTs reach both ends.
-func (r *run) finishForward(ctx context.Context) error {
-	if r.plan.FenceMode == FenceAtSwitchover {
-		if err := r.enableStep(ctx); err != nil {
-			return err
-		}
-		if err := r.audit(ctx); err != nil {
-			return err
-		}
-	} else {
-		if err := r.audit(ctx); err != nil {
-			return err
-		}
-		if err := r.enableStep(ctx); err != nil {
-			return err
-		}
+//
+// ctx is the caller's: it ends the wait for the routing core only (see
+// afterMigrate); the other blocks run on cleanup contexts.
+func (r *run) finishForward(callerCtx context.Context) error {
+	if err := r.enableAndAudit(callerCtx); err != nil {
+		return err
 	}
 
 	// 375-390: if the subnet moved, wait for the routing core, then
 	// remove the redirect tunnel (make-before-break: only after the real
 	// route is there).
-	_ = r.step(ctx, BlockSubnetMovedAfterEnable, map[string]string{"moved": fmt.Sprint(r.subnetMoved)}, func() error { return nil })
+	_ = r.step(context.WithoutCancel(callerCtx), BlockSubnetMovedAfterEnable, map[string]string{"moved": fmt.Sprint(r.subnetMoved)}, func() error { return nil })
 	if r.subnetMoved {
-		r.converge(ctx)
+		r.converge(callerCtx)
 	}
 	// 395: the VM must still run at the target. A hypervisor can report
 	// a migration done while the guest dies right after (a corrupt stream
 	// under QEMU's TCG has been seen to panic the guest kernel): say so.
+	ctx, cancel := r.cleanupCtx(callerCtx)
+	defer cancel()
 	var gone error
 	_ = r.step(ctx, BlockEnd, nil, func() error {
 		vm, err := r.dst.Hypervisor.Lookup(ctx, r.plan.VM)
@@ -272,6 +273,29 @@ func (r *run) finishForward(ctx context.Context) error {
 		return r.abandon(ctx, ErrVMLost, gone.Error())
 	}
 	return r.finish(ctx, Completed, "")
+}
+
+// enableAndAudit runs blocks 355-370 in the fence mode's order, on a
+// cleanup context.
+func (r *run) enableAndAudit(callerCtx context.Context) error {
+	ctx, cancel := r.cleanupCtx(callerCtx)
+	defer cancel()
+	if r.plan.FenceMode == FenceAtSwitchover {
+		if err := r.enableStep(ctx); err != nil {
+			return err
+		}
+		if err := r.audit(ctx); err != nil {
+			return err
+		}
+	} else {
+		if err := r.audit(ctx); err != nil {
+			return err
+		}
+		if err := r.enableStep(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // fenceTarget installs the target's fence (targetSpec).
@@ -443,6 +467,9 @@ func (r *run) sourceSpec() fence.Spec {
 	return spec
 }
 
+// converge is blocks 380-390. ctx is the caller's: it ends the wait for
+// the routing core (as the plan's ConvergeTimeout does), after which the
+// redirect tunnel stays; the rest runs on cleanup contexts.
 func (r *run) converge(ctx context.Context) {
 	s := r.plan.Subnet
 	want := routing.Expect{Prefix: s.Prefix, Via: s.Via}
@@ -450,7 +477,7 @@ func (r *run) converge(ctx context.Context) {
 		want.NotDevice = r.redirect.SecureDevice
 	}
 	var conv routing.Converged
-	err := r.step(ctx, BlockInspect, nil, func() error {
+	err := r.step(context.WithoutCancel(ctx), BlockInspect, nil, func() error {
 		wctx, cancel := context.WithTimeout(ctx, s.ConvergeTimeout)
 		defer cancel()
 		var err error
@@ -462,11 +489,13 @@ func (r *run) converge(ctx context.Context) {
 		return
 	}
 	r.rep.Converged = &conv
-	err = r.step(ctx, BlockRemoveTunnel, nil, func() error {
-		if err := r.src.Core.Routing.RemoveRedirect(ctx, s.Prefix); err != nil && !errors.Is(err, routing.ErrNoRedirect) {
+	cctx, cancel := r.cleanupCtx(ctx)
+	defer cancel()
+	err = r.step(cctx, BlockRemoveTunnel, nil, func() error {
+		if err := r.src.Core.Routing.RemoveRedirect(cctx, s.Prefix); err != nil && !errors.Is(err, routing.ErrNoRedirect) {
 			return err
 		}
-		return r.linker.Close(ctx, r.redirID)
+		return r.linker.Close(cctx, r.redirID)
 	})
 	if err != nil {
 		r.rep.Warnings = append(r.rep.Warnings, fmt.Sprintf("remove redirect tunnel: %v", err))

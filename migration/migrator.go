@@ -29,8 +29,10 @@ type Config struct {
 	Journal Journal
 	// Logger; nil means no logging.
 	Logger *slog.Logger
-	// CleanupTimeout bounds a rollback or recovery that runs after the
-	// caller's context is done (0: 2 minutes).
+	// CleanupTimeout bounds work that runs whatever the caller's context
+	// says (0: 2 minutes): a rollback, a recovery, and each phase of a
+	// migration whose VM is complete only at the target (345; 355-370;
+	// 390; 395), where stopping would leave the VM paused or fenced.
 	CleanupTimeout time.Duration
 }
 
@@ -214,7 +216,8 @@ func (r *run) finish(ctx context.Context, o Outcome, reason string) error {
 }
 
 // cleanupCtx is a context for work that must happen even when the
-// caller's context is done (rollback, fencing).
+// caller's context is done (rollback, fencing, finishing a migration
+// past the point of no return), bounded by CleanupTimeout.
 func (r *run) cleanupCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), r.m.cfg.CleanupTimeout)
 }
