@@ -531,6 +531,7 @@ func (r *run) rollback(ctx context.Context, cause error) error {
 	if r.migrated || r.atTargetOnly(cctx) {
 		r.migrated = true
 		r.log.Warn("migration failed after the VM reached the target: rolling forward", "err", cause)
+		r.rep.Warnings = append(r.rep.Warnings, fmt.Sprintf("rolled forward: the VM reached %q although the migration failed: %v", r.plan.To, cause))
 		return r.afterMigrate(ctx)
 	}
 	undone := false
