@@ -224,8 +224,11 @@ func TestJournalWriteFails(t *testing.T) {
 	at := func(b migration.Block, ph migration.Phase) func(migration.Entry) bool {
 		return func(e migration.Entry) bool { return e.Block == b && e.Phase == ph }
 	}
+	// 310 and 315 are journaled, and 330's begin; nothing after.
 	fromHookOn := func(e migration.Entry) bool {
-		return e.Block != migration.BlockSelect && e.Block != migration.BlockTarget && e.Block != migration.BlockMigrate || e.Phase != migration.PhaseBegin
+		ok := e.Block == migration.BlockSelect || e.Block == migration.BlockTarget ||
+			e.Block == migration.BlockMigrate && e.Phase == migration.PhaseBegin
+		return !ok
 	}
 	cases := []struct {
 		name      string
@@ -265,6 +268,12 @@ func TestJournalWriteFails(t *testing.T) {
 			p.FenceMode = c.mode
 			rep, err := m.Run(ctx, p)
 			require.Positive(t, j.failed, "a journal write failed")
+			if c.name == "for good, from the hook on" {
+				_, entries, err := mem.Load(ctx, rep.ID)
+				require.NoError(t, err)
+				assert.Len(t, entries, 5, "310 and 315 begun and done, 330 begun")
+				assert.True(t, containsCall(callStrings(s), "hv:a.Migrate"), "the migration began")
+			}
 			if c.runErr != nil {
 				assert.ErrorIs(t, err, c.runErr)
 				// checkEnd wants no error for a Completed outcome.
