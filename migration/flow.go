@@ -134,9 +134,18 @@ func (r *run) beforeResume(ctx context.Context) error {
 
 // switchover runs in the hypervisor's hook: the source is paused, the
 // target not yet resumed. Everything here adds to the VM's downtime, so
-// it only flips what was pre-staged.
-func (r *run) switchover(ctx context.Context) error {
+// it only flips what was pre-staged, and its steps are journaled in one
+// write (one fsync) at the end; if that write fails, so does the hook.
+func (r *run) switchover(ctx context.Context) (err error) {
 	p := r.plan
+	entries := make([]Entry, 0, 8)
+	r.hookEntries = &entries
+	defer func() {
+		r.hookEntries = nil
+		if jerr := r.j.Append(ctx, p.ID, entries...); jerr != nil && err == nil {
+			err = fmt.Errorf("journal the switchover (%d entries): %w", len(entries), jerr)
+		}
+	}()
 	if err := r.step(ctx, BlockPause, nil, func() error {
 		if r.fenceInHook { // its instance exists now, and cannot run yet
 			return r.fenceTarget(ctx)

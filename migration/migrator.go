@@ -166,6 +166,9 @@ type run struct {
 	srcJoined        bool         // srcLift was waited for; its result is srcLiftErr
 	srcLiftErr       error
 	resumed          bool
+	// hookEntries collects the journal entries of the switchover hook's
+	// steps, written in one Append at its end (nil outside the hook).
+	hookEntries *[]Entry
 }
 
 func (m *Migrator) newRun(p Plan) *run {
@@ -180,7 +183,7 @@ func (m *Migrator) newRun(p Plan) *run {
 // step journals, times and announces one block of FIG. 3.
 func (r *run) step(ctx context.Context, b Block, data map[string]string, fn func() error) error {
 	start := time.Now()
-	if err := r.j.Append(ctx, r.plan.ID, Entry{Time: start, Block: b, Phase: PhaseBegin, Data: data}); err != nil {
+	if err := r.journal(ctx, Entry{Time: start, Block: b, Phase: PhaseBegin, Data: data}); err != nil {
 		return fmt.Errorf("journal %s (%d) begin: %w", b, b, err)
 	}
 	r.m.bus.emit(StepStarted{ID: r.plan.ID, Block: b, At: start})
@@ -198,13 +201,22 @@ func (r *run) step(ctx context.Context, b Block, data map[string]string, fn func
 	} else {
 		r.log.Debug("step done", "block", int(b), "step", b.String(), "ms", d.Milliseconds())
 	}
-	if jerr := r.j.Append(ctx, r.plan.ID, e); jerr != nil && err == nil {
+	if jerr := r.journal(ctx, e); jerr != nil && err == nil {
 		return fmt.Errorf("journal %s (%d) end: %w", b, b, jerr)
 	}
 	if err != nil {
 		return fmt.Errorf("block %d (%s): %w", b, b, err)
 	}
 	return nil
+}
+
+// journal writes e, or keeps it for the switchover hook's one write.
+func (r *run) journal(ctx context.Context, e Entry) error {
+	if r.hookEntries != nil {
+		*r.hookEntries = append(*r.hookEntries, e)
+		return nil
+	}
+	return r.j.Append(ctx, r.plan.ID, e)
 }
 
 // finish records the outcome in the journal, the report and the events.

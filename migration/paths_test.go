@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -183,9 +184,10 @@ type failJournal struct {
 
 var errJournal = errors.New("disk full")
 
-func (j *failJournal) Append(ctx context.Context, id string, e migration.Entry) error {
+// Append fails (writing nothing) if the test picks any of es.
+func (j *failJournal) Append(ctx context.Context, id string, es ...migration.Entry) error {
 	j.mu.Lock()
-	fail := j.failAppend != nil && j.failAppend(e)
+	fail := j.failAppend != nil && slices.ContainsFunc(es, j.failAppend)
 	if fail {
 		j.failed++
 	}
@@ -193,7 +195,7 @@ func (j *failJournal) Append(ctx context.Context, id string, e migration.Entry) 
 	if fail {
 		return errJournal
 	}
-	return j.Journal.Append(ctx, id, e)
+	return j.Journal.Append(ctx, id, es...)
 }
 
 func (j *failJournal) Finish(ctx context.Context, id string, o migration.Outcome, reason string) error {
@@ -238,13 +240,15 @@ func TestJournalWriteFails(t *testing.T) {
 		want      want
 		runErr    error // Run's error wraps it, if set
 		recoverTo *want // Recover (journal mended) ends so
+		hookLost  bool  // the hook's steps ran, their entries were not written
 	}{
 		{name: "310 begin", append: at(migration.BlockSelect, migration.PhaseBegin),
 			want: want{outcome: migration.RolledBack, host: "a", state: hypervisor.Running}},
 		{name: "320 before copy", mode: migration.FenceBeforeCopy, append: at(migration.BlockFence, migration.PhaseBegin),
 			want: want{outcome: migration.RolledBack, host: "a", state: hypervisor.Running}},
+		// the hook's steps are written in one Append, which fails whole
 		{name: "in the switchover hook", append: at(migration.BlockPause, migration.PhaseBegin),
-			want: want{outcome: migration.RolledBack, host: "a", state: hypervisor.Running}},
+			want: want{outcome: migration.RolledBack, host: "a", state: hypervisor.Running}, hookLost: true},
 		{name: "345 begin", append: at(migration.BlockRestart, migration.PhaseBegin),
 			want: want{outcome: migration.StayedFenced, host: "b", state: hypervisor.Paused}},
 		{name: "for good, from the hook on", append: fromHookOn,
@@ -283,16 +287,27 @@ func TestJournalWriteFails(t *testing.T) {
 			} else {
 				assert.ErrorIs(t, err, errJournal)
 			}
-			if c.want.unfinished {
+			switch {
+			case c.want.unfinished:
 				// checkJournal cannot compare the steps: some were not
 				// journaled. The record must stay unfinished.
 				rec, _, lerr := mem.Load(ctx, rep.ID)
 				require.NoError(t, lerr)
 				assert.False(t, rec.Done(), "journal record %+v", rec)
 				c.want.unfinished = false
-				w := c.want
-				checkWorld(t, s, rep, w)
-			} else {
+				checkWorld(t, s, rep, c.want)
+			case c.hookLost:
+				rec, entries, lerr := mem.Load(ctx, rep.ID)
+				require.NoError(t, lerr)
+				assert.Equal(t, rep.Outcome, rec.Outcome, "journal outcome")
+				_, ran := rep.Step(migration.BlockPause)
+				assert.True(t, ran, "the hook's steps ran")
+				for _, e := range entries {
+					assert.NotContains(t, []migration.Block{migration.BlockPause, migration.BlockFence, migration.BlockSubnetMoved}, e.Block,
+						"an entry of the failed batch was written: %+v", e)
+				}
+				checkWorld(t, s, rep, c.want)
+			default:
 				checkEnd(t, s, mem, rep, err, c.want)
 			}
 			if c.recoverTo != nil {
