@@ -73,7 +73,7 @@ var blockNames = map[Block]string{
 	BlockPause: "pause", BlockMigrate: "migrate", BlockSubnetMoved: "subnet-moved",
 	BlockRedirect: "redirect-tunnel", BlockRestart: "restart", BlockAudit: "audit",
 	BlockKeep: "keep-secure", BlockReset: "reset-unsecured", BlockEnable: "enable",
-	BlockSubnetMovedAfterEnable: "subnet-moved-after-enable", BlockInspect: "inspect-routing-core",
+	BlockSubnetMovedAfterEnable: "subnet-moved-again", BlockInspect: "inspect-routing-core",
 	BlockRemoveTunnel: "remove-tunnel", BlockEnd: "end", blockRollback: "rollback",
 }
 
