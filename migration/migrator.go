@@ -105,7 +105,12 @@ func (m *Migrator) unlock(vm string) {
 // Run migrates the plan's VM (FIG. 3). The Report is returned whatever the
 // outcome (nil only when the plan was refused before anything happened);
 // the error is nil for Completed and wraps ErrRolledBack,
-// ErrStayedFenced or ErrRollbackFailed otherwise.
+// ErrStayedFenced, ErrRollbackFailed or ErrVMLost otherwise (or is the
+// journal's error if the outcome could not be recorded).
+//
+// Cancelling ctx before the VM is complete at the target rolls the
+// migration back; after, it only cuts short the wait for the routing
+// core: the rest runs to its end (see Config.CleanupTimeout).
 func (m *Migrator) Run(ctx context.Context, p Plan) (*Report, error) {
 	p.defaults()
 	if err := p.validate(&m.cfg); err != nil {

@@ -34,7 +34,9 @@ var (
 	// operator or Recover finishes it. The error says why.
 	ErrStayedFenced = errors.New("migration: vm stays fenced at target")
 	// ErrRollbackFailed: rolling back failed too; the error says what is
-	// left, and the journal keeps the migration unfinished for Recover.
+	// left, the report is Abandoned, and the journal keeps the migration
+	// unfinished for Recover. Recover returns it too for a VM it finds
+	// running in two places (it fences both copies and abandons).
 	ErrRollbackFailed = errors.New("migration: rollback incomplete")
 	// ErrVMLost: the VM runs nowhere (e.g. the guest crashed at the target
 	// right after the move); the error says what the hypervisors report.
@@ -92,7 +94,8 @@ const (
 	RolledBack Outcome = "rolled-back"
 	// StayedFenced: the VM runs at the target, fenced; Reason says why.
 	StayedFenced Outcome = "stayed-fenced"
-	// Abandoned: a human must look (rollback failed); Reason says what.
+	// Abandoned: a human must look (the rollback failed, the VM is lost,
+	// or it runs in two places); Reason says what.
 	Abandoned Outcome = "abandoned"
 )
 
