@@ -12,8 +12,8 @@ import (
 
 // BoltJournal is the default durable Journal: one bbolt file. Bucket
 // "records" maps ID to the JSON Record; bucket "entries/<ID>" maps a
-// big-endian sequence number to the JSON Entry. Each write is one fsynced
-// transaction.
+// big-endian sequence number to the JSON Entry. Each write (a Create, an
+// Append of one or more entries, a Finish) is one fsynced transaction.
 type BoltJournal struct{ db *bolt.DB }
 
 var _ Journal = (*BoltJournal)(nil)
@@ -66,20 +66,28 @@ func (j *BoltJournal) Create(_ context.Context, r Record) error {
 	})
 }
 
-func (j *BoltJournal) Append(_ context.Context, id string, e Entry) error {
+func (j *BoltJournal) Append(_ context.Context, id string, es ...Entry) error {
+	if len(es) == 0 {
+		return nil
+	}
 	return j.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(entriesBucket(id))
 		if b == nil {
 			return fmt.Errorf("%w: %q", ErrNoRecord, id)
 		}
-		seq, err := b.NextSequence()
-		if err != nil {
-			return err
+		for _, e := range es {
+			seq, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			e.Seq = seq
+			var k [8]byte
+			binary.BigEndian.PutUint64(k[:], seq)
+			if err := putJSON(b, k[:], e); err != nil {
+				return err
+			}
 		}
-		e.Seq = seq
-		var k [8]byte
-		binary.BigEndian.PutUint64(k[:], seq)
-		return putJSON(b, k[:], e)
+		return nil
 	})
 }
 

@@ -134,9 +134,18 @@ func (r *run) beforeResume(ctx context.Context) error {
 
 // switchover runs in the hypervisor's hook: the source is paused, the
 // target not yet resumed. Everything here adds to the VM's downtime, so
-// it only flips what was pre-staged.
-func (r *run) switchover(ctx context.Context) error {
+// it only flips what was pre-staged, and its steps are journaled in one
+// write (one fsync) at the end; if that write fails, so does the hook.
+func (r *run) switchover(ctx context.Context) (err error) {
 	p := r.plan
+	entries := make([]Entry, 0, 8)
+	r.hookEntries = &entries
+	defer func() {
+		r.hookEntries = nil
+		if jerr := r.j.Append(ctx, p.ID, entries...); jerr != nil && err == nil {
+			err = fmt.Errorf("journal the switchover (%d entries): %w", len(entries), jerr)
+		}
+	}()
 	if err := r.step(ctx, BlockPause, nil, func() error {
 		if r.fenceInHook { // its instance exists now, and cannot run yet
 			return r.fenceTarget(ctx)
@@ -178,18 +187,22 @@ func redirectVia(r *run) netip.Addr {
 
 // afterMigrate resumes the VM at the target and finishes. From the resume
 // on, a failure never rolls back: the VM stays fenced at the target.
-func (r *run) afterMigrate(ctx context.Context) error {
+//
+// The VM is complete only at the target: there is no way back, and
+// stopping here would leave it paused, or fenced, there. So the caller's
+// cancellation no longer stops the migration: its blocks run on cleanup
+// contexts (see cleanupCtx), except the wait for the routing core, which
+// the caller's context ends (the redirect tunnel then stays).
+func (r *run) afterMigrate(callerCtx context.Context) error {
 	p := r.plan
+	ctx, cancel := r.cleanupCtx(callerCtx)
+	defer cancel()
 	// The VM has left the source, whose only route to its address is now
 	// the (active, encrypting) link: lift the source's fence while the
 	// target resumes; block 370 waits for it. (A same-subnet peer's
 	// packets to the VM enter the source host through its bridge, which
 	// the fence closes.)
-	if r.srcLift == nil {
-		lifted := make(chan error, 1)
-		r.srcLift = lifted
-		go func() { lifted <- liftOK(r.src.Fencer.Lift(ctx, p.VM)) }()
-	}
+	r.liftSource(ctx)
 	// 345: restart at the target, then prove the secure link.
 	err := r.step(ctx, BlockRestart, map[string]string{"link": r.linkID}, func() error {
 		if !r.dstFenced {
@@ -221,7 +234,7 @@ func (r *run) afterMigrate(ctx context.Context) error {
 		}
 		return r.stayFenced(ctx, fmt.Errorf("secure link not proven: %w", err))
 	}
-	return r.finishForward(ctx)
+	return r.finishForward(callerCtx)
 }
 
 // finishForward runs blocks 355-395 (also used by Recover).
@@ -234,33 +247,26 @@ func (r *run) afterMigrate(ctx context.Context) error {
 // At-switchover mode, the short-blackout mode, enables first: the link is
 // proven (345), so the VM talks only through it, encrypted; the audit and
 // the reset follow while traffic flows, and the RSTs reach both ends.
-func (r *run) finishForward(ctx context.Context) error {
-	if r.plan.FenceMode == FenceAtSwitchover {
-		if err := r.enableStep(ctx); err != nil {
-			return err
-		}
-		if err := r.audit(ctx); err != nil {
-			return err
-		}
-	} else {
-		if err := r.audit(ctx); err != nil {
-			return err
-		}
-		if err := r.enableStep(ctx); err != nil {
-			return err
-		}
+//
+// ctx is the caller's: it ends the wait for the routing core only (see
+// afterMigrate); the other blocks run on cleanup contexts.
+func (r *run) finishForward(callerCtx context.Context) error {
+	if err := r.enableAndAudit(callerCtx); err != nil {
+		return err
 	}
 
 	// 375-390: if the subnet moved, wait for the routing core, then
 	// remove the redirect tunnel (make-before-break: only after the real
 	// route is there).
-	_ = r.step(ctx, BlockSubnetMoved2, map[string]string{"moved": fmt.Sprint(r.subnetMoved)}, func() error { return nil })
+	_ = r.step(context.WithoutCancel(callerCtx), BlockSubnetMovedAfterEnable, map[string]string{"moved": fmt.Sprint(r.subnetMoved)}, func() error { return nil })
 	if r.subnetMoved {
-		r.converge(ctx)
+		r.converge(callerCtx)
 	}
 	// 395: the VM must still run at the target. A hypervisor can report
 	// a migration done while the guest dies right after (a corrupt stream
 	// under QEMU's TCG has been seen to panic the guest kernel): say so.
+	ctx, cancel := r.cleanupCtx(callerCtx)
+	defer cancel()
 	var gone error
 	_ = r.step(ctx, BlockEnd, nil, func() error {
 		vm, err := r.dst.Hypervisor.Lookup(ctx, r.plan.VM)
@@ -276,6 +282,29 @@ func (r *run) finishForward(ctx context.Context) error {
 		return r.abandon(ctx, ErrVMLost, gone.Error())
 	}
 	return r.finish(ctx, Completed, "")
+}
+
+// enableAndAudit runs blocks 355-370 in the fence mode's order, on a
+// cleanup context.
+func (r *run) enableAndAudit(callerCtx context.Context) error {
+	ctx, cancel := r.cleanupCtx(callerCtx)
+	defer cancel()
+	if r.plan.FenceMode == FenceAtSwitchover {
+		if err := r.enableStep(ctx); err != nil {
+			return err
+		}
+		if err := r.audit(ctx); err != nil {
+			return err
+		}
+	} else {
+		if err := r.audit(ctx); err != nil {
+			return err
+		}
+		if err := r.enableStep(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // fenceTarget installs the target's fence (targetSpec).
@@ -370,20 +399,17 @@ func (r *run) listConns(ctx context.Context, sel conn.Selector) ([]conn.Conn, er
 	return conns, nil
 }
 
-// enable lifts the full block at the target, leaving only the secure
-// link open, and lifts the source's fence (the VM is gone from there; its
-// address is now reached through the link).
+// enable is the work of block 370: the target keeps only the secure
+// link open (a device link: its fence, already so since block 315, is
+// re-asserted; an XFRM link: the fence goes, the policies drop what is
+// not encrypted, and the link is activated again to announce), and the
+// source's fence, lifted in the background since the VM left, is joined.
 func (r *run) enable(ctx context.Context) error {
 	// With a device link the target's fence has let the link's traffic
 	// through since block 315, and the proxied addresses were announced
 	// at the resume (345).
 	devLink := r.link.RemoteDevice != ""
-	lifted := r.srcLift
-	if lifted == nil { // (Recover of a VM already running at the target)
-		ch := make(chan error, 1)
-		go func() { ch <- liftOK(r.src.Fencer.Lift(ctx, r.plan.VM)) }()
-		lifted = ch
-	}
+	r.liftSource(ctx) // (started already, unless Recover found the VM running at the target)
 	var dstErr error
 	if devLink {
 		// Already so since block 315 (an idempotent no-op then): open
@@ -392,15 +418,35 @@ func (r *run) enable(ctx context.Context) error {
 	} else {
 		// A policy-based (XFRM) link has no device: its policies drop
 		// VM<->peer traffic that is not encrypted, so the fence goes.
-		dstErr = liftOK(r.dst.Fencer.Lift(ctx, r.plan.VM))
+		dstErr = ignoreNotFenced(r.dst.Fencer.Lift(ctx, r.plan.VM))
 	}
-	if err := errors.Join(dstErr, <-lifted); err != nil {
+	if err := errors.Join(dstErr, r.joinSourceLift()); err != nil {
 		return err
 	}
 	if !devLink {
 		return r.linker.Activate(ctx, r.linkID) // announce, now that the fence is gone
 	}
 	return nil
+}
+
+// liftSource starts lifting the source's fence in the background, once:
+// the VM has left the source.
+func (r *run) liftSource(ctx context.Context) {
+	if r.srcLift != nil {
+		return
+	}
+	lifted := make(chan error, 1)
+	r.srcLift = lifted
+	go func() { lifted <- ignoreNotFenced(r.src.Fencer.Lift(ctx, r.plan.VM)) }()
+}
+
+// joinSourceLift waits for the source's lift, if one was started, and
+// returns its error (the same error every time it is called).
+func (r *run) joinSourceLift() error {
+	if r.srcLift != nil && !r.srcJoined {
+		r.srcLiftErr, r.srcJoined = <-r.srcLift, true
+	}
+	return r.srcLiftErr
 }
 
 // targetSpec is the target's fence from block 315 on: only the secure
@@ -430,6 +476,9 @@ func (r *run) sourceSpec() fence.Spec {
 	return spec
 }
 
+// converge is blocks 380-390. ctx is the caller's: it ends the wait for
+// the routing core (as the plan's ConvergeTimeout does), after which the
+// redirect tunnel stays; the rest runs on cleanup contexts.
 func (r *run) converge(ctx context.Context) {
 	s := r.plan.Subnet
 	want := routing.Expect{Prefix: s.Prefix, Via: s.Via}
@@ -437,7 +486,7 @@ func (r *run) converge(ctx context.Context) {
 		want.NotDevice = r.redirect.SecureDevice
 	}
 	var conv routing.Converged
-	err := r.step(ctx, BlockInspect, nil, func() error {
+	err := r.step(context.WithoutCancel(ctx), BlockInspect, nil, func() error {
 		wctx, cancel := context.WithTimeout(ctx, s.ConvergeTimeout)
 		defer cancel()
 		var err error
@@ -449,11 +498,13 @@ func (r *run) converge(ctx context.Context) {
 		return
 	}
 	r.rep.Converged = &conv
-	err = r.step(ctx, BlockRemoveTunnel, nil, func() error {
-		if err := r.src.Core.Routing.RemoveRedirect(ctx, s.Prefix); err != nil && !errors.Is(err, routing.ErrNoRedirect) {
+	cctx, cancel := r.cleanupCtx(ctx)
+	defer cancel()
+	err = r.step(cctx, BlockRemoveTunnel, nil, func() error {
+		if err := r.src.Core.Routing.RemoveRedirect(cctx, s.Prefix); err != nil && !errors.Is(err, routing.ErrNoRedirect) {
 			return err
 		}
-		return r.linker.Close(ctx, r.redirID)
+		return r.linker.Close(cctx, r.redirID)
 	})
 	if err != nil {
 		r.rep.Warnings = append(r.rep.Warnings, fmt.Sprintf("remove redirect tunnel: %v", err))
@@ -466,6 +517,11 @@ func (r *run) converge(ctx context.Context) {
 func (r *run) stayFenced(ctx context.Context, cause error) error {
 	cctx, cancel := r.cleanupCtx(ctx)
 	defer cancel()
+	// The source's lift (if started) ends before the migration does: no
+	// call outlives Run, and the report says if the fence stayed there.
+	if joined := r.srcJoined; r.joinSourceLift() != nil && !joined {
+		cause = errors.Join(cause, fmt.Errorf("lift the source's fence: %w", r.srcLiftErr))
+	}
 	if err := r.dst.Fencer.Fence(cctx, r.dstSpec); err != nil {
 		cause = errors.Join(cause, fmt.Errorf("re-fence at target: %w", err))
 	}
@@ -484,20 +540,31 @@ func (r *run) rollback(ctx context.Context, cause error) error {
 	if r.migrated || r.atTargetOnly(cctx) {
 		r.migrated = true
 		r.log.Warn("migration failed after the VM reached the target: rolling forward", "err", cause)
+		r.rep.Warnings = append(r.rep.Warnings, fmt.Sprintf("rolled forward: the VM reached %q although the migration failed: %v", r.plan.To, cause))
 		return r.afterMigrate(ctx)
 	}
-	var errs []error
+	undone := false
 	err := r.step(cctx, blockRollback, map[string]string{"cause": cause.Error()}, func() error {
-		errs = r.undo(cctx)
-		return joinErrs(errs)
+		undone = true
+		return joinErrs(r.undo(cctx))
 	})
-	if err != nil {
-		return fmt.Errorf("%w: %w (after: %w)", ErrRollbackFailed, err, cause)
+	if !undone {
+		// The journal refused the step: undo all the same (every action
+		// is idempotent); the record stays unfinished for Recover.
+		err = errors.Join(err, joinErrs(r.undo(cctx)))
 	}
-	if ferr := r.finish(cctx, RolledBack, cause.Error()); ferr != nil {
-		return fmt.Errorf("%w: %w (after: %w)", ErrRollbackFailed, ferr, cause)
+	if err == nil {
+		err = r.finish(cctx, RolledBack, cause.Error())
+		if err == nil {
+			return fmt.Errorf("%w: %w", ErrRolledBack, cause)
+		}
 	}
-	return fmt.Errorf("%w: %w", ErrRolledBack, cause)
+	// The journal keeps the migration unfinished, for Recover; the report
+	// and the events say a human must look, and what is left.
+	r.rep.Outcome, r.rep.Reason = Abandoned, fmt.Sprintf("rollback incomplete: %v (after: %v)", err, cause)
+	r.m.bus.emit(Finished{ID: r.plan.ID, Outcome: Abandoned, Reason: r.rep.Reason})
+	r.log.Error("rollback incomplete", "err", err, "cause", cause)
+	return fmt.Errorf("%w: %w (after: %w)", ErrRollbackFailed, err, cause)
 }
 
 // undo brings everything back to before the migration. Each action is
@@ -513,7 +580,7 @@ func (r *run) undo(ctx context.Context) []error {
 		errs = append(errs, r.linker.Close(ctx, r.redirID))
 	}
 	errs = append(errs, r.linker.Close(ctx, r.linkID))
-	errs = append(errs, liftOK(r.dst.Fencer.Lift(ctx, p.VM)), liftOK(r.src.Fencer.Lift(ctx, p.VM)))
+	errs = append(errs, ignoreNotFenced(r.dst.Fencer.Lift(ctx, p.VM)), ignoreNotFenced(r.src.Fencer.Lift(ctx, p.VM)))
 	// The VM must run at the source now.
 	vm, err := r.src.Hypervisor.Lookup(ctx, p.VM)
 	switch {
@@ -535,7 +602,9 @@ func (r *run) atTargetOnly(ctx context.Context) bool {
 	return err == nil && t.State.Active()
 }
 
-func liftOK(err error) error {
+// ignoreNotFenced treats lifting a fence that is not there as done
+// (lifts are idempotent).
+func ignoreNotFenced(err error) error {
 	if errors.Is(err, fence.ErrNotFenced) {
 		return nil
 	}

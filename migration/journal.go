@@ -19,8 +19,13 @@ const (
 )
 
 // Entry is one journal line: a step began, finished or failed. Every step
-// is written before and after it runs, so a recovering controller knows
-// what may have happened.
+// has an entry before and after it runs, so a recovering controller knows
+// what may have happened. The steps of the switchover hook (325, 320 in
+// at-switchover mode, 335, 340), which run inside the VM's downtime, are
+// written together in one Append at the hook's end: one fsync instead of
+// one per entry. A crash inside the hook leaves none of them; Recover
+// does not need them (it asks the hypervisors where the VM is and lists
+// the links; every undo action is idempotent).
 type Entry struct {
 	Seq   uint64
 	Time  time.Time
@@ -50,7 +55,9 @@ func (r Record) Done() bool { return r.Outcome != "" }
 // migration per VM (else ErrBusy).
 type Journal interface {
 	Create(ctx context.Context, r Record) error
-	Append(ctx context.Context, id string, e Entry) error
+	// Append adds entries to migration id in one durable write: all of
+	// them or none, numbered (Seq) in order. No entries: no write.
+	Append(ctx context.Context, id string, es ...Entry) error
 	Load(ctx context.Context, id string) (Record, []Entry, error)
 	// Unfinished lists the records with no outcome, oldest first.
 	Unfinished(ctx context.Context) ([]Record, error)
@@ -94,14 +101,16 @@ func (j *MemJournal) Create(_ context.Context, r Record) error {
 	return nil
 }
 
-func (j *MemJournal) Append(_ context.Context, id string, e Entry) error {
+func (j *MemJournal) Append(_ context.Context, id string, es ...Entry) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if _, ok := j.recs[id]; !ok {
 		return fmt.Errorf("%w: %q", ErrNoRecord, id)
 	}
-	e.Seq = uint64(len(j.entries[id]) + 1)
-	j.entries[id] = append(j.entries[id], e)
+	for _, e := range es {
+		e.Seq = uint64(len(j.entries[id]) + 1)
+		j.entries[id] = append(j.entries[id], e)
+	}
 	return nil
 }
 

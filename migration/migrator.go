@@ -29,8 +29,10 @@ type Config struct {
 	Journal Journal
 	// Logger; nil means no logging.
 	Logger *slog.Logger
-	// CleanupTimeout bounds a rollback or recovery that runs after the
-	// caller's context is done (0: 2 minutes).
+	// CleanupTimeout bounds work that runs whatever the caller's context
+	// says (0: 2 minutes): a rollback, a recovery, and each phase of a
+	// migration whose VM is complete only at the target (345; 355-370;
+	// 390; 395), where stopping would leave the VM paused or fenced.
 	CleanupTimeout time.Duration
 }
 
@@ -103,7 +105,12 @@ func (m *Migrator) unlock(vm string) {
 // Run migrates the plan's VM (FIG. 3). The Report is returned whatever the
 // outcome (nil only when the plan was refused before anything happened);
 // the error is nil for Completed and wraps ErrRolledBack,
-// ErrStayedFenced or ErrRollbackFailed otherwise.
+// ErrStayedFenced, ErrRollbackFailed or ErrVMLost otherwise (or is the
+// journal's error if the outcome could not be recorded).
+//
+// Cancelling ctx before the VM is complete at the target rolls the
+// migration back; after, it only cuts short the wait for the routing
+// core: the rest runs to its end (see Config.CleanupTimeout).
 func (m *Migrator) Run(ctx context.Context, p Plan) (*Report, error) {
 	p.defaults()
 	if err := p.validate(&m.cfg); err != nil {
@@ -161,7 +168,12 @@ type run struct {
 	dstFenced        bool         // the target's fence is in place
 	migrated         bool         // Migrate returned: the VM is complete at the target
 	srcLift          <-chan error // the source fence's lift, started once the VM left
+	srcJoined        bool         // srcLift was waited for; its result is srcLiftErr
+	srcLiftErr       error
 	resumed          bool
+	// hookEntries collects the journal entries of the switchover hook's
+	// steps, written in one Append at its end (nil outside the hook).
+	hookEntries *[]Entry
 }
 
 func (m *Migrator) newRun(p Plan) *run {
@@ -176,7 +188,7 @@ func (m *Migrator) newRun(p Plan) *run {
 // step journals, times and announces one block of FIG. 3.
 func (r *run) step(ctx context.Context, b Block, data map[string]string, fn func() error) error {
 	start := time.Now()
-	if err := r.j.Append(ctx, r.plan.ID, Entry{Time: start, Block: b, Phase: PhaseBegin, Data: data}); err != nil {
+	if err := r.journal(ctx, Entry{Time: start, Block: b, Phase: PhaseBegin, Data: data}); err != nil {
 		return fmt.Errorf("journal %s (%d) begin: %w", b, b, err)
 	}
 	r.m.bus.emit(StepStarted{ID: r.plan.ID, Block: b, At: start})
@@ -194,13 +206,22 @@ func (r *run) step(ctx context.Context, b Block, data map[string]string, fn func
 	} else {
 		r.log.Debug("step done", "block", int(b), "step", b.String(), "ms", d.Milliseconds())
 	}
-	if jerr := r.j.Append(ctx, r.plan.ID, e); jerr != nil && err == nil {
+	if jerr := r.journal(ctx, e); jerr != nil && err == nil {
 		return fmt.Errorf("journal %s (%d) end: %w", b, b, jerr)
 	}
 	if err != nil {
 		return fmt.Errorf("block %d (%s): %w", b, b, err)
 	}
 	return nil
+}
+
+// journal writes e, or keeps it for the switchover hook's one write.
+func (r *run) journal(ctx context.Context, e Entry) error {
+	if r.hookEntries != nil {
+		*r.hookEntries = append(*r.hookEntries, e)
+		return nil
+	}
+	return r.j.Append(ctx, r.plan.ID, e)
 }
 
 // finish records the outcome in the journal, the report and the events.
@@ -212,7 +233,8 @@ func (r *run) finish(ctx context.Context, o Outcome, reason string) error {
 }
 
 // cleanupCtx is a context for work that must happen even when the
-// caller's context is done (rollback, fencing).
+// caller's context is done (rollback, fencing, finishing a migration
+// past the point of no return), bounded by CleanupTimeout.
 func (r *run) cleanupCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), r.m.cfg.CleanupTimeout)
 }

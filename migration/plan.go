@@ -102,9 +102,9 @@ func (p *Plan) defaults() {
 	}
 }
 
-// Validate checks the plan against the Migrator's configuration without
-// touching anything. Errors wrap ErrInvalidPlan and name the field and
-// its value.
+// validate checks the plan (defaults applied) against the Migrator's
+// configuration without touching anything (Migrator.Validate and Run
+// call it). Errors wrap ErrInvalidPlan and name the field and its value.
 func (p Plan) validate(cfg *Config) error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: "+format, append([]any{ErrInvalidPlan}, args...)...)

@@ -2,11 +2,12 @@ package migration_test
 
 import (
 	"context"
-	"errors"
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/sealift/sealift/migration"
 	"github.com/sealift/sealift/migration/migrationtest"
@@ -56,16 +57,13 @@ func TestPlanValidation(t *testing.T) {
 			p := s.Plan()
 			c.edit(&p)
 			err := m.Validate(p)
-			if !errors.Is(err, migration.ErrInvalidPlan) || !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("Validate: %v\nwant ErrInvalidPlan naming %q", err, c.want)
-			}
+			assert.ErrorIs(t, err, migration.ErrInvalidPlan)
+			assert.ErrorContains(t, err, c.want, "the message names the field and value")
 			// Run refuses it the same way, before touching anything.
-			if _, err := m.Run(context.Background(), p); !errors.Is(err, migration.ErrInvalidPlan) {
-				t.Fatalf("Run: %v", err)
-			}
-			if calls := s.Calls(); len(calls) != 0 {
-				t.Fatalf("a refused plan touched %v", calls)
-			}
+			rep, err := m.Run(context.Background(), p)
+			assert.ErrorIs(t, err, migration.ErrInvalidPlan, "Run")
+			assert.Nil(t, rep, "Run")
+			assert.Empty(t, s.Calls(), "a refused plan touched the fakes")
 		})
 	}
 	// A subnet plan needs the source's routing core.
@@ -74,9 +72,9 @@ func TestPlanValidation(t *testing.T) {
 	env.Core = nil
 	s.Config.Environments["secure"] = env
 	p := s.SubnetPlan()
-	if err := newMigrator(t, s).Validate(p); err == nil || !strings.Contains(err.Error(), `From "secure" has no routing Core`) {
-		t.Fatalf("no core: %v", err)
-	}
+	err := newMigrator(t, s).Validate(p)
+	assert.ErrorIs(t, err, migration.ErrInvalidPlan)
+	assert.ErrorContains(t, err, `From "secure" has no routing Core`)
 }
 
 // FuzzPlanValidate: validation never panics, never touches a fake, and
@@ -100,13 +98,9 @@ func FuzzPlanValidate(f *testing.F) {
 			p.Subnet = &migration.Subnet{Prefix: a, Moved: migration.SubnetMoved(moved), Via: migrationtest.SiteVia}
 		}
 		err := m.Validate(p)
-		if calls := s.Calls(); len(calls) != 0 {
-			t.Fatalf("Validate touched %v", calls)
-		}
+		require.Empty(t, s.Calls(), "Validate touched the fakes")
 		if err != nil {
-			if !errors.Is(err, migration.ErrInvalidPlan) {
-				t.Fatalf("error not ErrInvalidPlan: %v", err)
-			}
+			require.ErrorIs(t, err, migration.ErrInvalidPlan)
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -115,31 +109,9 @@ func FuzzPlanValidate(f *testing.F) {
 		if rep == nil {
 			return // e.g. a busy journal; nothing touched
 		}
-		if v := s.Violations(); len(v) > 0 {
-			t.Fatalf("VM in two places: %v", v)
-		}
-		if vm == "vm1" && len(s.Where("vm1")) != 1 {
-			t.Fatalf("vm1 active at %v", s.Where("vm1"))
+		require.Empty(t, s.Violations(), "VM in two places")
+		if vm == "vm1" {
+			require.Len(t, s.Where("vm1"), 1, "vm1 active at %v", s.Where("vm1"))
 		}
 	})
-}
-
-// BenchmarkRunOverhead: the Migrator's own cost per migration (journal,
-// events, classification) on the fakes, back and forth.
-func BenchmarkRunOverhead(b *testing.B) {
-	s := migrationtest.NewSetup()
-	s.Cloud.Auditor.SetConns(plainConn, tlsConn)
-	m := newMigrator(b, s)
-	there, back := s.Plan(), s.Plan()
-	back.From, back.To = "cloud", "secure"
-	b.ReportAllocs()
-	for i := 0; b.Loop(); i++ {
-		p := there
-		if i%2 == 1 {
-			p = back
-		}
-		if _, err := m.Run(context.Background(), p); err != nil {
-			b.Fatal(err)
-		}
-	}
 }

@@ -72,7 +72,8 @@ func (r *run) recover(ctx context.Context) error {
 	atDst := dstErr == nil && dst.State.Active()
 	switch {
 	case atSrc && atDst && dst.State == hypervisor.Running:
-		return r.abandon(ctx, ErrRollbackFailed, fmt.Sprintf("VM %q is active at %q (%s) and running at %q", p.VM, p.From, src.State, p.To))
+		reason := fmt.Sprintf("VM %q is active at %q (%s) and running at %q", p.VM, p.From, src.State, p.To)
+		return r.abandon(ctx, ErrRollbackFailed, reason+r.fenceBoth(ctx, src, dst))
 	case atSrc:
 		cause := fmt.Errorf("controller stopped before the target resumed (VM %s at %q)", src.State, p.From)
 		return r.rollback(ctx, cause)
@@ -109,7 +110,35 @@ func (r *run) recover(ctx context.Context) error {
 	}
 }
 
-// abandon ends a migration that needs a human, fencing what can be fenced.
+// fenceBoth fences both copies of a VM found active in two places (full
+// block): neither may talk until a human has chosen which one is the VM.
+// It touches no hypervisor, and returns what to add to the reason.
+func (r *run) fenceBoth(ctx context.Context, src, dst hypervisor.VM) string {
+	cctx, cancel := r.cleanupCtx(ctx)
+	defer cancel()
+	p := r.plan
+	var errs []error
+	for _, c := range []struct {
+		env        Environment
+		vm         hypervisor.VM
+		port, name string
+	}{{r.src, src, p.SourcePort, p.From}, {r.dst, dst, p.TargetPort, p.To}} {
+		spec, err := specFor(p.VM, c.vm, c.port, "port", p.Addrs)
+		if err == nil {
+			err = c.env.Fencer.Fence(cctx, spec)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("fence at %q: %w", c.name, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Sprintf("; fencing both copies failed: %v", err)
+	}
+	return "; both copies are fenced"
+}
+
+// abandon ends a migration that needs a human: the journal records it as
+// Abandoned (Recover leaves it alone from then on).
 func (r *run) abandon(ctx context.Context, sentinel error, reason string) error {
 	if err := r.finish(ctx, Abandoned, reason); err != nil {
 		return errors.Join(fmt.Errorf("%w: %s", sentinel, reason), err)

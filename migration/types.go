@@ -34,7 +34,9 @@ var (
 	// operator or Recover finishes it. The error says why.
 	ErrStayedFenced = errors.New("migration: vm stays fenced at target")
 	// ErrRollbackFailed: rolling back failed too; the error says what is
-	// left, and the journal keeps the migration unfinished for Recover.
+	// left, the report is Abandoned, and the journal keeps the migration
+	// unfinished for Recover. Recover returns it too for a VM it finds
+	// running in two places (it fences both copies and abandons).
 	ErrRollbackFailed = errors.New("migration: rollback incomplete")
 	// ErrVMLost: the VM runs nowhere (e.g. the guest crashed at the target
 	// right after the move); the error says what the hypervisors report.
@@ -46,23 +48,26 @@ type Block int
 
 // The blocks of FIG. 3, in order.
 const (
-	BlockSelect       Block = 310 // select the VM
-	BlockTarget       Block = 315 // target the different environment
-	BlockFence        Block = 320 // block data communications
-	BlockPause        Block = 325 // pause at the source (switchover)
-	BlockMigrate      Block = 330 // live migrate
-	BlockSubnetMoved  Block = 335 // subnet moved?
-	BlockRedirect     Block = 340 // add the redirect tunnel
-	BlockRestart      Block = 345 // restart at target + secure link/IPsec policy
-	BlockAudit        Block = 355 // non-managed connections?
-	BlockKeep         Block = 360 // keep the secure ones
-	BlockReset        Block = 365 // reset the unsecured ones
-	BlockEnable       Block = 370 // enable comms over the secure link
-	BlockSubnetMoved2 Block = 375 // subnet moved?
-	BlockInspect      Block = 380 // inspect the routing core (380/385)
-	BlockRemoveTunnel Block = 390 // remove the redirect tunnel
-	BlockEnd          Block = 395
-	blockRollback     Block = 900 // not in FIG. 3: the way back
+	BlockSelect      Block = 310 // select the VM
+	BlockTarget      Block = 315 // target the different environment
+	BlockFence       Block = 320 // block data communications
+	BlockPause       Block = 325 // pause at the source (switchover)
+	BlockMigrate     Block = 330 // live migrate
+	BlockSubnetMoved Block = 335 // subnet moved? (at switchover: add the redirect?)
+	BlockRedirect    Block = 340 // add the redirect tunnel
+	BlockRestart     Block = 345 // restart at target + secure link/IPsec policy
+	BlockAudit       Block = 355 // non-managed connections?
+	BlockKeep        Block = 360 // keep the secure ones
+	BlockReset       Block = 365 // reset the unsecured ones
+	BlockEnable      Block = 370 // enable comms over the secure link
+	// BlockSubnetMovedAfterEnable is FIG. 3's second "subnet moved?"
+	// decision, once the VM talks over the link: wait for the routing
+	// core and remove the redirect tunnel (380-390)?
+	BlockSubnetMovedAfterEnable Block = 375
+	BlockInspect                Block = 380 // inspect the routing core (380/385)
+	BlockRemoveTunnel           Block = 390 // remove the redirect tunnel
+	BlockEnd                    Block = 395 // the VM still runs at the target?
+	blockRollback               Block = 900 // not in FIG. 3: the way back
 )
 
 var blockNames = map[Block]string{
@@ -70,7 +75,7 @@ var blockNames = map[Block]string{
 	BlockPause: "pause", BlockMigrate: "migrate", BlockSubnetMoved: "subnet-moved",
 	BlockRedirect: "redirect-tunnel", BlockRestart: "restart", BlockAudit: "audit",
 	BlockKeep: "keep-secure", BlockReset: "reset-unsecured", BlockEnable: "enable",
-	BlockSubnetMoved2: "subnet-moved", BlockInspect: "inspect-routing-core",
+	BlockSubnetMovedAfterEnable: "subnet-moved-again", BlockInspect: "inspect-routing-core",
 	BlockRemoveTunnel: "remove-tunnel", BlockEnd: "end", blockRollback: "rollback",
 }
 
@@ -89,7 +94,8 @@ const (
 	RolledBack Outcome = "rolled-back"
 	// StayedFenced: the VM runs at the target, fenced; Reason says why.
 	StayedFenced Outcome = "stayed-fenced"
-	// Abandoned: a human must look (rollback failed); Reason says what.
+	// Abandoned: a human must look (the rollback failed, the VM is lost,
+	// or it runs in two places); Reason says what.
 	Abandoned Outcome = "abandoned"
 )
 

@@ -3,90 +3,10 @@ package migrationtest
 import (
 	"context"
 	"fmt"
-	"slices"
-	"sync"
 	"time"
 
 	"github.com/sealift/sealift/hypervisor"
 )
-
-// World holds every fake VM of every host, so it can tell where a VM is
-// and catch a VM active in two places at once.
-type World struct {
-	Recorder
-	mu         sync.Mutex
-	vms        map[string]map[string]*hypervisor.VM // vm -> host -> state
-	arrived    map[string]string                    // vm -> host it last migrated to
-	lazy       map[string]bool                      // "vm@host": prepared, not yet created
-	violations []string
-}
-
-// NewWorld returns an empty world.
-func NewWorld() *World {
-	return &World{vms: map[string]map[string]*hypervisor.VM{}, arrived: map[string]string{}, lazy: map[string]bool{}}
-}
-
-// AddVM places a running VM on host with one NIC whose port is port.
-func (w *World) AddVM(host, name, port, mac string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.put(name, host, &hypervisor.VM{Name: name, Host: host, State: hypervisor.Running,
-		MemoryBytes: 128 << 20, NICs: []hypervisor.NIC{{MAC: mac, Port: port}}})
-}
-
-// Where returns the hosts where the VM is active (running or paused).
-func (w *World) Where(name string) []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	var hosts []string
-	for h, vm := range w.vms[name] {
-		if vm.State.Active() {
-			hosts = append(hosts, h)
-		}
-	}
-	slices.Sort(hosts)
-	return hosts
-}
-
-// State returns the VM's state at host ("" if absent).
-func (w *World) State(host, name string) hypervisor.State {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if vm := w.vms[name][host]; vm != nil {
-		return vm.State
-	}
-	return ""
-}
-
-// Violations lists every moment a VM was active in two places.
-func (w *World) Violations() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return slices.Clone(w.violations)
-}
-
-// put and del must be called with w.mu held; they check the invariant.
-func (w *World) put(name, host string, vm *hypervisor.VM) {
-	if w.vms[name] == nil {
-		w.vms[name] = map[string]*hypervisor.VM{}
-	}
-	w.vms[name][host] = vm
-	n := 0
-	for _, v := range w.vms[name] {
-		if v.State.Active() {
-			n++
-		}
-	}
-	if n > 1 {
-		w.violations = append(w.violations, fmt.Sprintf("VM %q active at %d hosts (now %s at %s)", name, n, vm.State, host))
-	}
-}
-
-func (w *World) set(name, host string, s hypervisor.State) {
-	vm := *w.vms[name][host]
-	vm.State = s
-	w.put(name, host, &vm)
-}
 
 // Hypervisor is a fake hypervisor.Hypervisor for one host of a World.
 type Hypervisor struct {
@@ -105,11 +25,12 @@ var _ hypervisor.Hypervisor = (*Hypervisor)(nil)
 
 // Hypervisor returns the fake hypervisor of host.
 func (w *World) Hypervisor(host string) *Hypervisor {
-	return &Hypervisor{Faults: Faults{name: "hv:" + host, log: &w.Recorder}, w: w, host: host}
+	return &Hypervisor{Faults: Faults{name: "hv:" + host, log: &w.Recorder,
+		methods: methodsOf[hypervisor.Hypervisor](), after: []string{"Migrate"}}, w: w, host: host}
 }
 
-func (h *Hypervisor) Lookup(_ context.Context, name string) (hypervisor.VM, error) {
-	if err := h.enter("Lookup", name); err != nil {
+func (h *Hypervisor) Lookup(ctx context.Context, name string) (hypervisor.VM, error) {
+	if err := h.enter(ctx, "Lookup", name); err != nil {
 		return hypervisor.VM{}, err
 	}
 	h.w.mu.Lock()
@@ -121,8 +42,8 @@ func (h *Hypervisor) Lookup(_ context.Context, name string) (hypervisor.VM, erro
 	return *vm, nil
 }
 
-func (h *Hypervisor) PrepareIncoming(_ context.Context, vm hypervisor.VM) (hypervisor.Endpoint, error) {
-	if err := h.enter("PrepareIncoming", vm.Name); err != nil {
+func (h *Hypervisor) PrepareIncoming(ctx context.Context, vm hypervisor.VM) (hypervisor.Endpoint, error) {
+	if err := h.enter(ctx, "PrepareIncoming", vm.Name); err != nil {
 		return hypervisor.Endpoint{}, err
 	}
 	h.w.mu.Lock()
@@ -154,7 +75,7 @@ func incoming(vm hypervisor.VM, host, port string) *hypervisor.VM {
 }
 
 func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.Endpoint, opts hypervisor.MigrateOptions) (hypervisor.Stats, error) {
-	if err := h.enter("Migrate", name); err != nil {
+	if err := h.enter(ctx, "Migrate", name); err != nil {
 		return hypervisor.Stats{}, err
 	}
 	start := time.Now()
@@ -212,11 +133,11 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 	h.w.arrived[name] = dst
 	h.w.mu.Unlock()
 	st.Total, st.Downtime, st.Bytes = time.Since(start), time.Since(st.Switchover), mem
-	return st, nil
+	return st, h.leave("Migrate")
 }
 
-func (h *Hypervisor) Resume(_ context.Context, name string) error {
-	if err := h.enter("Resume", name); err != nil {
+func (h *Hypervisor) Resume(ctx context.Context, name string) error {
+	if err := h.enter(ctx, "Resume", name); err != nil {
 		return err
 	}
 	h.w.mu.Lock()
@@ -229,8 +150,8 @@ func (h *Hypervisor) Resume(_ context.Context, name string) error {
 	return nil
 }
 
-func (h *Hypervisor) Abort(_ context.Context, name string) error {
-	if err := h.enter("Abort", name); err != nil {
+func (h *Hypervisor) Abort(ctx context.Context, name string) error {
+	if err := h.enter(ctx, "Abort", name); err != nil {
 		return err
 	}
 	h.w.mu.Lock()
