@@ -6,7 +6,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
+
+	golibvirt "libvirt.org/go/libvirt"
 
 	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/hypervisor/libvirt"
@@ -29,6 +32,10 @@ type hypervisors struct {
 	// baselines' network, with a TLS stream or not, and boots v at A.
 	// tap is v's port at B.
 	baseline func(ctx context.Context, t lab.TB, v vmSpec, tls bool) (a, b hypervisor.Hypervisor, tap string, err error)
+	// watch reports when the incoming guest name on target handle h
+	// resumes (nil if it cannot tell). Call it once the incoming instance
+	// exists (after PrepareIncoming, block 315).
+	watch func(h hypervisor.Hypervisor, name string) <-chan time.Time
 }
 
 // qemuBaseline: QEMU handles at A and B whose migration stream goes over
@@ -86,7 +93,7 @@ func (w *world) qemuHypervisors(t lab.TB) (*hypervisors, error) {
 		return err
 	}
 	return &hypervisors{a: a, b: b, boot: boot, targetTap: func(i int) string { return fmt.Sprintf("tapb%d", i+1) },
-		baseline: w.qemuBaseline}, nil
+		baseline: w.qemuBaseline, watch: watchResume}, nil
 }
 
 // libvirtHypervisors: three real libvirt daemons (two in A's namespace,
@@ -161,14 +168,17 @@ func (w *world) libvirtHypervisors(ctx context.Context, t lab.TB) (*hypervisors,
 			NICs: []libvirt.DomainNIC{{MAC: n.MAC, Bridge: v.bridge, Tap: n.Tap}}})
 		return ba, bb, n.Tap, err
 	}
+	rw, err := watchLifecycle(daemons["b"].URI)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(rw.close)
 	return &hypervisors{a: a, b: b, boot: boot, targetTap: func(i int) string { return fmt.Sprintf("tapl%d", i+1) },
-		baseline: baseline}, nil
+		baseline: baseline, watch: func(_ hypervisor.Hypervisor, name string) <-chan time.Time { return rw.wait(name) }}, nil
 }
 
-// watchResume reports when the incoming guest name on h resumed, from
-// QEMU's own RESUME event (its timestamp is QEMU's clock); nothing for
-// libvirt (whose lifecycle events the lab does not watch). Call it once
-// the incoming instance exists (after PrepareIncoming, block 315).
+// watchResume reports when the incoming guest name on QEMU handle h
+// resumed, from QEMU's own RESUME event (its timestamp is QEMU's clock).
 func watchResume(h hypervisor.Hypervisor, name string) <-chan time.Time {
 	qh, ok := h.(*qemu.Hypervisor)
 	if !ok {
@@ -199,4 +209,55 @@ func watchResume(h hypervisor.Hypervisor, name string) <-chan time.Time {
 		}
 	}()
 	return ch
+}
+
+// lifecycleWatcher hears a libvirt daemon's "resumed" lifecycle events
+// (timed when the event arrives: libvirt's events carry no timestamp).
+type lifecycleWatcher struct {
+	conn    *golibvirt.Connect
+	id      int
+	mu      sync.Mutex
+	waiters map[string]chan time.Time
+}
+
+func watchLifecycle(uri string) (*lifecycleWatcher, error) {
+	c, err := golibvirt.NewConnect(uri)
+	if err != nil {
+		return nil, fmt.Errorf("libvirt %s: %w", uri, err)
+	}
+	w := &lifecycleWatcher{conn: c, waiters: map[string]chan time.Time{}}
+	w.id, err = c.DomainEventLifecycleRegister(nil, func(_ *golibvirt.Connect, d *golibvirt.Domain, ev *golibvirt.DomainEventLifecycle) {
+		at := time.Now()
+		if ev.Event != golibvirt.DOMAIN_EVENT_RESUMED {
+			return
+		}
+		name, err := d.GetName()
+		if err != nil {
+			return
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if ch, ok := w.waiters[name]; ok {
+			delete(w.waiters, name)
+			ch <- at
+		}
+	})
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("libvirt %s: lifecycle events: %w", uri, err)
+	}
+	return w, nil
+}
+
+func (w *lifecycleWatcher) wait(name string) <-chan time.Time {
+	ch := make(chan time.Time, 1)
+	w.mu.Lock()
+	w.waiters[name] = ch
+	w.mu.Unlock()
+	return ch
+}
+
+func (w *lifecycleWatcher) close() {
+	_ = w.conn.DomainEventDeregister(w.id)
+	w.conn.Close()
 }

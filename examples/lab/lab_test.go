@@ -96,7 +96,7 @@ func checkReport(t *testing.T, r map[string]any, subnet bool) {
 		assert.Equal(t, string(migration.Completed), m["outcome"], "%v: %v", m["vm"], m["error"])
 		assert.NotNil(t, m["traffic_after_resume_ms"], "%v: no reply after the resume", m["vm"])
 		tl := m["timeline"].(map[string]any)
-		assert.Equal(t, "qemu RESUME event at B", tl["resume_from"])
+		assert.Contains(t, tl["resume_from"], "event at B", "the resume is timed by the hypervisor's event")
 	}
 	assert.Len(t, r["baselines"], 2)
 	for _, b := range r["baselines"].([]any) {

@@ -135,7 +135,8 @@ type LeakProbe struct {
 type Timeline struct {
 	SourcePaused time.Time `json:"source_paused"`
 	HookEndMS    *float64  `json:"hook_end_ms"`
-	// TargetResumedMS: QEMU's RESUME event at B (ResumeFrom says).
+	// TargetResumedMS: the resume at B (QEMU's RESUME event, libvirt's
+	// resumed lifecycle event; ResumeFrom says which).
 	TargetResumedMS *float64 `json:"target_resumed_ms"`
 	ResumeFrom      string   `json:"resume_from"`
 	// FirstGuestPacketMS: the first IPv4 frame out of the guest's tap at
@@ -302,7 +303,7 @@ func relay(events <-chan migration.Event, o Options, w *world) {
 			if e.Block == migration.BlockTarget && e.Err == nil {
 				name, _ := w.current.Load().(string)
 				select {
-				case w.resumes <- watchResume(w.hv.b, name):
+				case w.resumes <- w.hv.watch(w.hv.b, name):
 				default:
 				}
 			}

@@ -297,7 +297,7 @@ func (w *world) baseline(ctx context.Context, name string, v vmSpec, from, to hy
 		return BaselineResult{}, fmt.Errorf("guest %s does not answer pings: %w", v.name, err)
 	}
 	t0 := time.Now()
-	st, resumed, err := plainMigrate(ctx, from, to, v.name, maxDowntime)
+	st, resumed, err := plainMigrate(ctx, from, to, v.name, maxDowntime, w.hv.watch)
 	if err != nil {
 		return BaselineResult{}, err
 	}
@@ -322,7 +322,7 @@ func (w *world) resumeTime(rep *migration.Report) (time.Time, string) {
 		if ch != nil {
 			select {
 			case at := <-ch:
-				return at, "qemu RESUME event at B"
+				return at, map[string]string{"qemu": "QEMU's RESUME event at B", "libvirt": "libvirt's resumed event at B"}[w.opts.Hypervisor]
 			case <-time.After(time.Second):
 			}
 		}
@@ -401,7 +401,8 @@ func (w *world) leakProbe(ctx context.Context, wan *lab.Capture) *LeakProbe {
 
 // plainMigrate is the baseline: QEMU's migration between two instances,
 // nothing else.
-func plainMigrate(ctx context.Context, from, to hypervisor.Hypervisor, name string, downtime time.Duration) (hypervisor.Stats, <-chan time.Time, error) {
+func plainMigrate(ctx context.Context, from, to hypervisor.Hypervisor, name string, downtime time.Duration,
+	watch func(hypervisor.Hypervisor, string) <-chan time.Time) (hypervisor.Stats, <-chan time.Time, error) {
 	vm, err := from.Lookup(ctx, name)
 	if err != nil {
 		return hypervisor.Stats{}, nil, err
@@ -410,7 +411,7 @@ func plainMigrate(ctx context.Context, from, to hypervisor.Hypervisor, name stri
 	if err != nil {
 		return hypervisor.Stats{}, nil, err
 	}
-	resumed := watchResume(to, name)
+	resumed := watch(to, name)
 	st, err := from.Migrate(ctx, name, ep, hypervisor.MigrateOptions{MaxDowntime: downtime})
 	if err != nil {
 		to.Abort(ctx, name)
