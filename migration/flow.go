@@ -589,6 +589,11 @@ func (r *run) undo(ctx context.Context) []error {
 	case vm.State != hypervisor.Running:
 		errs = append(errs, fmt.Errorf("VM %q is %s at %q after rollback, want running", p.VM, vm.State, p.From))
 	}
+	// ... and nowhere else: a target that kept its copy despite Abort
+	// would hold a second VM (never resumed by sealift, but there).
+	if t, err := r.dst.Hypervisor.Lookup(ctx, p.VM); err == nil && t.State.Active() {
+		errs = append(errs, fmt.Errorf("VM %q is still %s at %q after rollback", p.VM, t.State, p.To))
+	}
 	return errs
 }
 
