@@ -55,6 +55,11 @@ type Fencer struct {
 	log  *slog.Logger
 	now  func() time.Time
 	mu   sync.Mutex
+
+	// Seams for tests without a kernel: testDial answers the nftables
+	// netlink requests (nftables.WithTestDial), ports looks the ports up.
+	testDial func([]netlink.Message) ([]netlink.Message, error)
+	ports    func([]fence.Spec) (map[string]string, error)
 }
 
 // Option configures a Fencer.
@@ -323,6 +328,9 @@ func sameSpec(a, b fence.Spec) bool {
 // checkPorts makes sure every port exists on the host and returns the
 // bridge each one is on (by port; "" if none).
 func (f *Fencer) checkPorts(specs []fence.Spec) (map[string]string, error) {
+	if f.ports != nil {
+		return f.ports(specs)
+	}
 	ns, err := nsutil.Open(f.host)
 	if err != nil {
 		return nil, fmt.Errorf("nft: host %q: %w", f.host, err)
@@ -356,6 +364,10 @@ func (f *Fencer) checkPorts(specs []fence.Spec) (map[string]string, error) {
 // buffers are large, so a batch of hundreds of fences fits, and it
 // honours ctx's deadline.
 func (f *Fencer) conn(ctx context.Context) (*nftables.Conn, func(), error) {
+	if f.testDial != nil {
+		c, err := nftables.New(nftables.WithTestDial(f.testDial))
+		return c, func() {}, err
+	}
 	ns, err := nsutil.Open(f.host)
 	if err != nil {
 		return nil, nil, fmt.Errorf("nft: host %q: %w", f.host, err)
