@@ -94,6 +94,12 @@ func (s Spec) Validate() error {
 			return fmt.Errorf("%w: Addrs[%d] is not a valid address", ErrInvalid, i)
 		}
 	}
+	for i, m := range s.AllowMarks {
+		if m == ResetMark {
+			return fmt.Errorf("%w: AllowMarks[%d] %#x is ResetMark, which fences let through only for payload-free resets (VM %q)",
+				ErrInvalid, i, m, s.VM)
+		}
+	}
 	for i, p := range s.Peers {
 		switch {
 		case !p.IsValid():

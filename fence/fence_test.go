@@ -34,3 +34,10 @@ func TestValidatePeers(t *testing.T) {
 		assert.ErrorContains(t, err, c.words)
 	}
 }
+
+func TestValidateRefusesResetMarkInAllowMarks(t *testing.T) {
+	s := fence.Spec{VM: "v", Port: "tap0", AllowMarks: []uint32{7, fence.ResetMark}}
+	err := s.Validate()
+	assert.ErrorIs(t, err, fence.ErrInvalid)
+	assert.ErrorContains(t, err, "AllowMarks[1] 0x5ea1f1c7 is ResetMark")
+}

@@ -41,13 +41,19 @@ type peersLab struct {
 	nb string // the unfenced neighbour at B
 }
 
-func newPeersLab(t *testing.T) *peersLab {
+func newPeersLab(t *testing.T, brnf bool) *peersLab {
 	t.Helper()
 	lab.RequireRoot(t)
 	if _, err := exec.LookPath("ip"); err != nil {
 		lab.Missing(t, "ip (apt: iproute2)")
 	}
 	l := lab.New(t)
+	for _, k := range []string{"net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables"} {
+		err := lab.Sysctl(l.B, k, map[bool]string{false: "0", true: "1"}[brnf])
+		if err != nil && brnf {
+			lab.Missing(t, "br_netfilter (modprobe br_netfilter): "+err.Error())
+		}
+	}
 	run := func(ns string, args ...string) {
 		t.Helper()
 		out, err := lab.Exec(ns, args[0], args[1:]...)
@@ -202,8 +208,19 @@ func (w *peersLab) probe(t *testing.T, f *Fencer, want expect) {
 	}
 }
 
+// TestPeersGuard runs with br_netfilter off and on (B's neighbour is
+// bridged to B; with br_netfilter its frames also pass the inet hooks).
 func TestPeersGuard(t *testing.T) {
-	w := newPeersLab(t)
+	for _, brnf := range []bool{false, true} {
+		t.Run(map[bool]string{false: "brnf=off", true: "brnf=on"}[brnf], func(t *testing.T) {
+			t.Parallel()
+			peersGuard(t, brnf)
+		})
+	}
+}
+
+func peersGuard(t *testing.T, brnf bool) {
+	w := newPeersLab(t, brnf)
 	ctx := context.Background()
 	f := New(WithHost(w.B))
 	spec := fence.Spec{VM: "vm-1", Port: "mv0", Addrs: []netip.Addr{lab.VMAddr}, AllowVia: []string{"sl0"}, Peers: peers}
