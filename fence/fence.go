@@ -31,11 +31,11 @@ var (
 // packet reach the VM, and nothing else: it must carry this exact mark,
 // be TCP without IP or TCP options and without payload (IPv4 total
 // length 40, IPv6 payload length 20 with TCP as the next header), have
-// only ACK and/or RST set, and be addressed to one of the VM's Addrs (a fence without Addrs lets none
-// in).
-// So a marked packet can end a connection of the VM but carry no data to
-// or from it. Fences without AllowVia (a full block) do not let it in:
-// the VM's answers could not leave anyway.
+// only ACK and/or RST set, and be addressed to one of the VM's Addrs (a
+// fence without Addrs lets none in). So a marked packet can end a
+// connection of the VM but carry no data to or from it. Fences without
+// AllowVia (a full block) do not let it in: the VM's answers could not
+// leave anyway. Spec.Validate refuses ResetMark in AllowMarks.
 const ResetMark uint32 = 0x5ea1f1c7
 
 // Spec says which VM to fence and what, if anything, stays allowed.
@@ -68,8 +68,13 @@ type Spec struct {
 	// the others. AllowMarks do not exempt packets from it. Prefixes must
 	// have no host bits, must not be /0 (that would cut the host's
 	// underlay off) nor IPv4-mapped, and must not contain the VM's Addrs.
-	// Optional; backends that cannot filter by destination refuse it with
-	// ErrUnsupported (fence/linkstate does; fence/nft implements it).
+	// Set it at the target only: where the peers are local (the source)
+	// the guard would cut them off. Encryption by XFRM policy (no device)
+	// does not count as an AllowVia device: the plaintext leaves the
+	// guard's hook by the underlay device and is dropped before it is
+	// transformed. Optional; backends that cannot filter by destination
+	// refuse it with ErrUnsupported (fence/linkstate does; fence/nft
+	// implements it).
 	Peers []netip.Prefix
 }
 
