@@ -25,7 +25,7 @@ import (
 //	peer2 10.2.0.20 ── core ── wan ── B (wan0 203.0.113.1, fd01::1)
 //	                      └─ bsl 192.0.2.2 ── sl0 192.0.2.1 (B's "secure link"; fd02::/64)
 //
-// B's br0: mv0 (the fenced VM's port, 10.1.0.10), nb0 (an unfenced
+// B's br0: mv0 (the fenced VM's port, 10.1.0.10, the guest down), nb0 (an unfenced
 // neighbour, 10.1.0.30 / fd00:1::30). 10.1.0.12 and fd00:1::12 are unused
 // addresses of the moved subnet that peer2 (IPv4) and the wan (holding
 // the peer address fd00:2::20, IPv6) send to.
@@ -48,19 +48,20 @@ func newPeersLab(t *testing.T, brnf bool) *peersLab {
 		lab.Missing(t, "ip (apt: iproute2)")
 	}
 	l := lab.New(t)
+	run := func(ns string, args ...string) {
+		t.Helper()
+		out, err := lab.Exec(ns, args[0], args[1:]...)
+		require.NoError(t, err, "%s", out)
+	}
 	for _, k := range []string{"net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables"} {
 		err := lab.Sysctl(l.B, k, map[bool]string{false: "0", true: "1"}[brnf])
 		if err != nil && brnf {
 			lab.Missing(t, "br_netfilter (modprobe br_netfilter): "+err.Error())
 		}
 	}
-	run := func(ns string, args ...string) {
-		t.Helper()
-		out, err := lab.Exec(ns, args[0], args[1:]...)
-		require.NoError(t, err, "%s", out)
-	}
-	_, err := l.AttachVM("mv", l.B, "mv0", "10.1.0.10/24")
+	mv, err := l.AttachVM("mv", l.B, "mv0", "10.1.0.10/24")
 	require.NoError(t, err)
+	run(mv, "ip", "link", "set", "eth0", "down") // the moved guest is down
 	nb, err := l.AttachVM("nb", l.B, "nb0", "10.1.0.30/24")
 	require.NoError(t, err)
 	require.NoError(t, lab.Veth(l.B, "sl0", "192.0.2.1/30", l.Core, "bsl", "192.0.2.2/30"))
@@ -68,8 +69,10 @@ func newPeersLab(t *testing.T, brnf bool) *peersLab {
 	require.NoError(t, lab.Veth(l.B, "mv2", "", l.B, "mv2p", ""))
 	// Peer2's packets to the unused address cross the wan to B, as after
 	// the subnet moved.
-	require.NoError(t, lab.AddRoute(l.Core, unused4.String()+"/32", lab.WANCore.String(), ""))
-	require.NoError(t, lab.AddRoute(l.WAN, unused4.String()+"/32", lab.BUnderlay.String(), ""))
+	for _, a := range []netip.Addr{unused4, lab.VMAddr} {
+		require.NoError(t, lab.AddRoute(l.Core, a.String()+"/32", lab.WANCore.String(), ""))
+		require.NoError(t, lab.AddRoute(l.WAN, a.String()+"/32", lab.BUnderlay.String(), ""))
+	}
 	// IPv6: B and the wan share fd01::/64; the wan holds the peer address.
 	run(l.B, "ip", "-6", "addr", "add", "fd01::1/64", "dev", "wan0", "nodad")
 	run(l.WAN, "ip", "-6", "addr", "add", "fd01::2/64", "dev", "b0", "nodad")
@@ -130,32 +133,40 @@ func sendUDP(t *testing.T, ns string, src netip.Addr, dst netip.AddrPort, hops i
 }
 
 // leakKinds are the ways a packet addressed to a peer can leave B.
+// quotesVM: the error quotes a fenced VM's address, so that VM's own
+// fence may drop it before the guard does.
 var leakKinds = []struct {
-	name string
-	send func(t *testing.T, w *peersLab)
+	name     string
+	send     func(t *testing.T, w *peersLab)
+	quotesVM bool
 }{
 	{"icmp-host-unreachable-to-peer", func(t *testing.T, w *peersLab) {
 		// Peer2 pings an unused address of the moved subnet: B's ARP fails
 		// and B answers "host unreachable", quoting the ping, to peer2.
 		_, err := lab.Ping(w.Peer2, unused4, 1, 0)
 		require.NoError(t, err)
-	}},
+	}, false},
+	{"icmp-host-unreachable-for-down-guest", func(t *testing.T, w *peersLab) {
+		// The same for the moved guest's own address while it is down.
+		_, err := lab.Ping(w.Peer2, lab.VMAddr, 1, 0)
+		require.NoError(t, err)
+	}, true},
 	{"icmpv6-time-exceeded-to-peer", func(t *testing.T, w *peersLab) {
 		// A datagram from the peer's address with hop limit 1 expires at B.
 		sendUDP(t, w.WAN, peerV6, netip.AddrPortFrom(unused6, 9), 1)
-	}},
+	}, false},
 	{"forwarded-v4", func(t *testing.T, w *peersLab) {
 		sendUDP(t, w.nb, netip.Addr{}, netip.AddrPortFrom(lab.Peer2Addr, 9), 0)
-	}},
+	}, false},
 	{"forwarded-v6", func(t *testing.T, w *peersLab) {
 		sendUDP(t, w.nb, netip.Addr{}, netip.AddrPortFrom(peerV6, 9), 0)
-	}},
+	}, false},
 	{"host-own-v4", func(t *testing.T, w *peersLab) {
 		sendUDP(t, w.B, netip.Addr{}, netip.AddrPortFrom(lab.Peer2Addr, 9), 0)
-	}},
+	}, false},
 	{"host-own-v6", func(t *testing.T, w *peersLab) {
 		sendUDP(t, w.B, netip.Addr{}, netip.AddrPortFrom(peerV6, 9), 0)
-	}},
+	}, false},
 }
 
 // expect says what each kind of leak must do in one phase.
@@ -168,28 +179,25 @@ const (
 )
 
 // probe runs every kind once and checks where frames addressed to the
-// peers leave B. A zero is only believed once the guard's drop counter
-// moved for that kind: the packet was made and stopped.
+// peers leave B. A zero is only believed once a drop counter moved for
+// that kind (the guard's, or a fenced VM's own for errors quoting it):
+// the packet was made and stopped.
 func (w *peersLab) probe(t *testing.T, f *Fencer, want expect) {
 	t.Helper()
-	ctx := context.Background()
 	for _, k := range leakKinds {
 		wan, err := lab.StartAddrCapture(w.B, "wan0", peers...)
 		require.NoError(t, err)
 		sl, err := lab.StartAddrCapture(w.B, "sl0", peers...)
 		require.NoError(t, err)
-		before, err := f.GuardDropped(ctx)
-		require.NoError(t, err)
+		before := drops(t, f, k.quotesVM)
 		k.send(t, w)
 		switch want {
 		case leaks:
 			assert.Eventually(t, func() bool { return wan.Count() > 0 }, 5*time.Second, 20*time.Millisecond,
 				"%s: control: nothing addressed to the peers left by the wan; the guard's zero would prove nothing", k.name)
 		case guarded:
-			assert.Eventually(t, func() bool {
-				n, err := f.GuardDropped(ctx)
-				return err == nil && n > before
-			}, 5*time.Second, 20*time.Millisecond, "%s: the guard dropped nothing (was the packet made?)", k.name)
+			assert.Eventually(t, func() bool { return drops(t, f, k.quotesVM) > before }, 5*time.Second, 20*time.Millisecond,
+				"%s: the fences dropped nothing (was the packet made?)", k.name)
 		case viaLink:
 			assert.Eventually(t, func() bool { return sl.Count() > 0 }, 5*time.Second, 20*time.Millisecond,
 				"%s: nothing left through the AllowVia device", k.name)
@@ -210,6 +218,26 @@ func (w *peersLab) probe(t *testing.T, f *Fencer, want expect) {
 
 // TestPeersGuard runs with br_netfilter off and on (B's neighbour is
 // bridged to B; with br_netfilter its frames also pass the inet hooks).
+// drops returns the guard's drop counter, plus with vms every installed
+// fence's.
+func drops(t *testing.T, f *Fencer, vms bool) uint64 {
+	t.Helper()
+	ctx := context.Background()
+	n, err := f.GuardDropped(ctx)
+	require.NoError(t, err)
+	if !vms {
+		return n
+	}
+	fs, err := f.List(ctx)
+	require.NoError(t, err)
+	for _, fc := range fs {
+		d, err := f.Dropped(ctx, fc.VM)
+		require.NoError(t, err)
+		n += d
+	}
+	return n
+}
+
 func TestPeersGuard(t *testing.T) {
 	for _, brnf := range []bool{false, true} {
 		t.Run(map[bool]string{false: "brnf=off", true: "brnf=on"}[brnf], func(t *testing.T) {
