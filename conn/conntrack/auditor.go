@@ -26,11 +26,12 @@
 // (RFC 793/5961); that answer crosses the host, is rejected, and the
 // endpoint gets its RST. Tickles and RSTs carry fence.ResetMark, which a
 // fence with AllowVia lets reach the VM (payload-free ACK/RST only), so a
-// fenced target VM's side is reset too. Reset waits until every direction's counter has
-// moved (or WithResetTimeout, or ctx; silent directions are tickled again
-// every 600ms), deletes the conntrack entries pipelined over one netlink
-// socket (256 requests per sendmsg, each with the entry id so a replaced
-// entry is left alone), and removes its table.
+// fenced target VM's side is reset too. Reset waits until every
+// direction's counter has moved (or WithResetTimeout, or ctx; silent
+// directions are tickled again every 600ms), deletes the conntrack
+// entries pipelined over one netlink socket (256 requests per sendmsg,
+// each with the entry id so a replaced entry is left alone), and removes
+// its table.
 //
 // The reject rule hooks the inet forward path: flows the host routes. A VM
 // bridged to its peers without routing is only seen there with
