@@ -20,7 +20,23 @@ var (
 	ErrNoPort = errors.New("fence: port not found")
 	// ErrNotFenced: Lift found no fence for the VM; nothing was changed.
 	ErrNotFenced = errors.New("fence: vm not fenced")
+	// ErrUnsupported: the backend cannot enforce a (valid) Spec field; the
+	// error names the field. Nothing was changed.
+	ErrUnsupported = errors.New("fence: not supported by this backend")
 )
+
+// ResetMark is the fwmark conn/conntrack gives the packets it sends to
+// reset a VM's unsecured connections (its "tickle" ACKs, and the RSTs its
+// reset table answers them with). A fence with AllowVia lets such a
+// packet reach the VM, and nothing else: it must carry this exact mark,
+// be TCP without IP or TCP options and without payload (IPv4 total
+// length 40, IPv6 payload length 20 with TCP as the next header), have
+// only ACK and/or RST set, and be addressed to one of the VM's Addrs (a
+// fence without Addrs lets none in). So a marked packet can end a
+// connection of the VM but carry no data to or from it. Fences without
+// AllowVia (a full block) do not let it in: the VM's answers could not
+// leave anyway. Spec.Validate refuses ResetMark in AllowMarks.
+const ResetMark uint32 = 0x5ea1f1c7
 
 // Spec says which VM to fence and what, if anything, stays allowed.
 type Spec struct {
@@ -39,6 +55,27 @@ type Spec struct {
 	// AllowMarks lets packets carrying one of these fwmarks through (the
 	// XFRM backend marks decrypted traffic). Optional.
 	AllowMarks []uint32
+	// Peers are the secure side's prefixes (the addresses the VM talks to
+	// over the link; a migration's Plan.Peers). While this fence exists,
+	// nothing addressed to them leaves this host except through an
+	// AllowVia device, whoever generated it: packets the host forwards,
+	// its own packets and its ICMP/ICMPv6 errors (e.g. "host unreachable"
+	// for an address of a moved subnet that has no VM here, which would
+	// quote the peer's packet), IPv4 and IPv6. The guard is host-wide:
+	// when several fences carry Peers, every prefix any of them lists is
+	// guarded and every AllowVia device of any of them counts as secure
+	// (all are encrypting links), so lifting one fence keeps the guard of
+	// the others. AllowMarks do not exempt packets from it. Prefixes must
+	// have no host bits, must not be /0 (that would cut the host's
+	// underlay off) nor IPv4-mapped, and must not contain the VM's Addrs.
+	// Set it at the target only: where the peers are local (the source)
+	// the guard would cut them off. Encryption by XFRM policy (no device)
+	// does not count as an AllowVia device: the plaintext leaves the
+	// guard's hook by the underlay device and is dropped before it is
+	// transformed. Optional; backends that cannot filter by destination
+	// refuse it with ErrUnsupported (fence/linkstate does; fence/nft
+	// implements it).
+	Peers []netip.Prefix
 }
 
 // Validate checks s and names the first bad field and its value.
@@ -60,6 +97,29 @@ func (s Spec) Validate() error {
 	for i, a := range s.Addrs {
 		if !a.IsValid() {
 			return fmt.Errorf("%w: Addrs[%d] is not a valid address", ErrInvalid, i)
+		}
+	}
+	for i, m := range s.AllowMarks {
+		if m == ResetMark {
+			return fmt.Errorf("%w: AllowMarks[%d] %#x is ResetMark, which fences let through only for payload-free resets (VM %q)",
+				ErrInvalid, i, m, s.VM)
+		}
+	}
+	for i, p := range s.Peers {
+		switch {
+		case !p.IsValid():
+			return fmt.Errorf("%w: Peers[%d] is not a valid prefix (VM %q)", ErrInvalid, i, s.VM)
+		case p.Addr().Is4In6():
+			return fmt.Errorf("%w: Peers[%d] %s is IPv4-mapped; use the IPv4 form (VM %q)", ErrInvalid, i, p, s.VM)
+		case p != p.Masked():
+			return fmt.Errorf("%w: Peers[%d] %s has host bits set (want %s) (VM %q)", ErrInvalid, i, p, p.Masked(), s.VM)
+		case p.Bits() == 0:
+			return fmt.Errorf("%w: Peers[%d] %s covers every address, the host's underlay too (VM %q)", ErrInvalid, i, p, s.VM)
+		}
+		for _, a := range s.Addrs {
+			if p.Contains(a.Unmap()) {
+				return fmt.Errorf("%w: Peers[%d] %s contains the VM's address %s (VM %q)", ErrInvalid, i, p, a, s.VM)
+			}
 		}
 	}
 	for i, v := range s.AllowVia {

@@ -24,11 +24,14 @@
 // of every TCP flow with one out-of-window ACK each (raw, marked and
 // untracked), which each endpoint answers with a duplicate ACK
 // (RFC 793/5961); that answer crosses the host, is rejected, and the
-// endpoint gets its RST. Reset waits until every direction's counter has
-// moved (or WithResetTimeout, or ctx; silent directions are tickled again
-// every 600ms), deletes the conntrack entries pipelined over one netlink
-// socket (256 requests per sendmsg, each with the entry id so a replaced
-// entry is left alone), and removes its table.
+// endpoint gets its RST. Tickles and RSTs carry fence.ResetMark, which a
+// fence with AllowVia lets reach the VM (payload-free ACK/RST only), so a
+// fenced target VM's side is reset too. Reset waits until every
+// direction's counter has moved (or WithResetTimeout, or ctx; silent
+// directions are tickled again every 600ms), deletes the conntrack
+// entries pipelined over one netlink socket (256 requests per sendmsg,
+// each with the entry id so a replaced entry is left alone), and removes
+// its table.
 //
 // The reject rule hooks the inet forward path: flows the host routes. A VM
 // bridged to its peers without routing is only seen there with
@@ -55,6 +58,7 @@ import (
 
 	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/conn/internal/host"
+	"github.com/sealift/sealift/fence"
 )
 
 var _ conn.ConnAuditor = (*Auditor)(nil)
@@ -86,14 +90,16 @@ func WithResetTimeout(d time.Duration) Option { return func(a *Auditor) { a.time
 // rejects packets the endpoints send by themselves within the timeout.
 func WithTickle(on bool) Option { return func(a *Auditor) { a.tickle = on } }
 
-// WithTickleMark sets the socket mark of tickle packets, which the reset
-// table exempts from conntrack (default 0x5ea1f1c7).
+// WithTickleMark sets the mark of tickle packets, which the reset table
+// exempts from conntrack, and of the RSTs it answers with (default
+// fence.ResetMark). Fences (fence/nft) let reset packets reach a fenced
+// VM only with fence.ResetMark: another mark resets the peer side alone.
 func WithTickleMark(m uint32) Option { return func(a *Auditor) { a.mark = m } }
 
 // New returns an Auditor.
 func New(opts ...Option) *Auditor {
 	a := &Auditor{log: slog.New(slog.NewTextHandler(io.Discard, nil)), timeout: 3 * time.Second,
-		tickle: true, mark: 0x5ea1f1c7}
+		tickle: true, mark: fence.ResetMark}
 	for _, o := range opts {
 		o(a)
 	}

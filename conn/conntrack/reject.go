@@ -37,7 +37,9 @@ type rejecter struct {
 
 // installReject adds, in one batch, a table with the plan's sets, a
 // forward chain rejecting their packets and an output chain exempting
-// tickles (mark) from conntrack.
+// tickles (mark) from conntrack and marking the RSTs the kernel sends
+// for the rejected TCP packets (so a fence lets them reach the VM, see
+// fence.ResetMark).
 func installReject(ns netns.NsHandle, p *plan, mark uint32) (*rejecter, error) {
 	sizeOpt := nftables.WithSockOptions(func(c *netlink.Conn) error {
 		return bigSendBuffer(c, 64+len(p.tcp4)*48+len(p.udp4)*48+len(p.tcp6)*72+len(p.udp6)*72)
@@ -97,6 +99,7 @@ func installReject(ns netns.NsHandle, p *plan, mark uint32) (*rejecter, error) {
 		}
 		if s.proto == unix.IPPROTO_TCP {
 			r.tcp[set] = keys
+			nft.AddRule(&nftables.Rule{Table: t, Chain: out, Exprs: markRule(set, s.v6, mark)})
 		}
 		nft.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: matchRule(set, s.v6, s.proto)})
 	}
@@ -129,6 +132,34 @@ func matchRule(set *nftables.Set, v6 bool, proto byte) []expr.Any {
 		return append(e, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST})
 	}
 	return append(e, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH})
+}
+
+// markRule is "meta l4proto tcp tcp flags & rst != 0 daddr . saddr .
+// dport . sport @set meta mark set mark": the RST the kernel built from a
+// rejected packet of the set (its addresses and ports reversed) gets the
+// mark. It runs in the output hook before any filter chain (raw priority).
+func markRule(set *nftables.Set, v6 bool, mark uint32) []expr.Any {
+	fam, alen, soff, doff := byte(unix.NFPROTO_IPV4), uint32(4), uint32(12), uint32(16)
+	if v6 {
+		fam, alen, soff, doff = unix.NFPROTO_IPV6, 16, 8, 24
+	}
+	words := alen / 4
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam}},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x04}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0}},
+		&expr.Payload{DestRegister: reg32, Base: expr.PayloadBaseNetworkHeader, Offset: doff, Len: alen},
+		&expr.Payload{DestRegister: reg32 + words, Base: expr.PayloadBaseNetworkHeader, Offset: soff, Len: alen},
+		&expr.Payload{DestRegister: reg32 + 2*words, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Payload{DestRegister: reg32 + 2*words + 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+		&expr.Lookup{SourceRegister: reg32, SetName: set.Name, SetID: set.ID},
+		&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint32(mark)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+	}
 }
 
 // unhit returns the TCP directions that have not had a packet rejected.

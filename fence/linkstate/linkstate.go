@@ -9,7 +9,12 @@
 //
 // A port that is down carries nothing, so link state cannot let a secure
 // link through: Specs with AllowVia or AllowMarks are rejected (use
-// fence/nft for those).
+// fence/nft for those). Nor can it keep the host's own traffic from the
+// secure side's prefixes (Spec.Peers: a guard by destination that a
+// port's link state cannot express; policy routing could, but would
+// reroute rather than fence and could not tell an AllowVia device's
+// packets from others'): Specs with Peers are refused with an error
+// wrapping fence.ErrUnsupported.
 package linkstate
 
 import (
@@ -229,6 +234,10 @@ func check(s fence.Spec) error {
 	if len(s.AllowMarks) > 0 {
 		return fmt.Errorf("%w: AllowMarks %v (VM %q): a port that is down lets no marked traffic through; use fence/nft",
 			fence.ErrInvalid, s.AllowMarks, s.VM)
+	}
+	if len(s.Peers) > 0 {
+		return fmt.Errorf("%w: Peers %v (VM %q): link state cannot filter the host's traffic by destination; use fence/nft",
+			fence.ErrUnsupported, s.Peers, s.VM)
 	}
 	if strings.ContainsRune(s.VM, 0) {
 		return fmt.Errorf("%w: VM %q contains a NUL byte", fence.ErrInvalid, s.VM)

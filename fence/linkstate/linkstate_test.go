@@ -169,6 +169,7 @@ func TestFenceRejectsBadInputUnchanged(t *testing.T) {
 		{"empty VM", func(s *fence.Spec) { s.VM = "" }, fence.ErrInvalid, "VM"},
 		{"AllowVia", func(s *fence.Spec) { s.AllowVia = []string{"wg0"} }, fence.ErrInvalid, "AllowVia"},
 		{"AllowMarks", func(s *fence.Spec) { s.AllowMarks = []uint32{7} }, fence.ErrInvalid, "AllowMarks"},
+		{"Peers", func(s *fence.Spec) { s.Peers = []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24")} }, fence.ErrUnsupported, "Peers"},
 		{"port of another fence", func(s *fence.Spec) { s.Port = "vm0" }, fence.ErrInvalid, "vm-1"},
 		{"VM too long", func(s *fence.Spec) { s.VM = strings.Repeat("v", 300) }, fence.ErrInvalid, "alias"},
 	}

@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/sealift/sealift/fence"
 )
 
@@ -60,4 +63,15 @@ func TestCheckRejectsWhatLinkStateCannotDo(t *testing.T) {
 			t.Errorf("check(%+v) = %v, want ErrInvalid", s, err)
 		}
 	}
+}
+
+// Link state cannot filter by destination: a Spec with Peers is refused
+// with ErrUnsupported naming the field, not silently half-enforced.
+func TestCheckRefusesPeers(t *testing.T) {
+	s := fence.Spec{VM: "v", Port: "tap0", Peers: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24")}}
+	err := check(s)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, fence.ErrUnsupported)
+	assert.Contains(t, err.Error(), "Peers")
+	assert.Contains(t, err.Error(), "10.2.0.0/24")
 }

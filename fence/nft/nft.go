@@ -8,6 +8,20 @@
 // in the comments of its first rules, so a new Fencer (after a restart)
 // finds it. Every change, including replacing a fence and fencing many
 // VMs at once, is one nftables transaction: it lands whole or not at all.
+//
+// Spec.Peers is enforced host-wide by two more base chains, the inet
+// and bridge tables' "postrouting", which hold nothing but the guard
+// built from every installed fence's Peers and AllowVia (rebuilt, in the
+// same transaction, whenever that union changes): an AllowVia device
+// returns, anything else addressed to a peer prefix is dropped. The inet
+// chain judges what the host routes or sends by the device it leaves
+// through (forwarded packets, the host's own, its ICMP errors, nftables'
+// rejects); the bridge chain judges frames a bridge sends out of a port.
+// So a bridge port named in AllowVia passes frames bridged to it, but
+// packets the host routes out of the bridge device are judged by the
+// bridge's name (list the bridge, or use a routed secure device); with
+// br_netfilter, bridged frames also count as leaving through the bridge.
+// Packets written to AF_PACKET sockets bypass netfilter and the guard.
 package nft
 
 import (
@@ -41,6 +55,11 @@ type Fencer struct {
 	log  *slog.Logger
 	now  func() time.Time
 	mu   sync.Mutex
+
+	// Seams for tests without a kernel: testDial answers the nftables
+	// netlink requests (nftables.WithTestDial), ports looks the ports up.
+	testDial func([]netlink.Message) ([]netlink.Message, error)
+	ports    func([]fence.Spec) (map[string]string, error)
 }
 
 // Option configures a Fencer.
@@ -96,6 +115,10 @@ func (f *Fencer) FenceAll(ctx context.Context, specs []fence.Spec) error {
 	now := f.now()
 	var changed []string
 	tablesAdded := false
+	after := map[string]fence.Spec{}
+	for vm, fc := range installed {
+		after[vm] = fc.Spec
+	}
 	for _, s := range specs {
 		old, had := installed[s.VM]
 		if had && sameSpec(old.Spec, s) {
@@ -109,10 +132,12 @@ func (f *Fencer) FenceAll(ctx context.Context, specs []fence.Spec) error {
 			return err
 		}
 		changed = append(changed, s.VM)
+		after[s.VM] = s
 	}
 	if len(changed) == 0 {
 		return nil
 	}
+	setGuard(c, installed, after)
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("nft: fence %s on %q: %w", strings.Join(changed, ","), f.host, err)
 	}
@@ -178,6 +203,13 @@ func (f *Fencer) LiftAll(ctx context.Context, vms []string) error {
 			c.DelChain(vc.c)
 		}
 	}
+	after := map[string]fence.Spec{}
+	for vm, fc := range installed {
+		if !lift[chainID(vm)] {
+			after[vm] = fc.Spec
+		}
+	}
+	setGuard(c, installed, after)
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("nft: lift %s on %q: %w", strings.Join(vms, ","), f.host, err)
 	}
@@ -239,6 +271,36 @@ func (f *Fencer) Dropped(ctx context.Context, vm string) (uint64, error) {
 	return n, nil
 }
 
+// GuardDropped returns the packets the Peers guard dropped so far (the
+// sum of the guard chains' drop counters; 0 if no guard was installed).
+func (f *Fencer) GuardDropped(ctx context.Context) (uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, done, err := f.conn(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer done()
+	var n uint64
+	for _, b := range guardChains {
+		rules, err := c.GetRules(b.table, b.chain())
+		if errors.Is(err, unix.ENOENT) {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("nft: rules of %s %s on host %q: %w", b.table.Name, b.name, f.host, err)
+		}
+		for _, r := range rules {
+			for _, e := range r.Exprs {
+				if ctr, ok := e.(*expr.Counter); ok {
+					n += ctr.Packets
+				}
+			}
+		}
+	}
+	return n, nil
+}
+
 // check validates a Spec beyond fence.Spec.Validate.
 func check(s fence.Spec) error {
 	if err := s.Validate(); err != nil {
@@ -259,12 +321,16 @@ func check(s fence.Spec) error {
 
 func sameSpec(a, b fence.Spec) bool {
 	return a.VM == b.VM && a.Port == b.Port && strings.EqualFold(a.MAC, b.MAC) &&
-		slices.Equal(a.Addrs, b.Addrs) && slices.Equal(a.AllowVia, b.AllowVia) && slices.Equal(a.AllowMarks, b.AllowMarks)
+		slices.Equal(a.Addrs, b.Addrs) && slices.Equal(a.AllowVia, b.AllowVia) && slices.Equal(a.AllowMarks, b.AllowMarks) &&
+		slices.Equal(a.Peers, b.Peers)
 }
 
 // checkPorts makes sure every port exists on the host and returns the
 // bridge each one is on (by port; "" if none).
 func (f *Fencer) checkPorts(specs []fence.Spec) (map[string]string, error) {
+	if f.ports != nil {
+		return f.ports(specs)
+	}
 	ns, err := nsutil.Open(f.host)
 	if err != nil {
 		return nil, fmt.Errorf("nft: host %q: %w", f.host, err)
@@ -298,6 +364,10 @@ func (f *Fencer) checkPorts(specs []fence.Spec) (map[string]string, error) {
 // buffers are large, so a batch of hundreds of fences fits, and it
 // honours ctx's deadline.
 func (f *Fencer) conn(ctx context.Context) (*nftables.Conn, func(), error) {
+	if f.testDial != nil {
+		c, err := nftables.New(nftables.WithTestDial(f.testDial))
+		return c, func() {}, err
+	}
 	ns, err := nsutil.Open(f.host)
 	if err != nil {
 		return nil, nil, fmt.Errorf("nft: host %q: %w", f.host, err)
@@ -383,8 +453,33 @@ func (f *Fencer) list(c *nftables.Conn) (map[string]fence.Fence, error) {
 func addTables(c *nftables.Conn) {
 	c.AddTable(bridgeTable)
 	c.AddTable(inetTable)
-	for _, b := range baseChains {
+	for _, b := range append(slices.Clone(baseChains), guardChains...) {
 		c.AddChain(b.chain())
+	}
+}
+
+// setGuard queues the rebuild of the Peers guard chains when the union
+// of the fences' Peers (and their AllowVia devices) changes from before
+// to after. The chains exist whenever a guard was ever installed: addTables
+// (called for any change that adds or replaces a fence) creates them.
+func setGuard(c *nftables.Conn, before map[string]fence.Fence, after map[string]fence.Spec) {
+	var bs, as []fence.Spec
+	for _, fc := range before {
+		bs = append(bs, fc.Spec)
+	}
+	for _, s := range after {
+		as = append(as, s)
+	}
+	old, g := guardOf(bs), guardOf(as)
+	if old.equal(g) {
+		return
+	}
+	for _, b := range guardChains {
+		ch := b.chain()
+		c.FlushChain(ch)
+		for _, r := range g.rules(b.table == bridgeTable) {
+			c.AddRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: r})
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -122,6 +123,7 @@ func buildRules(s fence.Spec, bridge string) ruleSet {
 	rs.inet = append(rs.inet, allow...)
 	if via {
 		rs.inet = append(rs.inet, ndReturn())
+		rs.inet = append(rs.inet, resetReturns(v4, v6)...)
 	}
 	if via && bridge != "" {
 		// With br_netfilter, bridged packets also pass the inet hooks,
@@ -184,6 +186,118 @@ func icmpErrorDrops(v4, v6 []netip.Addr) [][]expr.Any {
 		}
 	}
 	return rules
+}
+
+// resetReturns let conn/conntrack's reset packets reach the VM: marked
+// fence.ResetMark, addressed to one of its addresses, TCP without options
+// or payload (IPv4: header 0x45, total length 40; IPv6: TCP next, payload
+// length 20; TCP data offset 5), flags ACK and/or RST only. Such a packet
+// can end a connection of the VM but carries no data.
+func resetReturns(v4, v6 []netip.Addr) [][]expr.Any {
+	var rules [][]expr.Any
+	mark := metaEq(expr.MetaKeyMARK, binaryutil.NativeEndian.PutUint32(fence.ResetMark))
+	tcp := cat(
+		metaEq(expr.MetaKeyL4PROTO, []byte{unix.IPPROTO_TCP}),
+		loadEq(expr.PayloadBaseTransportHeader, 12, []byte{0x50}),
+		[]expr.Any{
+			&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg, Data: []byte{0}},
+			&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 1, Mask: []byte{^byte(0x14)}, Xor: []byte{0}},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: []byte{0}},
+		})
+	for _, a := range v4 {
+		rules = append(rules, cat(mark, metaEq(expr.MetaKeyNFPROTO, []byte{unix.NFPROTO_IPV4}),
+			loadEq(expr.PayloadBaseNetworkHeader, 16, a.AsSlice()),
+			loadEq(expr.PayloadBaseNetworkHeader, 0, []byte{0x45}),
+			loadEq(expr.PayloadBaseNetworkHeader, 2, be16(40)),
+			tcp, ret()))
+	}
+	for _, a := range v6 {
+		rules = append(rules, cat(mark, metaEq(expr.MetaKeyNFPROTO, []byte{unix.NFPROTO_IPV6}),
+			loadEq(expr.PayloadBaseNetworkHeader, 24, a.AsSlice()),
+			loadEq(expr.PayloadBaseNetworkHeader, 6, []byte{unix.IPPROTO_TCP}),
+			loadEq(expr.PayloadBaseNetworkHeader, 4, be16(20)),
+			tcp, ret()))
+	}
+	return rules
+}
+
+// guard is the host-wide Peers guard: the union of the installed fences'
+// Peers, and of the AllowVia devices of the fences that carry Peers.
+type guard struct {
+	via    []string
+	v4, v6 []netip.Prefix
+}
+
+func guardOf(specs []fence.Spec) guard {
+	var g guard
+	for _, s := range specs {
+		if len(s.Peers) == 0 {
+			continue
+		}
+		g.via = append(g.via, s.AllowVia...)
+		for _, p := range s.Peers {
+			if p.Addr().Is4() {
+				g.v4 = append(g.v4, p)
+			} else {
+				g.v6 = append(g.v6, p)
+			}
+		}
+	}
+	slices.Sort(g.via)
+	g.via = slices.Compact(g.via)
+	for _, ps := range []*[]netip.Prefix{&g.v4, &g.v6} {
+		slices.SortFunc(*ps, func(a, b netip.Prefix) int { return a.Compare(b) })
+		*ps = slices.Compact(*ps)
+	}
+	return g
+}
+
+func (g guard) empty() bool { return len(g.v4)+len(g.v6) == 0 }
+
+func (g guard) equal(h guard) bool {
+	return slices.Equal(g.via, h.via) && slices.Equal(g.v4, h.v4) && slices.Equal(g.v6, h.v6)
+}
+
+// rules returns the guard's rules for the postrouting chain of the inet
+// table (bridge false: what the host routes or sends, by the device it
+// leaves through) or of the bridge table (frames a bridge sends out of a
+// port, by that port): an AllowVia device returns, anything else to a
+// guarded prefix is dropped.
+func (g guard) rules(bridge bool) [][]expr.Any {
+	if g.empty() {
+		return nil
+	}
+	var rules [][]expr.Any
+	for _, v := range g.via {
+		rules = append(rules, cat(metaEq(expr.MetaKeyOIFNAME, ifname(v)), ret()))
+	}
+	for _, fam := range []struct {
+		nfproto byte
+		eth     uint16
+		off     uint32
+		ps      []netip.Prefix
+	}{{unix.NFPROTO_IPV4, unix.ETH_P_IP, 16, g.v4}, {unix.NFPROTO_IPV6, unix.ETH_P_IPV6, 24, g.v6}} {
+		proto := metaEq(expr.MetaKeyNFPROTO, []byte{fam.nfproto})
+		if bridge {
+			proto = metaEq(expr.MetaKeyPROTOCOL, be16(fam.eth))
+		}
+		for _, p := range fam.ps {
+			rules = append(rules, cat(proto, loadPrefix(fam.off, p), drop()))
+		}
+	}
+	return rules
+}
+
+// loadPrefix matches when the network-header address at off is in p.
+func loadPrefix(off uint32, p netip.Prefix) []expr.Any {
+	n := uint32(p.Addr().BitLen() / 8)
+	out := []expr.Any{&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}}
+	if p.Bits() < p.Addr().BitLen() {
+		mask := net.CIDRMask(p.Bits(), p.Addr().BitLen())
+		out = append(out, &expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: n, Mask: mask, Xor: make([]byte, n)})
+	}
+	return append(out, &expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: p.Addr().AsSlice()})
 }
 
 func cat(parts ...[]expr.Any) []expr.Any {
@@ -285,6 +399,15 @@ var baseChains = []baseChain{
 	{inetTable, "input", nftables.ChainHookInput, "", nftables.ChainPriorityFilter},
 	{inetTable, "forward", nftables.ChainHookForward, "", nftables.ChainPriorityFilter},
 	{inetTable, "output", nftables.ChainHookOutput, "", nftables.ChainPriorityFilter},
+}
+
+// guardChains hold the Peers guard (no VM jumps into them): the inet
+// table's postrouting sees every packet the host routes or sends, after
+// its routing decision, ICMP errors and nftables' rejects included; the
+// bridge table's sees every frame a bridge sends out of a port.
+var guardChains = []baseChain{
+	{inetTable, "postrouting", nftables.ChainHookPostrouting, "", nftables.ChainPriorityFilter},
+	{bridgeTable, "postrouting", nftables.ChainHookPostrouting, "", bridgePrio},
 }
 
 func (b baseChain) chain() *nftables.Chain {

@@ -7,7 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/sealift/sealift/fence"
 )
@@ -117,10 +120,87 @@ func TestBuildRules(t *testing.T) {
 		}
 	}
 	// The inet chain leaves bridged (br0 -> br0) packets to the bridge chains.
-	if count(rv.inet, expr.VerdictReturn) != 5 {
-		t.Errorf("inet with AllowVia: %d returns, want 5 (mark, in, out, ND, bridged)", count(rv.inet, expr.VerdictReturn))
+	if count(rv.inet, expr.VerdictReturn) != 7 {
+		t.Errorf("inet with AllowVia: %d returns, want 7 (mark, in, out, ND, reset v4 and v6, bridged)", count(rv.inet, expr.VerdictReturn))
 	}
-	if count(buildRules(via, "").inet, expr.VerdictReturn) != 4 {
+	if count(buildRules(via, "").inet, expr.VerdictReturn) != 6 {
 		t.Error("inet without a bridge still has the bridged exception")
 	}
+}
+
+// The reset exception exists only with AllowVia, once per VM address,
+// and only for fence.ResetMark, TCP to the VM without payload, ACK/RST.
+func TestResetReturns(t *testing.T) {
+	s := fence.Spec{VM: "v", Port: "vm0",
+		Addrs: []netip.Addr{netip.MustParseAddr("10.1.0.10"), netip.MustParseAddr("fd00::10")}}
+	hasMark := func(rules [][]expr.Any) int {
+		n := 0
+		for _, r := range rules {
+			for i, e := range r {
+				if m, ok := e.(*expr.Meta); ok && m.Key == expr.MetaKeyMARK {
+					c := r[i+1].(*expr.Cmp)
+					if binaryutil.NativeEndian.Uint32(c.Data) == fence.ResetMark {
+						n++
+					}
+				}
+			}
+		}
+		return n
+	}
+	assert.Zero(t, hasMark(buildRules(s, "").inet), "a full block lets reset packets in")
+	s.AllowVia = []string{"wg0"}
+	rs := resetReturns(s.Addrs[:1], s.Addrs[1:])
+	require.Len(t, rs, 2)
+	assert.Equal(t, 2, hasMark(buildRules(s, "").inet))
+	want4 := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}, &expr.Cmp{Register: 1, Data: binaryutil.NativeEndian.PutUint32(fence.ResetMark)},
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}, &expr.Cmp{Register: 1, Data: []byte{2}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}, &expr.Cmp{Register: 1, Data: []byte{10, 1, 0, 10}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 0, Len: 1}, &expr.Cmp{Register: 1, Data: []byte{0x45}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 2, Len: 2}, &expr.Cmp{Register: 1, Data: []byte{0, 40}},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, &expr.Cmp{Register: 1, Data: []byte{6}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 12, Len: 1}, &expr.Cmp{Register: 1, Data: []byte{0x50}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1}, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0}},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0xeb}, Xor: []byte{0}}, &expr.Cmp{Register: 1, Data: []byte{0}},
+		&expr.Verdict{Kind: expr.VerdictReturn},
+	}
+	assert.Equal(t, want4, rs[0])
+}
+
+func TestGuard(t *testing.T) {
+	p := netip.MustParsePrefix
+	specs := []fence.Spec{
+		{VM: "a", AllowVia: []string{"wg1"}, Peers: []netip.Prefix{p("10.2.0.0/24"), p("fd00:2::/64")}},
+		{VM: "b", AllowVia: []string{"wg2", "wg1"}, Peers: []netip.Prefix{p("10.2.0.0/24"), p("10.1.0.20/32")}},
+		{VM: "c", AllowVia: []string{"vpn0"}}, // no Peers: its devices do not count
+	}
+	g := guardOf(specs)
+	assert.Equal(t, []string{"wg1", "wg2"}, g.via)
+	assert.Equal(t, []netip.Prefix{p("10.1.0.20/32"), p("10.2.0.0/24")}, g.v4)
+	assert.Equal(t, []netip.Prefix{p("fd00:2::/64")}, g.v6)
+	assert.True(t, g.equal(guardOf([]fence.Spec{specs[1], specs[0]})), "order matters")
+	assert.True(t, guardOf(specs[2:]).empty())
+	assert.Empty(t, guardOf(nil).rules(false))
+
+	for _, bridge := range []bool{false, true} {
+		rules := g.rules(bridge)
+		require.Len(t, rules, 2+3, "bridge=%v: 2 devices, 3 prefixes", bridge)
+		for _, r := range rules[:2] {
+			assert.Equal(t, expr.VerdictReturn, r[len(r)-1].(*expr.Verdict).Kind)
+		}
+		for _, r := range rules[2:] {
+			assert.Equal(t, expr.VerdictDrop, r[len(r)-1].(*expr.Verdict).Kind)
+			assert.IsType(t, &expr.Counter{}, r[len(r)-2])
+		}
+		key := expr.MetaKeyNFPROTO
+		if bridge {
+			key = expr.MetaKeyPROTOCOL
+		}
+		assert.Equal(t, key, rules[2][0].(*expr.Meta).Key)
+	}
+	// 10.2.0.0/24: the address masked to /24; a /32 is compared whole.
+	r := g.rules(false)[3]
+	assert.Equal(t, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{255, 255, 255, 0}, Xor: []byte{0, 0, 0, 0}}, r[3])
+	assert.Equal(t, &expr.Cmp{Register: 1, Data: []byte{10, 2, 0, 0}}, r[4])
+	assert.IsType(t, &expr.Cmp{}, g.rules(false)[2][3], "a /32 needs no mask")
 }

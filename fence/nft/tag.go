@@ -27,24 +27,25 @@ const (
 
 // record is the Spec as stored in the ruleset.
 type record struct {
-	VM         string       `json:"vm"`
-	Port       string       `json:"port"`
-	MAC        string       `json:"mac,omitempty"`
-	Addrs      []netip.Addr `json:"addrs,omitempty"`
-	AllowVia   []string     `json:"via,omitempty"`
-	AllowMarks []uint32     `json:"marks,omitempty"`
-	Since      int64        `json:"since"` // unix nanoseconds
+	VM         string         `json:"vm"`
+	Port       string         `json:"port"`
+	MAC        string         `json:"mac,omitempty"`
+	Addrs      []netip.Addr   `json:"addrs,omitempty"`
+	AllowVia   []string       `json:"via,omitempty"`
+	AllowMarks []uint32       `json:"marks,omitempty"`
+	Peers      []netip.Prefix `json:"peers,omitempty"`
+	Since      int64          `json:"since"` // unix nanoseconds
 }
 
 func recordOf(s fence.Spec, since time.Time) record {
 	return record{VM: s.VM, Port: s.Port, MAC: s.MAC, Addrs: s.Addrs, AllowVia: s.AllowVia,
-		AllowMarks: s.AllowMarks, Since: since.UnixNano()}
+		AllowMarks: s.AllowMarks, Peers: s.Peers, Since: since.UnixNano()}
 }
 
 func (r record) fence() fence.Fence {
 	return fence.Fence{
 		Spec: fence.Spec{VM: r.VM, Port: r.Port, MAC: r.MAC, Addrs: r.Addrs,
-			AllowVia: r.AllowVia, AllowMarks: r.AllowMarks},
+			AllowVia: r.AllowVia, AllowMarks: r.AllowMarks, Peers: r.Peers},
 		Backend: "nft",
 		Since:   time.Unix(0, r.Since),
 	}
