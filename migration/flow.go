@@ -451,16 +451,32 @@ func (r *run) joinSourceLift() error {
 
 // targetSpec is the target's fence from block 315 on: only the secure
 // link's devices (its own, a redirect tunnel's, the environment's site
-// VPN) may carry the VM's traffic; with a device-less (XFRM) link, a
-// full block.
+// VPN) may carry the VM's traffic, and nothing addressed to the peers
+// leaves the target host another way (its own ICMP errors included);
+// with a device-less (XFRM) link, a full block.
 func (r *run) targetSpec() fence.Spec {
-	spec := r.dstSpec
+	spec := r.blockSpec()
 	if r.link.RemoteDevice == "" {
 		return spec
 	}
 	spec.AllowVia = append([]string{r.link.RemoteDevice}, r.dst.SecureDevices...)
 	if r.redirect != nil && r.redirect.RemoteDevice != "" {
 		spec.AllowVia = append(spec.AllowVia, r.redirect.RemoteDevice)
+	}
+	return spec
+}
+
+// blockSpec is the target's full block. With a device link it also
+// guards the peers (fence.Spec.Peers): the host sends nothing to them
+// but through an allowed device of some fence, and with none, nothing.
+// (An XFRM link's plaintext would meet that guard before its policy
+// encrypts it: no guard there.)
+func (r *run) blockSpec() fence.Spec {
+	spec := r.dstSpec
+	if r.link.RemoteDevice != "" {
+		for _, p := range r.plan.Peers {
+			spec.Peers = append(spec.Peers, p.Masked())
+		}
 	}
 	return spec
 }
@@ -522,7 +538,7 @@ func (r *run) stayFenced(ctx context.Context, cause error) error {
 	if joined := r.srcJoined; r.joinSourceLift() != nil && !joined {
 		cause = errors.Join(cause, fmt.Errorf("lift the source's fence: %w", r.srcLiftErr))
 	}
-	if err := r.dst.Fencer.Fence(cctx, r.dstSpec); err != nil {
+	if err := r.dst.Fencer.Fence(cctx, r.blockSpec()); err != nil {
 		cause = errors.Join(cause, fmt.Errorf("re-fence at target: %w", err))
 	}
 	reason := cause.Error()

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sealift/sealift/conn"
+	"github.com/sealift/sealift/fence"
 	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/migration"
 	"github.com/sealift/sealift/migration/migrationtest"
@@ -266,4 +267,47 @@ func TestVMLostAfterResumeIsReported(t *testing.T) {
 	assert.ErrorIs(t, err, migration.ErrVMLost)
 	assert.Equal(t, 1, s.Cloud.Hypervisor.Injected())
 	checkJournal(t, j, rep, want{outcome: migration.Abandoned})
+}
+
+// The target's fence guards the peers (nothing to them leaves the target
+// host but through the link) with a device link, from block 315 on and
+// after a stay-fenced end; an XFRM link, whose plaintext meets the guard
+// before its policy encrypts it, gets none, and its fence goes at 370.
+func TestTargetFenceGuardsPeers(t *testing.T) {
+	for _, link := range []tunnel.Kind{tunnel.WireGuard, tunnel.IPsec} {
+		t.Run(string(link), func(t *testing.T) {
+			s := migrationtest.NewSetup()
+			p := s.Plan()
+			p.Link = link
+			var at315 fence.Spec
+			s.Secure.Hypervisor.OnCall("Migrate", 1, func() { at315, _ = s.Cloud.Fencer.Fenced("vm1") })
+			m, err := migration.New(s.Config)
+			require.NoError(t, err)
+			_, err = m.Run(context.Background(), p)
+			require.NoError(t, err)
+			after, fenced := s.Cloud.Fencer.Fenced("vm1")
+			if link == tunnel.IPsec {
+				assert.Empty(t, at315.Peers, "no guard for an XFRM link")
+				assert.False(t, fenced, "an XFRM link's target fence goes at 370")
+				return
+			}
+			assert.Equal(t, migrationtest.Peers, at315.Peers, "guarded from block 315")
+			require.True(t, fenced)
+			assert.Equal(t, migrationtest.Peers, after.Peers, "and after block 370")
+			assert.NotEmpty(t, after.AllowVia)
+
+			// A migration that ends stayed-fenced keeps the guard with the
+			// full block.
+			s2 := migrationtest.NewSetup()
+			s2.Linker.FailOn("Verify", 0, tunnel.ErrNotProven)
+			m2, err := migration.New(s2.Config)
+			require.NoError(t, err)
+			_, err = m2.Run(context.Background(), s2.Plan())
+			require.ErrorIs(t, err, migration.ErrStayedFenced)
+			blocked, ok := s2.Cloud.Fencer.Fenced("vm1")
+			require.True(t, ok)
+			assert.Empty(t, blocked.AllowVia)
+			assert.Equal(t, migrationtest.Peers, blocked.Peers)
+		})
+	}
 }
