@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/sealift/sealift/internal/nsutil"
 )
@@ -122,11 +123,12 @@ func StartEchoHelper(t testing.TB, ns string, addrs ...string) *EchoHelper {
 // ECONNRESET, and fails t if its context ends first.
 func (h *EchoHelper) AwaitResets(t testing.TB, n int) {
 	t.Helper()
+	timeout := time.After(WaitTimeout)
 	for i := 0; i < n; i++ {
 		select {
 		case <-h.resets:
-		case <-t.Context().Done():
-			t.Fatalf("peer side: %d of %d saw ECONNRESET", i, n)
+		case <-timeout:
+			t.Fatalf("peer side: %d of %d saw ECONNRESET within %v", i, n, WaitTimeout)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -76,10 +77,16 @@ func (s *Server) serve() {
 	}
 }
 
+// WaitTimeout bounds the helpers' waits. (A test's own context ends only
+// after the test function returns: a wait on it alone would hang until
+// the test binary's timeout instead of failing the test.)
+const WaitTimeout = 30 * time.Second
+
 // EndOf waits for the server side of the connection from remote to end
 // and returns its error.
 func (s *Server) EndOf(t testing.TB, remote string) error {
 	t.Helper()
+	timeout := time.After(WaitTimeout)
 	for {
 		s.mu.Lock()
 		err, ok := s.ends[remote]
@@ -89,8 +96,8 @@ func (s *Server) EndOf(t testing.TB, remote string) error {
 		}
 		select {
 		case <-s.endc:
-		case <-t.Context().Done():
-			t.Fatalf("server side of %s did not end", remote)
+		case <-timeout:
+			t.Fatalf("server side of %s did not end within %v", remote, WaitTimeout)
 		}
 	}
 }
