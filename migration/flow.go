@@ -553,8 +553,17 @@ func (r *run) rollback(ctx context.Context, cause error) error {
 	cctx, cancel := r.cleanupCtx(ctx)
 	defer cancel()
 	// Where is the VM really? A failed Migrate may still have completed.
-	if r.migrated || r.atTargetOnly(cctx) {
-		r.migrated = true
+	if !r.migrated {
+		onlyTarget, err := r.atTargetOnly(cctx)
+		if err != nil {
+			// A hypervisor does not answer: resuming the target could run
+			// the VM twice, aborting it could lose the only complete copy.
+			// Touch nothing; the record stays unfinished for Recover.
+			return r.abandonUnfinished(fmt.Errorf("cannot tell where the VM is: %w", err), cause)
+		}
+		r.migrated = onlyTarget
+	}
+	if r.migrated {
 		r.log.Warn("migration failed after the VM reached the target: rolling forward", "err", cause)
 		r.rep.Warnings = append(r.rep.Warnings, fmt.Sprintf("rolled forward: the VM reached %q although the migration failed: %v", r.plan.To, cause))
 		return r.afterMigrate(ctx)
@@ -575,8 +584,13 @@ func (r *run) rollback(ctx context.Context, cause error) error {
 			return fmt.Errorf("%w: %w", ErrRolledBack, cause)
 		}
 	}
-	// The journal keeps the migration unfinished, for Recover; the report
-	// and the events say a human must look, and what is left.
+	return r.abandonUnfinished(err, cause)
+}
+
+// abandonUnfinished ends a rollback that could not complete: the journal
+// keeps the migration unfinished, for Recover; the report and the events
+// say a human must look, and what is left.
+func (r *run) abandonUnfinished(err, cause error) error {
 	r.rep.Outcome, r.rep.Reason = Abandoned, fmt.Sprintf("rollback incomplete: %v (after: %v)", err, cause)
 	r.m.bus.emit(Finished{ID: r.plan.ID, Outcome: Abandoned, Reason: r.rep.Reason})
 	r.log.Error("rollback incomplete", "err", err, "cause", cause)
@@ -615,12 +629,21 @@ func (r *run) undo(ctx context.Context) []error {
 
 // atTargetOnly reports whether the VM is gone from the source and
 // complete (paused or running) at the target.
-func (r *run) atTargetOnly(ctx context.Context) bool {
-	if vm, err := r.src.Hypervisor.Lookup(ctx, r.plan.VM); err == nil && vm.State.Active() {
-		return false
+// It returns an error when a hypervisor cannot tell (other than "not
+// found").
+func (r *run) atTargetOnly(ctx context.Context) (bool, error) {
+	vm, err := r.src.Hypervisor.Lookup(ctx, r.plan.VM)
+	switch {
+	case err == nil && vm.State.Active():
+		return false, nil
+	case err != nil && !errors.Is(err, hypervisor.ErrNotFound):
+		return false, fmt.Errorf("look up VM %q at %q: %w", r.plan.VM, r.plan.From, err)
 	}
 	t, err := r.dst.Hypervisor.Lookup(ctx, r.plan.VM)
-	return err == nil && t.State.Active()
+	if err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
+		return false, fmt.Errorf("look up VM %q at %q: %w", r.plan.VM, r.plan.To, err)
+	}
+	return err == nil && t.State.Active(), nil
 }
 
 // ignoreNotFenced treats lifting a fence that is not there as done

@@ -430,3 +430,27 @@ func unfinished(t *testing.T, j migration.Journal, p migration.Plan) migration.P
 	require.NoError(t, j.Create(context.Background(), migration.Record{ID: p.ID, Plan: p, Started: time.Now()}))
 	return p
 }
+
+// A migration that fails while the source's hypervisor does not answer
+// cannot tell where the VM is: resuming the target could run it twice,
+// aborting the target could lose the only complete copy. It touches
+// neither, and leaves the record for Recover.
+func TestRollbackCannotTell(t *testing.T) {
+	ctx := context.Background()
+	s := migrationtest.NewSetup()
+	m, j := journaled(t, s)
+	s.Secure.Hypervisor.FailOn("Migrate", 1, hypervisor.ErrMigration)
+	s.Secure.Hypervisor.FailOn("Lookup", 2, errBoom) // 310 looked it up; the rollback cannot
+	rep, err := m.Run(ctx, s.Plan())
+	require.ErrorIs(t, err, migration.ErrRollbackFailed)
+	assert.ErrorIs(t, err, errBoom)
+	require.NotNil(t, rep)
+	assert.Equal(t, migration.Abandoned, rep.Outcome)
+	for _, c := range s.Calls() {
+		assert.NotContains(t, []string{"Abort", "Resume"}, c.Method, "touched a hypervisor: %s", c)
+	}
+	rec, _, err := j.Load(ctx, rep.ID)
+	require.NoError(t, err)
+	assert.False(t, rec.Done(), "the migration stays for Recover")
+	assert.Empty(t, s.Violations())
+}
