@@ -193,7 +193,7 @@ func isCode(err error, code golibvirt.ErrorNumber) bool {
 
 // domain looks name up, mapping "no domain" to ErrNotFound.
 func (h *Hypervisor) domain(ctx context.Context, name string) (*golibvirt.Domain, error) {
-	if err := validName(name); err != nil {
+	if err := hypervisor.ValidName(name); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -293,7 +293,7 @@ func (h *Hypervisor) Destroy(ctx context.Context, name string) error {
 // to send it: for libvirt the target instance is created by the
 // migration itself. ErrExists if an active domain of that name is here.
 func (h *Hypervisor) PrepareIncoming(ctx context.Context, vm hypervisor.VM) (hypervisor.Endpoint, error) {
-	if err := validName(vm.Name); err != nil {
+	if err := hypervisor.ValidName(vm.Name); err != nil {
 		return hypervisor.Endpoint{}, err
 	}
 	if alive, err := h.conn.IsAlive(); err != nil || !alive {

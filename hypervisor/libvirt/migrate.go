@@ -26,7 +26,10 @@ const eventWait = 5 * time.Second
 // (data over to.MigrateURI if set), leaving it paused there.
 func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.Endpoint, opts hypervisor.MigrateOptions) (hypervisor.Stats, error) {
 	var stats hypervisor.Stats
-	if err := validName(name); err != nil {
+	if err := hypervisor.ValidName(name); err != nil {
+		return stats, err
+	}
+	if err := opts.Validate(); err != nil {
 		return stats, err
 	}
 	if to.VM != "" && to.VM != name {
@@ -43,9 +46,6 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 		u, _ := url.Parse(to.MigrateURI)
 		params.URISet, params.URI = true, to.MigrateURI
 		params.ListenAddressSet, params.ListenAddress = true, u.Hostname()
-	}
-	if opts.MaxDowntime < 0 {
-		return stats, fmt.Errorf("%w: MaxDowntime %v is negative", hypervisor.ErrInvalid, opts.MaxDowntime)
 	}
 	if opts.MaxBandwidth > 0 {
 		params.BandwidthSet, params.Bandwidth = true, max(1, opts.MaxBandwidth>>20) // MiB/s
@@ -256,7 +256,7 @@ func exists(err error) bool {
 // (libvirt resumes the VM there); at a target it destroys a domain that
 // was prepared here and never resumed. Nothing to abort: no-op.
 func (h *Hypervisor) Abort(ctx context.Context, name string) error {
-	if err := validName(name); err != nil {
+	if err := hypervisor.ValidName(name); err != nil {
 		return err
 	}
 	h.mu.Lock()

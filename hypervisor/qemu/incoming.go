@@ -72,7 +72,7 @@ func isZeroMask(m net.IPMask) bool {
 // or it does not match vm (memory, MACs); ErrExists if the host already
 // holds a VM or an incoming instance of that name.
 func (h *Hypervisor) PrepareIncoming(ctx context.Context, vm hypervisor.VM) (hypervisor.Endpoint, error) {
-	if err := validName(vm.Name); err != nil {
+	if err := hypervisor.ValidName(vm.Name); err != nil {
 		return hypervisor.Endpoint{}, err
 	}
 	cfg, ok := h.Config(vm.Name)
@@ -191,7 +191,7 @@ func (h *Hypervisor) setIncoming(e *vmEntry, v bool) {
 // migration and makes sure the VM runs there; at a target it kills the
 // incoming instance unless it was resumed. No migration: no-op.
 func (h *Hypervisor) Abort(ctx context.Context, name string) error {
-	if err := validName(name); err != nil {
+	if err := hypervisor.ValidName(name); err != nil {
 		return err
 	}
 	h.mu.Lock()

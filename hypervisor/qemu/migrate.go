@@ -87,7 +87,10 @@ func SetupMigration(ctx context.Context, p *Process, pause bool, bandwidth uint6
 // source QEMU is quit. On failure the VM keeps running here.
 func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.Endpoint, opts hypervisor.MigrateOptions) (hypervisor.Stats, error) {
 	var stats hypervisor.Stats
-	if err := validName(name); err != nil {
+	if err := hypervisor.ValidName(name); err != nil {
+		return stats, err
+	}
+	if err := opts.Validate(); err != nil {
 		return stats, err
 	}
 	if to.VM != "" && to.VM != name {
@@ -99,9 +102,6 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 	}
 	if to.MigrateURI != "" && to.MigrateURI != to.URI {
 		return stats, fmt.Errorf("%w: endpoint MigrateURI %q: the qemu backend sends to URI only", hypervisor.ErrInvalid, to.MigrateURI)
-	}
-	if opts.MaxDowntime < 0 {
-		return stats, fmt.Errorf("%w: MaxDowntime %v is negative", hypervisor.ErrInvalid, opts.MaxDowntime)
 	}
 	if h.tlsDir != "" {
 		if err := CheckTLSDir(h.tlsDir); err != nil {

@@ -251,7 +251,7 @@ func (h *Hypervisor) release(name string, e *vmEntry) {
 
 // entry returns the live process entry for name, or ErrNotFound.
 func (h *Hypervisor) entry(name string) (*vmEntry, error) {
-	if err := validName(name); err != nil {
+	if err := hypervisor.ValidName(name); err != nil {
 		return nil, err
 	}
 	h.mu.Lock()
