@@ -47,7 +47,7 @@ type Monitor struct {
 	subs     map[int]chan qmp.Event
 	nextSub  int
 	err      error // set once the connection ended
-	closed   bool  // ended by Close (not Drop)
+	closed   bool  // Close was called
 }
 
 // NewMonitor returns an open Monitor with nothing scripted.
@@ -111,10 +111,11 @@ func (m *Monitor) Drop() { m.end(fmt.Errorf("%w: dropped by qmptest", qmp.ErrClo
 func (m *Monitor) end(err error, byClose bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.closed = m.closed || byClose
 	if m.err != nil {
 		return
 	}
-	m.err, m.closed = err, byClose
+	m.err = err
 	for id, ch := range m.subs {
 		close(ch)
 		delete(m.subs, id)
@@ -201,7 +202,8 @@ func (m *Monitor) Close() error {
 	return nil
 }
 
-// Closed reports whether the code under test called Close.
+// Closed reports whether the code under test called Close (also after a
+// Drop: code that replaces a lost connection should close it).
 func (m *Monitor) Closed() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -65,6 +65,8 @@ func TestMonitor(t *testing.T) {
 	ev3, _ := m.Subscribe()
 	_, open = <-ev3
 	assert.False(t, open, "subscribing to an ended connection gives a closed channel")
+	require.NoError(t, m.Close())
+	assert.True(t, m.Closed(), "Close after a Drop is recorded")
 
 	// Close is recorded as the client's.
 	c := qmptest.NewMonitor()
