@@ -192,12 +192,12 @@ func tlsArgs(dir string, incoming bool) []string {
 // renewed since it started. If the old object cannot be deleted (still
 // held by QEMU) it is kept.
 func reloadClientCreds(ctx context.Context, p *Process, dir string, log *slog.Logger) error {
-	if err := p.QMP.Execute(ctx, "object-del", map[string]any{"id": tlsClientID}, nil); err != nil &&
+	if err := p.QMP().Execute(ctx, "object-del", map[string]any{"id": tlsClientID}, nil); err != nil &&
 		!strings.Contains(err.Error(), "not found") {
 		log.Warn("TLS client credentials not reloaded", "vm", p.Config.Name, "err", err)
 		return nil
 	}
-	err := p.QMP.Execute(ctx, "object-add", map[string]any{"qom-type": "tls-creds-x509", "id": tlsClientID,
+	err := p.QMP().Execute(ctx, "object-add", map[string]any{"qom-type": "tls-creds-x509", "id": tlsClientID,
 		"endpoint": "client", "verify-peer": true, "dir": dir}, nil)
 	if err != nil {
 		return fmt.Errorf("load TLS client credentials from %q: %w", dir, err)
@@ -212,7 +212,7 @@ func setTLS(ctx context.Context, p *Process, server bool, hostname string) error
 	if server {
 		params = map[string]any{"tls-creds": tlsServerID}
 	}
-	if err := p.QMP.Execute(ctx, "migrate-set-parameters", params, nil); err != nil {
+	if err := p.QMP().Execute(ctx, "migrate-set-parameters", params, nil); err != nil {
 		return fmt.Errorf("set tls-creds: %w", err)
 	}
 	return nil
