@@ -288,14 +288,12 @@ func (m *migration) connectionLost(ctx context.Context) error {
 }
 
 // fail cancels the migration (if still running), makes sure the VM runs
-// here, and returns cause (joined with what went wrong doing so). A lost
-// monitor connection is replaced first.
+// here (through a new monitor connection if the old one was lost), and
+// returns cause (joined with what went wrong doing so).
 func (m *migration) fail(ctx context.Context, cause error) error {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	if _, err := m.p.Reconnect(cctx); err != nil {
-		cause = errors.Join(cause, fmt.Errorf("resume at source: %w", err))
-	} else if err := cancelAndContinue(cctx, m.p); err != nil {
+	if err := cancelAndContinue(cctx, m.p); err != nil {
 		cause = errors.Join(cause, fmt.Errorf("resume at source: %w", err))
 	}
 	m.h.log.Warn("migration failed", "vm", m.name, "host", m.h.host, "err", cause)
@@ -374,8 +372,12 @@ func (m *migration) completed(ctx context.Context) (bool, error) {
 
 // cancelAndContinue cancels a migration in flight, waits for it to settle
 // and makes sure the VM runs at this (source) host. With no migration in
-// flight it changes nothing.
+// flight it changes nothing. A lost monitor connection is replaced first:
+// QEMU migrates on without one.
 func cancelAndContinue(ctx context.Context, p *Process) error {
+	if _, err := p.Reconnect(ctx); err != nil {
+		return err
+	}
 	var mi migrateInfo
 	if err := p.QMP().Execute(ctx, "query-migrate", nil, &mi); err != nil {
 		return err

@@ -406,3 +406,20 @@ func TestFakeMigrateSourceExits(t *testing.T) {
 	_, err = h.Lookup(context.Background(), fakeVM)
 	assert.ErrorIs(t, err, hypervisor.ErrNotFound)
 }
+
+func TestFakeAbortReconnects(t *testing.T) {
+	// A migration left running by a Migrate that is gone (a crashed
+	// caller, as Recover finds it) on a monitor connection that ended:
+	// Abort reconnects, cancels and resumes.
+	q := newFakeQEMU()
+	h := fakeSource(t, q)
+	q.to(q.monitors()[0], step{"device", "finish-migrate"})
+	q.drop()
+	require.NoError(t, h.Abort(testCtx(t), fakeVM))
+	mons := q.monitors()
+	require.Len(t, mons, 2)
+	assert.Equal(t, 1, mons[1].Count("migrate_cancel"))
+	assert.Equal(t, 1, mons[1].Count("cont"))
+	assert.Equal(t, "cancelled", q.status())
+	requireRunsAtSource(t, h, q)
+}
