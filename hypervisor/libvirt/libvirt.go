@@ -70,7 +70,7 @@ func WithMigrateURI(uri string) Option {
 // stream (VIR_MIGRATE_TLS): QEMU's TLS migration with the X.509
 // credentials in the directory both daemons' qemu.conf name
 // (migrate_tls_x509_cert_dir, default /etc/pki/qemu; see
-// internal/libvirtd Options.MigrateTLSDir and qemu.NewTLSDir). The
+// internal/libvirtd Options.MigrateTLSDir and migtls.NewDir). The
 // target's server certificate must name the host of Endpoint.MigrateURI
 // (libvirt verifies it as the TLS hostname); with
 // migrate_tls_x509_verify = 1 the target checks the source's client

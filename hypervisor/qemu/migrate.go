@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sealift/sealift/hypervisor"
+	"github.com/sealift/sealift/hypervisor/migtls"
 	"github.com/sealift/sealift/hypervisor/qemu/qmp"
 )
 
@@ -106,7 +107,7 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 		return stats, fmt.Errorf("%w: endpoint MigrateURI %q: the qemu backend sends to URI only", hypervisor.ErrInvalid, to.MigrateURI)
 	}
 	if h.tlsDir != "" {
-		if err := CheckTLSDir(h.tlsDir); err != nil {
+		if err := migtls.CheckDir(h.tlsDir); err != nil {
 			return stats, err
 		}
 	}

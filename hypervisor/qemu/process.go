@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sealift/sealift/hypervisor"
+	"github.com/sealift/sealift/hypervisor/migtls"
 	"github.com/sealift/sealift/hypervisor/qemu/qmp"
 	"github.com/sealift/sealift/internal/nsutil"
 )
@@ -28,7 +29,7 @@ type LaunchOptions struct {
 	// Incoming starts the instance paused with "-incoming defer".
 	Incoming bool
 	// TLSDir, if set, adds QEMU TLS credentials objects for the files in
-	// that directory (see WithTLS and CheckTLSDir): a client object
+	// that directory (see WithTLS and migtls.CheckDir): a client object
 	// "sealift-tls-client" always, a server object "sealift-tls-server"
 	// when Incoming. Select them with migrate-set-parameters tls-creds.
 	TLSDir string
@@ -102,7 +103,7 @@ func Launch(ctx context.Context, cfg Config, o LaunchOptions) (*Process, error) 
 		return nil, err
 	}
 	if o.TLSDir != "" {
-		if err := CheckTLSDir(o.TLSDir); err != nil {
+		if err := migtls.CheckDir(o.TLSDir); err != nil {
 			return nil, err
 		}
 	}

@@ -8,7 +8,7 @@
 // uses QEMU's pause-before-switchover capability to run the caller's
 // switchover hook while the source is paused and the target not resumed.
 // WithTLS encrypts and mutually authenticates the migration stream (QEMU's
-// tls-creds-x509); NewTLSDir makes credentials for users without a PKI.
+// tls-creds-x509); migtls.NewDir makes credentials for users without a PKI.
 package qemu
 
 import (
