@@ -153,6 +153,12 @@ type Hypervisor interface {
 	// ErrExists if this host already holds an active VM of that name.
 	PrepareIncoming(ctx context.Context, vm VM) (Endpoint, error)
 	// Migrate live-migrates the named VM from this host to the endpoint.
+	// Its errors wrap ErrInvalid (bad name, endpoint or options; nothing
+	// was touched), ErrNotFound or ErrState before a migration starts;
+	// once one ran: ErrUnreachable (the target was never reached),
+	// ErrExists (the target already holds the VM), ErrAborted (Abort, or
+	// ctx ended), ErrSwitchoverHook (AtSwitchover failed or panicked) or
+	// ErrMigration (the stream or the source failed otherwise).
 	Migrate(ctx context.Context, name string, to Endpoint, opts MigrateOptions) (Stats, error)
 	// Resume starts the guest's CPUs on this host (the target, after Migrate).
 	Resume(ctx context.Context, name string) error
