@@ -324,3 +324,28 @@ func TestFakeJobFails(t *testing.T) {
 		})
 	}
 }
+
+func TestFakeMigrateInvalid(t *testing.T) {
+	// Refused before the daemon is asked anything: this Hypervisor has no
+	// connection, any call on it would panic.
+	to := hypervisor.Endpoint{VM: fakeVM, URI: "qemu+tcp://203.0.113.1:16512/system"}
+	for _, tc := range []struct {
+		name string
+		vm   string
+		to   hypervisor.Endpoint
+		opts hypervisor.MigrateOptions
+		want string
+	}{
+		{"bad name", "bad/name", to, hypervisor.MigrateOptions{}, `vm name "bad/name"`},
+		{"negative downtime", fakeVM, to, hypervisor.MigrateOptions{MaxDowntime: -time.Second}, "MaxDowntime -1s"},
+		{"endpoint of another vm", fakeVM, hypervisor.Endpoint{VM: "vm2", URI: to.URI}, hypervisor.MigrateOptions{}, `endpoint is for vm "vm2"`},
+		{"bad URI", fakeVM, hypervisor.Endpoint{URI: "tcp:203.0.113.1:4444"}, hypervisor.MigrateOptions{}, `URI "tcp:203.0.113.1:4444"`},
+		{"bad data URI", fakeVM, hypervisor.Endpoint{URI: to.URI, MigrateURI: "unix:/x"}, hypervisor.MigrateOptions{}, `MigrateURI "unix:/x"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := fakeHypervisor().Migrate(testCtx(t), tc.vm, tc.to, tc.opts)
+			require.ErrorIs(t, err, hypervisor.ErrInvalid)
+			assert.ErrorContains(t, err, tc.want)
+		})
+	}
+}

@@ -423,3 +423,30 @@ func TestFakeAbortReconnects(t *testing.T) {
 	assert.Equal(t, "cancelled", q.status())
 	requireRunsAtSource(t, h, q)
 }
+
+func TestFakeMigrateInvalid(t *testing.T) {
+	// Refused before QEMU is asked anything.
+	for _, tc := range []struct {
+		name string
+		vm   string
+		to   hypervisor.Endpoint
+		opts hypervisor.MigrateOptions
+		want string
+	}{
+		{"bad name", "bad/name", fakeEndpoint, hypervisor.MigrateOptions{}, `vm name "bad/name"`},
+		{"negative downtime", fakeVM, fakeEndpoint, hypervisor.MigrateOptions{MaxDowntime: -time.Second}, "MaxDowntime -1s"},
+		{"downtime too long", fakeVM, fakeEndpoint, hypervisor.MigrateOptions{MaxDowntime: time.Hour}, "MaxDowntime 1h0m0s"},
+		{"endpoint of another vm", fakeVM, hypervisor.Endpoint{VM: "vm2", URI: fakeEndpoint.URI}, hypervisor.MigrateOptions{}, `endpoint is for vm "vm2"`},
+		{"bad URI", fakeVM, hypervisor.Endpoint{URI: "unix:/tmp/x"}, hypervisor.MigrateOptions{}, `URI "unix:/tmp/x"`},
+		{"data URI", fakeVM, hypervisor.Endpoint{URI: fakeEndpoint.URI, MigrateURI: "tcp://192.0.2.3"}, hypervisor.MigrateOptions{}, "MigrateURI"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := newFakeQEMU(copying...)
+			h := fakeSource(t, q)
+			_, err := h.Migrate(testCtx(t), tc.vm, tc.to, tc.opts)
+			require.ErrorIs(t, err, hypervisor.ErrInvalid)
+			assert.ErrorContains(t, err, tc.want)
+			assert.Empty(t, q.monitors()[0].Names(), "QEMU was asked")
+		})
+	}
+}
