@@ -1,7 +1,8 @@
 // Package qmp is a small client for the QEMU Machine Protocol: it reads
 // the greeting, negotiates capabilities, runs commands tagged with an id
 // (several may be in flight) and fans asynchronous events out to
-// subscribers.
+// subscribers. Code that drives QEMU takes a Monitor, which *Client
+// implements and package qmptest scripts for tests.
 package qmp
 
 import (
