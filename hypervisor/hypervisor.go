@@ -11,6 +11,7 @@ package hypervisor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -98,8 +99,45 @@ type MigrateOptions struct {
 	AtSwitchover func(ctx context.Context) error
 	// MaxBandwidth limits the migration stream in bytes per second (0: none).
 	MaxBandwidth uint64
-	// MaxDowntime is the allowed stop-and-copy time (0: backend default).
+	// MaxDowntime is the allowed stop-and-copy time (0: backend default;
+	// else 1 ms to MaxDowntimeLimit, in whole milliseconds as QEMU takes it).
 	MaxDowntime time.Duration
+}
+
+// MaxDowntimeLimit is the largest MaxDowntime (QEMU's limit for
+// downtime-limit, also behind libvirt's).
+const MaxDowntimeLimit = 2000 * time.Second
+
+// Validate checks o and names the first bad field and its value. Errors
+// wrap ErrInvalid. Backends call it before they touch anything.
+func (o MigrateOptions) Validate() error {
+	switch {
+	case o.MaxDowntime < 0:
+		return fmt.Errorf("%w: MaxDowntime %v is negative", ErrInvalid, o.MaxDowntime)
+	case o.MaxDowntime > 0 && o.MaxDowntime < time.Millisecond:
+		return fmt.Errorf("%w: MaxDowntime %v is below 1ms (QEMU counts whole milliseconds)", ErrInvalid, o.MaxDowntime)
+	case o.MaxDowntime > MaxDowntimeLimit:
+		return fmt.Errorf("%w: MaxDowntime %v exceeds %v", ErrInvalid, o.MaxDowntime, MaxDowntimeLimit)
+	}
+	return nil
+}
+
+// ValidName checks a VM name as every backend accepts it: 1 to 64
+// letters, digits, '-', '_' and '.', not starting with '.'. Errors wrap
+// ErrInvalid and quote the name.
+func ValidName(name string) error {
+	if name == "" {
+		return fmt.Errorf("%w: vm name is empty", ErrInvalid)
+	}
+	if len(name) > 64 || name[0] == '.' {
+		return fmt.Errorf("%w: vm name %q is not a valid name", ErrInvalid, name)
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return fmt.Errorf("%w: vm name %q has character %q (allowed: letters, digits, - _ .)", ErrInvalid, name, r)
+		}
+	}
+	return nil
 }
 
 // Hypervisor is the contract a VM manager backend fulfils.
@@ -115,6 +153,12 @@ type Hypervisor interface {
 	// ErrExists if this host already holds an active VM of that name.
 	PrepareIncoming(ctx context.Context, vm VM) (Endpoint, error)
 	// Migrate live-migrates the named VM from this host to the endpoint.
+	// Its errors wrap ErrInvalid (bad name, endpoint or options; nothing
+	// was touched), ErrNotFound or ErrState before a migration starts;
+	// once one ran: ErrUnreachable (the target was never reached),
+	// ErrExists (the target already holds the VM), ErrAborted (Abort, or
+	// ctx ended), ErrSwitchoverHook (AtSwitchover failed or panicked) or
+	// ErrMigration (the stream or the source failed otherwise).
 	Migrate(ctx context.Context, name string, to Endpoint, opts MigrateOptions) (Stats, error)
 	// Resume starts the guest's CPUs on this host (the target, after Migrate).
 	Resume(ctx context.Context, name string) error

@@ -188,7 +188,7 @@ func watchResume(h hypervisor.Hypervisor, name string) <-chan time.Time {
 	if p == nil {
 		return nil
 	}
-	events, unsub := p.QMP.Subscribe()
+	events, unsub := p.QMP().Subscribe()
 	ch := make(chan time.Time, 1)
 	go func() {
 		defer unsub()

@@ -16,7 +16,7 @@ import (
 	"github.com/sealift/sealift/conn/conntrack"
 	"github.com/sealift/sealift/fence/nft"
 	"github.com/sealift/sealift/hypervisor"
-	"github.com/sealift/sealift/hypervisor/qemu"
+	"github.com/sealift/sealift/hypervisor/migtls"
 	"github.com/sealift/sealift/internal/guest"
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/ipsec"
@@ -124,7 +124,7 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 	}
 	// The migration stream crosses the wan too: TLS, with a fresh CA.
 	w.tlsDir = filepath.Join(w.dir, "tls")
-	if err := qemu.NewTLSDir(w.tlsDir, []netip.Addr{lab.AUplink, lab.BUnderlay, baseUnderA, baseUnderB}); err != nil {
+	if err := migtls.NewDir(w.tlsDir, []netip.Addr{lab.AUplink, lab.BUnderlay, baseUnderA, baseUnderB}); err != nil {
 		return nil, err
 	}
 	switch o.Hypervisor {

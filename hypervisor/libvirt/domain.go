@@ -49,7 +49,7 @@ func (s DomainSpec) XML() (string, error) {
 	if s.Emulator == "" {
 		s.Emulator = "/usr/bin/qemu-system-x86_64"
 	}
-	if err := validName(s.Name); err != nil {
+	if err := hypervisor.ValidName(s.Name); err != nil {
 		return "", err
 	}
 	if s.Kernel == "" {
@@ -118,19 +118,4 @@ func parseNICs(x string) []hypervisor.NIC {
 		nics = append(nics, hypervisor.NIC{MAC: strings.ToLower(i.MAC.Address), Port: i.Target.Dev})
 	}
 	return nics
-}
-
-func validName(name string) error {
-	if name == "" {
-		return fmt.Errorf("%w: vm name is empty", hypervisor.ErrInvalid)
-	}
-	if len(name) > 64 || name[0] == '.' {
-		return fmt.Errorf("%w: vm name %q is not a valid name", hypervisor.ErrInvalid, name)
-	}
-	for _, r := range name {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
-			return fmt.Errorf("%w: vm name %q has character %q (allowed: letters, digits, - _ .)", hypervisor.ErrInvalid, name, r)
-		}
-	}
-	return nil
 }

@@ -70,7 +70,7 @@ func WithMigrateURI(uri string) Option {
 // stream (VIR_MIGRATE_TLS): QEMU's TLS migration with the X.509
 // credentials in the directory both daemons' qemu.conf name
 // (migrate_tls_x509_cert_dir, default /etc/pki/qemu; see
-// internal/libvirtd Options.MigrateTLSDir and qemu.NewTLSDir). The
+// internal/libvirtd Options.MigrateTLSDir and migtls.NewDir). The
 // target's server certificate must name the host of Endpoint.MigrateURI
 // (libvirt verifies it as the TLS hostname); with
 // migrate_tls_x509_verify = 1 the target checks the source's client
@@ -193,7 +193,7 @@ func isCode(err error, code golibvirt.ErrorNumber) bool {
 
 // domain looks name up, mapping "no domain" to ErrNotFound.
 func (h *Hypervisor) domain(ctx context.Context, name string) (*golibvirt.Domain, error) {
-	if err := validName(name); err != nil {
+	if err := hypervisor.ValidName(name); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -293,7 +293,7 @@ func (h *Hypervisor) Destroy(ctx context.Context, name string) error {
 // to send it: for libvirt the target instance is created by the
 // migration itself. ErrExists if an active domain of that name is here.
 func (h *Hypervisor) PrepareIncoming(ctx context.Context, vm hypervisor.VM) (hypervisor.Endpoint, error) {
-	if err := validName(vm.Name); err != nil {
+	if err := hypervisor.ValidName(vm.Name); err != nil {
 		return hypervisor.Endpoint{}, err
 	}
 	if alive, err := h.conn.IsAlive(); err != nil || !alive {

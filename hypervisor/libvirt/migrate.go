@@ -26,7 +26,10 @@ const eventWait = 5 * time.Second
 // (data over to.MigrateURI if set), leaving it paused there.
 func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.Endpoint, opts hypervisor.MigrateOptions) (hypervisor.Stats, error) {
 	var stats hypervisor.Stats
-	if err := validName(name); err != nil {
+	if err := hypervisor.ValidName(name); err != nil {
+		return stats, err
+	}
+	if err := opts.Validate(); err != nil {
 		return stats, err
 	}
 	if to.VM != "" && to.VM != name {
@@ -43,9 +46,6 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 		u, _ := url.Parse(to.MigrateURI)
 		params.URISet, params.URI = true, to.MigrateURI
 		params.ListenAddressSet, params.ListenAddress = true, u.Hostname()
-	}
-	if opts.MaxDowntime < 0 {
-		return stats, fmt.Errorf("%w: MaxDowntime %v is negative", hypervisor.ErrInvalid, opts.MaxDowntime)
 	}
 	if opts.MaxBandwidth > 0 {
 		params.BandwidthSet, params.Bandwidth = true, max(1, opts.MaxBandwidth>>20) // MiB/s
@@ -98,6 +98,50 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 		}
 	}
 
+	h.log.Info("migration started", "vm", name, "host", h.host, "to", to.URI, "data", to.MigrateURI, "tls", h.tls)
+	flags := golibvirt.MIGRATE_LIVE | golibvirt.MIGRATE_PEER2PEER | golibvirt.MIGRATE_PAUSED
+	if h.tls {
+		flags |= golibvirt.MIGRATE_TLS
+	}
+	return h.runJob(ctx, migrationJob{name: name, to: to, opts: opts, d: d, params: params, flags: flags,
+		suspended: suspended, completed: completed})
+}
+
+// jobDomain is what the job loop calls on the source domain:
+// *golibvirt.Domain has it, and tests play it without a daemon.
+type jobDomain interface {
+	MigrateToURI3(dconnuri string, params *golibvirt.DomainMigrateParameters, flags golibvirt.DomainMigrateFlags) error
+	GetJobInfo() (*golibvirt.DomainJobInfo, error)
+	AbortJob() error
+	GetState() (golibvirt.DomainState, int, error)
+	Resume() error
+}
+
+var _ jobDomain = (*golibvirt.Domain)(nil)
+
+// migrationJob is one outgoing migration: the source domain, the
+// arguments of the call that runs the job, and the events the job loop
+// waits for.
+type migrationJob struct {
+	name   string
+	to     hypervisor.Endpoint
+	opts   hypervisor.MigrateOptions
+	d      jobDomain
+	params *golibvirt.DomainMigrateParameters
+	flags  golibvirt.DomainMigrateFlags
+	// suspended receives the source's lifecycle event "suspended:
+	// migrated", completed the job-completed event's statistics.
+	suspended <-chan time.Time
+	completed <-chan golibvirt.DomainJobInfo
+}
+
+// runJob runs the migration job j (MigrateToURI3 blocks until it ends):
+// the switchover hook on the first "suspended: migrated", progress
+// reports, an AbortJob when ctx ends; once the job has ended, the error
+// with its sentinel (the VM resumed at the source) or the stats.
+func (h *Hypervisor) runJob(ctx context.Context, j migrationJob) (hypervisor.Stats, error) {
+	var stats hypervisor.Stats
+	name, to, opts, d, suspended, completed := j.name, j.to, j.opts, j.d, j.suspended, j.completed
 	start := time.Now()
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -147,12 +191,7 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 		}
 	}()
 
-	h.log.Info("migration started", "vm", name, "host", h.host, "to", to.URI, "data", to.MigrateURI, "tls", h.tls)
-	flags := golibvirt.MIGRATE_LIVE | golibvirt.MIGRATE_PEER2PEER | golibvirt.MIGRATE_PAUSED
-	if h.tls {
-		flags |= golibvirt.MIGRATE_TLS
-	}
-	merr := d.MigrateToURI3(to.URI, params, flags)
+	merr := d.MigrateToURI3(to.URI, j.params, j.flags)
 	if merr == nil {
 		// The source is gone: make sure the hook has run.
 		select {
@@ -215,7 +254,7 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 
 // ensureRunning resumes the source after a failed migration if libvirt
 // left it paused for the migration.
-func (h *Hypervisor) ensureRunning(d *golibvirt.Domain) {
+func (h *Hypervisor) ensureRunning(d jobDomain) {
 	st, reason, err := d.GetState()
 	if err == nil && st == golibvirt.DOMAIN_PAUSED && golibvirt.DomainPausedReason(reason) == golibvirt.DOMAIN_PAUSED_MIGRATION {
 		if err := d.Resume(); err != nil {
@@ -256,7 +295,7 @@ func exists(err error) bool {
 // (libvirt resumes the VM there); at a target it destroys a domain that
 // was prepared here and never resumed. Nothing to abort: no-op.
 func (h *Hypervisor) Abort(ctx context.Context, name string) error {
-	if err := validName(name); err != nil {
+	if err := hypervisor.ValidName(name); err != nil {
 		return err
 	}
 	h.mu.Lock()

@@ -13,7 +13,7 @@ import (
 
 	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/hypervisor/libvirt"
-	"github.com/sealift/sealift/hypervisor/qemu"
+	"github.com/sealift/sealift/hypervisor/migtls"
 	"github.com/sealift/sealift/internal/guest"
 	"github.com/sealift/sealift/internal/lab"
 )
@@ -28,7 +28,7 @@ func copyTLS(t testing.TB, from, to string) {
 	if err := os.MkdirAll(to, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{qemu.TLSCACert, qemu.TLSServerCert, qemu.TLSServerKey, qemu.TLSClientCert, qemu.TLSClientKey} {
+	for _, f := range []string{migtls.CACert, migtls.ServerCert, migtls.ServerKey, migtls.ClientCert, migtls.ClientKey} {
 		b, err := os.ReadFile(filepath.Join(from, f))
 		if err != nil {
 			t.Fatal(err)
@@ -106,7 +106,7 @@ func migrateCaptured(t testing.TB, ctx context.Context, l *lab.Lab, from, to *li
 func TestMigrateTLS(t *testing.T) {
 	addrs := []netip.Addr{lab.AUplink, lab.BUnderlay}
 	dirA, dirB := filepath.Join(t.TempDir(), "tls"), filepath.Join(t.TempDir(), "tls")
-	if err := qemu.NewTLSDir(dirA, addrs); err != nil {
+	if err := migtls.NewDir(dirA, addrs); err != nil {
 		t.Fatal(err)
 	}
 	copyTLS(t, dirA, dirB)
@@ -118,7 +118,7 @@ func TestMigrateTLS(t *testing.T) {
 
 	// B's credentials replaced by another CA's (QEMU loads them per
 	// migration): the peers reject each other, the guest stays at A.
-	if err := qemu.NewTLSDir(dirB, addrs); err != nil {
+	if err := migtls.NewDir(dirB, addrs); err != nil {
 		t.Fatal(err)
 	}
 	vm, err := w.a.Lookup(w.ctx, w.name)
@@ -206,7 +206,7 @@ func BenchmarkMigrateTLS(b *testing.B) {
 			dir := ""
 			if tc.tls {
 				dir = filepath.Join(b.TempDir(), "tls")
-				if err := qemu.NewTLSDir(dir, []netip.Addr{lab.AUplink, lab.BUnderlay}); err != nil {
+				if err := migtls.NewDir(dir, []netip.Addr{lab.AUplink, lab.BUnderlay}); err != nil {
 					b.Fatal(err)
 				}
 			}

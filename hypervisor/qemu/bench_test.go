@@ -99,8 +99,8 @@ func (r *rawGuest) hop(b *testing.B) time.Duration {
 	if err != nil {
 		b.Fatal(err)
 	}
-	must(b, dst.QMP.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": []any{map[string]any{"capability": "events", "state": true}}}, nil))
-	must(b, dst.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": "tcp:" + net.JoinHostPort(r.addrs[to].String(), "0")}, nil))
+	must(b, dst.QMP().Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": []any{map[string]any{"capability": "events", "state": true}}}, nil))
+	must(b, dst.QMP().Execute(ctx, "migrate-incoming", map[string]any{"uri": "tcp:" + net.JoinHostPort(r.addrs[to].String(), "0")}, nil))
 	var mi struct {
 		Status        string `json:"status"`
 		Downtime      int64  `json:"downtime"`
@@ -111,13 +111,13 @@ func (r *rawGuest) hop(b *testing.B) time.Duration {
 			Transferred uint64 `json:"transferred"`
 		} `json:"ram"`
 	}
-	must(b, dst.QMP.Execute(ctx, "query-migrate", nil, &mi))
+	must(b, dst.QMP().Execute(ctx, "query-migrate", nil, &mi))
 	uri := "tcp:" + net.JoinHostPort(mi.SocketAddress[0].Host, mi.SocketAddress[0].Port)
 	src := r.cur
-	events, unsub := src.QMP.Subscribe()
-	must(b, src.QMP.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": []any{map[string]any{"capability": "events", "state": true}}}, nil))
-	must(b, src.QMP.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": uint64(100 << 30)}, nil))
-	must(b, src.QMP.Execute(ctx, "migrate", map[string]any{"uri": uri}, nil))
+	events, unsub := src.QMP().Subscribe()
+	must(b, src.QMP().Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": []any{map[string]any{"capability": "events", "state": true}}}, nil))
+	must(b, src.QMP().Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": uint64(100 << 30)}, nil))
+	must(b, src.QMP().Execute(ctx, "migrate", map[string]any{"uri": uri}, nil))
 	for done := false; !done; {
 		ev := <-events
 		if ev.Name != "MIGRATION" {
@@ -133,7 +133,7 @@ func (r *rawGuest) hop(b *testing.B) time.Duration {
 		}
 	}
 	unsub()
-	dstEvents, dunsub := dst.QMP.Subscribe()
+	dstEvents, dunsub := dst.QMP().Subscribe()
 	for {
 		st, err := dst.Status(ctx)
 		must(b, err)
@@ -146,10 +146,10 @@ func (r *rawGuest) hop(b *testing.B) time.Duration {
 		}
 	}
 	dunsub()
-	must(b, dst.QMP.Execute(ctx, "cont", nil, nil))
+	must(b, dst.QMP().Execute(ctx, "cont", nil, nil))
 	d := time.Since(t0) // the target runs: what sealift's hop measures too
 	for i := 0; i < 100 && mi.Downtime == 0; i++ {
-		must(b, src.QMP.Execute(ctx, "query-migrate", nil, &mi))
+		must(b, src.QMP().Execute(ctx, "query-migrate", nil, &mi))
 		time.Sleep(10 * time.Millisecond)
 	}
 	r.downtime += time.Duration(mi.Downtime) * time.Millisecond

@@ -71,7 +71,7 @@ func (c Config) withDefaults(stateDir string) Config {
 
 // Validate checks c and names the first bad field and its value.
 func (c Config) Validate() error {
-	if err := validName(c.Name); err != nil {
+	if err := hypervisor.ValidName(c.Name); err != nil {
 		return err
 	}
 	if c.MemoryMiB < 0 || c.MemoryMiB > 1<<20 {
@@ -102,21 +102,6 @@ func (c Config) Validate() error {
 		taps[n.Tap] = true
 		if len(n.Bridge) > 15 {
 			return fmt.Errorf("%w: NICs[%d].Bridge %q is not an interface name (vm %q)", hypervisor.ErrInvalid, i, n.Bridge, c.Name)
-		}
-	}
-	return nil
-}
-
-func validName(name string) error {
-	if name == "" {
-		return fmt.Errorf("%w: vm name is empty", hypervisor.ErrInvalid)
-	}
-	if len(name) > 64 || name[0] == '.' {
-		return fmt.Errorf("%w: vm name %q is not a valid name", hypervisor.ErrInvalid, name)
-	}
-	for _, r := range name {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
-			return fmt.Errorf("%w: vm name %q has character %q (allowed: letters, digits, - _ .)", hypervisor.ErrInvalid, name, r)
 		}
 	}
 	return nil

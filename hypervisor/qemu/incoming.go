@@ -72,7 +72,7 @@ func isZeroMask(m net.IPMask) bool {
 // or it does not match vm (memory, MACs); ErrExists if the host already
 // holds a VM or an incoming instance of that name.
 func (h *Hypervisor) PrepareIncoming(ctx context.Context, vm hypervisor.VM) (hypervisor.Endpoint, error) {
-	if err := validName(vm.Name); err != nil {
+	if err := hypervisor.ValidName(vm.Name); err != nil {
 		return hypervisor.Endpoint{}, err
 	}
 	cfg, ok := h.Config(vm.Name)
@@ -117,11 +117,11 @@ func (h *Hypervisor) PrepareIncoming(ctx context.Context, vm hypervisor.VM) (hyp
 		}
 	}
 	uri := "tcp:" + net.JoinHostPort(addr.String(), "0")
-	if err := p.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil); err != nil {
+	if err := p.QMP().Execute(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil); err != nil {
 		return fail(err)
 	}
 	var mi migrateInfo
-	if err := p.QMP.Execute(ctx, "query-migrate", nil, &mi); err != nil {
+	if err := p.QMP().Execute(ctx, "query-migrate", nil, &mi); err != nil {
 		return fail(err)
 	}
 	if len(mi.SocketAddress) == 0 || mi.SocketAddress[0].Port == "" {
@@ -145,7 +145,7 @@ func (h *Hypervisor) Resume(ctx context.Context, name string) error {
 		return err
 	}
 	p := e.p
-	events, unsub := p.QMP.Subscribe()
+	events, unsub := p.QMP().Subscribe()
 	defer unsub()
 	for {
 		st, err := p.Status(ctx)
@@ -169,7 +169,7 @@ func (h *Hypervisor) Resume(ctx context.Context, name string) error {
 				return fmt.Errorf("%w: vm %q on host %q is still receiving: %v", hypervisor.ErrState, name, h.host, ctx.Err())
 			}
 		case "paused", "prelaunch":
-			if err := p.QMP.Execute(ctx, "cont", nil, nil); err != nil {
+			if err := p.QMP().Execute(ctx, "cont", nil, nil); err != nil {
 				return fmt.Errorf("qemu: resume vm %q on host %q: %w", name, h.host, err)
 			}
 			h.setIncoming(e, false)
@@ -191,7 +191,7 @@ func (h *Hypervisor) setIncoming(e *vmEntry, v bool) {
 // migration and makes sure the VM runs there; at a target it kills the
 // incoming instance unless it was resumed. No migration: no-op.
 func (h *Hypervisor) Abort(ctx context.Context, name string) error {
-	if err := validName(name); err != nil {
+	if err := hypervisor.ValidName(name); err != nil {
 		return err
 	}
 	h.mu.Lock()

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/sealift/sealift/hypervisor"
+	"github.com/sealift/sealift/hypervisor/migtls"
+	"github.com/sealift/sealift/hypervisor/qemu/qmp"
 )
 
 // migrateInfo is the part of query-migrate sealift reads.
@@ -60,7 +62,7 @@ func setCapabilities(ctx context.Context, p *Process, caps map[string]bool) erro
 	for c, on := range caps {
 		list = append(list, map[string]any{"capability": c, "state": on})
 	}
-	return p.QMP.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": list}, nil)
+	return p.QMP().Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": list}, nil)
 }
 
 // SetupMigration applies sealift's migration settings to a source QEMU:
@@ -77,17 +79,21 @@ func SetupMigration(ctx context.Context, p *Process, pause bool, bandwidth uint6
 	if downtime > 0 {
 		params["downtime-limit"] = downtime.Milliseconds()
 	}
-	return p.QMP.Execute(ctx, "migrate-set-parameters", params, nil)
+	return p.QMP().Execute(ctx, "migrate-set-parameters", params, nil)
 }
 
 // Migrate live-migrates name to the endpoint (tcp:HOST:PORT of a prepared
 // target). With AtSwitchover set the source pauses before switchover
 // (pause-before-switchover), the hook runs, and only then is the last
 // state sent; the target stays paused until its Resume. On success the
-// source QEMU is quit. On failure the VM keeps running here.
+// source QEMU is quit. On failure the VM keeps running here (if the
+// monitor connection was lost, through a new one).
 func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.Endpoint, opts hypervisor.MigrateOptions) (hypervisor.Stats, error) {
 	var stats hypervisor.Stats
-	if err := validName(name); err != nil {
+	if err := hypervisor.ValidName(name); err != nil {
+		return stats, err
+	}
+	if err := opts.Validate(); err != nil {
 		return stats, err
 	}
 	if to.VM != "" && to.VM != name {
@@ -100,11 +106,8 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 	if to.MigrateURI != "" && to.MigrateURI != to.URI {
 		return stats, fmt.Errorf("%w: endpoint MigrateURI %q: the qemu backend sends to URI only", hypervisor.ErrInvalid, to.MigrateURI)
 	}
-	if opts.MaxDowntime < 0 {
-		return stats, fmt.Errorf("%w: MaxDowntime %v is negative", hypervisor.ErrInvalid, opts.MaxDowntime)
-	}
 	if h.tlsDir != "" {
-		if err := CheckTLSDir(h.tlsDir); err != nil {
+		if err := migtls.CheckDir(h.tlsDir); err != nil {
 			return stats, err
 		}
 	}
@@ -137,7 +140,7 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 		return stats, fmt.Errorf("%w: vm %q on host %q is %q", hypervisor.ErrState, name, h.host, st)
 	}
 
-	events, unsub := p.QMP.Subscribe()
+	events, unsub := p.QMP().Subscribe()
 	defer unsub()
 	if err := SetupMigration(ctx, p, opts.AtSwitchover != nil, opts.MaxBandwidth, opts.MaxDowntime); err != nil {
 		return stats, fmt.Errorf("qemu: vm %q: %w", name, err)
@@ -150,37 +153,53 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 			return stats, fmt.Errorf("qemu: vm %q: %w", name, err)
 		}
 	}
-	start := time.Now()
-	if err := p.QMP.Execute(ctx, "migrate", map[string]any{"uri": to.URI}, nil); err != nil {
+	m := &migration{h: h, name: name, e: e, p: p, to: to, opts: opts, start: time.Now(), status: "setup"}
+	if err := p.QMP().Execute(ctx, "migrate", map[string]any{"uri": to.URI}, nil); err != nil {
 		return stats, fmt.Errorf("%w: vm %q to %s: %v", hypervisor.ErrMigration, name, to.URI, err)
 	}
 	h.log.Info("migration started", "vm", name, "host", h.host, "to", to.URI)
+	return m.run(ctx, events)
+}
 
-	// fail cancels the migration (if still running), makes sure the VM
-	// runs here, and returns cause.
-	fail := func(cause error) (hypervisor.Stats, error) {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		if err := cancelAndContinue(cctx, p); err != nil {
-			cause = errors.Join(cause, fmt.Errorf("resume at source: %w", err))
-		}
-		h.log.Warn("migration failed", "vm", name, "host", h.host, "err", cause)
-		return stats, cause
-	}
-	aborted := func() bool {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		return e.aborted
-	}
+// migration is one outgoing migration from its "migrate" command on: the
+// status loop (run) and one handler per QEMU migration status that needs
+// an action.
+type migration struct {
+	h     *Hypervisor
+	name  string
+	e     *vmEntry
+	p     *Process
+	to    hypervisor.Endpoint
+	opts  hypervisor.MigrateOptions
+	start time.Time
+	stats hypervisor.Stats
 
+	status   string // the last status QEMU reported (event or query-migrate)
+	switched bool   // pre-switchover was handled (QEMU may report it again)
+}
+
+// statusHandlers act on the migration statuses that need an action; the
+// others (setup, active, device, wait-unplug, ...) only wait for the
+// next. A handler reports whether the migration has ended, and how.
+var statusHandlers = map[string]func(*migration, context.Context) (bool, error){
+	"pre-switchover": (*migration).preSwitchover,
+	"completed":      (*migration).completed,
+	"failed":         (*migration).failed,
+	"cancelling":     (*migration).cancelled,
+	"cancelled":      (*migration).cancelled,
+}
+
+// run follows the migration's status (events, and query-migrate every
+// progressEvery for OnProgress and in case an event was missed) and hands
+// each to its handler until one ends the migration.
+func (m *migration) run(ctx context.Context, events <-chan qmp.Event) (hypervisor.Stats, error) {
 	tick := time.NewTicker(progressEvery)
 	defer tick.Stop()
-	status, switched := "setup", false
 	for {
 		select {
 		case ev, ok := <-events:
 			if !ok {
-				return fail(fmt.Errorf("%w: vm %q: QMP connection lost: %v", hypervisor.ErrMigration, name, p.QMP.Err()))
+				return m.stats, m.connectionLost(ctx)
 			}
 			if ev.Name != "MIGRATION" {
 				continue
@@ -189,64 +208,104 @@ func (h *Hypervisor) Migrate(ctx context.Context, name string, to hypervisor.End
 				Status string `json:"status"`
 			}
 			_ = json.Unmarshal(ev.Data, &d)
-			status = d.Status
+			m.status = d.Status
 		case <-tick.C:
 			var mi migrateInfo
-			if err := p.QMP.Execute(ctx, "query-migrate", nil, &mi); err != nil {
-				continue // ctx or process end is handled below
+			if err := m.p.QMP().Execute(ctx, "query-migrate", nil, &mi); err != nil {
+				continue // ctx, process or connection end is handled by its own case
 			}
-			status = mi.Status
-			if opts.OnProgress != nil && mi.Status == "active" {
-				opts.OnProgress(progress(start, mi))
+			m.status = mi.Status
+			if m.opts.OnProgress != nil && mi.Status == "active" {
+				m.opts.OnProgress(progress(m.start, mi))
 			}
-		case <-p.Done():
-			return stats, fmt.Errorf("%w: vm %q: source QEMU exited during migration: %v", hypervisor.ErrMigration, name, p.Err())
+		case <-m.p.Done():
+			return m.stats, fmt.Errorf("%w: vm %q: source QEMU exited during migration: %v", hypervisor.ErrMigration, m.name, m.p.Err())
 		case <-ctx.Done():
-			if status == "setup" { // never connected: a target that does not answer
-				return fail(fmt.Errorf("%w: vm %q to %s: no connection before %v", hypervisor.ErrUnreachable, name, to.URI, ctx.Err()))
+			if m.status == "setup" { // never connected: a target that does not answer
+				return m.stats, m.fail(ctx, fmt.Errorf("%w: vm %q to %s: no connection before %v", hypervisor.ErrUnreachable, m.name, m.to.URI, ctx.Err()))
 			}
-			return fail(fmt.Errorf("%w: vm %q: %v", hypervisor.ErrAborted, name, ctx.Err()))
+			return m.stats, m.fail(ctx, fmt.Errorf("%w: vm %q: %v", hypervisor.ErrAborted, m.name, ctx.Err()))
 		}
-
-		switch status {
-		case "pre-switchover":
-			if switched {
-				continue // a late report of the state we already handled
+		if handle := statusHandlers[m.status]; handle != nil {
+			if done, err := handle(m, ctx); done {
+				return m.stats, err
 			}
-			switched = true
-			stats.Switchover = time.Now()
-			var herr error
-			if opts.AtSwitchover != nil {
-				herr = runHook(ctx, opts.AtSwitchover)
-			}
-			stats.SwitchoverDone = time.Now()
-			if herr != nil {
-				return fail(fmt.Errorf("%w: vm %q: %v", hypervisor.ErrSwitchoverHook, name, herr))
-			}
-			if aborted() {
-				return fail(fmt.Errorf("%w: vm %q on host %q", hypervisor.ErrAborted, name, h.host))
-			}
-			if err := p.QMP.Execute(ctx, "migrate-continue", map[string]any{"state": "pre-switchover"}, nil); err != nil {
-				return fail(fmt.Errorf("%w: vm %q: migrate-continue: %v", hypervisor.ErrMigration, name, err))
-			}
-			status = "device"
-		case "completed":
-			return h.finish(ctx, name, e, start, stats, opts.OnProgress)
-		case "failed":
-			var mi migrateInfo
-			_ = p.QMP.Execute(ctx, "query-migrate", nil, &mi)
-			sentinel := hypervisor.ErrMigration
-			if mi.RAM.Transferred == 0 && !(h.tlsDir != "" && tlsRefused(mi.ErrorDesc)) {
-				sentinel = hypervisor.ErrUnreachable
-			}
-			return fail(fmt.Errorf("%w: vm %q to %s: %s", sentinel, name, to.URI, mi.ErrorDesc))
-		case "cancelling", "cancelled":
-			if aborted() {
-				return fail(fmt.Errorf("%w: vm %q on host %q", hypervisor.ErrAborted, name, h.host))
-			}
-			return fail(fmt.Errorf("%w: vm %q: migration cancelled by QEMU", hypervisor.ErrMigration, name))
 		}
 	}
+}
+
+// preSwitchover runs the switchover hook while the source is paused with
+// its last state unsent, then lets QEMU complete (migrate-continue). A
+// repeated report of pre-switchover is ignored.
+func (m *migration) preSwitchover(ctx context.Context) (bool, error) {
+	if m.switched {
+		return false, nil // a late report of the state we already handled
+	}
+	m.switched = true
+	m.stats.Switchover = time.Now()
+	var herr error
+	if m.opts.AtSwitchover != nil {
+		herr = runHook(ctx, m.opts.AtSwitchover)
+	}
+	m.stats.SwitchoverDone = time.Now()
+	if herr != nil {
+		return true, m.fail(ctx, fmt.Errorf("%w: vm %q: %v", hypervisor.ErrSwitchoverHook, m.name, herr))
+	}
+	if m.aborted() {
+		return true, m.fail(ctx, fmt.Errorf("%w: vm %q on host %q", hypervisor.ErrAborted, m.name, m.h.host))
+	}
+	if err := m.p.QMP().Execute(ctx, "migrate-continue", map[string]any{"state": "pre-switchover"}, nil); err != nil {
+		return true, m.fail(ctx, fmt.Errorf("%w: vm %q: migrate-continue: %v", hypervisor.ErrMigration, m.name, err))
+	}
+	m.status = "device"
+	return false, nil
+}
+
+// failed ends a migration QEMU gave up on: ErrUnreachable if nothing was
+// sent (and no TLS peer refused us), else ErrMigration.
+func (m *migration) failed(ctx context.Context) (bool, error) {
+	var mi migrateInfo
+	_ = m.p.QMP().Execute(ctx, "query-migrate", nil, &mi)
+	sentinel := hypervisor.ErrMigration
+	if mi.RAM.Transferred == 0 && !(m.h.tlsDir != "" && tlsRefused(mi.ErrorDesc)) {
+		sentinel = hypervisor.ErrUnreachable
+	}
+	return true, m.fail(ctx, fmt.Errorf("%w: vm %q to %s: %s", sentinel, m.name, m.to.URI, mi.ErrorDesc))
+}
+
+// cancelled ends a migration that was cancelled: by Abort (ErrAborted) or
+// by QEMU itself (ErrMigration).
+func (m *migration) cancelled(ctx context.Context) (bool, error) {
+	if m.aborted() {
+		return true, m.fail(ctx, fmt.Errorf("%w: vm %q on host %q", hypervisor.ErrAborted, m.name, m.h.host))
+	}
+	return true, m.fail(ctx, fmt.Errorf("%w: vm %q: migration cancelled by QEMU", hypervisor.ErrMigration, m.name))
+}
+
+// connectionLost handles the end of the monitor connection while QEMU may
+// still run and migrate: fail reconnects to cancel it.
+func (m *migration) connectionLost(ctx context.Context) error {
+	return m.fail(ctx, fmt.Errorf("%w: vm %q: QMP connection lost: %v", hypervisor.ErrMigration, m.name, m.p.QMP().Err()))
+}
+
+// fail cancels the migration (if still running), makes sure the VM runs
+// here (through a new monitor connection if the old one was lost), and
+// returns cause (joined with what went wrong doing so).
+func (m *migration) fail(ctx context.Context, cause error) error {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := cancelAndContinue(cctx, m.p); err != nil {
+		cause = errors.Join(cause, fmt.Errorf("resume at source: %w", err))
+	}
+	m.h.log.Warn("migration failed", "vm", m.name, "host", m.h.host, "err", cause)
+	return cause
+}
+
+// aborted reports whether Abort was called during this migration.
+func (m *migration) aborted() bool {
+	m.h.mu.Lock()
+	defer m.h.mu.Unlock()
+	return m.e.aborted
 }
 
 func progress(start time.Time, mi migrateInfo) hypervisor.Progress {
@@ -264,24 +323,25 @@ func runHook(ctx context.Context, f func(context.Context) error) (err error) {
 	return f(ctx)
 }
 
-// finish collects the stats of a completed migration and quits the source.
-// The last progress report (Remaining 0) is sent from here.
-func (h *Hypervisor) finish(ctx context.Context, name string, e *vmEntry, start time.Time, stats hypervisor.Stats, onProgress func(hypervisor.Progress)) (hypervisor.Stats, error) {
-	stats.Total = time.Since(start)
+// completed collects the stats of a completed migration and quits the
+// source. The last progress report (Remaining 0) is sent from here.
+func (m *migration) completed(ctx context.Context) (bool, error) {
+	h, name, e := m.h, m.name, m.e
+	m.stats.Total = time.Since(m.start)
 	var mi migrateInfo
 	// QEMU announces "completed" a moment before it fills in the times:
 	// poll briefly (the guest waits, paused at the target, meanwhile).
 	for i := 0; i < 500; i++ {
-		if err := e.p.QMP.Execute(ctx, "query-migrate", nil, &mi); err != nil || mi.TotalTime > 0 && mi.Downtime > 0 {
+		if err := e.p.QMP().Execute(ctx, "query-migrate", nil, &mi); err != nil || mi.TotalTime > 0 && mi.Downtime > 0 {
 			break
 		}
 		time.Sleep(time.Millisecond)
 	}
 	if mi.Status == "completed" {
-		stats.Downtime = time.Duration(mi.Downtime) * time.Millisecond
-		stats.Bytes = mi.RAM.Transferred
-		if onProgress != nil {
-			onProgress(progress(start, mi))
+		m.stats.Downtime = time.Duration(mi.Downtime) * time.Millisecond
+		m.stats.Bytes = mi.RAM.Transferred
+		if m.opts.OnProgress != nil {
+			m.opts.OnProgress(progress(m.start, mi))
 		}
 	}
 	// The source is inert now (QEMU's postmigrate: it never runs the guest
@@ -307,16 +367,20 @@ func (h *Hypervisor) finish(ctx context.Context, name string, e *vmEntry, start 
 		h.mu.Unlock()
 		close(gone)
 	}()
-	h.log.Info("migration completed", "vm", name, "host", h.host, "total", stats.Total, "downtime", stats.Downtime, "bytes", stats.Bytes)
-	return stats, nil
+	h.log.Info("migration completed", "vm", name, "host", h.host, "total", m.stats.Total, "downtime", m.stats.Downtime, "bytes", m.stats.Bytes)
+	return true, nil
 }
 
 // cancelAndContinue cancels a migration in flight, waits for it to settle
 // and makes sure the VM runs at this (source) host. With no migration in
-// flight it changes nothing.
+// flight it changes nothing. A lost monitor connection is replaced first:
+// QEMU migrates on without one.
 func cancelAndContinue(ctx context.Context, p *Process) error {
+	if _, err := p.Reconnect(ctx); err != nil {
+		return err
+	}
 	var mi migrateInfo
-	if err := p.QMP.Execute(ctx, "query-migrate", nil, &mi); err != nil {
+	if err := p.QMP().Execute(ctx, "query-migrate", nil, &mi); err != nil {
 		return err
 	}
 	switch mi.Status {
@@ -324,13 +388,13 @@ func cancelAndContinue(ctx context.Context, p *Process) error {
 		return nil
 	case "failed", "cancelled":
 	default:
-		if err := p.QMP.Execute(ctx, "migrate_cancel", nil, nil); err != nil {
+		if err := p.QMP().Execute(ctx, "migrate_cancel", nil, nil); err != nil {
 			return err
 		}
-		events, unsub := p.QMP.Subscribe()
+		events, unsub := p.QMP().Subscribe()
 		defer unsub()
 		for settled := false; !settled; {
-			if err := p.QMP.Execute(ctx, "query-migrate", nil, &mi); err != nil {
+			if err := p.QMP().Execute(ctx, "query-migrate", nil, &mi); err != nil {
 				return err
 			}
 			switch mi.Status {
@@ -357,7 +421,7 @@ func cancelAndContinue(ctx context.Context, p *Process) error {
 	case "running":
 		return nil
 	case "finish-migrate", "paused", "postmigrate":
-		return p.QMP.Execute(ctx, "cont", nil, nil)
+		return p.QMP().Execute(ctx, "cont", nil, nil)
 	}
 	return nil
 }

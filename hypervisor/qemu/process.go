@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sealift/sealift/hypervisor"
+	"github.com/sealift/sealift/hypervisor/migtls"
 	"github.com/sealift/sealift/hypervisor/qemu/qmp"
 	"github.com/sealift/sealift/internal/nsutil"
 )
@@ -28,7 +29,7 @@ type LaunchOptions struct {
 	// Incoming starts the instance paused with "-incoming defer".
 	Incoming bool
 	// TLSDir, if set, adds QEMU TLS credentials objects for the files in
-	// that directory (see WithTLS and CheckTLSDir): a client object
+	// that directory (see WithTLS and migtls.CheckDir): a client object
 	// "sealift-tls-client" always, a server object "sealift-tls-server"
 	// when Incoming. Select them with migrate-set-parameters tls-creds.
 	TLSDir string
@@ -45,16 +46,50 @@ type Process struct {
 	// QMPPath is its monitor's unix socket (held by QMP; QEMU serves one
 	// client at a time).
 	QMPPath string
-	// QMP is the connected monitor.
-	QMP *qmp.Client
 	// Incoming tells whether it was started with "-incoming defer".
 	Incoming bool
 
-	cmd     *exec.Cmd
+	cmd     *exec.Cmd // nil for a process played by a test's monitor
 	log     *slog.Logger
 	done    chan struct{}
 	waitErr error
 	once    sync.Once
+
+	mu     sync.Mutex
+	mon    qmp.Monitor                                // the current monitor connection
+	dial   func(context.Context) (qmp.Monitor, error) // a new connection to QMPPath
+	closed bool                                       // close ran: no reconnecting
+}
+
+// QMP is the connected monitor. After Reconnect it is the new connection.
+func (p *Process) QMP() qmp.Monitor {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mon
+}
+
+// Reconnect replaces a monitor connection that has ended (QEMU accepts a
+// new client on QMPPath once the old one is gone) and returns the one to
+// use. A connection that is still open is kept.
+func (p *Process) Reconnect(ctx context.Context) (qmp.Monitor, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.mon != nil && p.mon.Err() == nil {
+		return p.mon, nil
+	}
+	if p.closed || p.dial == nil {
+		return nil, fmt.Errorf("qemu: vm %q: monitor: %w", p.Config.Name, qmp.ErrClosed)
+	}
+	m, err := p.dial(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: vm %q: reconnect monitor: %w", p.Config.Name, err)
+	}
+	if p.mon != nil {
+		p.mon.Close()
+	}
+	p.mon = m
+	p.log.Info("monitor reconnected", "vm", p.Config.Name, "host", p.Host)
+	return m, nil
 }
 
 // Launch starts QEMU for cfg (taps created as needed, QMP connected). It
@@ -68,7 +103,7 @@ func Launch(ctx context.Context, cfg Config, o LaunchOptions) (*Process, error) 
 		return nil, err
 	}
 	if o.TLSDir != "" {
-		if err := CheckTLSDir(o.TLSDir); err != nil {
+		if err := migtls.CheckDir(o.TLSDir); err != nil {
 			return nil, err
 		}
 	}
@@ -143,12 +178,13 @@ func Launch(ctx context.Context, cfg Config, o LaunchOptions) (*Process, error) 
 		case <-dctx.Done():
 		}
 	}()
-	c, err := qmp.Dial(dctx, qmpPath)
+	p.dial = func(ctx context.Context) (qmp.Monitor, error) { return qmp.Dial(ctx, qmpPath) }
+	c, err := p.dial(dctx)
 	if err != nil {
 		p.Kill()
 		return nil, fmt.Errorf("qemu: vm %q: %w (see %s)", cfg.Name, errors.Join(err, p.waitErr), filepath.Join(o.StateDir, cfg.Name+".log"))
 	}
-	p.QMP = c
+	p.mon = c
 	return p, nil
 }
 
@@ -190,9 +226,9 @@ func (p *Process) Quit(ctx context.Context) error {
 	if p.Exited() {
 		return nil
 	}
-	if p.QMP != nil {
+	if m := p.QMP(); m != nil {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := p.QMP.Execute(qctx, "quit", nil, nil)
+		err := m.Execute(qctx, "quit", nil, nil)
 		cancel()
 		if err == nil || errors.Is(err, qmp.ErrClosed) {
 			select {
@@ -209,7 +245,7 @@ func (p *Process) Quit(ctx context.Context) error {
 
 // Kill kills QEMU and waits until it is reaped.
 func (p *Process) Kill() {
-	if !p.Exited() {
+	if !p.Exited() && p.cmd != nil {
 		_ = p.cmd.Process.Kill()
 	}
 	<-p.done
@@ -218,8 +254,11 @@ func (p *Process) Kill() {
 
 func (p *Process) close() {
 	p.once.Do(func() {
-		if p.QMP != nil {
-			p.QMP.Close()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.closed = true
+		if p.mon != nil {
+			p.mon.Close()
 		}
 	})
 }
@@ -230,7 +269,7 @@ func (p *Process) Status(ctx context.Context) (string, error) {
 		Status  string `json:"status"`
 		Running bool   `json:"running"`
 	}
-	if err := p.QMP.Execute(ctx, "query-status", nil, &st); err != nil {
+	if err := p.QMP().Execute(ctx, "query-status", nil, &st); err != nil {
 		return "", err
 	}
 	return st.Status, nil

@@ -8,7 +8,7 @@
 // uses QEMU's pause-before-switchover capability to run the caller's
 // switchover hook while the source is paused and the target not resumed.
 // WithTLS encrypts and mutually authenticates the migration stream (QEMU's
-// tls-creds-x509); NewTLSDir makes credentials for users without a PKI.
+// tls-creds-x509); migtls.NewDir makes credentials for users without a PKI.
 package qemu
 
 import (
@@ -251,7 +251,7 @@ func (h *Hypervisor) release(name string, e *vmEntry) {
 
 // entry returns the live process entry for name, or ErrNotFound.
 func (h *Hypervisor) entry(name string) (*vmEntry, error) {
-	if err := validName(name); err != nil {
+	if err := hypervisor.ValidName(name); err != nil {
 		return nil, err
 	}
 	h.mu.Lock()

@@ -8,9 +8,13 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/hypervisor/qemu"
@@ -434,4 +438,44 @@ func TestMigrateBackAtOnce(t *testing.T) {
 	if after.BootID != before.BootID {
 		t.Fatalf("guest rebooted: boot %s -> %s", before.BootID, after.BootID)
 	}
+}
+
+// TestMonitorLostMidMigration: the source's QMP connection ends while the
+// stream is copying. QEMU would go on migrating; Migrate reconnects to
+// the monitor socket, cancels, and the VM runs on at A, managed as before.
+func TestMonitorLostMidMigration(t *testing.T) {
+	w := newWorld(t, "mon", netip.MustParseAddr("10.1.0.36"))
+	before := w.boot(t)
+	vm, err := w.a.Lookup(w.ctx, w.name)
+	require.NoError(t, err)
+	ep, err := w.b.PrepareIncoming(w.ctx, vm)
+	require.NoError(t, err)
+	p := w.a.Process(w.name)
+	require.NotNil(t, p)
+	lost := p.QMP()
+	var once sync.Once
+	_, err = w.a.Migrate(w.ctx, w.name, ep, hypervisor.MigrateOptions{
+		MaxBandwidth: 1 << 20, // 1 MiB/s: still copying when the connection goes
+		OnProgress: func(pr hypervisor.Progress) {
+			if pr.Transferred > 0 {
+				once.Do(func() { lost.Close() })
+			}
+		},
+		AtSwitchover: func(context.Context) error { t.Error("hook ran"); return nil },
+	})
+	require.ErrorIs(t, err, hypervisor.ErrMigration)
+	assert.ErrorContains(t, err, "QMP connection lost")
+	assert.NotSame(t, lost, p.QMP(), "the monitor was not replaced")
+	var mi struct {
+		Status string `json:"status"`
+	}
+	require.NoError(t, p.QMP().Execute(w.ctx, "query-migrate", nil, &mi))
+	assert.Equal(t, "cancelled", mi.Status)
+	got, err := w.a.Lookup(w.ctx, w.name)
+	require.NoError(t, err)
+	assert.Equal(t, hypervisor.Running, got.State)
+	s, err := guest.WaitCounter(w.ctx, w.lab.A, w.addr, before.Counter)
+	require.NoError(t, err)
+	assert.Equal(t, before.BootID, s.BootID)
+	require.NoError(t, w.b.Abort(w.ctx, w.name))
 }

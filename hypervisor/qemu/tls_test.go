@@ -3,8 +3,6 @@ package qemu_test
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"net/netip"
 	"os"
@@ -13,7 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/sealift/sealift/hypervisor"
+	"github.com/sealift/sealift/hypervisor/migtls"
 	"github.com/sealift/sealift/hypervisor/qemu"
 	"github.com/sealift/sealift/internal/guest"
 	"github.com/sealift/sealift/internal/lab"
@@ -29,128 +31,42 @@ var hostAddrs = []netip.Addr{lab.AUplink, lab.BUnderlay}
 func newTLSDir(t testing.TB, addrs []netip.Addr) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "tls")
-	if err := qemu.NewTLSDir(dir, addrs); err != nil {
+	if err := migtls.NewDir(dir, addrs); err != nil {
 		t.Fatal(err)
 	}
 	return dir
 }
 
-// TestTLSDir checks NewTLSDir's output and that bad credential
-// directories are refused, naming the file, before anything starts.
-func TestTLSDir(t *testing.T) {
+// TestWithTLS: a bad credentials directory (package migtls tests each
+// kind) is refused by WithTLS and Launch, naming the file, before
+// anything starts.
+func TestWithTLS(t *testing.T) {
 	dir := newTLSDir(t, hostAddrs)
-	files := []string{qemu.TLSCACert, qemu.TLSServerCert, qemu.TLSServerKey, qemu.TLSClientCert, qemu.TLSClientKey}
-	for _, f := range append(files, qemu.TLSDHParams) {
-		fi, err := os.Stat(filepath.Join(dir, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fi.Mode().Perm() != 0o600 {
-			t.Errorf("%s has mode %v, want 0600", f, fi.Mode().Perm())
-		}
-	}
-	if err := qemu.CheckTLSDir(dir); err != nil {
-		t.Fatal(err)
-	}
-	srv := readCert(t, filepath.Join(dir, qemu.TLSServerCert))
-	if len(srv.IPAddresses) != 2 || !srv.IPAddresses[0].Equal(lab.AUplink.AsSlice()) || !srv.IPAddresses[1].Equal(lab.BUnderlay.AsSlice()) {
-		t.Errorf("server certificate names %v, want %v", srv.IPAddresses, hostAddrs)
-	}
-	if srv.VerifyHostname("10.9.9.9") == nil {
-		t.Error("server certificate accepts an address it was not made for")
-	}
-	// A fresh CA per call.
-	other := newTLSDir(t, hostAddrs)
-	if bytes.Equal(readCert(t, filepath.Join(dir, qemu.TLSCACert)).Raw, readCert(t, filepath.Join(other, qemu.TLSCACert)).Raw) {
-		t.Error("two NewTLSDir calls made the same CA")
-	}
+	h, err := qemu.New(qemu.WithTLS(dir))
+	require.NoError(t, err)
+	assert.Equal(t, dir, h.TLSDir())
 
-	if err := qemu.NewTLSDir(t.TempDir(), nil); !errors.Is(err, hypervisor.ErrInvalid) {
-		t.Errorf("NewTLSDir without addresses: %v, want ErrInvalid", err)
+	_, err = qemu.New(qemu.WithTLS(""))
+	assert.ErrorIs(t, err, hypervisor.ErrInvalid, `WithTLS("")`)
+	noCA := t.TempDir()
+	for _, f := range []string{migtls.ServerCert, migtls.ServerKey, migtls.ClientCert, migtls.ClientKey} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(noCA, f), b, 0o600))
 	}
-	if _, err := qemu.New(qemu.WithTLS("")); !errors.Is(err, hypervisor.ErrInvalid) {
-		t.Errorf("WithTLS(\"\"): %v, want ErrInvalid", err)
-	}
-	// Each missing file is named.
-	for _, f := range files {
-		d := copyDir(t, dir)
-		os.Remove(filepath.Join(d, f))
-		_, err := qemu.New(qemu.WithTLS(d))
-		if !errors.Is(err, hypervisor.ErrInvalid) || !strings.Contains(err.Error(), "missing "+f) {
-			t.Errorf("TLS dir without %s: %v, want ErrInvalid naming it", f, err)
-		}
-	}
-	// A key that does not belong to its certificate.
-	d := copyDir(t, dir)
-	mustCopy(t, filepath.Join(dir, qemu.TLSClientKey), filepath.Join(d, qemu.TLSServerKey))
-	if _, err := qemu.New(qemu.WithTLS(d)); !errors.Is(err, hypervisor.ErrInvalid) || !strings.Contains(err.Error(), qemu.TLSServerKey) {
-		t.Errorf("server key of another certificate: %v, want ErrInvalid naming %s", err, qemu.TLSServerKey)
-	}
-	// Certificates of another CA.
-	d = copyDir(t, dir)
-	mustCopy(t, filepath.Join(other, qemu.TLSCACert), filepath.Join(d, qemu.TLSCACert))
-	if _, err := qemu.New(qemu.WithTLS(d)); !errors.Is(err, hypervisor.ErrInvalid) || !strings.Contains(err.Error(), qemu.TLSCACert) {
-		t.Errorf("certificates of another CA: %v, want ErrInvalid naming %s", err, qemu.TLSCACert)
-	}
-	// Client and server certificates swapped: wrong key usage.
-	d = copyDir(t, dir)
-	mustCopy(t, filepath.Join(dir, qemu.TLSClientCert), filepath.Join(d, qemu.TLSServerCert))
-	mustCopy(t, filepath.Join(dir, qemu.TLSClientKey), filepath.Join(d, qemu.TLSServerKey))
-	if _, err := qemu.New(qemu.WithTLS(d)); !errors.Is(err, hypervisor.ErrInvalid) || !strings.Contains(err.Error(), qemu.TLSServerCert) {
-		t.Errorf("client certificate as server certificate: %v, want ErrInvalid naming %s", err, qemu.TLSServerCert)
-	}
+	_, err = qemu.New(qemu.WithTLS(noCA))
+	assert.ErrorIs(t, err, hypervisor.ErrInvalid)
+	assert.ErrorContains(t, err, "missing "+migtls.CACert)
+
 	// Launch refuses too, before creating anything in its state dir.
 	state := t.TempDir()
-	empty := t.TempDir()
-	_, err := qemu.Launch(context.Background(), qemu.Config{Name: "x", Kernel: "/boot/vmlinuz"},
-		qemu.LaunchOptions{StateDir: state, TLSDir: empty})
-	if !errors.Is(err, hypervisor.ErrInvalid) || !strings.Contains(err.Error(), "missing "+qemu.TLSCACert) {
-		t.Errorf("Launch with an empty TLS dir: %v, want ErrInvalid naming %s", err, qemu.TLSCACert)
-	}
-	if ents, _ := os.ReadDir(state); len(ents) != 0 {
-		t.Errorf("Launch with a bad TLS dir left %d files in its state dir", len(ents))
-	}
-}
-
-func readCert(t testing.TB, path string) *x509.Certificate {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		t.Fatalf("%s: no PEM block", path)
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-func copyDir(t testing.TB, src string) string {
-	t.Helper()
-	dst := t.TempDir()
-	ents, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		mustCopy(t, filepath.Join(src, e.Name()), filepath.Join(dst, e.Name()))
-	}
-	return dst
-}
-
-func mustCopy(t testing.TB, from, to string) {
-	t.Helper()
-	b, err := os.ReadFile(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(to, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	_, err = qemu.Launch(context.Background(), qemu.Config{Name: "x", Kernel: "/boot/vmlinuz"},
+		qemu.LaunchOptions{StateDir: state, TLSDir: t.TempDir()})
+	assert.ErrorIs(t, err, hypervisor.ErrInvalid, "Launch with an empty TLS dir")
+	assert.ErrorContains(t, err, "missing "+migtls.CACert)
+	ents, err := os.ReadDir(state)
+	require.NoError(t, err)
+	assert.Empty(t, ents, "Launch with a bad TLS dir left files in its state dir")
 }
 
 // fillMarker puts many copies of the marker into the guest's memory: it
@@ -263,7 +179,7 @@ func TestMigrateTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := wrongSAN.PrepareIncoming(w.ctx, vm); !errors.Is(err, hypervisor.ErrInvalid) ||
-		!strings.Contains(err.Error(), qemu.TLSServerCert) || !strings.Contains(err.Error(), lab.BUnderlay.String()) {
+		!strings.Contains(err.Error(), migtls.ServerCert) || !strings.Contains(err.Error(), lab.BUnderlay.String()) {
 		t.Fatalf("PrepareIncoming with a certificate not naming %s: %v, want ErrInvalid naming the file and address", lab.BUnderlay, err)
 	}
 	if wrongSAN.Process(w.name) != nil {
@@ -356,7 +272,7 @@ func TestMigrateTLS(t *testing.T) {
 	// And back B→A with TLS after the credentials were renewed (a new CA):
 	// the instance at B, started with the old ones, reloads its client
 	// credentials (old and new CA do not trust each other).
-	if err := qemu.NewTLSDir(dir, hostAddrs); err != nil {
+	if err := migtls.NewDir(dir, hostAddrs); err != nil {
 		t.Fatal(err)
 	}
 	stats, cs = migrateCaptured(t, w.ctx, w.lab, w.b, w.a, w.name)

@@ -39,7 +39,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sealift/sealift/hypervisor/qemu"
+	"github.com/sealift/sealift/hypervisor/migtls"
 	"github.com/sealift/sealift/internal/nsutil"
 )
 
@@ -73,7 +73,7 @@ type Options struct {
 	// migrate_tls_x509_cert_dir, with migrate_tls_x509_verify = 1: the
 	// target verifies the source's client certificate). It must be an
 	// absolute path holding ca-cert.pem, server-cert.pem, server-key.pem,
-	// client-cert.pem and client-key.pem (see qemu.NewTLSDir); the server
+	// client-cert.pem and client-key.pem (see migtls.NewDir); the server
 	// certificate must name the address migrations to this daemon use.
 	MigrateTLSDir string
 	// Libvirtd is the daemon binary (default /usr/sbin/libvirtd).
@@ -141,7 +141,7 @@ func (o *Options) check() error {
 		if !filepath.IsAbs(o.MigrateTLSDir) || strings.ContainsAny(o.MigrateTLSDir, "\"\n\\") {
 			return fmt.Errorf("%w: MigrateTLSDir %q must be an absolute path without quotes or backslashes", ErrInvalid, o.MigrateTLSDir)
 		}
-		if err := qemu.CheckTLSDir(o.MigrateTLSDir); err != nil {
+		if err := migtls.CheckDir(o.MigrateTLSDir); err != nil {
 			return fmt.Errorf("%w: MigrateTLSDir: %v", ErrInvalid, err)
 		}
 	}

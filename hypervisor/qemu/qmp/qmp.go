@@ -1,7 +1,8 @@
 // Package qmp is a small client for the QEMU Machine Protocol: it reads
 // the greeting, negotiates capabilities, runs commands tagged with an id
 // (several may be in flight) and fans asynchronous events out to
-// subscribers.
+// subscribers. Code that drives QEMU takes a Monitor, which *Client
+// implements and package qmptest scripts for tests.
 package qmp
 
 import (
@@ -53,6 +54,28 @@ type message struct {
 	ID  string          `json:"id"`
 	QMP json.RawMessage `json:"QMP"`
 }
+
+// Monitor is a QMP connection as sealift's QEMU backend uses it: commands,
+// the asynchronous events, and how the connection ended. *Client is the
+// real one; package qmptest has a scripted one for tests.
+type Monitor interface {
+	// Execute runs command with args (nil or a JSON-marshalable value)
+	// and decodes the return value into out (if not nil). A QEMU error
+	// response is returned as *Error; on a connection that has ended the
+	// error wraps ErrClosed.
+	Execute(ctx context.Context, command string, args, out any) error
+	// Subscribe returns a channel receiving every event from now on and a
+	// function that ends the subscription. The channel is closed when the
+	// connection ends.
+	Subscribe() (<-chan Event, func())
+	// Err returns why the connection ended (wrapping ErrClosed), or nil
+	// while it is open.
+	Err() error
+	// Close closes the connection.
+	Close() error
+}
+
+var _ Monitor = (*Client)(nil)
 
 // Client is one QMP connection. Its methods are safe for concurrent use.
 type Client struct {
