@@ -25,9 +25,10 @@ import (
 // link, one whose VM sends nothing right after the migration, is proven
 // as well as a busy one.
 //
-// The probe of direction Secure → Remote is an IP packet from the first
-// host address of a Secure.Protected prefix to one of a Remote.Protected
-// prefix of the same family (Remote → Secure: the reverse), protocol
+// The probe of direction Secure → Remote is an IP packet from a host
+// address in a Secure.Protected prefix to one in a Remote.Protected prefix
+// of the same family (Remote → Secure: the reverse; the first such
+// addresses, IPv4 first, that are not the end hosts' own), protocol
 // probeProto, sent at the sending end from a raw socket:
 //
 //   - with IP_TRANSPARENT, so the kernel sends it from the protected
@@ -74,37 +75,57 @@ type saCount struct {
 // saCounts are the counters of a link's current SAs: [end][direction].
 type saCounts [2][2]saCount
 
-// hostAddr is the probe's address in p: p's own address if the prefix
-// holds one host or p names one other than the network address, else the
-// first host after the network address.
-func hostAddr(p netip.Prefix) netip.Addr {
-	a := p.Addr().Unmap()
-	if p.Bits() >= a.BitLen()-1 || a != p.Masked().Addr() {
-		return a
+// probeAddr is the probe's address in one of ps (of the family want4) at
+// host e: a host address (p's own if p names one other than the network
+// address, else the following ones) that is not one of e's own addresses,
+// since a probe to a local address would be delivered there, not dropped.
+func (e *end) probeAddr(ps []netip.Prefix, want4 bool) (netip.Addr, error) {
+	as, err := e.h.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("ipsec: host %q: list addresses: %w", e.host, err)
 	}
-	return a.Next()
-}
-
-// probeDirs returns the link's two probes (first same-family pair of
-// Protected prefixes, IPv4 preferred).
-func (es ends) probeDirs(l *link) ([2]probeDir, error) {
-	var ps [2]probeDir
-	var src, dst netip.Addr
-	for _, want4 := range []bool{true, false} {
-		for _, s := range l.spec.Secure.Protected {
-			for _, d := range l.spec.Remote.Protected {
-				if !src.IsValid() && s.Addr().Is4() == want4 && d.Addr().Is4() == want4 {
-					src, dst = hostAddr(s), hostAddr(d)
-				}
+	local := map[netip.Addr]bool{}
+	for _, a := range as {
+		local[addrOf(a.IP)] = true
+	}
+	for _, p := range ps {
+		a := p.Addr().Unmap()
+		if a.Is4() != want4 {
+			continue
+		}
+		if p.Bits() < a.BitLen()-1 && a == p.Masked().Addr() {
+			a = a.Next() // not the network address
+		}
+		for i := 0; i < 16 && p.Contains(a); i, a = i+1, a.Next() {
+			if !local[a] {
+				return a, nil
 			}
 		}
 	}
-	if !src.IsValid() {
-		return ps, fmt.Errorf("%w: link %q has no Secure/Remote Protected pair of one family to probe", tunnel.ErrNotProven, l.spec.ID)
+	return netip.Addr{}, nil
+}
+
+// probeDirs returns the link's two probes: between addresses of a
+// Secure.Protected and a Remote.Protected prefix of the same family (IPv4
+// preferred), neither of them an address of its own end's host.
+func (es ends) probeDirs(l *link) ([2]probeDir, error) {
+	var ps [2]probeDir
+	for _, want4 := range []bool{true, false} {
+		src, err := es[0].probeAddr(l.spec.Secure.Protected, want4)
+		if err != nil {
+			return ps, err
+		}
+		dst, err := es[1].probeAddr(l.spec.Remote.Protected, want4)
+		if err != nil {
+			return ps, err
+		}
+		if src.IsValid() && dst.IsValid() {
+			ps[secureToRemote] = probeDir{d: secureToRemote, from: es[0], to: es[1], src: src, dst: dst}
+			ps[remoteToSecure] = probeDir{d: remoteToSecure, from: es[1], to: es[0], src: dst, dst: src}
+			return ps, nil
+		}
 	}
-	ps[secureToRemote] = probeDir{d: secureToRemote, from: es[0], to: es[1], src: src, dst: dst}
-	ps[remoteToSecure] = probeDir{d: remoteToSecure, from: es[1], to: es[0], src: dst, dst: src}
-	return ps, nil
+	return ps, fmt.Errorf("%w: link %q: no pair of Secure and Remote Protected addresses of one family that are not the hosts' own to probe between", tunnel.ErrNotProven, l.spec.ID)
 }
 
 // counts reads the packet counters of the link's current SAs at both ends.

@@ -167,6 +167,18 @@ func TestGuestVerifyBrokenLink(t *testing.T) {
 		for _, host := range []string{l.A, l.B} {
 			assert.Zero(t, probeRules(t, host), "host %s: probe rules left after a failed Verify", host)
 		}
+
+		// The context bounds the wait, too.
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err = k.Verify(ctx, spec.ID)
+		assert.ErrorIs(t, err, tunnel.ErrNotProven)
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.Less(t, time.Since(start), 500*time.Millisecond, "Verify outlived its context")
+		for _, host := range []string{l.A, l.B} {
+			assert.Zero(t, probeRules(t, host), "host %s: probe rules left after a cancelled Verify", host)
+		}
 	})
 
 	// B's sending SA is gone: Verify cannot count it and fails.
@@ -257,4 +269,46 @@ func TestCloseRemovesProbeRules(t *testing.T) {
 	require.NoError(t, New(WithHosts(l.A, l.B)).Close(context.Background(), spec.ID))
 	assert.Equal(t, 1, probeRules(t, l.A), "host A: the other addresses' rule must stay, the link's go")
 	assert.Zero(t, probeRules(t, l.B), "host B: the link's probe rule must go")
+}
+
+// TestProbeAddrs: the probe runs between protected addresses that are not
+// the end hosts' own (a probe to a host's own address would be delivered
+// there instead of dropped), IPv4 first.
+func TestProbeAddrs(t *testing.T) {
+	lab.RequireRoot(t)
+	l := lab.New(t)
+	cases := []struct {
+		name             string
+		secure, remote   []string
+		wantSrc, wantDst string
+	}{
+		{"hosts", []string{"10.1.0.20/32"}, []string{"10.1.0.10/32"}, "10.1.0.20", "10.1.0.10"},
+		{"subnet with A's own address", []string{"10.1.0.0/24"}, []string{"10.1.0.10/32"}, "10.1.0.2", "10.1.0.10"},
+		{"named address", []string{"10.2.0.7/24"}, []string{"10.1.0.10/32"}, "10.2.0.7", "10.1.0.10"},
+		{"IPv4 first", []string{"2001:db8::1/128", "10.1.0.20/32"}, []string{"2001:db8:1::1/128", "10.1.0.10/32"}, "10.1.0.20", "10.1.0.10"},
+		{"IPv6", []string{"2001:db8::/64"}, []string{"2001:db8:1::5/128"}, "2001:db8::1", "2001:db8:1::5"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			spec := specFor(l, "addr1")
+			spec.Secure.Protected, spec.Remote.Protected = nil, nil
+			for _, p := range c.secure {
+				spec.Secure.Protected = append(spec.Secure.Protected, netip.MustParsePrefix(p))
+			}
+			for _, p := range c.remote {
+				spec.Remote.Protected = append(spec.Remote.Protected, netip.MustParsePrefix(p))
+			}
+			es, err := openEnds(spec)
+			require.NoError(t, err)
+			defer es.close()
+			dirs, err := es.probeDirs(&link{spec: spec})
+			require.NoError(t, err)
+			assert.Equal(t, c.wantSrc, dirs[secureToRemote].src.String())
+			assert.Equal(t, c.wantDst, dirs[secureToRemote].dst.String())
+			assert.Equal(t, dirs[secureToRemote].src, dirs[remoteToSecure].dst)
+			assert.Equal(t, dirs[secureToRemote].dst, dirs[remoteToSecure].src)
+			assert.Equal(t, l.A, dirs[secureToRemote].from.host)
+			assert.Equal(t, l.B, dirs[secureToRemote].to.host)
+		})
+	}
 }
