@@ -68,9 +68,8 @@ func (es ends) activate(ctx context.Context, l *link) error {
 
 // remove deletes, at this end, the routes and proxy entries for the
 // link's out-policy destinations and for dsts (what the link routes to
-// when known, in case its policies are gone already), the rules an
-// interrupted Verify left for its probe, then the link's policies, then
-// its SAs. Routes and proxy entries that another sealift
+// when known, in case its policies are gone already), then the link's
+// policies, then its SAs. Routes and proxy entries that another sealift
 // link's out policy at this end still needs stay (links share them).
 func (e *end) remove(reqid uint32, dsts []netip.Prefix) error {
 	all, err := retryDump(func() ([]netlink.XfrmPolicy, error) { return e.h.XfrmPolicyList(netlink.FAMILY_ALL) })
@@ -103,7 +102,6 @@ func (e *end) remove(reqid uint32, dsts []netip.Prefix) error {
 	if len(free) > 0 {
 		errs = append(errs, e.removeRoutes(free))
 	}
-	errs = append(errs, e.removeProbeRules(ps))
 	for i := range ps {
 		if err := ignoreGone(e.h.XfrmPolicyDel(&ps[i])); err != nil {
 			errs = append(errs, fmt.Errorf("ipsec: host %q: delete policy %s: %w", e.host, selector(ps[i]), err))

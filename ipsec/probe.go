@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"net/netip"
 	"strings"
 	"time"
 
@@ -25,36 +23,39 @@ import (
 // link, one whose VM sends nothing right after the migration, is proven
 // as well as a busy one.
 //
-// The probe of direction Secure → Remote is an IP packet from a host
-// address in a Secure.Protected prefix to one in a Remote.Protected prefix
-// of the same family (Remote → Secure: the reverse; the first such
-// addresses, IPv4 first, that are not the end hosts' own), protocol
-// probeProto, sent at the sending end from a raw socket:
+// The probe of direction Secure → Remote is an IP packet (protocol
+// probeProto) from the Secure end host to the Remote's Underlay address
+// (Remote → Secure: the reverse), sent from a raw socket that carries its
+// own XFRM policy: out, any source and destination, allow, with the
+// link's ESP tunnel template (underlays, reqid, current SPI) required. A
+// socket policy takes precedence over the global ones, so the kernel
+// encrypts the probe with that SA or, if the SA is missing, refuses or
+// drops it: the probe can never leave in clear, whatever the global
+// policies say. (Those are checked separately: Verify requires all of the
+// link's policies, allowed, with the ESP template and, out, the current
+// SPI.)
 //
-//   - with IP_TRANSPARENT, so the kernel sends it from the protected
-//     address without owning it (no temporary address is added);
-//   - carrying its own XFRM socket policy: out, allow, ESP tunnel template
-//     with the link's underlays, reqid and current SPI. A socket policy
-//     takes precedence over the global ones, so the probe is encrypted with
-//     the link's SA or, if that SA is missing, dropped by the kernel: it
-//     can never leave in clear, whatever the global policies say. (They
-//     are checked separately: Verify requires all of the link's policies,
-//     allowed, with the ESP template and, out, the current SPI.)
+// The receiver decrypts the probe (its SA counts it), then drops it: its
+// inner addresses (the hosts' own) match none of the link's in policies,
+// and the kernel drops a packet that came out of an ESP tunnel without a
+// policy admitting it (XfrmInNoPols), before any socket or ICMP error.
 //
-// At the receiving end a temporary rule (priority probeRulePriority,
-// protocol RouteProtocol) blackholes the decrypted probe before it is
-// routed: it never reaches the VM or a peer, and no ICMP error is sent
-// for it. Verify removes the rules again, also when the proof fails; a
-// rule left by a crash is removed by Close.
+// Why not between Protected addresses: those are the VM's (and its
+// peers'). At block 345, when the Migrator verifies, an XFRM link's VM is
+// still behind the target's fence, a full block of its addresses in the
+// host's input, forward and output hooks until block 370, and a probe
+// from or to its address would be dropped there, so the quiet VM could
+// still not be verified. A probe to the VM's address would also reach the
+// VM (and one from it, a peer) unless the receiver added a rule to drop
+// it. Carried by the link's SAs, the probe proves what the counters prove
+// for the VM's traffic: both ends hold matching keys and SPIs and the ESP
+// packets cross the underlay both ways. It adds nothing to either host
+// (no address, route or rule; the socket and its policy go with the
+// call).
 const (
 	// probeProto is the probe's IP protocol: 253, reserved for
-	// experimentation (RFC 3692), so the blackhole rule matches no real
-	// traffic between the protected addresses.
+	// experimentation (RFC 3692).
 	probeProto = 253
-	// probeRulePriority is the priority of the receiving end's blackhole
-	// rule: after the local table (0), before the main table and any
-	// source rule a link backend installs.
-	probeRulePriority = 10
 	// defaultProbeTimeout bounds Verify's wait for the probes.
 	defaultProbeTimeout = 3 * time.Second
 )
@@ -63,7 +64,6 @@ const (
 type probeDir struct {
 	d        int  // secureToRemote or remoteToSecure
 	from, to *end // sending and receiving end
-	src, dst netip.Addr
 }
 
 // saCount is one SA's counters at one end.
@@ -75,57 +75,12 @@ type saCount struct {
 // saCounts are the counters of a link's current SAs: [end][direction].
 type saCounts [2][2]saCount
 
-// probeAddr is the probe's address in one of ps (of the family want4) at
-// host e: a host address (p's own if p names one other than the network
-// address, else the following ones) that is not one of e's own addresses,
-// since a probe to a local address would be delivered there, not dropped.
-func (e *end) probeAddr(ps []netip.Prefix, want4 bool) (netip.Addr, error) {
-	as, err := e.h.AddrList(nil, netlink.FAMILY_ALL)
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("ipsec: host %q: list addresses: %w", e.host, err)
+// probeDirs returns the link's two probes.
+func (es ends) probeDirs() [2]probeDir {
+	return [2]probeDir{
+		secureToRemote: {d: secureToRemote, from: es[0], to: es[1]},
+		remoteToSecure: {d: remoteToSecure, from: es[1], to: es[0]},
 	}
-	local := map[netip.Addr]bool{}
-	for _, a := range as {
-		local[addrOf(a.IP)] = true
-	}
-	for _, p := range ps {
-		a := p.Addr().Unmap()
-		if a.Is4() != want4 {
-			continue
-		}
-		if p.Bits() < a.BitLen()-1 && a == p.Masked().Addr() {
-			a = a.Next() // not the network address
-		}
-		for i := 0; i < 16 && p.Contains(a); i, a = i+1, a.Next() {
-			if !local[a] {
-				return a, nil
-			}
-		}
-	}
-	return netip.Addr{}, nil
-}
-
-// probeDirs returns the link's two probes: between addresses of a
-// Secure.Protected and a Remote.Protected prefix of the same family (IPv4
-// preferred), neither of them an address of its own end's host.
-func (es ends) probeDirs(l *link) ([2]probeDir, error) {
-	var ps [2]probeDir
-	for _, want4 := range []bool{true, false} {
-		src, err := es[0].probeAddr(l.spec.Secure.Protected, want4)
-		if err != nil {
-			return ps, err
-		}
-		dst, err := es[1].probeAddr(l.spec.Remote.Protected, want4)
-		if err != nil {
-			return ps, err
-		}
-		if src.IsValid() && dst.IsValid() {
-			ps[secureToRemote] = probeDir{d: secureToRemote, from: es[0], to: es[1], src: src, dst: dst}
-			ps[remoteToSecure] = probeDir{d: remoteToSecure, from: es[1], to: es[0], src: dst, dst: src}
-			return ps, nil
-		}
-	}
-	return ps, fmt.Errorf("%w: link %q: no pair of Secure and Remote Protected addresses of one family that are not the hosts' own to probe between", tunnel.ErrNotProven, l.spec.ID)
 }
 
 // counts reads the packet counters of the link's current SAs at both ends.
@@ -153,30 +108,10 @@ func carried(before, after saCounts, d int) bool {
 // lasts, until both directions' SAs counted one at both ends; it resends a
 // probe not yet decrypted after a third of the timeout. It returns the
 // counters before and after and how many probes it sent per direction.
-// The receiving ends' blackhole rules are removed before it returns.
 func (es ends) probe(ctx context.Context, l *link, timeout time.Duration) (before, after saCounts, sent [2]int, err error) {
-	dirs, err := es.probeDirs(l)
-	if err != nil {
-		return before, after, sent, err
-	}
+	dirs := es.probeDirs()
 	if before, err = es.counts(l); err != nil {
 		return before, after, sent, err
-	}
-	var added []probeDir
-	defer func() {
-		var errs []error
-		for _, p := range added {
-			if rerr := ignoreGone(p.to.h.RuleDel(probeRule(p))); rerr != nil {
-				errs = append(errs, fmt.Errorf("ipsec: host %q: remove the probe's rule: %w", p.to.host, rerr))
-			}
-		}
-		err = errors.Join(append([]error{err}, errs...)...)
-	}()
-	for _, p := range dirs {
-		if rerr := p.to.h.RuleAdd(probeRule(p)); rerr != nil && !errors.Is(rerr, unix.EEXIST) {
-			return before, after, sent, fmt.Errorf("%w: host %q: add the rule that drops the decrypted probe: %v", tunnel.ErrNotProven, p.to.host, rerr)
-		}
-		added = append(added, p)
 	}
 	nonce := make([]byte, 8)
 	if _, err := rand.Read(nonce); err != nil {
@@ -187,7 +122,7 @@ func (es ends) probe(ctx context.Context, l *link, timeout time.Duration) (befor
 		payload := fmt.Appendf(nil, "sealift-probe %s %s %d", hex.EncodeToString(nonce), l.spec.ID, sent[p.d])
 		tmpl := p.from.outPolicies(l, netlinkAllow, l.spi[p.d])[0].Tmpls[0]
 		if err := sendProbe(p, tmpl, payload); err != nil {
-			return fmt.Errorf("%w: host %q: send the probe %s -> %s: %v", tunnel.ErrNotProven, p.from.host, p.src, p.dst, err)
+			return fmt.Errorf("%w: host %q: send the probe to %s: %v", tunnel.ErrNotProven, p.from.host, p.from.peer.Underlay, err)
 		}
 		return nil
 	}
@@ -227,71 +162,44 @@ func (es ends) probe(ctx context.Context, l *link, timeout time.Duration) (befor
 	}
 }
 
-// probeRule is the receiving end's rule that blackholes p's decrypted
-// probe (by its addresses and protocol) before it is routed.
-func probeRule(p probeDir) *netlink.Rule {
-	r := netlink.NewRule()
-	r.Family = netlink.FAMILY_V4
-	if p.src.Is6() {
-		r.Family = netlink.FAMILY_V6
-	}
-	r.Src = ipNet(netip.PrefixFrom(p.src, p.src.BitLen()))
-	r.Dst = ipNet(netip.PrefixFrom(p.dst, p.dst.BitLen()))
-	r.IPProto = probeProto
-	r.Priority = probeRulePriority
-	r.Protocol = uint8(RouteProtocol)
-	r.Type = unix.RTN_BLACKHOLE
-	return r
-}
-
-// sendProbe sends payload from p.src to p.dst at p.from's host, through a
-// raw socket whose own XFRM policy requires the ESP SA of tmpl.
+// sendProbe sends payload from p.from's host to the other end's Underlay
+// through a raw socket whose own XFRM policy requires the ESP SA of tmpl
+// for everything it sends.
 func sendProbe(p probeDir, tmpl netlink.XfrmPolicyTmpl, payload []byte) error {
+	dst := p.from.peer.Underlay
 	return nsutil.Do(p.from.host, func() error {
-		fam, level, transparent, policy := unix.AF_INET, unix.IPPROTO_IP, unix.IP_TRANSPARENT, unix.IP_XFRM_POLICY
-		if p.src.Is6() {
-			fam, level, transparent, policy = unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_TRANSPARENT, unix.IPV6_XFRM_POLICY
+		fam, level, policy := unix.AF_INET, unix.IPPROTO_IP, unix.IP_XFRM_POLICY
+		if dst.Is6() {
+			fam, level, policy = unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_XFRM_POLICY
 		}
 		fd, err := unix.Socket(fam, unix.SOCK_RAW|unix.SOCK_CLOEXEC, probeProto)
 		if err != nil {
 			return fmt.Errorf("raw socket: %w", err)
 		}
 		defer unix.Close(fd)
-		if err := unix.SetsockoptString(fd, level, policy, string(socketPolicy(p, tmpl))); err != nil {
+		if err := unix.SetsockoptString(fd, level, policy, string(socketPolicy(dst.Is6(), tmpl))); err != nil {
 			return fmt.Errorf("socket XFRM policy: %w", err)
 		}
-		if err := unix.SetsockoptInt(fd, level, transparent, 1); err != nil {
-			return fmt.Errorf("transparent socket: %w", err)
+		var to unix.Sockaddr = &unix.SockaddrInet4{Addr: dst.As4()}
+		if dst.Is6() {
+			to = &unix.SockaddrInet6{Addr: dst.As16()}
 		}
-		var oob []byte
-		var to unix.Sockaddr
-		if p.src.Is6() {
-			oob = unix.PktInfo6(&unix.Inet6Pktinfo{Addr: p.src.As16()})
-			to = &unix.SockaddrInet6{Addr: p.dst.As16()}
-		} else {
-			oob = unix.PktInfo4(&unix.Inet4Pktinfo{Spec_dst: p.src.As4()})
-			to = &unix.SockaddrInet4{Addr: p.dst.As4()}
-		}
-		return unix.Sendmsg(fd, payload, oob, to, 0)
+		return unix.Sendto(fd, payload, 0, to)
 	})
 }
 
 // socketPolicy is the probe socket's XFRM policy (struct
 // xfrm_userpolicy_info and one xfrm_user_tmpl, as setsockopt
-// IP_XFRM_POLICY takes them): out, src/dst and protocol of p, allow, with
-// tmpl (the link's out template: ESP tunnel, reqid and SPI) required.
-func socketPolicy(p probeDir, tmpl netlink.XfrmPolicyTmpl) []byte {
+// IP_XFRM_POLICY takes them): out, any source, destination and protocol
+// of the family, allow, with tmpl (the link's out template: ESP tunnel,
+// reqid and SPI) required.
+func socketPolicy(v6 bool, tmpl netlink.XfrmPolicyTmpl) []byte {
 	family := uint16(unix.AF_INET)
-	if p.src.Is6() {
+	if v6 {
 		family = unix.AF_INET6
 	}
 	var info nl.XfrmUserpolicyInfo
-	info.Sel.Family = family
-	info.Sel.Saddr.FromIP(ipOf(p.src))
-	info.Sel.Daddr.FromIP(ipOf(p.dst))
-	info.Sel.PrefixlenS = uint8(p.src.BitLen())
-	info.Sel.PrefixlenD = uint8(p.dst.BitLen())
-	info.Sel.Proto = probeProto
+	info.Sel.Family = family // prefix lengths 0, protocol 0: every packet
 	info.Lft.SoftByteLimit, info.Lft.HardByteLimit = nl.XFRM_INF, nl.XFRM_INF
 	info.Lft.SoftPacketLimit, info.Lft.HardPacketLimit = nl.XFRM_INF, nl.XFRM_INF
 	info.Dir = uint8(netlink.XFRM_DIR_OUT)
@@ -300,11 +208,7 @@ func socketPolicy(p probeDir, tmpl netlink.XfrmPolicyTmpl) []byte {
 	t.XfrmId.Daddr.FromIP(tmpl.Dst)
 	t.XfrmId.Proto = uint8(tmpl.Proto)
 	t.XfrmId.Spi = nl.Swap32(uint32(tmpl.Spi))
-	if addrOf(tmpl.Dst).Is4() {
-		t.Family = unix.AF_INET
-	} else {
-		t.Family = unix.AF_INET6
-	}
+	t.Family = family
 	t.Saddr.FromIP(tmpl.Src)
 	t.Reqid = uint32(tmpl.Reqid)
 	t.Mode = uint8(tmpl.Mode)
@@ -333,38 +237,4 @@ func (es ends) describeCounts(l *link, before, after saCounts) string {
 		parts = append(parts, fmt.Sprintf("host %q: %s", e.host, strings.Join(ds, ", ")))
 	}
 	return strings.Join(parts, "; ")
-}
-
-// removeProbeRules deletes, at this end, the probe rules (RouteProtocol,
-// probeProto) whose addresses the in policies ps cover: what a Verify
-// interrupted by a crash left.
-func (e *end) removeProbeRules(ps []netlink.XfrmPolicy) error {
-	rs, err := retryDump(func() ([]netlink.Rule, error) { return e.h.RuleList(netlink.FAMILY_ALL) })
-	if err != nil {
-		return fmt.Errorf("ipsec: host %q: list rules: %w", e.host, err)
-	}
-	var errs []error
-	for _, r := range rs {
-		if r.Protocol != uint8(RouteProtocol) || r.IPProto != probeProto {
-			continue
-		}
-		src, ok1 := prefixOf(r.Src)
-		dst, ok2 := prefixOf(r.Dst)
-		if !ok1 || !ok2 {
-			continue
-		}
-		for _, p := range ps {
-			ps, _ := prefixOf(p.Src)
-			pd, _ := prefixOf(p.Dst)
-			if p.Dir == netlink.XFRM_DIR_IN && ps.Contains(src.Addr()) && pd.Contains(dst.Addr()) {
-				r := r
-				r.Type = unix.RTN_BLACKHOLE
-				if err := ignoreGone(e.h.RuleDel(&r)); err != nil {
-					errs = append(errs, fmt.Errorf("ipsec: host %q: delete probe rule %s -> %s: %w", e.host, src, dst, err))
-				}
-				break
-			}
-		}
-	}
-	return errors.Join(errs...)
 }

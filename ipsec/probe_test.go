@@ -12,6 +12,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/fence/nft"
 	"github.com/sealift/sealift/internal/klab"
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/tunnel"
@@ -45,23 +47,6 @@ func saStats(t *testing.T, host string, l *link, d int) netlink.XfrmStateStats {
 	return st.Statistics
 }
 
-// probeRules counts the rules with RouteProtocol at host (the probe's).
-func probeRules(t *testing.T, host string) int {
-	t.Helper()
-	h, err := lab.Handle(host)
-	require.NoError(t, err)
-	defer h.Close()
-	rs, err := h.RuleList(netlink.FAMILY_ALL)
-	require.NoError(t, err)
-	n := 0
-	for _, r := range rs {
-		if r.Protocol == uint8(RouteProtocol) {
-			n++
-		}
-	}
-	return n
-}
-
 // activeLink prepares and activates the reference link id with k; Close
 // at cleanup.
 func activeLink(t *testing.T, k *Linker, w *world, id string) (tunnel.Spec, *link) {
@@ -80,8 +65,7 @@ func activeLink(t *testing.T, k *Linker, w *world, id string) (tunnel.Spec, *lin
 // TestGuestVerifyQuietLink: nothing at all flows between the peer and the
 // moved VM, yet Verify proves the link: each SA counts exactly the probe
 // at both ends, the wan sees it only as ESP (two frames, nothing in
-// clear), neither the VM nor the peer receives it, and the probe's rules
-// are gone afterwards.
+// clear), and neither the VM nor the peer receives it.
 func TestGuestVerifyQuietLink(t *testing.T) {
 	klab.RequireGuest(t)
 	w := movedVM(t)
@@ -121,9 +105,6 @@ func TestGuestVerifyQuietLink(t *testing.T) {
 	assert.Zero(t, st.Dropped)
 	assert.Zero(t, vm.Marker+vm.ByProto[probeProto], "the probe reached the VM")
 	assert.Zero(t, peer.Marker+peer.ByProto[probeProto], "the probe reached the peer")
-	for _, host := range []string{l.A, l.B} {
-		assert.Zero(t, probeRules(t, host), "host %s: probe rules left after Verify", host)
-	}
 }
 
 // TestGuestVerifyBrokenLink: Verify refuses a link whose SAs do not work,
@@ -164,9 +145,6 @@ func TestGuestVerifyBrokenLink(t *testing.T) {
 		assert.GreaterOrEqual(t, st.ByProto[50], 2, "ESP frames on wan")
 		assert.Zero(t, st.Marker, "probe payload in clear on wan")
 		assert.Zero(t, st.Watched, "frames with a protected address in clear on wan: %v", st.Samples)
-		for _, host := range []string{l.A, l.B} {
-			assert.Zero(t, probeRules(t, host), "host %s: probe rules left after a failed Verify", host)
-		}
 
 		// The context bounds the wait, too.
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -176,9 +154,6 @@ func TestGuestVerifyBrokenLink(t *testing.T) {
 		assert.ErrorIs(t, err, tunnel.ErrNotProven)
 		assert.ErrorIs(t, err, context.DeadlineExceeded)
 		assert.Less(t, time.Since(start), 500*time.Millisecond, "Verify outlived its context")
-		for _, host := range []string{l.A, l.B} {
-			assert.Zero(t, probeRules(t, host), "host %s: probe rules left after a cancelled Verify", host)
-		}
 	})
 
 	// B's sending SA is gone: Verify cannot count it and fails.
@@ -222,9 +197,7 @@ func TestGuestVerifyBrokenLink(t *testing.T) {
 			"control: the VM's datagram did not cross the wan in clear; the check could not fail")
 		control := wan.Snapshot()
 
-		dirs, err := es.probeDirs(lk)
-		require.NoError(t, err)
-		p := dirs[remoteToSecure]
+		p := es.probeDirs()[remoteToSecure]
 		tmpl := es[1].outPolicies(lk, netlinkAllow, lk.spi[remoteToSecure])[0].Tmpls[0]
 		for i := 0; i < 3; i++ {
 			// The kernel refuses the probe (EAGAIN: no SA for the socket's
@@ -244,71 +217,49 @@ func TestGuestVerifyBrokenLink(t *testing.T) {
 	})
 }
 
-// TestCloseRemovesProbeRules runs on this machine's kernel (policies and
-// rules need no ESP): the blackhole rules a Verify interrupted by a crash
-// would leave are removed by Close; a rule for other addresses stays.
-func TestCloseRemovesProbeRules(t *testing.T) {
-	lab.RequireRoot(t)
-	l := lab.New(t)
-	spec := specFor(l, "rules1")
-	lk := &link{spec: spec, reqid: ReqID(spec.ID), spi: [2]uint32{0x1001, 0x2002}, hosts: []string{l.A, l.B}}
-	es, err := openEnds(spec)
+// TestGuestVerifyFencedVM is block 345 of a migration over an XFRM link:
+// the VM runs at B behind the target's fence, a full block of its port,
+// MAC and addresses until block 370 (fence/nft, as the Migrator installs
+// it). Verify must prove the link there, and the VM receives nothing.
+func TestGuestVerifyFencedVM(t *testing.T) {
+	klab.RequireGuest(t)
+	ctx := context.Background()
+	w := movedVM(t)
+	l := w.l
+	f := nft.New(nft.WithHost(l.B))
+	require.NoError(t, f.Fence(ctx, fence.Spec{VM: "vm1", Port: "vmb0", MAC: macOf(t, w.vm, "eth0").String(), Addrs: []netip.Addr{lab.VMAddr}}))
+	defer func() { assert.NoError(t, f.Lift(ctx, "vm1")) }()
+	echo, err := lab.StartUDPEcho(w.vm, "10.1.0.10:7000")
 	require.NoError(t, err)
-	defer es.close()
-	require.NoError(t, es.addPolicies(lk, netlinkBlock))
-	dirs, err := es.probeDirs(lk)
+	defer echo.Close()
+	k := New()
+	spec, lk := activeLink(t, k, w, "fenced1")
+
+	// Control: the fence holds; the peer's datagram does not reach the VM.
+	_, _ = lab.SendUDP(l.Peer, "10.1.0.10:7000", []byte("fenced?"), 1)
+	got, _ := echo.Received()
+	require.Zero(t, got, "the fence let the peer's datagram through to the VM")
+	before := [2][2]uint64{}
+	for i, host := range []string{l.A, l.B} {
+		for d := range lk.spi {
+			before[i][d] = saStats(t, host, lk, d).Packets
+		}
+	}
+
+	wan := wanCapture(t, l)
+	atVM, err := lab.StartCapture(w.vm, "eth0", probeMarker)
 	require.NoError(t, err)
-	for _, p := range dirs {
-		require.NoError(t, p.to.h.RuleAdd(probeRule(p)))
+	proof, err := k.Verify(ctx, spec.ID)
+	st, vm := wan.Stop(), atVM.Stop()
+	require.NoError(t, err, "Verify behind the target's fence")
+	t.Logf("proof: %s", proof.Detail)
+	for i, host := range []string{l.A, l.B} {
+		for d := range lk.spi {
+			assert.Equal(t, before[i][d]+1, saStats(t, host, lk, d).Packets, "host %s: SA of direction %d should count exactly the probe", host, d)
+		}
 	}
-	other := probeDir{src: netip.MustParseAddr("10.9.0.1"), dst: netip.MustParseAddr("10.9.0.2")}
-	require.NoError(t, es[0].h.RuleAdd(probeRule(other)))
-	require.Equal(t, 2, probeRules(t, l.A))
-	require.Equal(t, 1, probeRules(t, l.B))
-
-	require.NoError(t, New(WithHosts(l.A, l.B)).Close(context.Background(), spec.ID))
-	assert.Equal(t, 1, probeRules(t, l.A), "host A: the other addresses' rule must stay, the link's go")
-	assert.Zero(t, probeRules(t, l.B), "host B: the link's probe rule must go")
-}
-
-// TestProbeAddrs: the probe runs between protected addresses that are not
-// the end hosts' own (a probe to a host's own address would be delivered
-// there instead of dropped), IPv4 first.
-func TestProbeAddrs(t *testing.T) {
-	lab.RequireRoot(t)
-	l := lab.New(t)
-	cases := []struct {
-		name             string
-		secure, remote   []string
-		wantSrc, wantDst string
-	}{
-		{"hosts", []string{"10.1.0.20/32"}, []string{"10.1.0.10/32"}, "10.1.0.20", "10.1.0.10"},
-		{"subnet with A's own address", []string{"10.1.0.0/24"}, []string{"10.1.0.10/32"}, "10.1.0.2", "10.1.0.10"},
-		{"named address", []string{"10.2.0.7/24"}, []string{"10.1.0.10/32"}, "10.2.0.7", "10.1.0.10"},
-		{"IPv4 first", []string{"2001:db8::1/128", "10.1.0.20/32"}, []string{"2001:db8:1::1/128", "10.1.0.10/32"}, "10.1.0.20", "10.1.0.10"},
-		{"IPv6", []string{"2001:db8::/64"}, []string{"2001:db8:1::5/128"}, "2001:db8::1", "2001:db8:1::5"},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			spec := specFor(l, "addr1")
-			spec.Secure.Protected, spec.Remote.Protected = nil, nil
-			for _, p := range c.secure {
-				spec.Secure.Protected = append(spec.Secure.Protected, netip.MustParsePrefix(p))
-			}
-			for _, p := range c.remote {
-				spec.Remote.Protected = append(spec.Remote.Protected, netip.MustParsePrefix(p))
-			}
-			es, err := openEnds(spec)
-			require.NoError(t, err)
-			defer es.close()
-			dirs, err := es.probeDirs(&link{spec: spec})
-			require.NoError(t, err)
-			assert.Equal(t, c.wantSrc, dirs[secureToRemote].src.String())
-			assert.Equal(t, c.wantDst, dirs[secureToRemote].dst.String())
-			assert.Equal(t, dirs[secureToRemote].src, dirs[remoteToSecure].dst)
-			assert.Equal(t, dirs[secureToRemote].dst, dirs[remoteToSecure].src)
-			assert.Equal(t, l.A, dirs[secureToRemote].from.host)
-			assert.Equal(t, l.B, dirs[secureToRemote].to.host)
-		})
-	}
+	assert.Equal(t, 2, st.ByProto[50], "ESP frames on wan (one probe each way)")
+	assert.Zero(t, st.Marker, "probe payload in clear on wan")
+	assert.Zero(t, st.Watched, "frames with a protected address in clear on wan: %v", st.Samples)
+	assert.Zero(t, vm.Marker+vm.ByProto[probeProto], "the probe reached the VM")
 }
