@@ -22,11 +22,12 @@
 // dropped, never sent in clear. Activate switches in/fwd, then out, to
 // "allow" with the template, then adds routes and proxy ARP entries.
 // Rekey replaces the SAs without loss. Verify proves both SAs with a
-// probe each way between the ends' Protected addresses (probe.go), so a
-// link whose VM is quiet is proven too. Close removes exactly what the
-// link installed: everything is found by the link's reqid (derived from
-// the link ID, see ReqID), routes by their protocol tag RouteProtocol;
-// a route or proxy entry another sealift link still needs stays.
+// probe each way between the two hosts, forced through the link's SAs
+// (probe.go), so a link whose VM is quiet, or still fenced, is proven
+// too. Close removes exactly what the link installed: everything is
+// found by the link's reqid (derived from the link ID, see ReqID), routes
+// by their protocol tag RouteProtocol; a route or proxy entry another
+// sealift link still needs stays.
 //
 // Routes come with Activate, not Prepare: while the link is prepared the
 // VM may still run at the secure end, and a route for its address toward
@@ -249,14 +250,15 @@ func (k *Linker) Activate(ctx context.Context, id string) error {
 }
 
 // Verify checks that the link's policies are in place at both ends and
-// proves its SAs with a probe each way between the ends' Protected
-// addresses: each SA must count the probe at its sender (encrypted) and
-// at its receiver (decrypted), within the probe timeout (WithProbeTimeout)
-// and ctx. The probe can never leave in clear and never reaches the VM or
-// a peer (see probe.go). It returns the SA counters (Proof.Detail: before
-// and after the probe, per end); without that proof, e.g. a wrong key or a
-// missing SA at one end, it returns tunnel.ErrNotProven. A quiet link is
-// proven like a busy one.
+// proves its SAs with a probe each way between the two hosts, sent
+// through the link's SA of that direction: each SA must count the probe
+// at its sender (encrypted) and at its receiver (decrypted), within the
+// probe timeout (WithProbeTimeout) and ctx. The probe can never leave in
+// clear, never reaches the VM or a peer and needs no traffic of theirs,
+// so a quiet VM, or one still behind the target's fence, does not stop
+// the proof (see probe.go). It returns the SA counters (Proof.Detail:
+// before and after the probe, per end); without that proof, e.g. a wrong
+// key or a missing SA at one end, it returns tunnel.ErrNotProven.
 func (k *Linker) Verify(ctx context.Context, id string) (tunnel.Proof, error) {
 	l, err := k.get(id)
 	if err != nil {

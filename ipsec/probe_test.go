@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +19,7 @@ import (
 	"github.com/sealift/sealift/fence/nft"
 	"github.com/sealift/sealift/internal/klab"
 	"github.com/sealift/sealift/internal/lab"
+	"github.com/sealift/sealift/internal/nsutil"
 	"github.com/sealift/sealift/tunnel"
 )
 
@@ -45,6 +49,24 @@ func saStats(t *testing.T, host string, l *link, d int) netlink.XfrmStateStats {
 	st, err := h.XfrmStateGet(stateID(l, d, l.spi[d]))
 	require.NoError(t, err, "host %s: SA spi 0x%08x", host, l.spi[d])
 	return st.Statistics
+}
+
+// xfrmStat returns one counter of host's /proc/net/xfrm_stat (per
+// network namespace; read through thread-self, since nsutil.Do switches
+// only the calling thread).
+func xfrmStat(t *testing.T, host, name string) int {
+	t.Helper()
+	var b []byte
+	require.NoError(t, nsutil.Do(host, func() (err error) { b, err = os.ReadFile("/proc/thread-self/net/xfrm_stat"); return }))
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == name {
+			n, err := strconv.Atoi(f[1])
+			require.NoError(t, err)
+			return n
+		}
+	}
+	require.Failf(t, "no counter", "host %s: %s not in xfrm_stat:\n%s", host, name, b)
+	return 0
 }
 
 // activeLink prepares and activates the reference link id with k; Close
@@ -77,6 +99,7 @@ func TestGuestVerifyQuietLink(t *testing.T) {
 			require.Zero(t, saStats(t, host, lk, d).Packets, "host %s: SA of direction %d carried traffic before Verify: the link is not quiet", host, d)
 		}
 	}
+	noPols := [2]int{xfrmStat(t, l.A, "XfrmInNoPols"), xfrmStat(t, l.B, "XfrmInNoPols")}
 	wan := wanCapture(t, l)
 	atVM, err := lab.StartCapture(w.vm, "eth0", probeMarker)
 	require.NoError(t, err)
@@ -105,6 +128,9 @@ func TestGuestVerifyQuietLink(t *testing.T) {
 	assert.Zero(t, st.Dropped)
 	assert.Zero(t, vm.Marker+vm.ByProto[probeProto], "the probe reached the VM")
 	assert.Zero(t, peer.Marker+peer.ByProto[probeProto], "the probe reached the peer")
+	for i, host := range []string{l.A, l.B} {
+		assert.Equal(t, noPols[i]+1, xfrmStat(t, host, "XfrmInNoPols"), "host %s: the decrypted probe should be dropped for want of an in policy", host)
+	}
 }
 
 // TestGuestVerifyBrokenLink: Verify refuses a link whose SAs do not work,
