@@ -3,6 +3,7 @@ package ipsec
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"net/netip"
 	"os"
 	"strconv"
@@ -194,6 +195,7 @@ func TestGuestVerifyBrokenLink(t *testing.T) {
 		_, err = k.Verify(context.Background(), spec.ID)
 		require.ErrorIs(t, err, tunnel.ErrNotProven)
 		t.Logf("Verify: %v", err)
+		assert.Contains(t, err.Error(), fmt.Sprintf("SA spi 0x%08x", lk.spi[remoteToSecure]))
 	})
 
 	// B's out SA and out policy are both gone, so nothing global protects
@@ -288,4 +290,45 @@ func TestGuestVerifyFencedVM(t *testing.T) {
 	assert.Zero(t, st.Marker, "probe payload in clear on wan")
 	assert.Zero(t, st.Watched, "frames with a protected address in clear on wan: %v", st.Samples)
 	assert.Zero(t, vm.Marker+vm.ByProto[probeProto], "the probe reached the VM")
+}
+
+// TestProbeNeverInClearWithoutSA runs on this machine's kernel, which has
+// XFRM policies but no ESP, so no SA can exist: the probe's socket policy
+// requires the link's SA, and the kernel refuses the probe rather than
+// send it plain. Control: the same datagram from a raw socket without
+// that policy crosses the wan in clear.
+func TestProbeNeverInClearWithoutSA(t *testing.T) {
+	lab.RequireRoot(t)
+	l := lab.New(t)
+	spec := specFor(l, "nosa1")
+	lk := &link{spec: spec, reqid: ReqID(spec.ID), spi: [2]uint32{0x1001, 0x2002}}
+	es, err := openEnds(spec)
+	require.NoError(t, err)
+	defer es.close()
+	wan, err := lab.StartCapture(l.WAN, "", probeMarker)
+	require.NoError(t, err)
+
+	payload := append([]byte(nil), probeMarker...)
+	require.NoError(t, nsutil.Do(l.A, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, probeProto)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return unix.Sendto(fd, payload, 0, &unix.SockaddrInet4{Addr: lab.BUnderlay.As4()})
+	}))
+	require.Eventually(t, func() bool { return wan.Snapshot().Marker > 0 }, 5*time.Second, 10*time.Millisecond,
+		"control: a plain raw datagram did not cross the wan in clear; the check could not fail")
+	control := wan.Snapshot()
+
+	for _, p := range es.probeDirs() {
+		tmpl := p.from.outPolicies(lk, netlinkAllow, lk.spi[p.d])[0].Tmpls[0]
+		err := sendProbe(p, tmpl, payload)
+		assert.ErrorIs(t, err, unix.EAGAIN, "host %s: the kernel should refuse the probe (no SA)", p.from.host)
+	}
+	time.Sleep(200 * time.Millisecond) // the probes' time to cross, had they been sent
+	st := wan.Stop().Sub(control)
+	assert.Zero(t, st.Marker, "probe payload in clear on wan")
+	assert.Zero(t, st.ByProto[probeProto], "probe protocol on wan")
+	assert.Zero(t, st.ByProto[50], "ESP on wan without an SA")
 }
