@@ -26,7 +26,8 @@ import (
 
 // TestInGuest runs the TestGuest* tests in a full kernel (ESP) via klab.
 func TestInGuest(t *testing.T) {
-	klab.Run(t, klab.Options{Run: "^TestGuest"})
+	// nf_tables for TestGuestVerifyFencedVM (the target's fence).
+	klab.Run(t, klab.Options{Run: "^TestGuest", Modules: []string{"crc32c_generic", "libcrc32c", "nf_tables", "nft_meta_bridge"}})
 }
 
 // BenchmarkInGuest runs the BenchmarkGuest* benchmarks in the guest and

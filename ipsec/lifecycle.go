@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -192,8 +193,10 @@ func (es ends) describe(l *link) (tunnel.Link, error) {
 	return lk, nil
 }
 
-// verify checks the policies and reads the current SAs' counters.
-func (es ends) verify(l *link) (tunnel.Proof, error) {
+// verify checks the policies at both ends (all of the link's, allowed,
+// with the ESP template; out with the current SPI), then proves both SAs
+// with a probe each way (see probe) and returns the SA counters.
+func (es ends) verify(ctx context.Context, l *link, timeout time.Duration) (tunnel.Proof, error) {
 	var pr tunnel.Proof
 	for _, e := range es {
 		ps, err := e.policies(l.reqid)
@@ -203,31 +206,33 @@ func (es ends) verify(l *link) (tunnel.Proof, error) {
 		want := len(e.outPolicies(l, netlinkAllow, 0)) + len(e.inPolicies(l, netlinkAllow))
 		allow := 0
 		for _, p := range ps {
-			if p.Action == netlinkAllow && len(p.Tmpls) > 0 && p.Tmpls[0].Proto == netlink.XFRM_PROTO_ESP {
+			t := p.Tmpls[0]
+			if p.Action == netlinkAllow && t.Proto == netlink.XFRM_PROTO_ESP && t.Mode == netlink.XFRM_MODE_TUNNEL &&
+				(p.Dir != netlink.XFRM_DIR_OUT || uint32(t.Spi) == l.spi[e.out]) {
 				allow++
 			}
 		}
 		if allow != want || len(ps) != want {
 			return pr, fmt.Errorf("%w: host %q has %d of %d ESP policies of link %q in place", tunnel.ErrNotProven, e.host, allow, want, l.spec.ID)
 		}
-		for _, d := range []int{e.out, e.in} {
-			st, err := e.h.XfrmStateGet(stateID(l, d, l.spi[d]))
-			if err != nil {
-				return pr, fmt.Errorf("%w: host %q: SA spi 0x%08x: %v", tunnel.ErrNotProven, e.host, l.spi[d], err)
-			}
-			if d == e.out {
-				pr.TxPackets += st.Statistics.Packets
-				pr.TxBytes += st.Statistics.Bytes
-			} else {
-				pr.RxPackets += st.Statistics.Packets
-				pr.RxBytes += st.Statistics.Bytes
-			}
-		}
 	}
-	pr.Detail = fmt.Sprintf("esp tunnel %s <-> %s reqid 0x%08x %s: sent %d packets, decrypted %d",
-		l.spec.Secure.Underlay, l.spec.Remote.Underlay, l.reqid, l.alg, pr.TxPackets, pr.RxPackets)
-	if pr.TxPackets == 0 || pr.RxPackets == 0 {
-		return pr, fmt.Errorf("%w: %s", tunnel.ErrNotProven, pr.Detail)
+	before, after, sent, err := es.probe(ctx, l, timeout)
+	head := fmt.Sprintf("esp tunnel %s <-> %s reqid 0x%08x %s", l.spec.Secure.Underlay, l.spec.Remote.Underlay, l.reqid, l.alg)
+	if err != nil {
+		return pr, err
+	}
+	for i, e := range es {
+		pr.TxPackets += after[i][e.out].packets
+		pr.TxBytes += after[i][e.out].bytes
+		pr.RxPackets += after[i][e.in].packets
+		pr.RxBytes += after[i][e.in].bytes
+	}
+	pr.Detail = fmt.Sprintf("%s: probes sent %d secure->remote, %d remote->secure; SA counters %s; sent %d packets, decrypted %d",
+		head, sent[secureToRemote], sent[remoteToSecure], es.describeCounts(l, before, after), pr.TxPackets, pr.RxPackets)
+	for d, name := range []string{"secure->remote", "remote->secure"} {
+		if !carried(before, after, d) {
+			return pr, fmt.Errorf("%w: the %s SA did not carry the probe: %s", tunnel.ErrNotProven, name, pr.Detail)
+		}
 	}
 	return pr, nil
 }

@@ -21,10 +21,13 @@
 // a prepared link carries nothing and anything matching its selectors is
 // dropped, never sent in clear. Activate switches in/fwd, then out, to
 // "allow" with the template, then adds routes and proxy ARP entries.
-// Rekey replaces the SAs without loss. Close removes exactly what the
-// link installed: everything is found by the link's reqid (derived from
-// the link ID, see ReqID), routes by their protocol tag RouteProtocol;
-// a route or proxy entry another sealift link still needs stays.
+// Rekey replaces the SAs without loss. Verify proves both SAs with a
+// probe each way between the two hosts, forced through the link's SAs
+// (probe.go), so a link whose VM is quiet, or still fenced, is proven
+// too. Close removes exactly what the link installed: everything is
+// found by the link's reqid (derived from the link ID, see ReqID), routes
+// by their protocol tag RouteProtocol; a route or proxy entry another
+// sealift link still needs stays.
 //
 // Routes come with Activate, not Prepare: while the link is prepared the
 // VM may still run at the secure end, and a route for its address toward
@@ -65,6 +68,7 @@ type Linker struct {
 	log        *slog.Logger
 	alg        Algorithm
 	rekeyGrace time.Duration
+	probeWait  time.Duration
 	hosts      map[string]bool // hosts scanned by List and Close
 
 	mu    sync.Mutex
@@ -95,11 +99,17 @@ func WithHosts(hosts ...string) Option {
 // nothing in flight to lose, so the old SAs go after the grace period.
 func WithRekeyGrace(d time.Duration) Option { return func(k *Linker) { k.rekeyGrace = d } }
 
+// WithProbeTimeout bounds how long Verify waits for its probes to cross
+// the link (default 3s; a probe not yet decrypted is sent again after a
+// third of it). The context passed to Verify bounds it too.
+func WithProbeTimeout(d time.Duration) Option { return func(k *Linker) { k.probeWait = d } }
+
 // New returns a Linker.
 func New(opts ...Option) *Linker {
 	k := &Linker{
 		log:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 		rekeyGrace: 2 * time.Second,
+		probeWait:  defaultProbeTimeout,
 		hosts:      map[string]bool{},
 		links:      map[string]*link{},
 	}
@@ -240,8 +250,15 @@ func (k *Linker) Activate(ctx context.Context, id string) error {
 }
 
 // Verify checks that the link's policies are in place at both ends and
-// that its SAs have carried traffic (sent and received), and returns the
-// SA counters. Without that proof it returns tunnel.ErrNotProven.
+// proves its SAs with a probe each way between the two hosts, sent
+// through the link's SA of that direction: each SA must count the probe
+// at its sender (encrypted) and at its receiver (decrypted), within the
+// probe timeout (WithProbeTimeout) and ctx. The probe can never leave in
+// clear, never reaches the VM or a peer and needs no traffic of theirs,
+// so a quiet VM, or one still behind the target's fence, does not stop
+// the proof (see probe.go). It returns the SA counters (Proof.Detail:
+// before and after the probe, per end); without that proof, e.g. a wrong
+// key or a missing SA at one end, it returns tunnel.ErrNotProven.
 func (k *Linker) Verify(ctx context.Context, id string) (tunnel.Proof, error) {
 	l, err := k.get(id)
 	if err != nil {
@@ -257,7 +274,7 @@ func (k *Linker) Verify(ctx context.Context, id string) (tunnel.Proof, error) {
 		return tunnel.Proof{}, err
 	}
 	defer ends.close()
-	return ends.verify(l)
+	return ends.verify(ctx, l, k.probeWait)
 }
 
 // Close removes the link's routes, proxy entries, policies and SAs at

@@ -56,15 +56,21 @@ func newSPIs(l *link) ([2]uint32, error) {
 }
 
 // addStates installs the SAs of both directions with spis at both ends
-// (the sender encrypts with it, the receiver decrypts). On error the
-// states added so far are removed again.
+// (the sender encrypts with it, the receiver decrypts): first the
+// receiving SA at each end, then the sending ones, so no end ever holds
+// an SA to send with before the other end can decrypt what it sends. On
+// error the states added so far are removed again.
 func (es ends) addStates(l *link, spis [2]uint32, keys keySet) error {
 	var added []struct {
 		e  *end
 		st *netlink.XfrmState
 	}
-	for _, e := range es {
-		for d := range spis {
+	for _, sending := range []bool{false, true} {
+		for _, e := range es {
+			d := e.in
+			if sending {
+				d = e.out
+			}
 			st := stateFor(l, d, spis[d], keys[d])
 			if err := e.h.XfrmStateAdd(st); err != nil {
 				for _, a := range added {
