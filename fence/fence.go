@@ -52,8 +52,9 @@ type Spec struct {
 	// tunnel, the operator's site-to-site VPN) whose traffic stays allowed:
 	// the "enabled over the secure link only" state. Empty: block everything.
 	AllowVia []string
-	// AllowMarks lets packets carrying one of these fwmarks through (the
-	// XFRM backend marks decrypted traffic). Optional.
+	// AllowMarks lets packets carrying one of these fwmarks through (e.g.
+	// traffic an operator's own IPsec setup marks once decrypted; sealift's
+	// ipsec backend marks nothing). Optional.
 	AllowMarks []uint32
 	// Peers are the secure side's prefixes (the addresses the VM talks to
 	// over the link; a migration's Plan.Peers). While this fence exists,

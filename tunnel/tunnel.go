@@ -18,8 +18,8 @@ var (
 	ErrInvalid = errors.New("tunnel: invalid spec")
 	ErrExists  = errors.New("tunnel: link already exists")
 	ErrNoLink  = errors.New("tunnel: no such link")
-	// ErrNotProven: Verify found no proof that traffic is encrypted
-	// (no handshake, or SA counters not rising).
+	// ErrNotProven: Verify found no proof that traffic is encrypted (no
+	// handshake, or the SAs did not count the backend's own probe).
 	ErrNotProven = errors.New("tunnel: encryption not proven")
 	// ErrKernelUnsupported: the kernel lacks what the backend needs
 	// (e.g. CONFIG_INET_ESP); the error says which option.
@@ -150,8 +150,10 @@ type SecureLinker interface {
 	// only announces again: the Migrator does so once the VM's fence
 	// opens, so neighbours that cached an old MAC switch at once.
 	Activate(ctx context.Context, id string) error
-	// Verify proves the link encrypts traffic (handshake or SA counters)
-	// or returns an error wrapping ErrNotProven.
+	// Verify proves the link encrypts traffic (a WireGuard handshake; an
+	// XFRM link's SAs counting a probe Verify sends through them each way,
+	// so a quiet VM's link is proven too) or returns an error wrapping
+	// ErrNotProven.
 	Verify(ctx context.Context, id string) (Proof, error)
 	// Close removes everything the link installed, at both ends.
 	// Closing an absent link is a no-op.
