@@ -115,7 +115,8 @@ type WANResult struct {
 	// be 1, or the counters prove nothing.
 	ControlByAddress int `json:"control_by_address"`
 	ControlByMarker  int `json:"control_by_marker"`
-	// Samples describe the first suspicious frames after the control.
+	// Samples describe the first suspicious frames (the control among
+	// them).
 	Samples []string `json:"samples,omitempty"`
 	// LeakProbe: after the migrations, peers send to an address of the
 	// moved subnet with no VM and to a guest that is down at B; the

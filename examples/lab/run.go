@@ -78,21 +78,16 @@ func Run(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*Result, e
 	w, err := build(ctx, t, o, log)
 	if err != nil {
 		err = fmt.Errorf("build lab: %w", err)
-		res.judge(err, o)
-		return res, err
 	}
-	// The wan, every interface, for the whole run: each packet counted
-	// once, where it entered the untrusted network.
-	wan, err := lab.StartCaptureWith(w.l.WAN, lab.CaptureOptions{IngressOnly: true, Marker: marker,
-		Classify: &lab.Classifier{Watch: []netip.Prefix{lab.VMSubnet, lab.Peer2Net},
-			Underlay: []netip.Addr{lab.AUplink, lab.CoreWAN, lab.BUnderlay}}})
-	if err != nil {
+	if w == nil {
 		res.judge(err, o)
 		return res, err
 	}
 	var control, quiet lab.CaptureStats
-	err = w.run(ctx, t, res, wan, &quiet, &control)
-	res.WAN = wanResult(wan.Stop(), quiet, control, res.WAN.LeakProbe)
+	if err == nil {
+		err = w.run(ctx, t, res, w.wan, &quiet, &control)
+	}
+	res.WAN = wanResult(w.wan.Stop(), quiet, control, res.WAN.LeakProbe)
 	res.judge(err, o)
 	if !res.Pass {
 		res.Diagnostics = w.diagnose(context.WithoutCancel(ctx))
@@ -113,7 +108,7 @@ func wanResult(final, quiet, control lab.CaptureStats, probe *LeakProbe) WANResu
 		PlaintextByAddress: final.Watched - min(c.Watched, 1),
 		PlaintextByMarker:  final.Marker - min(c.Marker, 1),
 		Unknown:            final.ByKind[lab.KindUnknown] - min(c.ByKind[lab.KindUnknown], 1),
-		Samples:            final.Sub(control).Samples, LeakProbe: probe}
+		Samples:            final.Samples, LeakProbe: probe}
 	if final.Frames == 0 {
 		r.Error = "the capture saw no frame"
 	}

@@ -88,6 +88,7 @@ type world struct {
 	current atomic.Value
 	resumes chan (<-chan time.Time)
 	audit   *conntrack.Auditor
+	wan     *lab.Capture // the wan, from the topology on
 	links   map[tunnel.Kind]tunnel.SecureLinker
 	wg      *wireguard.Linker
 	core    *gobgp.Watcher // the routing core's BGP speaker (subnet scenario)
@@ -95,7 +96,9 @@ type world struct {
 	cfg     migration.Config
 }
 
-// build makes the topology, boots the guests at A and wires the backends.
+// build makes the topology, starts the wan capture, boots the guests at
+// A and wires the backends. On an error after the capture started it
+// returns the world too, so the run can still report what the wan saw.
 func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, error) {
 	w := &world{opts: o, log: log, resumes: make(chan (<-chan time.Time), 1)}
 	var err error
@@ -122,10 +125,18 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 	if err := w.baselineNet(); err != nil {
 		return nil, fmt.Errorf("baseline network: %w", err)
 	}
+	// The wan, every interface, from here to the end of the run: each
+	// packet counted once, where it entered the untrusted network.
+	if w.wan, err = lab.StartCaptureWith(w.l.WAN, lab.CaptureOptions{IngressOnly: true, Marker: marker,
+		Classify: &lab.Classifier{Watch: []netip.Prefix{lab.VMSubnet, lab.Peer2Net},
+			Underlay: []netip.Addr{lab.AUplink, lab.CoreWAN, lab.BUnderlay}}}); err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { w.wan.Stop() })
 	// The migration stream crosses the wan too: TLS, with a fresh CA.
 	w.tlsDir = filepath.Join(w.dir, "tls")
 	if err := migtls.NewDir(w.tlsDir, []netip.Addr{lab.AUplink, lab.BUnderlay, baseUnderA, baseUnderB}); err != nil {
-		return nil, err
+		return w, err
 	}
 	switch o.Hypervisor {
 	case "libvirt":
@@ -134,27 +145,27 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 		w.hv, err = w.qemuHypervisors(t)
 	}
 	if err != nil {
-		return nil, err
+		return w, err
 	}
 	for i, v := range w.vms {
 		if err := w.hv.boot(ctx, i, v); err != nil {
-			return nil, fmt.Errorf("boot %s at A: %w", v.name, err)
+			return w, fmt.Errorf("boot %s at A: %w", v.name, err)
 		}
 	}
 	if w.btA, w.btB, w.btTap, err = w.hv.baseline(ctx, t, baseTLS, true); err != nil {
-		return nil, fmt.Errorf("baseline guest %s: %w", baseTLS.name, err)
+		return w, fmt.Errorf("baseline guest %s: %w", baseTLS.name, err)
 	}
 	if w.bpA, w.bpB, w.bpTap, err = w.hv.baseline(ctx, t, basePlain, false); err != nil {
-		return nil, fmt.Errorf("baseline guest %s: %w", basePlain.name, err)
+		return w, fmt.Errorf("baseline guest %s: %w", basePlain.name, err)
 	}
 	for _, v := range w.vms {
 		if _, err := guest.WaitReady(ctx, w.l.Peer2, v.addr); err != nil {
-			return nil, fmt.Errorf("%s not ready: %w", v.name, err)
+			return w, fmt.Errorf("%s not ready: %w", v.name, err)
 		}
 	}
 	for _, v := range []vmSpec{baseTLS, basePlain} {
 		if _, err := guest.WaitReady(ctx, w.bpeer, v.addr); err != nil {
-			return nil, fmt.Errorf("%s not ready: %w", v.name, err)
+			return w, fmt.Errorf("%s not ready: %w", v.name, err)
 		}
 	}
 	return w, w.backends(ctx, t)
