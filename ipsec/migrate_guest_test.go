@@ -251,6 +251,50 @@ func (f failVerify) Verify(ctx context.Context, id string) (tunnel.Proof, error)
 	return p, fmt.Errorf("%w: injected after the resume (the probe crossed: %s)", tunnel.ErrNotProven, p.Detail)
 }
 
+// failActivate is the real link whose Activate fails: in the switchover
+// hook, before the target resumes (the Migrator rolls back).
+type failActivate struct{ *Linker }
+
+func (f failActivate) Activate(ctx context.Context, id string) error {
+	return fmt.Errorf("injected activate failure in the switchover hook")
+}
+
+// rolledBack checks a migration rolled back before the resume: the VM
+// runs at A, its port never left A's bridge, the peers reach it there
+// again, no fence is left at either host and nothing of the link.
+func rolledBack(t *testing.T, w *migLab, rep *migration.Report, err error, pingers []*pinger, ended time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	require.ErrorIs(t, err, migration.ErrRolledBack)
+	t.Logf("Run: %v", err)
+	assert.Equal(t, migration.RolledBack, rep.Outcome)
+	assert.Contains(t, rep.Reason, "injected")
+	assert.Equal(t, w.l.A, w.hv.At(), "the VM runs at A")
+	vm, lerr := w.a.Lookup(ctx, migVM)
+	require.NoError(t, lerr)
+	assert.Equal(t, hypervisor.Running, vm.State)
+	_, lerr = w.b.Lookup(ctx, migVM)
+	assert.ErrorIs(t, lerr, hypervisor.ErrNotFound, "the incoming instance at B is discarded")
+	hb, herr := lab.Handle(w.l.B)
+	require.NoError(t, herr)
+	_, perr := hb.LinkByName("vmb0")
+	hb.Close()
+	assert.Error(t, perr, "the incoming port at B is deleted")
+	for _, f := range []*nft.Fencer{w.fa, w.fb} {
+		_, fenced := fenceOf(t, f)
+		assert.False(t, fenced, "a fence is left after the rollback")
+	}
+	links, lerr := w.k.List(ctx)
+	require.NoError(t, lerr)
+	assert.Empty(t, links, "the link is closed")
+	for _, host := range []string{w.l.A, w.l.B} {
+		p, sa := countAll(t, host)
+		assert.Zero(t, p+sa, "host %s: %d XFRM policies, %d SAs left", host, p, sa)
+	}
+	require.Eventually(t, func() bool { return pingers[0].since(ended) >= 5 && pingers[1].since(ended) >= 5 }, 30*time.Second, 20*time.Millisecond,
+		"the peers' pings are not answered at A after the rollback")
+}
+
 // failList is the real target auditor with a List that fails: a
 // failure of block 355, after the resume.
 type failList struct{ *conntrack.Auditor }
@@ -296,6 +340,9 @@ func TestMigratorGuestXFRM(t *testing.T) {
 		{"verify-fails-after-resume", migration.FenceAtSwitchover, "verify"},
 		{"audit-fails-after-enable", migration.FenceAtSwitchover, "audit"},
 		{"verify-fails-before-copy", migration.FenceBeforeCopy, "verify"},
+		// Before the resume: the link's Activate fails in the switchover
+		// hook, the Migrator rolls back, the port never moves.
+		{"activate-fails-in-hook", migration.FenceAtSwitchover, "activate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) { migrateXFRM(t, tc.mode, tc.fail) })
 	}
@@ -311,6 +358,8 @@ func migrateXFRM(t *testing.T, mode migration.FenceMode, fail string) {
 		linker = failVerify{w.k}
 	case "audit":
 		dstAud = failList{conntrack.New(conntrack.WithHost(w.l.B))}
+	case "activate":
+		linker = failActivate{w.k}
 	}
 	m := w.migrator(t, linker, dstAud)
 
@@ -332,6 +381,17 @@ func migrateXFRM(t *testing.T, mode migration.FenceMode, fail string) {
 	require.NotNil(t, rep)
 	for _, s := range rep.Steps {
 		t.Logf("block %d %-20s %7.1f ms %s", s.Block, s.Name, float64(s.Duration)/1e6, s.Err)
+	}
+	if fail == "activate" {
+		rolledBack(t, w, rep, err, pingers, ended)
+		for _, p := range pingers {
+			p.halt()
+		}
+		st := wan.Stop().Sub(control)
+		t.Logf("wan after the control: %d frames, %d ESP, %d in clear with a watched address, kinds %v", st.Frames, st.ByKind[lab.KindESP], st.Watched, st.ByKind)
+		assert.Zero(t, st.Watched, "frames with the VM's or a peer's address in clear on wan: %v", st.Samples)
+		assert.Zero(t, st.Dropped, "frames the capture lost")
+		return
 	}
 	assert.Equal(t, w.l.B, w.hv.At(), "the VM runs at B (its port on B's bridge)")
 	vmAtB, lerr := w.b.Lookup(ctx, migVM)
