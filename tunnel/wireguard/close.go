@@ -63,7 +63,7 @@ func (l *Linker) teardown(lk *link) error {
 			lk.user[i] = nil
 		}
 		ns, err := nsutil.Open(e.Host)
-		if errors.Is(err, nsutil.ErrNoHost) {
+		if hostGone(err) {
 			continue // the host went away with everything in it
 		}
 		if err == nil {

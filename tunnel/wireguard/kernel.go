@@ -7,9 +7,14 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/sealift/sealift/host"
 	"github.com/sealift/sealift/internal/nsutil"
 	"github.com/sealift/sealift/tunnel"
 )
+
+// hostGone reports whether err says a host (netns) does not exist: when
+// tearing down, a host that went away took its devices with it.
+func hostGone(err error) bool { return errors.Is(err, host.ErrNotFound) }
 
 // nlHandle opens a route-netlink handle in host's namespace.
 func nlHandle(host string) (*netlink.Handle, error) {
@@ -58,7 +63,7 @@ func linkExists(h *netlink.Handle, ifname string) bool {
 func delLink(host, ifname string) error {
 	h, err := nlHandle(host)
 	if err != nil {
-		if errors.Is(err, nsutil.ErrNoHost) {
+		if hostGone(err) {
 			return nil // the host and all its interfaces are gone
 		}
 		return err
