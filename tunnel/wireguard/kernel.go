@@ -16,18 +16,10 @@ import (
 // tearing down, a host that went away took its devices with it.
 func hostGone(err error) bool { return errors.Is(err, host.ErrNotFound) }
 
-// nlHandle opens a route-netlink handle in host's namespace.
+// nlHandle opens a route-netlink handle in host's namespace; a missing
+// host is host.ErrNotFound naming it.
 func nlHandle(host string) (*netlink.Handle, error) {
-	ns, err := nsutil.Open(host)
-	if err != nil {
-		return nil, err
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("%s: netlink: %w", hostName(host), err)
-	}
-	return h, nil
+	return nsutil.Handle(host, unix.NETLINK_ROUTE)
 }
 
 // addKernelDevice creates the kernel WireGuard interface ifname (down).
