@@ -10,12 +10,18 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+
+	"github.com/sealift/sealift/host"
 )
 
 var (
 	ErrInvalid = errors.New("conn: invalid argument")
-	// ErrNoHost: the namespace named in the selector does not exist.
-	ErrNoHost = errors.New("conn: host not found")
+	// ErrNoHost: the namespace named in the selector (or the backend's
+	// own) does not exist. It is host.ErrNotFound, the sentinel every
+	// contract uses for a missing host.
+	//
+	// Deprecated: test for host.ErrNotFound.
+	ErrNoHost = host.ErrNotFound
 )
 
 // Proto is a transport protocol.

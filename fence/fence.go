@@ -13,6 +13,9 @@ import (
 	"time"
 )
 
+// A host (netns) that does not exist is, from every backend, an error
+// wrapping host.ErrNotFound (package github.com/sealift/sealift/host) that
+// names it; the sentinels below cover the rest.
 var (
 	// ErrInvalid: a Spec field is wrong; nothing was changed.
 	ErrInvalid = errors.New("fence: invalid spec")

@@ -16,6 +16,9 @@ import (
 )
 
 // Sentinel errors. Backends wrap them with %w and add the VM name and cause.
+// A host (netns) that does not exist is, from every backend, an error
+// wrapping host.ErrNotFound (package github.com/sealift/sealift/host) that
+// names it (qemu.New: with ErrInvalid).
 var (
 	ErrInvalid        = errors.New("hypervisor: invalid argument")
 	ErrNotFound       = errors.New("hypervisor: vm not found")

@@ -14,6 +14,9 @@ import (
 	"time"
 )
 
+// A host (netns) that does not exist is, from every backend, an error
+// wrapping host.ErrNotFound (package github.com/sealift/sealift/host) that
+// names it; the sentinels below cover the rest.
 var (
 	ErrInvalid = errors.New("tunnel: invalid spec")
 	ErrExists  = errors.New("tunnel: link already exists")

@@ -52,13 +52,13 @@ import (
 	"github.com/mdlayher/netlink"
 	ct "github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
-	vnl "github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/conn/internal/host"
 	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/internal/nsutil"
 )
 
 var _ conn.ConnAuditor = (*Auditor)(nil)
@@ -126,7 +126,7 @@ func (a *Auditor) List(ctx context.Context, sel conn.Selector) ([]conn.Conn, err
 	if err != nil {
 		return nil, err
 	}
-	h, err := vnl.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	h, err := nsutil.HandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("conntrack: route handle in %q: %w", a.hostOf(sel), err)
 	}

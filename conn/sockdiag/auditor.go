@@ -26,7 +26,6 @@ import (
 	"net/netip"
 	"slices"
 
-	vnl "github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -82,7 +81,7 @@ func (a *Auditor) List(ctx context.Context, sel conn.Selector) ([]conn.Conn, err
 	if err != nil {
 		return nil, err
 	}
-	h, err := vnl.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	h, err := nsutil.HandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("sockdiag: route handle in %q: %w", a.hostOf(sel), err)
 	}

@@ -246,14 +246,9 @@ func check(s fence.Spec) error {
 }
 
 func (f *Fencer) withHandle(fn func(h *netlink.Handle) error) error {
-	ns, err := nsutil.Open(f.host)
+	h, err := nsutil.Handle(f.host, unix.NETLINK_ROUTE)
 	if err != nil {
-		return fmt.Errorf("linkstate: host %q: %w", f.host, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("linkstate: netlink on host %q: %w", f.host, err)
+		return fmt.Errorf("linkstate: %w", err)
 	}
 	defer h.Close()
 	return fn(h)

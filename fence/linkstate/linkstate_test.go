@@ -301,3 +301,16 @@ func BenchmarkFence(b *testing.B) {
 }
 
 func newWorld(t *testing.T) *fencetest.World { return fencetest.NewWorld(t, nil) }
+
+// TestMissingHost: every entry point on a host (netns) that does not
+// exist fails with host.ErrNotFound naming it.
+func TestMissingHost(t *testing.T) {
+	t.Parallel()
+	const gone = "sl-no-such-ns"
+	f := New(WithHost(gone))
+	spec := fence.Spec{VM: "vm-1", Port: "vm0"}
+	fencetest.MissingHost(t, f, gone, map[string]func(context.Context) error{
+		"FenceAll": func(ctx context.Context) error { return f.FenceAll(ctx, []fence.Spec{spec}) },
+		"LiftAll":  func(ctx context.Context) error { return f.LiftAll(ctx, []string{spec.VM}) },
+	})
+}

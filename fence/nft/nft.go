@@ -331,14 +331,9 @@ func (f *Fencer) checkPorts(specs []fence.Spec) (map[string]string, error) {
 	if f.ports != nil {
 		return f.ports(specs)
 	}
-	ns, err := nsutil.Open(f.host)
+	h, err := nsutil.Handle(f.host, unix.NETLINK_ROUTE)
 	if err != nil {
-		return nil, fmt.Errorf("nft: host %q: %w", f.host, err)
-	}
-	defer ns.Close()
-	h, err := vnl.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("nft: netlink on host %q: %w", f.host, err)
+		return nil, fmt.Errorf("nft: %w", err)
 	}
 	defer h.Close()
 	bridges := map[string]string{}
@@ -370,7 +365,7 @@ func (f *Fencer) conn(ctx context.Context) (*nftables.Conn, func(), error) {
 	}
 	ns, err := nsutil.Open(f.host)
 	if err != nil {
-		return nil, nil, fmt.Errorf("nft: host %q: %w", f.host, err)
+		return nil, nil, fmt.Errorf("nft: %w", err)
 	}
 	opts := []nftables.ConnOption{nftables.WithNetNSFd(int(ns)), nftables.WithSockOptions(bigBuffers)}
 	if dl, ok := ctx.Deadline(); ok {

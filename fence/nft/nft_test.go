@@ -16,6 +16,7 @@ import (
 
 	"github.com/sealift/sealift/fence"
 	"github.com/sealift/sealift/fence/internal/fencetest"
+	"github.com/sealift/sealift/host"
 	"github.com/sealift/sealift/internal/lab"
 )
 
@@ -413,8 +414,8 @@ func TestFenceRejectsBadInputUnchanged(t *testing.T) {
 	if err := f.FenceAll(ctx, []fence.Spec{other, other}); !errors.Is(err, fence.ErrInvalid) {
 		t.Errorf("FenceAll with a duplicate: %v", err)
 	}
-	if err := New(WithHost(w.Prefix+"-nohost")).Fence(ctx, good); err == nil {
-		t.Error("Fence on a missing host succeeded")
+	if err := New(WithHost(w.Prefix+"-nohost")).Fence(ctx, good); !errors.Is(err, host.ErrNotFound) {
+		t.Errorf("Fence on a missing host: %v, want host.ErrNotFound", err)
 	}
 	if after := ruleset(t, w.A); after != before {
 		t.Errorf("bad input changed the ruleset:\n%s\n---\n%s", before, after)
@@ -525,4 +526,20 @@ func BenchmarkFence(b *testing.B) {
 			b.ReportMetric(float64(liftT.Microseconds())/float64(b.N)/1000, "lift-ms")
 		})
 	}
+}
+
+// TestMissingHost: every entry point on a host (netns) that does not
+// exist fails with host.ErrNotFound naming it.
+func TestMissingHost(t *testing.T) {
+	t.Parallel()
+	const gone = "sl-no-such-ns"
+	f := New(WithHost(gone))
+	spec := fence.Spec{VM: "vm-1", Port: "vm0"}
+	fencetest.MissingHost(t, f, gone, map[string]func(context.Context) error{
+		"FenceAll":     func(ctx context.Context) error { return f.FenceAll(ctx, []fence.Spec{spec}) },
+		"LiftAll":      func(ctx context.Context) error { return f.LiftAll(ctx, []string{spec.VM}) },
+		"Dropped":      func(ctx context.Context) error { _, err := f.Dropped(ctx, spec.VM); return err },
+		"GuardDropped": func(ctx context.Context) error { _, err := f.GuardDropped(ctx); return err },
+		"Remove":       func(ctx context.Context) error { return f.Remove(ctx) },
+	})
 }

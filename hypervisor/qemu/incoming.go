@@ -21,44 +21,40 @@ func (h *Hypervisor) migrationAddr() (netip.Addr, error) {
 		return h.migAddr, nil
 	}
 	addr := netip.MustParseAddr("127.0.0.1")
-	err := nsutil.Do(h.host, func() error {
-		nh, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	nh, err := nsutil.Handle(h.host, unix.NETLINK_ROUTE)
+	if err != nil {
+		return addr, err
+	}
+	defer nh.Close()
+	routes, err := nh.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return addr, err
+	}
+	for _, r := range routes {
+		if (r.Dst != nil && !(r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask))) || r.LinkIndex == 0 {
+			continue
+		}
+		if r.Src != nil {
+			if a, ok := netip.AddrFromSlice(r.Src.To4()); ok {
+				return a, nil
+			}
+		}
+		l, err := nh.LinkByIndex(r.LinkIndex)
 		if err != nil {
-			return err
+			return addr, err
 		}
-		defer nh.Close()
-		routes, err := nh.RouteList(nil, netlink.FAMILY_V4)
+		as, err := nh.AddrList(l, netlink.FAMILY_V4)
 		if err != nil {
-			return err
+			return addr, err
 		}
-		for _, r := range routes {
-			if (r.Dst != nil && !(r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask))) || r.LinkIndex == 0 {
-				continue
+		if len(as) > 0 {
+			if a, ok := netip.AddrFromSlice(as[0].IP.To4()); ok {
+				addr = a
 			}
-			if r.Src != nil {
-				if a, ok := netip.AddrFromSlice(r.Src.To4()); ok {
-					addr = a
-					return nil
-				}
-			}
-			l, err := nh.LinkByIndex(r.LinkIndex)
-			if err != nil {
-				return err
-			}
-			as, err := nh.AddrList(l, netlink.FAMILY_V4)
-			if err != nil {
-				return err
-			}
-			if len(as) > 0 {
-				if a, ok := netip.AddrFromSlice(as[0].IP.To4()); ok {
-					addr = a
-				}
-			}
-			return nil
 		}
-		return nil
-	})
-	return addr, err
+		return addr, nil
+	}
+	return addr, nil
 }
 
 func isZeroMask(m net.IPMask) bool {

@@ -93,7 +93,9 @@ func WithLogger(l *slog.Logger) Option {
 	return func(h *Hypervisor) error { h.log = l; return nil }
 }
 
-// New returns a Hypervisor for one host. It starts nothing.
+// New returns a Hypervisor for one host. It starts nothing. A host that
+// does not exist is an error wrapping both hypervisor.ErrInvalid and
+// host.ErrNotFound.
 func New(opts ...Option) (*Hypervisor, error) {
 	h := &Hypervisor{qemu: "qemu-system-x86_64", log: slog.New(slog.DiscardHandler),
 		vms: map[string]*vmEntry{}, defs: map[string]Config{}, exiting: map[string]chan struct{}{}}
@@ -102,12 +104,8 @@ func New(opts ...Option) (*Hypervisor, error) {
 			return nil, err
 		}
 	}
-	if h.host != "" {
-		ns, err := nsutil.Open(h.host)
-		if err != nil {
-			return nil, fmt.Errorf("%w: host %q: %v", hypervisor.ErrInvalid, h.host, err)
-		}
-		ns.Close()
+	if err := nsutil.Check(h.host); err != nil {
+		return nil, fmt.Errorf("%w: WithHost: %w", hypervisor.ErrInvalid, err)
 	}
 	if h.stateDir == "" {
 		n := h.host

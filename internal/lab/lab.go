@@ -185,12 +185,7 @@ func AddNS(name string) error {
 
 // Handle opens a netlink handle in ns for routes, links and XFRM.
 func Handle(ns string) (*netlink.Handle, error) {
-	h, err := nsutil.Open(ns)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	return netlink.NewHandleAt(h, unix.NETLINK_ROUTE, unix.NETLINK_XFRM)
+	return nsutil.Handle(ns, unix.NETLINK_ROUTE, unix.NETLINK_XFRM)
 }
 
 // Bridge creates bridge name in ns, up, with addr (CIDR; "" for none).

@@ -9,26 +9,70 @@ import (
 	"os"
 	"runtime"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/sealift/sealift/host"
 )
 
-// ErrNoHost: the named namespace does not exist.
-var ErrNoHost = errors.New("netns not found")
-
 // Open returns a handle to the host's namespace; the caller closes it.
-// For "" it returns the current thread's namespace.
-func Open(host string) (netns.NsHandle, error) {
-	if host == "" {
+// For "" it returns the current thread's namespace. A host that does not
+// exist is an error wrapping host.ErrNotFound that names it.
+func Open(name string) (netns.NsHandle, error) {
+	if name == "" {
 		return netns.Get()
 	}
-	h, err := netns.GetFromName(host)
+	h, err := netns.GetFromName(name)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return netns.None(), fmt.Errorf("%w: %q", ErrNoHost, host)
+			return netns.None(), fmt.Errorf("%w: %q", host.ErrNotFound, name)
 		}
-		return netns.None(), fmt.Errorf("open netns %q: %w", host, err)
+		return netns.None(), fmt.Errorf("open netns %q: %w", name, err)
 	}
 	return h, nil
+}
+
+// Check returns nil if the host exists ("" always does), else Open's
+// error (host.ErrNotFound naming it).
+func Check(name string) error {
+	if name == "" {
+		return nil
+	}
+	ns, err := Open(name)
+	if err != nil {
+		return err
+	}
+	return ns.Close()
+}
+
+// Handle opens a netlink handle bound to the host's namespace for the
+// given netlink families (unix.NETLINK_ROUTE, unix.NETLINK_XFRM, ...);
+// none means NETLINK_ROUTE alone. (netlink.NewHandleAt with no families
+// also opens NETLINK_NETFILTER, which can fail where it is not needed.)
+// The caller closes the handle. A missing host is Open's error
+// (host.ErrNotFound naming it); a failed socket is wrapped as is, naming
+// the host, so callers can test its errno.
+func Handle(name string, families ...int) (*netlink.Handle, error) {
+	ns, err := Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	h, err := HandleAt(ns, families...)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in host %q: %w", name, err)
+	}
+	return h, nil
+}
+
+// HandleAt is Handle for a namespace the caller already holds open (and
+// still closes): for code that also needs the namespace itself.
+func HandleAt(ns netns.NsHandle, families ...int) (*netlink.Handle, error) {
+	if len(families) == 0 {
+		families = []int{unix.NETLINK_ROUTE}
+	}
+	return netlink.NewHandleAt(ns, families...)
 }
 
 // Do runs fn on an OS thread switched into host's namespace and switches

@@ -4,8 +4,13 @@ import (
 	"net"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
+	"github.com/sealift/sealift/host"
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/internal/nsutil"
 )
@@ -48,4 +53,63 @@ func BenchmarkDoInterfaceByIndex(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestMissingHost: every entry point reports a namespace that does not
+// exist as host.ErrNotFound naming it.
+func TestMissingHost(t *testing.T) {
+	const gone = "sl-no-such-ns"
+	cases := map[string]func() error{
+		"Open": func() error {
+			ns, err := nsutil.Open(gone)
+			if err == nil {
+				ns.Close()
+			}
+			return err
+		},
+		"Check":  func() error { return nsutil.Check(gone) },
+		"Do":     func() error { return nsutil.Do(gone, func() error { return nil }) },
+		"Handle": func() error { return handleErr(nsutil.Handle(gone)) },
+		"Handle route+xfrm": func() error {
+			return handleErr(nsutil.Handle(gone, unix.NETLINK_ROUTE, unix.NETLINK_XFRM))
+		},
+	}
+	for name, call := range cases {
+		t.Run(name, func(t *testing.T) {
+			err := call()
+			require.Error(t, err)
+			assert.ErrorIs(t, err, host.ErrNotFound)
+			assert.Contains(t, err.Error(), gone)
+		})
+	}
+}
+
+func handleErr(h *netlink.Handle, err error) error {
+	if h != nil {
+		h.Close()
+	}
+	return err
+}
+
+// TestHandle: a handle acts in the named namespace (its own lo, index 1,
+// down), "" is the current one, and Check accepts both.
+func TestHandle(t *testing.T) {
+	ns := newNS(t)
+	require.NoError(t, nsutil.Check(ns))
+	require.NoError(t, nsutil.Check(""))
+	for _, fams := range [][]int{nil, {unix.NETLINK_ROUTE}, {unix.NETLINK_ROUTE, unix.NETLINK_XFRM}} {
+		h, err := nsutil.Handle(ns, fams...)
+		require.NoError(t, err, "families %v", fams)
+		links, err := h.LinkList()
+		h.Close()
+		require.NoError(t, err)
+		if assert.Len(t, links, 1, "a fresh namespace has only lo") {
+			assert.Equal(t, "lo", links[0].Attrs().Name)
+		}
+	}
+	h, err := nsutil.Handle("")
+	require.NoError(t, err)
+	defer h.Close()
+	_, err = h.LinkByName("lo")
+	assert.NoError(t, err)
 }

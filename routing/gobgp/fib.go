@@ -34,14 +34,9 @@ func (w *Watcher) SyncFIB(ctx context.Context, metric int) (stop func(), err err
 	if metric == 0 {
 		metric = DefaultFIBMetric
 	}
-	ns, err := nsutil.Open(w.host)
+	h, err := nsutil.Handle(w.host, unix.NETLINK_ROUTE)
 	if err != nil {
-		return nil, err
-	}
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	ns.Close()
-	if err != nil {
-		return nil, fmt.Errorf("gobgp: netlink handle in %q: %w", w.host, err)
+		return nil, fmt.Errorf("gobgp: sync FIB: %w", err)
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	f := &fib{w: w, h: h, metric: metric, installed: map[netip.Prefix]netip.Addr{}, dirty: map[netip.Prefix]bool{}, kick: make(chan struct{}, 1)}

@@ -9,7 +9,6 @@ import (
 	api "github.com/osrg/gobgp/v3/api"
 	"github.com/osrg/gobgp/v3/pkg/apiutil"
 	"github.com/osrg/gobgp/v3/pkg/packet/bgp"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/sealift/sealift/internal/nsutil"
@@ -101,23 +100,18 @@ func (w *Watcher) toRoute(prefix netip.Prefix, p *api.Path) routing.Route {
 // deviceTo asks the host's kernel which interface reaches addr ("" if
 // none or on error).
 func (w *Watcher) deviceTo(addr netip.Addr) string {
-	var dev string
-	_ = nsutil.Do(w.host, func() error {
-		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-		if err != nil {
-			return err
-		}
-		defer h.Close()
-		rs, err := h.RouteGet(addr.AsSlice())
-		if err != nil || len(rs) == 0 || rs[0].LinkIndex == 0 {
-			return err
-		}
-		l, err := h.LinkByIndex(rs[0].LinkIndex)
-		if err != nil {
-			return err
-		}
-		dev = l.Attrs().Name
-		return nil
-	})
-	return dev
+	h, err := nsutil.Handle(w.host, unix.NETLINK_ROUTE)
+	if err != nil {
+		return ""
+	}
+	defer h.Close()
+	rs, err := h.RouteGet(addr.AsSlice())
+	if err != nil || len(rs) == 0 || rs[0].LinkIndex == 0 {
+		return ""
+	}
+	l, err := h.LinkByIndex(rs[0].LinkIndex)
+	if err != nil {
+		return ""
+	}
+	return l.Attrs().Name
 }

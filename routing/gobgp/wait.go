@@ -8,6 +8,7 @@ import (
 
 	api "github.com/osrg/gobgp/v3/api"
 
+	"github.com/sealift/sealift/internal/nsutil"
 	"github.com/sealift/sealift/routing"
 )
 
@@ -21,6 +22,11 @@ import (
 func (w *Watcher) Wait(ctx context.Context, e routing.Expect) (routing.Converged, error) {
 	if err := e.Validate(); err != nil {
 		return routing.Converged{}, err
+	}
+	// Next hops resolve to devices in the host: without it no Expect
+	// with a Device could ever match.
+	if err := nsutil.Check(w.host); err != nil {
+		return routing.Converged{}, fmt.Errorf("gobgp: wait for a best path to %s: %w", e.Prefix, err)
 	}
 	start := time.Now()
 	wctx, cancel := context.WithCancel(ctx)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/osrg/gobgp/v3/pkg/server"
 
+	"github.com/sealift/sealift/internal/nsutil"
 	"github.com/sealift/sealift/routing"
 	"github.com/sealift/sealift/routing/netlinkroute"
 )
@@ -68,7 +69,8 @@ func WithRedirects(r *netlinkroute.Watcher) Option { return func(w *Watcher) { w
 
 // New builds a Watcher from exactly one of WithServer and WithSpeaker.
 // With WithSpeaker it starts the speaker (listening in the host's
-// namespace) and adds its neighbors.
+// namespace) and adds its neighbors. A host that does not exist is an
+// error wrapping host.ErrNotFound.
 func New(ctx context.Context, opts ...Option) (*Watcher, error) {
 	w := &Watcher{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	for _, o := range opts {
@@ -79,6 +81,9 @@ func New(ctx context.Context, opts ...Option) (*Watcher, error) {
 		return nil, fmt.Errorf("%w: neither WithServer nor WithSpeaker given", routing.ErrInvalid)
 	case w.s != nil && w.speaker != nil:
 		return nil, fmt.Errorf("%w: both WithServer and WithSpeaker given", routing.ErrInvalid)
+	}
+	if err := nsutil.Check(w.host); err != nil {
+		return nil, fmt.Errorf("gobgp: %w", err)
 	}
 	if w.redirects == nil {
 		w.redirects = netlinkroute.New(netlinkroute.WithHost(w.host), netlinkroute.WithLogger(w.log))

@@ -8,7 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/vishvananda/netns"
+
+	"github.com/sealift/sealift/host"
+	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/routing"
+	"github.com/sealift/sealift/routing/internal/routetest"
 )
 
 var (
@@ -161,4 +168,36 @@ func TestWithServerIsNotOwned(t *testing.T) {
 	if _, err := w.Wait(short, routing.Expect{Prefix: subnet, Via: siteVia}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestUnknownHost: New refuses a host (netns) that does not exist, and
+// every entry point of a watcher whose host went away fails; both with
+// host.ErrNotFound naming it.
+func TestUnknownHost(t *testing.T) {
+	lab.RequireRoot(t)
+	ctx := t.Context()
+	gone := lab.NewPrefix() + "-absent"
+	sp := Speaker{AS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"), ListenPort: -1}
+	_, err := New(ctx, WithHost(gone), WithSpeaker(sp))
+	require.ErrorIs(t, err, host.ErrNotFound)
+	assert.ErrorContains(t, err, gone)
+	_, err = New(ctx, WithHost(gone), WithServer(localSpeaker(ctx, t).Server()))
+	assert.ErrorIs(t, err, host.ErrNotFound)
+
+	require.NoError(t, lab.AddNS(gone))
+	t.Cleanup(func() { _ = netns.DeleteNamed(gone) })
+	w, err := New(ctx, WithHost(gone), WithSpeaker(sp))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = w.Close(context.Background()) })
+	require.NoError(t, w.Announce(ctx, subnet, siteVia), "the RIB has a path: Wait must not wait for it")
+	require.NoError(t, netns.DeleteNamed(gone))
+	routetest.MissingHost(t, w, gone, map[string]func(context.Context) error{
+		"SyncFIB": func(ctx context.Context) error {
+			stop, err := w.SyncFIB(ctx, 0)
+			if err == nil {
+				stop()
+			}
+			return err
+		},
+	})
 }

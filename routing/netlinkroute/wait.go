@@ -61,9 +61,9 @@ func (w *Watcher) Wait(ctx context.Context, e routing.Expect) (routing.Converged
 		}()
 	}()
 
-	h, err := w.handle()
+	h, err := nsutil.HandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
-		return routing.Converged{}, err
+		return routing.Converged{}, fmt.Errorf("netlinkroute: netlink in host %q: %w", w.host, err)
 	}
 	defer h.Close()
 	names := &linkNames{h: h}

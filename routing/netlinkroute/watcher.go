@@ -84,16 +84,12 @@ func New(opts ...Option) *Watcher {
 // Host returns the network namespace the watcher works in ("" = current).
 func (w *Watcher) Host() string { return w.host }
 
-// handle opens a netlink route handle in the watcher's host.
+// handle opens a netlink route handle in the watcher's host; a missing
+// host is host.ErrNotFound naming it.
 func (w *Watcher) handle() (*netlink.Handle, error) {
-	ns, err := nsutil.Open(w.host)
+	h, err := nsutil.Handle(w.host, unix.NETLINK_ROUTE)
 	if err != nil {
-		return nil, err
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("netlinkroute: netlink handle in %q: %w", w.host, err)
+		return nil, fmt.Errorf("netlinkroute: %w", err)
 	}
 	return h, nil
 }

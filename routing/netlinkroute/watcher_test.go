@@ -14,6 +14,7 @@ import (
 
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/routing"
+	"github.com/sealift/sealift/routing/internal/routetest"
 )
 
 var (
@@ -278,11 +279,10 @@ func TestAddRedirectRejectsBadInput(t *testing.T) {
 	}
 }
 
+// TestUnknownHost: every entry point in a host (netns) that does not
+// exist fails with host.ErrNotFound naming it.
 func TestUnknownHost(t *testing.T) {
 	lab.RequireRoot(t)
-	w := New(WithHost(lab.NewPrefix() + "-absent"))
-	_, err := w.Wait(context.Background(), routing.Expect{Prefix: subnet})
-	if err == nil || !strings.Contains(err.Error(), "absent") {
-		t.Fatalf("Wait in a missing netns = %v", err)
-	}
+	gone := lab.NewPrefix() + "-absent"
+	routetest.MissingHost(t, New(WithHost(gone)), gone, nil)
 }

@@ -62,12 +62,8 @@ func (l *Linker) teardown(lk *link) error {
 			errs = append(errs, u.close())
 			lk.user[i] = nil
 		}
-		ns, err := nsutil.Open(e.Host)
-		if errors.Is(err, nsutil.ErrNoHost) {
+		if hostGone(nsutil.Check(e.Host)) {
 			continue // the host went away with everything in it
-		}
-		if err == nil {
-			ns.Close()
 		}
 		errs = append(errs, delProxy(e.Host, proxies[i]))
 		errs = append(errs, delRules(e.Host, e.Table, e.Rules))

@@ -7,22 +7,19 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/sealift/sealift/host"
 	"github.com/sealift/sealift/internal/nsutil"
 	"github.com/sealift/sealift/tunnel"
 )
 
-// nlHandle opens a route-netlink handle in host's namespace.
+// hostGone reports whether err says a host (netns) does not exist: when
+// tearing down, a host that went away took its devices with it.
+func hostGone(err error) bool { return errors.Is(err, host.ErrNotFound) }
+
+// nlHandle opens a route-netlink handle in host's namespace; a missing
+// host is host.ErrNotFound naming it.
 func nlHandle(host string) (*netlink.Handle, error) {
-	ns, err := nsutil.Open(host)
-	if err != nil {
-		return nil, err
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("%s: netlink: %w", hostName(host), err)
-	}
-	return h, nil
+	return nsutil.Handle(host, unix.NETLINK_ROUTE)
 }
 
 // addKernelDevice creates the kernel WireGuard interface ifname (down).
@@ -58,7 +55,7 @@ func linkExists(h *netlink.Handle, ifname string) bool {
 func delLink(host, ifname string) error {
 	h, err := nlHandle(host)
 	if err != nil {
-		if errors.Is(err, nsutil.ErrNoHost) {
+		if hostGone(err) {
 			return nil // the host and all its interfaces are gone
 		}
 		return err

@@ -116,11 +116,9 @@ func (l *Linker) check(spec tunnel.Spec) error {
 				}
 			}
 		}
-		ns, err := nsutil.Open(e.end.Host)
-		if err != nil {
+		if err := nsutil.Check(e.end.Host); err != nil {
 			return fmt.Errorf("%w: %s.Host %q: %w", tunnel.ErrInvalid, e.name, e.end.Host, err)
 		}
-		ns.Close()
 	}
 	return nil
 }

@@ -133,7 +133,7 @@ func delProxy(host string, entries []proxyEntry) error {
 	}
 	h, err := nlHandle(host)
 	if err != nil {
-		if errors.Is(err, nsutil.ErrNoHost) {
+		if hostGone(err) {
 			return nil
 		}
 		return err

@@ -8,6 +8,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sealift/sealift/host"
 	"github.com/sealift/sealift/tunnel"
 )
 
@@ -24,21 +28,25 @@ func TestPrepareRejectsBadSpecs(t *testing.T) {
 	cases := []struct {
 		name, field string
 		edit        func(*tunnel.Spec)
+		also        error // a second sentinel the error must wrap
 	}{
-		{"empty ID", "ID", func(s *tunnel.Spec) { s.ID = "" }},
-		{"long ID", "ID", func(s *tunnel.Spec) { s.ID = "abcdefghi" }},
-		{"bad ID char", "ID", func(s *tunnel.Spec) { s.ID = "Ab" }},
-		{"ipsec kind", "Kind", func(s *tunnel.Spec) { s.Kind = tunnel.IPsec }},
-		{"no underlay", "Remote.Underlay", func(s *tunnel.Spec) { s.Remote.Underlay = netip.Addr{} }},
-		{"no protected", "Secure.Protected", func(s *tunnel.Spec) { s.Secure.Protected = nil }},
-		{"same underlay", "Underlay", func(s *tunnel.Spec) { s.Remote.Underlay = s.Secure.Underlay }},
-		{"mtu", "MTU", func(s *tunnel.Spec) { s.MTU = 576 }},
-		{"same host", "Host", func(s *tunnel.Spec) { s.Remote.Host = s.Secure.Host }},
+		{"empty ID", "ID", func(s *tunnel.Spec) { s.ID = "" }, nil},
+		{"long ID", "ID", func(s *tunnel.Spec) { s.ID = "abcdefghi" }, nil},
+		{"bad ID char", "ID", func(s *tunnel.Spec) { s.ID = "Ab" }, nil},
+		{"ipsec kind", "Kind", func(s *tunnel.Spec) { s.Kind = tunnel.IPsec }, nil},
+		{"no underlay", "Remote.Underlay", func(s *tunnel.Spec) { s.Remote.Underlay = netip.Addr{} }, nil},
+		{"no protected", "Secure.Protected", func(s *tunnel.Spec) { s.Secure.Protected = nil }, nil},
+		{"same underlay", "Underlay", func(s *tunnel.Spec) { s.Remote.Underlay = s.Secure.Underlay }, nil},
+		{"mtu", "MTU", func(s *tunnel.Spec) { s.MTU = 576 }, nil},
+		{"same host", "Host", func(s *tunnel.Spec) { s.Remote.Host = s.Secure.Host }, nil},
 		{"v6 proxy prefix", "Remote.Protected[0]", func(s *tunnel.Spec) {
 			s.ProxyARP = true
 			s.Remote.Protected = []netip.Prefix{netip.MustParsePrefix("2001:db8::/64")}
-		}},
-		{"missing netns", "Remote.Host", func(s *tunnel.Spec) {}},
+		}, nil},
+		{"missing netns", `Remote.Host "sealift-no-such-netns-x"`, func(s *tunnel.Spec) {}, host.ErrNotFound},
+		{"missing secure netns", `Secure.Host "sealift-no-such-netns-y"`, func(s *tunnel.Spec) {
+			s.Secure.Host = "sealift-no-such-netns-y"
+		}, host.ErrNotFound},
 	}
 	dir := t.TempDir()
 	lk := New(WithStateDir(dir))
@@ -47,11 +55,10 @@ func TestPrepareRejectsBadSpecs(t *testing.T) {
 			s := good
 			c.edit(&s)
 			_, err := lk.Prepare(context.Background(), s)
-			if !errors.Is(err, tunnel.ErrInvalid) {
-				t.Fatalf("Prepare: %v, want ErrInvalid", err)
-			}
-			if !strings.Contains(err.Error(), c.field) {
-				t.Errorf("error %q does not name %s", err, c.field)
+			require.ErrorIs(t, err, tunnel.ErrInvalid)
+			assert.ErrorContains(t, err, c.field)
+			if c.also != nil {
+				assert.ErrorIs(t, err, c.also)
 			}
 		})
 	}

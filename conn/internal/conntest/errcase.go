@@ -2,12 +2,14 @@ package conntest
 
 import (
 	"context"
-	"errors"
 	"net/netip"
-	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/sealift/sealift/conn"
+	"github.com/sealift/sealift/host"
 )
 
 // ErrCase is one bad call to an auditor and the error it must return.
@@ -27,9 +29,9 @@ func RunErrCases(t *testing.T, cases []ErrCase) {
 	for _, tc := range cases {
 		t.Run(tc.Name, func(t *testing.T) {
 			err := tc.Run()
-			if !errors.Is(err, tc.Is) || !strings.Contains(err.Error(), tc.Names) {
-				t.Fatalf("err = %v, want %v naming %q", err, tc.Is, tc.Names)
-			}
+			require.Error(t, err)
+			assert.ErrorIs(t, err, tc.Is)
+			assert.ErrorContains(t, err, tc.Names)
 		})
 	}
 }
@@ -37,7 +39,7 @@ func RunErrCases(t *testing.T, cases []ErrCase) {
 // HostErrCases are the cases every auditor shares: a namespace that does
 // not exist, named by the Selector (to List and to Reset) or by the
 // auditor's own default (withHost returns an auditor built with it), is
-// conn.ErrNoHost naming that namespace.
+// host.ErrNotFound naming that namespace.
 func HostErrCases(ctx context.Context, a conn.ConnAuditor, withHost func(ns string) conn.ConnAuditor) []ErrCase {
 	vm := []netip.Prefix{netip.MustParsePrefix("10.1.0.10/32")}
 	good := conn.Conn{Proto: conn.TCP, Local: netip.MustParseAddrPort("10.1.0.10:1"), Remote: netip.MustParseAddrPort("10.2.0.20:2")}
@@ -45,14 +47,22 @@ func HostErrCases(ctx context.Context, a conn.ConnAuditor, withHost func(ns stri
 		{Name: "list unknown host", Run: func() error {
 			_, err := a.List(ctx, conn.Selector{Host: "sl-no-such-ns", Addrs: vm})
 			return err
-		}, Is: conn.ErrNoHost, Names: "sl-no-such-ns"},
+		}, Is: host.ErrNotFound, Names: "sl-no-such-ns"},
 		{Name: "reset unknown host", Run: func() error {
 			_, err := a.Reset(ctx, conn.Selector{Host: "sl-no-such-ns", Addrs: vm}, []conn.Conn{good})
 			return err
-		}, Is: conn.ErrNoHost, Names: "sl-no-such-ns"},
+		}, Is: host.ErrNotFound, Names: "sl-no-such-ns"},
 		{Name: "option host unknown", Run: func() error {
 			_, err := withHost("sl-no-such-ns2").List(ctx, conn.Selector{Addrs: vm})
 			return err
-		}, Is: conn.ErrNoHost, Names: "sl-no-such-ns2"},
+		}, Is: host.ErrNotFound, Names: "sl-no-such-ns2"},
+		{Name: "reset option host unknown", Run: func() error {
+			_, err := withHost("sl-no-such-ns2").Reset(ctx, conn.Selector{Addrs: vm}, []conn.Conn{good})
+			return err
+		}, Is: host.ErrNotFound, Names: "sl-no-such-ns2"},
+		{Name: "deprecated conn.ErrNoHost still matches", Run: func() error {
+			_, err := a.List(ctx, conn.Selector{Host: "sl-no-such-ns", Addrs: vm})
+			return err
+		}, Is: conn.ErrNoHost, Names: "Selector.Host"},
 	}
 }

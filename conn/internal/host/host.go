@@ -3,7 +3,6 @@
 package host
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/vishvananda/netns"
@@ -20,12 +19,13 @@ func Of(sel conn.Selector, def string) string {
 	return def
 }
 
-// Open opens the namespace of Of(sel, def); a missing one is conn.ErrNoHost.
+// Open opens the namespace of Of(sel, def); a missing one is an error
+// wrapping host.ErrNotFound that names it.
 func Open(sel conn.Selector, def string) (netns.NsHandle, error) {
 	h := Of(sel, def)
 	ns, err := nsutil.Open(h)
-	if errors.Is(err, nsutil.ErrNoHost) {
-		return ns, fmt.Errorf("%w: Selector.Host %q", conn.ErrNoHost, h)
+	if err != nil {
+		return ns, fmt.Errorf("conn: Selector.Host %q: %w", h, err)
 	}
-	return ns, err
+	return ns, nil
 }

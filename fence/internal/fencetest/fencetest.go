@@ -4,11 +4,18 @@
 package fencetest
 
 import (
+	"context"
+	"maps"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/host"
 	"github.com/sealift/sealift/internal/lab"
 )
 
@@ -83,5 +90,28 @@ func Must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// MissingHost calls every fence.Fencer method of f, a Fencer built for
+// the host gone, which does not exist, and the backend's own entry points
+// in extra (by name): each must fail with an error that wraps
+// host.ErrNotFound and names gone.
+func MissingHost(t *testing.T, f fence.Fencer, gone string, extra map[string]func(context.Context) error) {
+	t.Helper()
+	spec := fence.Spec{VM: "vm-1", Port: "vm0"}
+	calls := map[string]func(context.Context) error{
+		"Fence": func(ctx context.Context) error { return f.Fence(ctx, spec) },
+		"Lift":  func(ctx context.Context) error { return f.Lift(ctx, spec.VM) },
+		"List":  func(ctx context.Context) error { _, err := f.List(ctx); return err },
+	}
+	maps.Copy(calls, extra)
+	for _, name := range slices.Sorted(maps.Keys(calls)) {
+		t.Run(name, func(t *testing.T) {
+			err := calls[name](t.Context())
+			require.Error(t, err)
+			assert.ErrorIs(t, err, host.ErrNotFound)
+			assert.ErrorContains(t, err, gone)
+		})
 	}
 }
