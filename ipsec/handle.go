@@ -9,6 +9,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	sealhost "github.com/sealift/sealift/host"
 	"github.com/sealift/sealift/internal/nsutil"
 	"github.com/sealift/sealift/tunnel"
 )
@@ -28,22 +29,24 @@ type end struct {
 // ends are the Secure (0) and Remote (1) end of a link.
 type ends [2]*end
 
-// openHandle opens a ROUTE+XFRM netlink handle in host's namespace.
+// openHandle opens a ROUTE+XFRM netlink handle in host's namespace. A
+// missing host wraps tunnel.ErrInvalid and host.ErrNotFound, naming it.
 func openHandle(host string) (*netlink.Handle, error) {
-	ns, err := nsutil.Open(host)
-	if err != nil {
-		return nil, fmt.Errorf("%w: host %q: %v", errInvalid, host, err)
+	h, err := nsutil.Handle(host, unix.NETLINK_ROUTE, unix.NETLINK_XFRM)
+	switch {
+	case err == nil:
+		return h, nil
+	case hostGone(err):
+		return nil, fmt.Errorf("%w: %w", errInvalid, err)
+	case errors.Is(err, unix.EPROTONOSUPPORT):
+		return nil, fmt.Errorf("%w: host %q: no NETLINK_XFRM socket (CONFIG_XFRM_USER, module xfrm_user): %v", tunnel.ErrKernelUnsupported, host, err)
+	default:
+		return nil, fmt.Errorf("ipsec: %w", err)
 	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE, unix.NETLINK_XFRM)
-	if err != nil {
-		if errors.Is(err, unix.EPROTONOSUPPORT) {
-			return nil, fmt.Errorf("%w: host %q: no NETLINK_XFRM socket (CONFIG_XFRM_USER, module xfrm_user): %v", tunnel.ErrKernelUnsupported, host, err)
-		}
-		return nil, fmt.Errorf("ipsec: host %q: netlink: %w", host, err)
-	}
-	return h, nil
 }
+
+// hostGone reports whether err says a host (netns) does not exist.
+func hostGone(err error) bool { return errors.Is(err, sealhost.ErrNotFound) }
 
 // openEnds opens handles at both ends of spec.
 func openEnds(spec tunnel.Spec) (ends, error) {

@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/sealift/sealift/host"
 	"github.com/sealift/sealift/internal/klab"
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/tunnel"
@@ -79,7 +80,7 @@ func TestPrepareRejectsBadSpecs(t *testing.T) {
 		"family":    {func(s *tunnel.Spec) { s.Remote.Underlay = netip.MustParseAddr("2001:db8::2") }, "differ in family"},
 		"nopairs":   {func(s *tunnel.Spec) { s.Remote.Protected = []netip.Prefix{netip.MustParsePrefix("2001:db8::/64")} }, "no Secure.Protected/Remote.Protected pair"},
 		"protected": {func(s *tunnel.Spec) { s.Secure.Protected = nil }, "Secure.Protected is empty"},
-		"host":      {func(s *tunnel.Spec) {}, `host "nonexistent-a"`},
+		"host":      {func(s *tunnel.Spec) {}, `"nonexistent-a"`},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -88,6 +89,9 @@ func TestPrepareRejectsBadSpecs(t *testing.T) {
 			_, err := New().Prepare(context.Background(), s)
 			if !errors.Is(err, tunnel.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("err = %v, want ErrInvalid naming %q", err, c.want)
+			}
+			if name == "host" && !errors.Is(err, host.ErrNotFound) {
+				t.Errorf("err = %v, want host.ErrNotFound too", err)
 			}
 		})
 	}

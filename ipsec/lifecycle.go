@@ -158,7 +158,7 @@ func closeLink(hosts []string, l *link) error {
 		seen[h] = true
 		nh, err := openHandle(h)
 		if err != nil {
-			if errors.Is(err, tunnel.ErrInvalid) {
+			if hostGone(err) {
 				continue // namespace gone
 			}
 			errs = append(errs, err)

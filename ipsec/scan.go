@@ -1,7 +1,6 @@
 package ipsec
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -35,7 +34,7 @@ func scan(hosts []string) ([]*found, error) {
 	for _, host := range hosts {
 		h, err := openHandle(host)
 		if err != nil {
-			if errors.Is(err, tunnel.ErrInvalid) {
+			if hostGone(err) {
 				continue // namespace gone
 			}
 			return nil, err
