@@ -174,6 +174,9 @@ type run struct {
 	// hookEntries collects the journal entries of the switchover hook's
 	// steps, written in one Append at its end (nil outside the hook).
 	hookEntries *[]Entry
+	// carry holds entries written with the next journal write (block
+	// 330's end, so the target's resume waits for no fsync).
+	carry []Entry
 }
 
 func (m *Migrator) newRun(p Plan) *run {
@@ -206,7 +209,13 @@ func (r *run) step(ctx context.Context, b Block, data map[string]string, fn func
 	} else {
 		r.log.Debug("step done", "block", int(b), "step", b.String(), "ms", d.Milliseconds())
 	}
-	if jerr := r.journal(ctx, e); jerr != nil && err == nil {
+	if b == BlockMigrate && err == nil {
+		// The VM is complete at the target: its resume is next and waits
+		// for no fsync of ours. This entry goes with the next write (block
+		// 345's begin); a crash before that loses only it, and Recover
+		// asks the hypervisors where the VM is anyway.
+		r.carry = append(r.carry, e)
+	} else if jerr := r.journal(ctx, e); jerr != nil && err == nil {
 		return fmt.Errorf("journal %s (%d) end: %w", b, b, jerr)
 	}
 	if err != nil {
@@ -215,17 +224,29 @@ func (r *run) step(ctx context.Context, b Block, data map[string]string, fn func
 	return nil
 }
 
-// journal writes e, or keeps it for the switchover hook's one write.
+// journal writes e (after any entry carried over), or keeps it for the
+// switchover hook's one write.
 func (r *run) journal(ctx context.Context, e Entry) error {
 	if r.hookEntries != nil {
 		*r.hookEntries = append(*r.hookEntries, e)
 		return nil
 	}
-	return r.j.Append(ctx, r.plan.ID, e)
+	es := append(slices.Clip(r.carry), e)
+	if err := r.j.Append(ctx, r.plan.ID, es...); err != nil {
+		return err // the carried entries wait for the next write
+	}
+	r.carry = nil
+	return nil
 }
 
 // finish records the outcome in the journal, the report and the events.
 func (r *run) finish(ctx context.Context, o Outcome, reason string) error {
+	if len(r.carry) > 0 {
+		if err := r.j.Append(ctx, r.plan.ID, r.carry...); err != nil {
+			return err
+		}
+		r.carry = nil
+	}
 	r.rep.Outcome, r.rep.Reason = o, reason
 	r.m.bus.emit(Finished{ID: r.plan.ID, Outcome: o, Reason: reason})
 	r.log.Info("migration finished", "outcome", o, "reason", reason)
