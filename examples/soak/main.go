@@ -10,13 +10,22 @@
 //
 // A variant is a '+'-joined list of modifiers (see -list), e.g.
 //
-//	go run ./examples/soak -n 20 -variants plain,ping,ping+hog,ping+hog+single
+//	go run ./examples/soak -n 20 -variants plain,ping,ping+hog,ping+dt:10
 //
 // memcheck compares the source's RAM (pmemsave while it is paused before
 // switchover) with the target's (after the stream, before resume): any
 // differing page is state QEMU failed to migrate, whatever the guest does
 // with it. Run as root; it uses ~1 CPU per guest plus what the variant
 // adds (hog: two busy loops).
+//
+// What it found (issue 16): QEMU 7.2's migration loses guest stores made
+// through TCG's TLB after a dirty-bitmap sync (see ramSlackKiB in
+// hypervisor/qemu). "ping+dt:10" (pings every 5 ms, downtime limit 10 ms,
+// so that syncs are followed by more live passes) reproduces it in a
+// large share of migrations; sealift now gives QEMU a RAM size that avoids
+// the faulty path, and "memk:131072" (exactly 128 MiB) brings it back:
+//
+//	go run ./examples/soak -n 20 -variants ping+dt:10+memk:131072,ping+dt:10
 package main
 
 import (
