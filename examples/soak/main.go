@@ -49,6 +49,7 @@ import (
 	"time"
 
 	"github.com/sealift/sealift/hypervisor"
+	"github.com/sealift/sealift/hypervisor/migtls"
 	"github.com/sealift/sealift/hypervisor/qemu"
 	"github.com/sealift/sealift/internal/guest"
 	"github.com/sealift/sealift/internal/lab"
@@ -457,7 +458,7 @@ func runVariant(ctx context.Context, img guest.Image, v variant, n int, settle t
 	}
 	if v.tls {
 		td := filepath.Join(dir, "tls")
-		if err := qemu.NewTLSDir(td, []netip.Addr{lab.AUplink, lab.BUnderlay}); err != nil {
+		if err := migtls.NewDir(td, []netip.Addr{lab.AUplink, lab.BUnderlay}); err != nil {
 			fail(err)
 		}
 		opts = append(opts, qemu.WithTLS(td))
@@ -515,7 +516,7 @@ func runVariant(ctx context.Context, img guest.Image, v variant, n int, settle t
 	var ms struct {
 		Base uint64 `json:"base-memory"`
 	}
-	if err := hs[0].Process(guestName).QMP.Execute(ctx, "query-memory-size-summary", nil, &ms); err != nil {
+	if err := hs[0].Process(guestName).QMP().Execute(ctx, "query-memory-size-summary", nil, &ms); err != nil {
 		fail(err)
 	}
 	r.RAMBytes = ms.Base
@@ -562,7 +563,7 @@ func runVariant(ctx context.Context, img guest.Image, v variant, n int, settle t
 			fail(err)
 		}
 		if v.offline {
-			if err := from.Process(guestName).QMP.Execute(ctx, "stop", nil, nil); err != nil {
+			if err := from.Process(guestName).QMP().Execute(ctx, "stop", nil, nil); err != nil {
 				fail(err)
 			}
 		}
@@ -571,7 +572,7 @@ func runVariant(ctx context.Context, img guest.Image, v variant, n int, settle t
 			for _, c := range v.caps {
 				list = append(list, map[string]any{"capability": c, "state": true})
 			}
-			if err := from.Process(guestName).QMP.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": list}, nil); err != nil {
+			if err := from.Process(guestName).QMP().Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": list}, nil); err != nil {
 				fail(err)
 			}
 		}
@@ -591,7 +592,7 @@ func runVariant(ctx context.Context, img guest.Image, v variant, n int, settle t
 				if !v.memcheck {
 					return nil
 				}
-				return src.QMP.Execute(ctx, "pmemsave", map[string]any{"val": 0, "size": memBytes, "filename": srcDump}, nil)
+				return src.QMP().Execute(ctx, "pmemsave", map[string]any{"val": 0, "size": memBytes, "filename": srcDump}, nil)
 			}
 		}
 		mctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -602,13 +603,13 @@ func runVariant(ctx context.Context, img guest.Image, v variant, n int, settle t
 			fmt.Printf("  %s migration %d %s failed: %v\n", v.Name, i, dirn, err)
 			_ = to.Abort(ctx, guestName)
 			if v.offline {
-				_ = from.Process(guestName).QMP.Execute(ctx, "cont", nil, nil)
+				_ = from.Process(guestName).QMP().Execute(ctx, "cont", nil, nil)
 			}
 			continue
 		}
 		diff := -1
 		if v.memcheck {
-			if err := to.Process(guestName).QMP.Execute(ctx, "pmemsave", map[string]any{"val": 0, "size": memBytes, "filename": dstDump}, nil); err != nil {
+			if err := to.Process(guestName).QMP().Execute(ctx, "pmemsave", map[string]any{"val": 0, "size": memBytes, "filename": dstDump}, nil); err != nil {
 				fail(err)
 			}
 			var where []string
