@@ -16,7 +16,8 @@ import (
 
 // The rules of one fence, by chain. Every VM has the same four chains,
 // whatever its Spec, so replacing a fence is "flush the four chains and
-// fill them again" and the jumps into them never change:
+// fill them again", and the jumps into them change only when AllowIPsec
+// does (see jumpExprs):
 //
 //	bridge <id>-fwd  from the bridge's forward hook: frames between ports
 //	bridge <id>-in   from its input hook: frames from a port to the host
@@ -460,9 +461,11 @@ func (b baseChain) chain() *nftables.Chain {
 
 // jumpExprs is the rule by which base chain b enters the VM's chain id.
 // With AllowIPsec, the inet input and forward hooks do not enter it for
-// packets that arrived decrypted (they came through the secure link):
-// the kernel refuses "meta secpath" in the output hook, which enters the
-// VM's inet chain too, so the test sits in the jump.
+// packets that arrived decrypted (they came through the secure link; the
+// kernel's in and fwd policies have admitted them, and it drops a packet
+// out of an IPsec tunnel that no policy admits): the kernel refuses
+// "meta secpath" in the output hook, which enters the VM's inet chain
+// too, so the test sits in the jump.
 func jumpExprs(b baseChain, id string, s fence.Spec) []expr.Any {
 	if s.AllowIPsec && secpathHook(b) {
 		return cat(noSecpath(), jump(id+b.sub))
