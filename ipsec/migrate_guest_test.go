@@ -579,7 +579,9 @@ func TestMigratorGuestXFRMNonPeers(t *testing.T) {
 	for _, ns := range w.peers {
 		n, err := lab.Ping(ns, lab.VMAddr, 3, 3*time.Second)
 		require.NoError(t, err)
-		assert.Equal(t, 3, n, "a peer's pings through the link after 370 (%s)", ns)
+		if !assert.Equal(t, 3, n, "a peer's pings through the link after 370 (%s)", ns) {
+			diagnose(t, w, rep.Link.ID)
+		}
 	}
 	st := wan.Snapshot().Sub(before)
 	assert.Positive(t, st.ByKind[lab.KindESP], "the pings cross the wan as ESP")
@@ -616,30 +618,45 @@ func TestMigratorGuestXFRMNonPeers(t *testing.T) {
 	out, err := lab.Exec(l.VM, "ip", "link", "set", "eth0", "down")
 	require.NoError(t, err, "%s", out)
 	toDownVM := func() {
-		_, _ = lab.Exec(l.B, "ip", "neigh", "flush", "dev", "br0", "to", lab.VMAddr.String())
+		forgetNeigh(t, l.B, "br0", lab.VMAddr)
 		_, err := lab.Ping(l.Peer, lab.VMAddr, 1, 0)
 		require.NoError(t, err)
 	}
-	// errorsOnWAN sends and returns how many frames with a watched
-	// address crossed the wan in clear, and (fenced) how many packets B's
-	// fence and guard dropped meanwhile.
-	errorsOnWAN := func(send func(), fenced bool) (inClear int, drops uint64) {
+	// errorsOnWAN sends (again every second, up to 5 times, until the
+	// error shows: fenced, as a drop of B's fence or guard; unfenced, on
+	// the wan) and returns how many frames with a watched address crossed
+	// the wan in clear meanwhile, how many packets B's fence and guard
+	// dropped (fenced), and how many sends it took.
+	errorsOnWAN := func(send func(), fenced bool) (inClear int, drops uint64, sends int) {
 		t.Helper()
-		var d0 uint64
-		if fenced {
-			d0 = fenceDrops(t, w.fb) + guardDrops(t, w.fb)
+		dropsNow := func() uint64 {
+			if !fenced {
+				return 0
+			}
+			return fenceDrops(t, w.fb) + guardDrops(t, w.fb)
 		}
+		d0 := dropsNow()
 		before := wan.Snapshot()
-		send()
-		time.Sleep(700 * time.Millisecond) // ARP fails after 100 ms
+		shown := func() bool {
+			if fenced {
+				return dropsNow() > d0
+			}
+			return wan.Snapshot().Sub(before).Watched > 0
+		}
+		for sends < 5 && !shown() {
+			send()
+			sends++
+			deadline := time.Now().Add(time.Second) // ARP fails after 100 ms
+			for time.Now().Before(deadline) && !shown() {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		time.Sleep(300 * time.Millisecond) // anything still in flight
 		st := wan.Snapshot().Sub(before)
 		if st.Watched > 0 {
 			t.Logf("in clear on wan: %v", st.Samples)
 		}
-		if fenced {
-			drops = fenceDrops(t, w.fb) + guardDrops(t, w.fb) - d0
-		}
-		return st.Watched, drops
+		return st.Watched, dropsNow() - d0, sends
 	}
 	for _, c := range []struct {
 		name  string
@@ -647,8 +664,8 @@ func TestMigratorGuestXFRMNonPeers(t *testing.T) {
 		guard bool // the guard, not the VM's fence, must drop it
 	}{{"host-unreachable-unused-address", toUnused, true}, {"host-unreachable-vm-down", toDownVM, false}} {
 		g0 := guardDrops(t, w.fb)
-		n, drops := errorsOnWAN(c.send, true)
-		t.Logf("%s: fenced: %d frames in clear on wan, B's fence and guard dropped +%d", c.name, n, drops)
+		n, drops, sends := errorsOnWAN(c.send, true)
+		t.Logf("%s: fenced: %d frames in clear on wan, B's fence and guard dropped +%d (%d sends)", c.name, n, drops, sends)
 		assert.Zero(t, n, "%s: B's ICMP error to a peer crossed the wan in clear", c.name)
 		assert.Positive(t, drops, "%s: B's fence dropped nothing: was the error made?", c.name)
 		if c.guard {
@@ -661,9 +678,28 @@ func TestMigratorGuestXFRMNonPeers(t *testing.T) {
 		name string
 		send func()
 	}{{"host-unreachable-unused-address", toUnused}, {"host-unreachable-vm-down", toDownVM}} {
-		n, _ := errorsOnWAN(c.send, false)
-		t.Logf("%s: control, B unfenced: %d frames in clear on wan", c.name, n)
+		n, _, sends := errorsOnWAN(c.send, false)
+		t.Logf("%s: control, B unfenced: %d frames in clear on wan (%d sends)", c.name, n, sends)
 		assert.Positive(t, n, "%s: control: B's error to a peer was not counted on the wan unfenced; the zero above proves nothing", c.name)
+	}
+}
+
+// forgetNeigh deletes host's neighbour entry for a on dev (if any), so
+// the next packet to a resolves it anew.
+func forgetNeigh(t *testing.T, host, dev string, a netip.Addr) {
+	t.Helper()
+	h, err := lab.Handle(host)
+	require.NoError(t, err)
+	defer h.Close()
+	lk, err := h.LinkByName(dev)
+	require.NoError(t, err)
+	ns, err := h.NeighList(lk.Attrs().Index, netlink.FAMILY_V4)
+	require.NoError(t, err)
+	for _, n := range ns {
+		if n.IP.Equal(ipOf(a)) {
+			n := n
+			require.NoError(t, h.NeighDel(&n), "delete the neighbour %s on %s at %s", a, dev, host)
+		}
 	}
 }
 
