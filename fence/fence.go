@@ -75,11 +75,30 @@ type Spec struct {
 	// Set it at the target only: where the peers are local (the source)
 	// the guard would cut them off. Encryption by XFRM policy (no device)
 	// does not count as an AllowVia device: the plaintext leaves the
-	// guard's hook by the underlay device and is dropped before it is
-	// transformed. Optional; backends that cannot filter by destination
+	// guard's hook by the underlay device and would be dropped before it
+	// is transformed, unless a fence carrying Peers also sets AllowIPsec
+	// (then a packet to a peer that the kernel will IPsec-transform may
+	// leave). Optional; backends that cannot filter by destination
 	// refuse it with ErrUnsupported (fence/linkstate does; fence/nft
 	// implements it).
 	Peers []netip.Prefix
+	// AllowIPsec counts traffic the kernel's IPsec (XFRM) policies
+	// protect as "through the secure link", as AllowVia does for a
+	// link's devices: a packet of the VM (or to it) may pass if it will
+	// be transformed on its way out (its route carries an XFRM bundle:
+	// nft "rt ipsec exists") or if it arrived decrypted (nft "meta
+	// secpath exists"); everything else of the VM stays blocked. It is
+	// the "enabled over the secure link only" state for a device-less
+	// IPsec link. With Peers, the host-wide guard lets a packet to a peer
+	// leave when it will be transformed, and only then: the host's own
+	// ICMP errors to a peer, which XFRM does not encrypt unless a policy
+	// covers the host's address, stay dropped. It trusts the host's XFRM
+	// configuration as a whole (any policy and SA counts, the operator's
+	// own too): use encrypting SAs only. It needs the VM's Addrs (IPsec
+	// policies select by address, and so must the fence). Backends that
+	// cannot see XFRM refuse it with ErrUnsupported (fence/linkstate
+	// does; fence/nft implements it).
+	AllowIPsec bool
 }
 
 // Validate checks s and names the first bad field and its value.
@@ -125,6 +144,9 @@ func (s Spec) Validate() error {
 				return fmt.Errorf("%w: Peers[%d] %s contains the VM's address %s (VM %q)", ErrInvalid, i, p, a, s.VM)
 			}
 		}
+	}
+	if s.AllowIPsec && len(s.Addrs) == 0 {
+		return fmt.Errorf("%w: AllowIPsec is set but Addrs is empty: IPsec policies select by address, so must the fence (VM %q)", ErrInvalid, s.VM)
 	}
 	for i, v := range s.AllowVia {
 		switch {

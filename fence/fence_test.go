@@ -41,3 +41,12 @@ func TestValidateRefusesResetMarkInAllowMarks(t *testing.T) {
 	assert.ErrorIs(t, err, fence.ErrInvalid)
 	assert.ErrorContains(t, err, "AllowMarks[1] 0x5ea1f1c7 is ResetMark")
 }
+
+func TestValidateAllowIPsecNeedsAddrs(t *testing.T) {
+	s := fence.Spec{VM: "v", Port: "tap0", AllowIPsec: true}
+	err := s.Validate()
+	assert.ErrorIs(t, err, fence.ErrInvalid)
+	assert.ErrorContains(t, err, "AllowIPsec is set but Addrs is empty")
+	s.Addrs = []netip.Addr{netip.MustParseAddr("10.1.0.10")}
+	assert.NoError(t, s.Validate())
+}

@@ -15,9 +15,9 @@ import (
 )
 
 // variant is one branch of the flow: the fence mode, the kind of link
-// (a WireGuard link has devices; an XFRM link has none: block 370 lifts
-// the target's fence instead of narrowing it) and whether the subnet
-// moved.
+// (a WireGuard link has devices; an XFRM link has none: block 370 opens
+// the target's full block to IPsec-protected traffic instead of keeping
+// it open through the devices) and whether the subnet moved.
 type variant struct {
 	mode   migration.FenceMode
 	link   tunnel.Kind
@@ -89,10 +89,9 @@ func TestFaultAtEachStep(t *testing.T) {
 		{fake: "link", method: "Verify", want: fenced},
 		{fake: "audit:b", method: "List", want: fenced},
 		{fake: "audit:b", method: "Reset", want: fenced},
-		// 370, device link: the target's fence re-asserted
-		{fake: "fence:b", method: "Fence", nth: 2, only: tunnel.WireGuard, want: fenced},
-		// 370, XFRM link: the target's fence lifted
-		{fake: "fence:b", method: "Lift", only: tunnel.IPsec, want: fenced},
+		// 370: the target's fence re-asserted (device link) or opened to
+		// IPsec-protected traffic (XFRM link)
+		{fake: "fence:b", method: "Fence", nth: 2, want: fenced},
 		// 370 joins the source's lift: the fence stays there, the VM left
 		{fake: "fence:a", method: "Lift", want: want{outcome: migration.StayedFenced, host: "b", state: hypervisor.Running, srcFenced: true}},
 		{fake: "routing", method: "Wait", subnetOnly: true, want: completed, warning: true},

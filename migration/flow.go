@@ -94,7 +94,8 @@ func (r *run) beforeResume(ctx context.Context) error {
 		// The incoming VM is fenced before it can ever run: it may talk
 		// only through the link's devices, which encrypt everything and
 		// carry nothing until the hook activates the link (XFRM links have
-		// no device: a full block until block 370).
+		// no device: a full block until block 370). Either way the host
+		// sends nothing to the peers but through those devices.
 		if r.fenceInHook {
 			return nil
 		}
@@ -400,31 +401,23 @@ func (r *run) listConns(ctx context.Context, sel conn.Selector) ([]conn.Conn, er
 }
 
 // enable is the work of block 370: the target keeps only the secure
-// link open (a device link: its fence, already so since block 315, is
-// re-asserted; an XFRM link: the fence goes, the policies drop what is
-// not encrypted, and the link is activated again to announce), and the
-// source's fence, lifted in the background since the VM left, is joined.
+// link open (enabledSpec: a device link's fence, already so since block
+// 315, is re-asserted; an XFRM link's full block becomes "IPsec-protected
+// traffic only", and the link is activated again to announce, now that
+// the fence lets ARP reach the VM), and the source's fence, lifted in the
+// background since the VM left, is joined.
 func (r *run) enable(ctx context.Context) error {
 	// With a device link the target's fence has let the link's traffic
 	// through since block 315, and the proxied addresses were announced
 	// at the resume (345).
 	devLink := r.link.RemoteDevice != ""
 	r.liftSource(ctx) // (started already, unless Recover found the VM running at the target)
-	var dstErr error
-	if devLink {
-		// Already so since block 315 (an idempotent no-op then): open
-		// through the link's devices only.
-		dstErr = r.dst.Fencer.Fence(ctx, r.targetSpec())
-	} else {
-		// A policy-based (XFRM) link has no device: its policies drop
-		// VM<->peer traffic that is not encrypted, so the fence goes.
-		dstErr = ignoreNotFenced(r.dst.Fencer.Lift(ctx, r.plan.VM))
-	}
+	dstErr := r.dst.Fencer.Fence(ctx, r.enabledSpec())
 	if err := errors.Join(dstErr, r.joinSourceLift()); err != nil {
 		return err
 	}
 	if !devLink {
-		return r.linker.Activate(ctx, r.linkID) // announce, now that the fence is gone
+		return r.linker.Activate(ctx, r.linkID) // announce: the full block dropped the announcements at 345
 	}
 	return nil
 }
@@ -453,30 +446,62 @@ func (r *run) joinSourceLift() error {
 // link's devices (its own, a redirect tunnel's, the environment's site
 // VPN) may carry the VM's traffic, and nothing addressed to the peers
 // leaves the target host another way (its own ICMP errors included);
-// with a device-less (XFRM) link, a full block.
+// with a device-less (XFRM) link, a full block (with the same guard)
+// until block 370 (enabledSpec).
 func (r *run) targetSpec() fence.Spec {
 	spec := r.blockSpec()
 	if r.link.RemoteDevice == "" {
 		return spec
 	}
-	spec.AllowVia = append([]string{r.link.RemoteDevice}, r.dst.SecureDevices...)
-	if r.redirect != nil && r.redirect.RemoteDevice != "" {
-		spec.AllowVia = append(spec.AllowVia, r.redirect.RemoteDevice)
-	}
+	spec.AllowVia = r.secureDevices()
 	return spec
 }
 
-// blockSpec is the target's full block. With a device link it also
-// guards the peers (fence.Spec.Peers): the host sends nothing to them
-// but through an allowed device of some fence, and with none, nothing.
-// (An XFRM link's plaintext would meet that guard before its policy
-// encrypts it: no guard there.)
+// secureDevices are the target's devices that may carry the VM's
+// traffic: the link's (if it has one), the environment's site VPN, a
+// redirect tunnel's.
+func (r *run) secureDevices() []string {
+	var devs []string
+	if r.link.RemoteDevice != "" {
+		devs = append(devs, r.link.RemoteDevice)
+	}
+	devs = append(devs, r.dst.SecureDevices...)
+	if r.redirect != nil && r.redirect.RemoteDevice != "" {
+		devs = append(devs, r.redirect.RemoteDevice)
+	}
+	return devs
+}
+
+// enabledSpec is the target's fence from block 370 on: a device link's
+// targetSpec; for a device-less (XFRM) link, the VM may talk only by
+// traffic the kernel's IPsec policies protect (fence.Spec.AllowIPsec:
+// encrypted on its way out, or decrypted on its way in; its traffic
+// with addresses outside Plan.Peers, which no policy covers, stays
+// blocked) and through the environment's secure devices, and the peers
+// guard lets a packet to a peer leave if IPsec will transform it (the
+// host's own ICMP errors to a peer, which no policy covers, stay
+// dropped).
+func (r *run) enabledSpec() fence.Spec {
+	if r.link.RemoteDevice != "" {
+		return r.targetSpec()
+	}
+	spec := r.blockSpec()
+	spec.AllowVia = r.secureDevices()
+	spec.AllowIPsec = true
+	return spec
+}
+
+// blockSpec is the target's full block. It also guards the peers
+// (fence.Spec.Peers): the host sends nothing to them but through an
+// allowed device of some fence (or, with an XFRM link after block 370,
+// by IPsec), and with none, nothing. Before block 370 this cannot hurt
+// an XFRM link: its ESP packets and Verify's probes (block 345) are
+// addressed to the hosts' underlay addresses, not to the peers, and the
+// VM's own traffic is blocked anyway.
 func (r *run) blockSpec() fence.Spec {
 	spec := r.dstSpec
-	if r.link.RemoteDevice != "" {
-		for _, p := range r.plan.Peers {
-			spec.Peers = append(spec.Peers, p.Masked())
-		}
+	for _, p := range r.plan.Peers {
+		spec.Peers = append(spec.Peers, p.Masked())
 	}
 	return spec
 }

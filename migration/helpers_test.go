@@ -126,6 +126,9 @@ func checkEnd(t *testing.T, s *migrationtest.Setup, j migration.Journal, rep *mi
 	case migration.StayedFenced:
 		if assert.True(t, fencedB, "target not fenced") {
 			assert.Empty(t, fb.AllowVia, "the target's fence must be a full block")
+			assert.False(t, fb.AllowIPsec, "the target's fence must be a full block, IPsec included")
+			assert.NotEmpty(t, fb.Peers, "the full block keeps the peers guard")
+			assert.Subset(t, migrationtest.Peers, fb.Peers)
 		}
 		assert.True(t, slices.ContainsFunc(links, func(l tunnel.Link) bool { return l.ID == rep.Link.ID }),
 			"the VM's link %s is kept for whoever finishes the migration (links %v)", rep.Link.ID, links)
@@ -135,8 +138,14 @@ func checkEnd(t *testing.T, s *migrationtest.Setup, j migration.Journal, rep *mi
 				assert.Equal(t, rep.Link.RemoteDevice, fb.AllowVia[0])
 				assert.Contains(t, fb.AllowVia, "site0")
 			}
-		} else {
-			assert.False(t, fencedB, "an XFRM link's policies replace the target fence")
+		} else if assert.True(t, fencedB, "an XFRM link keeps the target fenced, open to IPsec-protected traffic") {
+			// Block 370 with an XFRM link: the VM talks only by what the
+			// policies protect (its traffic with non-peers stays blocked),
+			// and the host's own packets to the peers leave only if IPsec
+			// transforms them.
+			assert.True(t, fb.AllowIPsec, "the target's fence after 370: AllowIPsec")
+			assert.Equal(t, migrationtest.Peers, fb.Peers, "the target's fence after 370 guards the peers") // (no XFRM with a moved subnet)
+			assert.Equal(t, []string{"site0"}, fb.AllowVia, "the environment's secure devices only (the link has none)")
 		}
 		i := slices.IndexFunc(links, func(l tunnel.Link) bool { return l.ID == rep.Link.ID })
 		if assert.GreaterOrEqual(t, i, 0, "the VM's link is gone") {

@@ -270,31 +270,41 @@ func TestVMLostAfterResumeIsReported(t *testing.T) {
 }
 
 // The target's fence guards the peers (nothing to them leaves the target
-// host but through the link) with a device link, from block 315 on and
-// after a stay-fenced end; an XFRM link, whose plaintext meets the guard
-// before its policy encrypts it, gets none, and its fence goes at 370.
+// host but through the link) from block 315 on, after block 370 and after
+// a stay-fenced end, with either kind of link. An XFRM link has no
+// device: until 370 its fence is a full block (with the guard: Verify's
+// probes and the ESP packets go to the hosts' underlay addresses, not to
+// the peers); from 370 on it lets IPsec-protected traffic through
+// (AllowIPsec), which also lets the guard pass what IPsec transforms.
 func TestTargetFenceGuardsPeers(t *testing.T) {
 	for _, link := range []tunnel.Kind{tunnel.WireGuard, tunnel.IPsec} {
 		t.Run(string(link), func(t *testing.T) {
 			s := migrationtest.NewSetup()
 			p := s.Plan()
 			p.Link = link
-			var at315 fence.Spec
+			var at315, atVerify fence.Spec
 			s.Secure.Hypervisor.OnCall("Migrate", 1, func() { at315, _ = s.Cloud.Fencer.Fenced("vm1") })
+			s.Linker.OnCall("Verify", 1, func() { atVerify, _ = s.Cloud.Fencer.Fenced("vm1") })
 			m, err := migration.New(s.Config)
 			require.NoError(t, err)
 			_, err = m.Run(context.Background(), p)
 			require.NoError(t, err)
 			after, fenced := s.Cloud.Fencer.Fenced("vm1")
-			if link == tunnel.IPsec {
-				assert.Empty(t, at315.Peers, "no guard for an XFRM link")
-				assert.False(t, fenced, "an XFRM link's target fence goes at 370")
-				return
+			for name, spec := range map[string]fence.Spec{"block 315": at315, "Verify (345)": atVerify} {
+				assert.Equal(t, migrationtest.Peers, spec.Peers, "%s: guarded", name)
+				assert.False(t, spec.AllowIPsec, "%s: IPsec-protected traffic let through before 370", name)
 			}
-			assert.Equal(t, migrationtest.Peers, at315.Peers, "guarded from block 315")
-			require.True(t, fenced)
-			assert.Equal(t, migrationtest.Peers, after.Peers, "and after block 370")
-			assert.NotEmpty(t, after.AllowVia)
+			require.True(t, fenced, "the target stays fenced after 370")
+			assert.Equal(t, migrationtest.Peers, after.Peers, "and guarded after block 370")
+			if link == tunnel.IPsec {
+				assert.Empty(t, at315.AllowVia, "an XFRM link: a full block until 370")
+				assert.Empty(t, atVerify.AllowVia)
+				assert.True(t, after.AllowIPsec, "an XFRM link after 370: IPsec-protected traffic only")
+				assert.Equal(t, []string{"site0"}, after.AllowVia, "and the environment's secure devices")
+			} else {
+				assert.NotEmpty(t, after.AllowVia)
+				assert.False(t, after.AllowIPsec, "a device link's fence does not trust XFRM")
+			}
 
 			// A migration that ends stayed-fenced keeps the guard with the
 			// full block.
@@ -302,11 +312,14 @@ func TestTargetFenceGuardsPeers(t *testing.T) {
 			s2.Linker.FailOn("Verify", 0, tunnel.ErrNotProven)
 			m2, err := migration.New(s2.Config)
 			require.NoError(t, err)
-			_, err = m2.Run(context.Background(), s2.Plan())
+			p2 := s2.Plan()
+			p2.Link = link
+			_, err = m2.Run(context.Background(), p2)
 			require.ErrorIs(t, err, migration.ErrStayedFenced)
 			blocked, ok := s2.Cloud.Fencer.Fenced("vm1")
 			require.True(t, ok)
 			assert.Empty(t, blocked.AllowVia)
+			assert.False(t, blocked.AllowIPsec)
 			assert.Equal(t, migrationtest.Peers, blocked.Peers)
 		})
 	}

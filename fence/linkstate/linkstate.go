@@ -14,7 +14,8 @@
 // port's link state cannot express; policy routing could, but would
 // reroute rather than fence and could not tell an AllowVia device's
 // packets from others'): Specs with Peers are refused with an error
-// wrapping fence.ErrUnsupported.
+// wrapping fence.ErrUnsupported, and so are Specs with AllowIPsec (a
+// port's link state cannot tell IPsec-protected traffic from the rest).
 package linkstate
 
 import (
@@ -238,6 +239,10 @@ func check(s fence.Spec) error {
 	if len(s.Peers) > 0 {
 		return fmt.Errorf("%w: Peers %v (VM %q): link state cannot filter the host's traffic by destination; use fence/nft",
 			fence.ErrUnsupported, s.Peers, s.VM)
+	}
+	if s.AllowIPsec {
+		return fmt.Errorf("%w: AllowIPsec (VM %q): link state cannot tell IPsec-protected traffic from the rest; use fence/nft",
+			fence.ErrUnsupported, s.VM)
 	}
 	if strings.ContainsRune(s.VM, 0) {
 		return fmt.Errorf("%w: VM %q contains a NUL byte", fence.ErrInvalid, s.VM)

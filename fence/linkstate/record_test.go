@@ -75,3 +75,12 @@ func TestCheckRefusesPeers(t *testing.T) {
 	assert.Contains(t, err.Error(), "Peers")
 	assert.Contains(t, err.Error(), "10.2.0.0/24")
 }
+
+// Link state cannot see XFRM either: AllowIPsec is refused, by name.
+func TestCheckRefusesAllowIPsec(t *testing.T) {
+	s := fence.Spec{VM: "v", Port: "tap0", Addrs: []netip.Addr{netip.MustParseAddr("10.1.0.10")}, AllowIPsec: true}
+	err := check(s)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, fence.ErrUnsupported)
+	assert.Contains(t, err.Error(), "AllowIPsec")
+}

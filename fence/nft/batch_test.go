@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"github.com/stretchr/testify/assert"
@@ -150,6 +151,14 @@ func (k *fakeNFT) apply(m netlink.Message) {
 		k.order = slices.DeleteFunc(k.order, func(c chainKey) bool { return c == key })
 	case unix.NFT_MSG_NEWRULE:
 		key := chainKey{fam, str(a[unix.NFTA_RULE_TABLE]), str(a[unix.NFTA_RULE_CHAIN])}
+		if h, ok := a[unix.NFTA_RULE_HANDLE]; ok { // replace in place
+			for i, r := range k.rules[key] {
+				if r.handle == binary.BigEndian.Uint64(h) {
+					k.rules[key][i].msg = m
+				}
+			}
+			return
+		}
 		k.handle++
 		k.rules[key] = append(k.rules[key], fakeRule{k.handle, m})
 	case unix.NFT_MSG_DELRULE:
@@ -367,4 +376,86 @@ func TestBatchPeersGuard(t *testing.T) {
 	i, b = guardRules()
 	assert.Equal(t, [2]int{0, 0}, [2]int{i, b}, "the last fence with Peers lifted: the guard is empty")
 	assert.Contains(t, ops(k.batches[len(k.batches)-1]), "FLUSH inet postrouting")
+}
+
+// jumpHandles returns, per base chain, the handle and expressions of the
+// jump into vm's chains.
+func (k *fakeNFT) jumpRules(t *testing.T, f *Fencer, vm string) map[string]*nftables.Rule {
+	t.Helper()
+	c, done, err := f.conn(context.Background())
+	require.NoError(t, err)
+	defer done()
+	out := map[string]*nftables.Rule{}
+	for _, b := range baseChains {
+		rules, err := c.GetRules(b.table, b.chain())
+		require.NoError(t, err)
+		for _, r := range rules {
+			if comment(r.UserData) == jumpTag+chainID(vm) {
+				out[familyName(b)+"/"+b.name] = r
+			}
+		}
+	}
+	return out
+}
+
+func hasSecpath(r *nftables.Rule) bool {
+	for _, e := range r.Exprs {
+		if m, ok := e.(*expr.Meta); ok && m.Key == metaKeySecpath {
+			return true
+		}
+	}
+	return false
+}
+
+// AllowIPsec changes the jumps from the inet input and forward hooks
+// (decrypted packets skip the VM's chain there); replacing a fence with
+// AllowIPsec toggled rewrites those two jumps in place (same handles),
+// and only those; List finds AllowIPsec again.
+func TestBatchAllowIPsecJumps(t *testing.T) {
+	k := newFakeNFT()
+	f := k.fencer()
+	ctx := context.Background()
+	require.NoError(t, f.Fence(ctx, batchSpec))
+	before := k.jumpRules(t, f, "vm-1")
+	require.Len(t, before, len(baseChains))
+	for name, r := range before {
+		assert.False(t, hasSecpath(r), "%s: a fence without AllowIPsec tests secpath", name)
+	}
+
+	ipsec := batchSpec
+	ipsec.AllowIPsec = true
+	n := len(k.batches)
+	require.NoError(t, f.Fence(ctx, ipsec))
+	require.Len(t, k.batches, n+1, "one transaction")
+	after := k.jumpRules(t, f, "vm-1")
+	require.Len(t, after, len(baseChains), "no jump added or lost")
+	for name, r := range after {
+		assert.Equal(t, before[name].Handle, r.Handle, "%s: the jump is replaced in place", name)
+		want := name == "inet/input" || name == "inet/forward"
+		assert.Equal(t, want, hasSecpath(r), "%s: secpath test", name)
+	}
+	got, err := f.List(ctx)
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	assert.True(t, got[0].AllowIPsec, "List: %+v", got[0].Spec)
+
+	// The same spec again: nothing sent. Back to a full block: the plain jumps.
+	n = len(k.batches)
+	require.NoError(t, f.Fence(ctx, ipsec))
+	assert.Len(t, k.batches, n)
+	require.NoError(t, f.Fence(ctx, batchSpec))
+	for name, r := range k.jumpRules(t, f, "vm-1") {
+		assert.False(t, hasSecpath(r), "%s: secpath test left after AllowIPsec went", name)
+		assert.Equal(t, before[name].Handle, r.Handle, "%s", name)
+	}
+
+	// A new fence with AllowIPsec gets the secpath jumps at once.
+	other := ipsec
+	other.VM, other.Port = "vm-2", "vm2"
+	require.NoError(t, f.Fence(ctx, other))
+	for name, r := range k.jumpRules(t, f, "vm-2") {
+		assert.Equal(t, name == "inet/input" || name == "inet/forward", hasSecpath(r), "%s", name)
+	}
+	require.NoError(t, f.Lift(ctx, "vm-2"))
+	assert.Empty(t, k.jumpRules(t, f, "vm-2"), "Lift removes the secpath jumps too")
 }

@@ -22,6 +22,18 @@
 // bridge's name (list the bridge, or use a routed secure device); with
 // br_netfilter, bridged frames also count as leaving through the bridge.
 // Packets written to AF_PACKET sockets bypass netfilter and the guard.
+//
+// Spec.AllowIPsec: the VM's inet chain returns for packets whose route
+// carries an XFRM bundle ("rt ipsec exists": the kernel will transform
+// them), and the VM's jumps from the inet input and forward hooks skip
+// packets that arrived decrypted ("meta secpath missing jump ...": the
+// kernel allows the secpath test in those hooks only, not in output,
+// which also enters the VM's inet chain). So replacing a fence with
+// AllowIPsec toggled also replaces those two jump rules, in place, in
+// the same transaction. The bridge chains treat it as AllowVia does (the
+// port keeps to its own MAC and addresses; the inet chain decides); the
+// inet guard lets a packet to a peer leave when it will be transformed,
+// if a fence carrying Peers has AllowIPsec; the bridge guard does not.
 package nft
 
 import (
@@ -130,6 +142,11 @@ func (f *Fencer) FenceAll(ctx context.Context, specs []fence.Spec) error {
 		}
 		if err := addFence(c, s, bridges[s.Port], now, had); err != nil {
 			return err
+		}
+		if had && old.AllowIPsec != s.AllowIPsec {
+			if err := f.retargetJumps(c, s); err != nil {
+				return err
+			}
 		}
 		changed = append(changed, s.VM)
 		after[s.VM] = s
@@ -322,7 +339,7 @@ func check(s fence.Spec) error {
 func sameSpec(a, b fence.Spec) bool {
 	return a.VM == b.VM && a.Port == b.Port && strings.EqualFold(a.MAC, b.MAC) &&
 		slices.Equal(a.Addrs, b.Addrs) && slices.Equal(a.AllowVia, b.AllowVia) && slices.Equal(a.AllowMarks, b.AllowMarks) &&
-		slices.Equal(a.Peers, b.Peers)
+		slices.Equal(a.Peers, b.Peers) && a.AllowIPsec == b.AllowIPsec
 }
 
 // checkPorts makes sure every port exists on the host and returns the
@@ -503,9 +520,34 @@ func addFence(c *nftables.Conn, s fence.Spec, bridge string, now time.Time, repl
 	}
 	if !replace {
 		for _, b := range baseChains {
-			c.AddRule(&nftables.Rule{Table: b.table, Chain: b.chain(), Exprs: jump(id + b.sub),
+			c.AddRule(&nftables.Rule{Table: b.table, Chain: b.chain(), Exprs: jumpExprs(b, id, s),
 				UserData: commentData(jumpTag + id)})
 		}
+	}
+	return nil
+}
+
+// retargetJumps queues, for a replaced fence whose AllowIPsec changed,
+// the replacement (in place, same handle) of its jumps from the inet
+// input and forward hooks (see jumpExprs); a missing jump is added.
+func (f *Fencer) retargetJumps(c *nftables.Conn, s fence.Spec) error {
+	id := chainID(s.VM)
+	for _, b := range baseChains {
+		if !secpathHook(b) {
+			continue
+		}
+		rules, err := c.GetRules(b.table, b.chain())
+		if err != nil {
+			return fmt.Errorf("nft: list %s %s on host %q: %w", b.table.Name, b.name, f.host, err)
+		}
+		r := &nftables.Rule{Table: b.table, Chain: b.chain(), Exprs: jumpExprs(b, id, s), UserData: commentData(jumpTag + id)}
+		for _, old := range rules {
+			if comment(old.UserData) == jumpTag+id {
+				r.Handle = old.Handle
+				break
+			}
+		}
+		c.AddRule(r) // with a handle: replaces
 	}
 	return nil
 }

@@ -16,7 +16,8 @@ import (
 
 // The rules of one fence, by chain. Every VM has the same four chains,
 // whatever its Spec, so replacing a fence is "flush the four chains and
-// fill them again" and the jumps into them never change:
+// fill them again", and the jumps into them change only when AllowIPsec
+// does (see jumpExprs):
 //
 //	bridge <id>-fwd  from the bridge's forward hook: frames between ports
 //	bridge <id>-in   from its input hook: frames from a port to the host
@@ -31,6 +32,30 @@ type ruleSet struct {
 
 const reg = 1 // NFT_REG_1
 
+// Keys google/nftables v0.3.0 (and golang.org/x/sys) do not name; the
+// values are those of linux/netfilter/nf_tables.h.
+const (
+	// metaKeySecpath is NFT_META_SECPATH (enum nft_meta_keys: right
+	// after NFT_META_PRANDOM, 24): a u8, 1 if the packet came out of an
+	// IPsec transform (it arrived encrypted and was decrypted), as nft's
+	// "meta secpath exists" tests. (Not 33: that is NFT_META_SDIF.) The
+	// kernel accepts it only in the prerouting, input and forward hooks.
+	metaKeySecpath expr.MetaKey = 25
+	// rtKeyXFRM is NFT_RT_XFRM (enum nft_rt_keys): a u8, 1 if the
+	// packet's route carries an XFRM bundle (the kernel will transform it
+	// on its way out), as nft's "rt ipsec exists" tests. Any hook of the
+	// ip, ip6 and inet families; a packet without a route does not match.
+	rtKeyXFRM expr.RtKey = 4
+)
+
+// rtIPsec matches a packet whose route will IPsec-transform it.
+func rtIPsec() []expr.Any {
+	return []expr.Any{&expr.Rt{Register: reg, Key: rtKeyXFRM}, &expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: []byte{1}}}
+}
+
+// noSecpath matches a packet that did not arrive decrypted.
+func noSecpath() []expr.Any { return metaEq(metaKeySecpath, []byte{0}) }
+
 // buildRules returns the rules of s; bridge is the bridge the port is
 // on ("" if none).
 func buildRules(s fence.Spec, bridge string) ruleSet {
@@ -44,7 +69,13 @@ func buildRules(s fence.Spec, bridge string) ruleSet {
 			cat(metaEq(expr.MetaKeyIIFNAME, ifname(v)), ret()),
 			cat(metaEq(expr.MetaKeyOIFNAME, ifname(v)), ret()))
 	}
-	via := len(s.AllowVia) > 0
+	// open: the VM may talk through a secure link (devices or IPsec); the
+	// bridge chains then only keep the port to its own MAC and addresses
+	// and the inet chain decides. IPsec returns only in the inet chain:
+	// frames the bridge carries are never transformed. Packets that
+	// arrived decrypted do not enter the inet chain from the input and
+	// forward hooks at all (see jumpExprs).
+	via := len(s.AllowVia) > 0 || s.AllowIPsec
 	mac, _ := net.ParseMAC(s.MAC)
 	var v4, v6 []netip.Addr
 	for _, a := range s.Addrs {
@@ -121,6 +152,9 @@ func buildRules(s fence.Spec, bridge string) ruleSet {
 
 	// Routed traffic (inet: input, forward, output).
 	rs.inet = append(rs.inet, allow...)
+	if s.AllowIPsec {
+		rs.inet = append(rs.inet, cat(rtIPsec(), ret()))
+	}
 	if via {
 		rs.inet = append(rs.inet, ndReturn())
 		rs.inet = append(rs.inet, resetReturns(v4, v6)...)
@@ -226,6 +260,7 @@ func resetReturns(v4, v6 []netip.Addr) [][]expr.Any {
 // Peers, and of the AllowVia devices of the fences that carry Peers.
 type guard struct {
 	via    []string
+	ipsec  bool // some fence with Peers has AllowIPsec
 	v4, v6 []netip.Prefix
 }
 
@@ -236,6 +271,7 @@ func guardOf(specs []fence.Spec) guard {
 			continue
 		}
 		g.via = append(g.via, s.AllowVia...)
+		g.ipsec = g.ipsec || s.AllowIPsec
 		for _, p := range s.Peers {
 			if p.Addr().Is4() {
 				g.v4 = append(g.v4, p)
@@ -256,14 +292,18 @@ func guardOf(specs []fence.Spec) guard {
 func (g guard) empty() bool { return len(g.v4)+len(g.v6) == 0 }
 
 func (g guard) equal(h guard) bool {
-	return slices.Equal(g.via, h.via) && slices.Equal(g.v4, h.v4) && slices.Equal(g.v6, h.v6)
+	return slices.Equal(g.via, h.via) && g.ipsec == h.ipsec && slices.Equal(g.v4, h.v4) && slices.Equal(g.v6, h.v6)
 }
 
 // rules returns the guard's rules for the postrouting chain of the inet
 // table (bridge false: what the host routes or sends, by the device it
 // leaves through) or of the bridge table (frames a bridge sends out of a
-// port, by that port): an AllowVia device returns, anything else to a
-// guarded prefix is dropped.
+// port, by that port): an AllowVia device returns, and in the inet table
+// with ipsec a packet the kernel will IPsec-transform (its plaintext
+// passes postrouting before the transform, with the XFRM bundle as its
+// route; the encrypted packet, addressed to the tunnel's end, passes
+// again), anything else to a guarded prefix is dropped. Frames a bridge
+// sends out are never transformed: no IPsec exception there.
 func (g guard) rules(bridge bool) [][]expr.Any {
 	if g.empty() {
 		return nil
@@ -271,6 +311,9 @@ func (g guard) rules(bridge bool) [][]expr.Any {
 	var rules [][]expr.Any
 	for _, v := range g.via {
 		rules = append(rules, cat(metaEq(expr.MetaKeyOIFNAME, ifname(v)), ret()))
+	}
+	if g.ipsec && !bridge {
+		rules = append(rules, cat(rtIPsec(), ret()))
 	}
 	for _, fam := range []struct {
 		nfproto byte
@@ -414,6 +457,26 @@ func (b baseChain) chain() *nftables.Chain {
 	accept := nftables.ChainPolicyAccept
 	return &nftables.Chain{Name: b.name, Table: b.table, Hooknum: b.hook,
 		Priority: b.prio, Type: nftables.ChainTypeFilter, Policy: &accept}
+}
+
+// jumpExprs is the rule by which base chain b enters the VM's chain id.
+// With AllowIPsec, the inet input and forward hooks do not enter it for
+// packets that arrived decrypted (they came through the secure link; the
+// kernel's in and fwd policies have admitted them, and it drops a packet
+// out of an IPsec tunnel that no policy admits): the kernel refuses
+// "meta secpath" in the output hook, which enters the VM's inet chain
+// too, so the test sits in the jump.
+func jumpExprs(b baseChain, id string, s fence.Spec) []expr.Any {
+	if s.AllowIPsec && secpathHook(b) {
+		return cat(noSecpath(), jump(id+b.sub))
+	}
+	return jump(id + b.sub)
+}
+
+// secpathHook reports whether b is a base chain whose jump depends on
+// AllowIPsec: the inet table's input and forward.
+func secpathHook(b baseChain) bool {
+	return b.table == inetTable && (*b.hook == *nftables.ChainHookInput || *b.hook == *nftables.ChainHookForward)
 }
 
 // vmChains returns the VM's four chains and the rules for each.

@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -19,7 +20,7 @@ import (
 
 func TestTagsRoundTrip(t *testing.T) {
 	s := fence.Spec{VM: "vm with spaces/ünïcode \"quoted\"", Port: "tap0", MAC: "02:00:00:00:00:01",
-		AllowVia: []string{"wg0"}, AllowMarks: []uint32{1, 0xffffffff}}
+		AllowVia: []string{"wg0"}, AllowMarks: []uint32{1, 0xffffffff}, AllowIPsec: true}
 	for i := 0; i < 40; i++ { // long enough for several comments
 		s.Addrs = append(s.Addrs, netip.MustParseAddr(fmt.Sprintf("2001:db8::%x", i+1)))
 	}
@@ -203,4 +204,96 @@ func TestGuard(t *testing.T) {
 	assert.Equal(t, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{255, 255, 255, 0}, Xor: []byte{0, 0, 0, 0}}, r[3])
 	assert.Equal(t, &expr.Cmp{Register: 1, Data: []byte{10, 2, 0, 0}}, r[4])
 	assert.IsType(t, &expr.Cmp{}, g.rules(false)[2][3], "a /32 needs no mask")
+}
+
+// isRtIPsec reports whether rule r starts with "rt ipsec exists".
+func isRtIPsec(r []expr.Any) bool {
+	rt, ok := r[0].(*expr.Rt)
+	return ok && rt.Key == rtKeyXFRM && len(r) > 1 && bytes.Equal(r[1].(*expr.Cmp).Data, []byte{1})
+}
+
+// AllowIPsec: the bridge chains keep the port to its own MAC and
+// addresses (as with AllowVia) instead of a full block; the inet chain
+// lets IPsec-transformed packets return; no VM chain tests secpath (the
+// output hook enters the inet chain, and the kernel refuses it there).
+func TestBuildRulesAllowIPsec(t *testing.T) {
+	s := fence.Spec{VM: "v", Port: "vm0", MAC: "02:00:00:00:00:01",
+		Addrs: []netip.Addr{netip.MustParseAddr("10.1.0.10"), netip.MustParseAddr("fd00::10")}, AllowIPsec: true}
+	full := s
+	full.AllowIPsec = false
+	via := full
+	via.AllowVia = []string{"wg0"}
+
+	rs, rf, rv := buildRules(s, "br0"), buildRules(full, "br0"), buildRules(via, "br0")
+	assert.Equal(t, rf.fwd, rs.fwd, "frames between bridge ports: as blocked as without AllowIPsec")
+	assert.Equal(t, len(rv.in)-2, len(rs.in), "bridge in: AllowVia's anti-spoof rules, without its two device returns")
+	assert.Equal(t, len(rv.out)-2, len(rs.out))
+	n := 0
+	for _, r := range rs.inet {
+		if isRtIPsec(r) {
+			n++
+			assert.Equal(t, expr.VerdictReturn, r[len(r)-1].(*expr.Verdict).Kind)
+		}
+	}
+	assert.Equal(t, 1, n, "inet: one rt ipsec return")
+	assert.True(t, isRtIPsec(rs.inet[0]), "inet: IPsec returns first")
+	for name, rules := range map[string][][]expr.Any{"fwd": rs.fwd, "in": rs.in, "out": rs.out, "inet": rs.inet} {
+		for i, r := range rules {
+			for _, e := range r {
+				if m, ok := e.(*expr.Meta); ok {
+					assert.NotEqual(t, metaKeySecpath, m.Key, "%s[%d] tests secpath", name, i)
+				}
+				if name != "inet" {
+					assert.NotEqual(t, "*expr.Rt", fmt.Sprintf("%T", e), "%s[%d]: rt in a bridge chain", name, i)
+				}
+			}
+		}
+	}
+	for _, r := range rf.inet {
+		assert.False(t, isRtIPsec(r), "full block: rt ipsec return")
+	}
+	// ND, the resets (v4, v6) and the bridged exception, as with AllowVia.
+	returns := 0
+	for _, r := range rs.inet {
+		if r[len(r)-1].(*expr.Verdict).Kind == expr.VerdictReturn {
+			returns++
+		}
+	}
+	assert.Equal(t, 5, returns, "inet: rt ipsec, ND, reset v4 and v6, bridged")
+
+	// The jumps: only inet input and forward skip decrypted packets.
+	for _, b := range baseChains {
+		j := jumpExprs(b, "vm-x", s)
+		v := j[len(j)-1].(*expr.Verdict)
+		assert.Equal(t, "vm-x"+b.sub, v.Chain)
+		if secpathHook(b) {
+			assert.Equal(t, cat(metaEq(metaKeySecpath, []byte{0}), jump("vm-x")), j, "%s %s", familyName(b), b.name)
+		} else {
+			assert.Equal(t, jump("vm-x"+b.sub), j, "%s %s", familyName(b), b.name)
+		}
+		assert.Equal(t, jump("vm-x"+b.sub), jumpExprs(b, "vm-x", full))
+	}
+}
+
+// With AllowIPsec on a fence carrying Peers, the inet guard lets packets
+// that will be IPsec-transformed leave; the bridge guard does not.
+func TestGuardAllowIPsec(t *testing.T) {
+	p := netip.MustParsePrefix
+	a := fence.Spec{VM: "a", AllowIPsec: true, Peers: []netip.Prefix{p("10.1.0.20/32")}}
+	b := fence.Spec{VM: "b", AllowIPsec: true} // no Peers: does not count
+	assert.False(t, guardOf([]fence.Spec{b}).ipsec)
+	g := guardOf([]fence.Spec{a, b})
+	assert.True(t, g.ipsec)
+	plain := a
+	plain.AllowIPsec = false
+	assert.False(t, g.equal(guardOf([]fence.Spec{plain})), "AllowIPsec changes the guard")
+
+	inet := g.rules(false)
+	require.Len(t, inet, 2)
+	assert.True(t, isRtIPsec(inet[0]))
+	assert.Equal(t, expr.VerdictReturn, inet[0][len(inet[0])-1].(*expr.Verdict).Kind)
+	assert.Equal(t, expr.VerdictDrop, inet[1][len(inet[1])-1].(*expr.Verdict).Kind)
+	br := g.rules(true)
+	require.Len(t, br, 1, "bridge guard: the drop only")
+	assert.False(t, isRtIPsec(br[0]))
 }
