@@ -55,10 +55,10 @@ const defaultMachine = "pc-i440fx-7.2"
 // ramSlackKiB is how much less RAM than MemoryMiB QEMU is given, so that
 // the RAM block's size is not a multiple of 256 KiB.
 //
-// Why: QEMU before 9.0 (Debian 12 ships 7.2) syncs the migration dirty
-// bitmap of a RAM block whose start and size are multiples of 256 KiB by a
-// fast path that clears the dirty bits without resetting TCG's TLB (the
-// per-page path does reset it). A vCPU keeps storing through TLB entries
+// Why: QEMU 7.2 (Debian 12), like every QEMU without the 2024 fix named
+// below, syncs the migration dirty bitmap of a RAM block whose start and
+// size are multiples of 256 KiB by a fast path that clears the dirty bits
+// without resetting TCG's TLB (the per-page path does reset it). A vCPU keeps storing through TLB entries
 // that still say "page already dirty", those stores are never recorded,
 // the page is not sent again, and the target resumes with stale bytes in
 // kernel data: panics ("Attempted to kill the idle task!", "Fatal
@@ -66,10 +66,13 @@ const defaultMachine = "pc-i440fx-7.2"
 // soft lockups. It bites when a sync is followed by another live pass
 // (a busy guest, e.g. under ping load, a loaded host, a low downtime
 // limit). Fixed upstream by "system/physmem: Fix migration dirty bitmap
-// coherency with TCG memory access" (2024), not in Debian's 7.2.22.
-// Measured with examples/soak (issue 16; pings every 5 ms, downtime limit
-// 10 ms): 13 guests dead in 50 migrations and RAM differing from the
-// source after 9 of 30; with this slack 0 dead in 40 and 0 of 30.
+// coherency with TCG memory access" (qemu-devel, 2024-02-19), which
+// Debian's 7.2.22 does not carry (checked its source package).
+// Measured with examples/soak (issue 16; pings every 1-5 ms, downtime
+// limit 10 ms so that syncs are followed by live passes): at exactly 128
+// MiB 62 guests died in 200 migrations (9 of 10 with TLS) and the target's
+// RAM differed from the paused source's after 12 of 50; with this slack
+// 0 died in 120 (TLS included) and RAM differed after 0 of 50.
 // 8 KiB is QEMU's RAM size granularity; the guest sees 8 KiB less.
 const ramSlackKiB = 8
 
