@@ -70,9 +70,9 @@ const defaultMachine = "pc-i440fx-7.2"
 // Debian's 7.2.22 does not carry (checked its source package).
 // Measured with examples/soak (issue 16; pings every 1-5 ms, downtime
 // limit 10 ms so that syncs are followed by live passes): at exactly 128
-// MiB 62 guests died in 200 migrations (9 of 10 with TLS) and the target's
-// RAM differed from the paused source's after 12 of 50; with this slack
-// 0 died in 120 (TLS included) and RAM differed after 0 of 50.
+// MiB 72 guests died in 210 migrations (19 of 20 with TLS) and the
+// target's RAM differed from the paused source's after 12 of 50; with this
+// slack 0 died in 130 (20 with TLS) and RAM differed after 0 of 50.
 // 8 KiB is QEMU's RAM size granularity; the guest sees 8 KiB less.
 const ramSlackKiB = 8
 
