@@ -7,15 +7,11 @@ import (
 	"context"
 	"maps"
 	"net/netip"
-	"slices"
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
-
 	"github.com/sealift/sealift/fence"
-	"github.com/sealift/sealift/host"
+	"github.com/sealift/sealift/internal/hosttest"
 	"github.com/sealift/sealift/internal/lab"
 )
 
@@ -106,12 +102,5 @@ func MissingHost(t *testing.T, f fence.Fencer, gone string, extra map[string]fun
 		"List":  func(ctx context.Context) error { _, err := f.List(ctx); return err },
 	}
 	maps.Copy(calls, extra)
-	for _, name := range slices.Sorted(maps.Keys(calls)) {
-		t.Run(name, func(t *testing.T) {
-			err := calls[name](t.Context())
-			require.Error(t, err)
-			assert.ErrorIs(t, err, host.ErrNotFound)
-			assert.ErrorContains(t, err, gone)
-		})
-	}
+	hosttest.Missing(t, gone, calls)
 }

@@ -6,13 +6,9 @@ import (
 	"context"
 	"maps"
 	"net/netip"
-	"slices"
 	"testing"
 
-	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
-
-	"github.com/sealift/sealift/host"
+	"github.com/sealift/sealift/internal/hosttest"
 	"github.com/sealift/sealift/routing"
 )
 
@@ -32,12 +28,5 @@ func MissingHost(t *testing.T, w routing.RouteWatcher, gone string, extra map[st
 		"Redirects":      func(ctx context.Context) error { _, err := w.Redirects(ctx); return err },
 	}
 	maps.Copy(calls, extra)
-	for _, name := range slices.Sorted(maps.Keys(calls)) {
-		t.Run(name, func(t *testing.T) {
-			err := calls[name](t.Context())
-			require.Error(t, err)
-			assert.ErrorIs(t, err, host.ErrNotFound)
-			assert.ErrorContains(t, err, gone)
-		})
-	}
+	hosttest.Missing(t, gone, calls)
 }
