@@ -189,7 +189,7 @@ func startPinger(t *testing.T, ns string, dst netip.Addr, interval time.Duration
 			binary.BigEndian.PutUint16(msg[4:], p.id)
 			binary.BigEndian.PutUint16(msg[6:], seq)
 			copy(msg[8:], "sealift-migrate")
-			binary.BigEndian.PutUint16(msg[2:], checksum(msg))
+			binary.BigEndian.PutUint16(msg[2:], lab.Checksum(msg))
 			if _, err := p.c.WriteTo(msg, to); err == nil {
 				p.mu.Lock()
 				p.sent++
@@ -204,17 +204,6 @@ func startPinger(t *testing.T, ns string, dst netip.Addr, interval time.Duration
 	}()
 	t.Cleanup(p.halt)
 	return p
-}
-
-func checksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(b[i])<<8 | uint32(b[i+1])
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return ^uint16(s)
 }
 
 // since returns how many replies arrived after t.
@@ -527,7 +516,7 @@ func injectAtB(t *testing.T, w *migLab, src netip.Addr) (atVM, mismatch int) {
 		}
 		defer unix.Close(fd)
 		icmp := append([]byte{0, 0, 0, 0, 0x5c, 0x02, 0, 1}, marker...)
-		binary.BigEndian.PutUint16(icmp[2:], checksum(icmp))
+		binary.BigEndian.PutUint16(icmp[2:], lab.Checksum(icmp))
 		ip := make([]byte, 20, 20+len(icmp))
 		ip[0], ip[8], ip[9] = 0x45, 64, unix.IPPROTO_ICMP
 		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(icmp)))
@@ -747,7 +736,7 @@ func injectICMP(t *testing.T, ns string, src, dst netip.Addr, typ byte) {
 		}
 		defer unix.Close(fd)
 		icmp := append([]byte{typ, 0, 0, 0, 0x5c, 0x03, 0, 1}, "sealift-host-error"...)
-		binary.BigEndian.PutUint16(icmp[2:], checksum(icmp))
+		binary.BigEndian.PutUint16(icmp[2:], lab.Checksum(icmp))
 		ip := make([]byte, 20, 20+len(icmp))
 		ip[0], ip[8], ip[9] = 0x45, 64, unix.IPPROTO_ICMP
 		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(icmp)))

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/internal/nsutil"
 )
 
@@ -79,7 +80,7 @@ func (p *pinger) send() {
 		binary.BigEndian.PutUint16(msg[4:], p.id)
 		binary.BigEndian.PutUint16(msg[6:], uint16(seq))
 		binary.BigEndian.PutUint64(msg[8:], uint64(seq))
-		binary.BigEndian.PutUint16(msg[2:], icmpChecksum(msg))
+		binary.BigEndian.PutUint16(msg[2:], lab.Checksum(msg))
 		p.mu.Lock()
 		p.sent = append(p.sent, time.Now())
 		p.recv = append(p.recv, time.Time{})
@@ -102,7 +103,7 @@ func (p *pinger) read() {
 		if err != nil {
 			return
 		}
-		at := kernelTime(oob[:oobn])
+		at := lab.KernelTime(oob[:oobn])
 		if at.IsZero() {
 			at = time.Now()
 		}
@@ -122,22 +123,6 @@ func (p *pinger) read() {
 		}
 		p.mu.Unlock()
 	}
-}
-
-// kernelTime is the SCM_TIMESTAMPNS of a received message, or zero.
-func kernelTime(oob []byte) time.Time {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return time.Time{}
-	}
-	for _, m := range msgs {
-		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
-			sec := int64(binary.NativeEndian.Uint64(m.Data[0:8]))
-			nsec := int64(binary.NativeEndian.Uint64(m.Data[8:16]))
-			return time.Unix(sec, nsec)
-		}
-	}
-	return time.Time{}
 }
 
 // Stop ends the series (after a grace period for replies in flight).
@@ -247,15 +232,4 @@ func (e echoes) firstReplyAfter(t time.Time) (time.Time, bool) {
 		}
 	}
 	return first, !first.IsZero()
-}
-
-func icmpChecksum(b []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(b[i])<<8 | uint32(b[i+1])
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return ^uint16(sum)
 }

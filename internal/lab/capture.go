@@ -287,21 +287,27 @@ func (c *Capture) drain(buf []byte) {
 			return
 		}
 		ll, _ := from.(*unix.SockaddrLinklayer)
-		c.count(buf[:min(n, len(buf))], ll, socketTime(oob[:oobn]))
+		at := KernelTime(oob[:oobn])
+		if at.IsZero() {
+			at = time.Now()
+		}
+		c.count(buf[:min(n, len(buf))], ll, at)
 	}
 }
 
-// socketTime is a message's SCM_TIMESTAMPNS, or now.
-func socketTime(oob []byte) time.Time {
+// KernelTime is a received message's SCM_TIMESTAMPNS (the socket has
+// SO_TIMESTAMPNS set), or zero if it carries none.
+func KernelTime(oob []byte) time.Time {
 	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err == nil {
-		for _, m := range msgs {
-			if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
-				return time.Unix(int64(binary.NativeEndian.Uint64(m.Data[0:8])), int64(binary.NativeEndian.Uint64(m.Data[8:16])))
-			}
+	if err != nil {
+		return time.Time{}
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
+			return time.Unix(int64(binary.NativeEndian.Uint64(m.Data[0:8])), int64(binary.NativeEndian.Uint64(m.Data[8:16])))
 		}
 	}
-	return time.Now()
+	return time.Time{}
 }
 
 // FirstAfter is the arrival of the first frame counted on ifname at or
@@ -345,10 +351,7 @@ func (c *Capture) count(frame []byte, ll *unix.SockaddrLinklayer, at time.Time) 
 	var v Verdict
 	var sample string
 	if c.opts.Classify != nil {
-		et := uint16(0)
-		if ll != nil && ll.Hatype != unix.ARPHRD_ETHER && ll.Hatype != unix.ARPHRD_LOOPBACK {
-			et = ntohs(ll.Protocol)
-		}
+		et := bareType(ll)
 		v = c.opts.Classify.Classify(frame, et)
 		if v.Watched.IsValid() || v.Kind == KindUnknown {
 			sample = fmt.Sprintf("%s %s: %s", at.Format("15:04:05.000000"), v.Kind, Describe(frame, et))
@@ -394,73 +397,30 @@ func (c *Capture) count(frame []byte, ll *unix.SockaddrLinklayer, at time.Time) 
 // parseFrame returns the IP protocol (-1 if not IP) and, for the first
 // fragment, the transport header onwards.
 func parseFrame(f []byte, ll *unix.SockaddrLinklayer) (proto int, l4 []byte, ok bool) {
-	var etype uint16
-	var ip []byte
-	if ll == nil || ll.Hatype == unix.ARPHRD_ETHER || ll.Hatype == unix.ARPHRD_LOOPBACK {
-		if len(f) < 14 {
-			return -1, nil, false
-		}
-		etype, ip = binary.BigEndian.Uint16(f[12:14]), f[14:]
-		for (etype == 0x8100 || etype == 0x88a8) && len(ip) >= 4 {
-			etype, ip = binary.BigEndian.Uint16(ip[2:4]), ip[4:]
-		}
-	} else {
-		// Devices without a link-layer header (tun, WireGuard).
-		etype, ip = ntohs(ll.Protocol), f
+	etype, ip := linkPayload(f, bareType(ll))
+	if etype != unix.ETH_P_IP && etype != unix.ETH_P_IPV6 {
+		return -1, nil, false
 	}
-	switch etype {
-	case unix.ETH_P_IP:
-		if len(ip) < 20 {
-			return -1, nil, false
-		}
-		ihl := int(ip[0]&0x0f) * 4
-		fragOff := binary.BigEndian.Uint16(ip[6:8]) & 0x1fff
-		if ihl < 20 || len(ip) < ihl || fragOff != 0 {
-			return int(ip[9]), nil, false
-		}
-		return int(ip[9]), ip[ihl:], true
-	case unix.ETH_P_IPV6:
-		if len(ip) < 40 {
-			return -1, nil, false
-		}
-		next, rest := ip[6], ip[40:]
-		for {
-			switch next {
-			case 0, 43, 60: // hop-by-hop, routing, destination options
-				if len(rest) < 8 {
-					return int(next), nil, false
-				}
-				l := (int(rest[1]) + 1) * 8
-				if len(rest) < l {
-					return int(rest[0]), nil, false
-				}
-				next, rest = rest[0], rest[l:]
-			case 44: // fragment
-				if len(rest) < 8 {
-					return int(next), nil, false
-				}
-				off := binary.BigEndian.Uint16(rest[2:4]) >> 3
-				next, rest = rest[0], rest[8:]
-				if off != 0 {
-					return int(next), nil, false
-				}
-			default:
-				return int(next), rest, true
-			}
-		}
+	h, ok := parseIP(ip)
+	if !ok {
+		return -1, nil, false
 	}
-	return -1, nil, false
+	return h.proto, h.l4, h.l4 != nil
 }
 
-// frameType is a frame's ethertype.
-func frameType(f []byte, ll *unix.SockaddrLinklayer) uint16 {
+// bareType is the ethertype of a frame read from a device without a
+// link-layer header (tun, WireGuard), or 0 for Ethernet and loopback.
+func bareType(ll *unix.SockaddrLinklayer) uint16 {
 	if ll != nil && ll.Hatype != unix.ARPHRD_ETHER && ll.Hatype != unix.ARPHRD_LOOPBACK {
 		return ntohs(ll.Protocol)
 	}
-	if len(f) < 14 {
-		return 0
-	}
-	return binary.BigEndian.Uint16(f[12:14])
+	return 0
+}
+
+// frameType is a frame's ethertype (the innermost, past VLAN tags).
+func frameType(f []byte, ll *unix.SockaddrLinklayer) uint16 {
+	etype, _ := linkPayload(f, bareType(ll))
+	return etype
 }
 
 // excludeFilter attaches a classic BPF program that drops frames of the

@@ -38,19 +38,7 @@ type Verdict struct {
 // Classify reads an Ethernet frame (or a bare IP packet when ethertype
 // is non-zero: devices without a link-layer header).
 func (c Classifier) Classify(frame []byte, ethertype uint16) Verdict {
-	var ip []byte
-	etype := ethertype
-	if etype == 0 {
-		if len(frame) < 14 {
-			return Verdict{Kind: KindUnknown}
-		}
-		etype, ip = binary.BigEndian.Uint16(frame[12:14]), frame[14:]
-		for (etype == 0x8100 || etype == 0x88a8) && len(ip) >= 4 {
-			etype, ip = binary.BigEndian.Uint16(ip[2:4]), ip[4:]
-		}
-	} else {
-		ip = frame
-	}
+	etype, ip := linkPayload(frame, ethertype)
 	switch etype {
 	case unix.ETH_P_ARP:
 		return c.arp(ip)
@@ -82,6 +70,24 @@ func (c Classifier) arp(b []byte) Verdict {
 		return Verdict{Kind: KindARP}
 	}
 	return Verdict{Kind: KindUnknown}
+}
+
+// linkPayload returns a frame's ethertype and what follows its
+// link-layer header (past VLAN tags); ethertype non-zero means the frame
+// is a bare packet of that type (a device without link-layer header).
+// A frame too short for a header has type 0.
+func linkPayload(frame []byte, ethertype uint16) (uint16, []byte) {
+	if ethertype != 0 {
+		return ethertype, frame
+	}
+	if len(frame) < 14 {
+		return 0, nil
+	}
+	etype, rest := binary.BigEndian.Uint16(frame[12:14]), frame[14:]
+	for (etype == 0x8100 || etype == 0x88a8) && len(rest) >= 4 {
+		etype, rest = binary.BigEndian.Uint16(rest[2:4]), rest[4:]
+	}
+	return etype, rest
 }
 
 // ipHeader is what the classifier reads of one IP header.
@@ -211,12 +217,9 @@ func (c Classifier) isUnderlay(a netip.Addr) bool {
 
 // Describe renders a frame's addresses and protocol for a report.
 func Describe(frame []byte, ethertype uint16) string {
-	ip := frame
+	ethertype, ip := linkPayload(frame, ethertype)
 	if ethertype == 0 {
-		if len(frame) < 14 {
-			return fmt.Sprintf("short frame (%d bytes)", len(frame))
-		}
-		ethertype, ip = binary.BigEndian.Uint16(frame[12:14]), frame[14:]
+		return fmt.Sprintf("short frame (%d bytes)", len(frame))
 	}
 	if ethertype == unix.ETH_P_ARP && len(ip) >= 28 {
 		spa, _ := netip.AddrFromSlice(ip[14:18])

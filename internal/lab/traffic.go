@@ -246,7 +246,7 @@ func Ping(ns string, dst netip.Addr, n int, timeout time.Duration) (received int
 		binary.BigEndian.PutUint16(msg[6:], uint16(seq))
 		copy(msg[8:], "sealift-lab-ping")
 		if typ == 8 { // the kernel fills in the ICMPv6 checksum
-			binary.BigEndian.PutUint16(msg[2:], checksum(msg))
+			binary.BigEndian.PutUint16(msg[2:], Checksum(msg))
 		}
 		if _, err := c.WriteTo(msg, to); err != nil {
 			return received, fmt.Errorf("ping %s -> %s: send %d: %w", ns, dst, seq, err)
@@ -289,7 +289,8 @@ func readEchoReplies(c net.PacketConn, buf []byte, replyTyp byte, id uint16, see
 	return got
 }
 
-func checksum(b []byte) uint16 {
+// Checksum is the Internet checksum of b (an ICMPv4 message).
+func Checksum(b []byte) uint16 {
 	var s uint32
 	for i := 0; i+1 < len(b); i += 2 {
 		s += uint32(b[i])<<8 | uint32(b[i+1])
@@ -439,7 +440,7 @@ func SendControl(ns string, dst netip.Addr, payload []byte) error {
 		}
 		defer c.Close()
 		msg := append([]byte{0, 0, 0, 0, 0x5c, 0x01, 0, 1}, payload...)
-		binary.BigEndian.PutUint16(msg[2:], checksum(msg))
+		binary.BigEndian.PutUint16(msg[2:], Checksum(msg))
 		_, err = c.WriteTo(msg, &net.IPAddr{IP: dst.AsSlice()})
 		return err
 	})
