@@ -388,6 +388,8 @@ func (w *world) leakProbe(ctx context.Context, wan *lab.Capture) *LeakProbe {
 	for _, a := range targets {
 		_, _ = lab.Ping(w.l.Peer2, a, 20, time.Second)
 	}
+	// A leak is an absence to wait for, not an event: give the host's last
+	// (delayed, rate-limited) ICMP errors time to reach the wan.
 	time.Sleep(100 * time.Millisecond)
 	d := wan.Snapshot().Sub(before)
 	lp.PlaintextByAddress, lp.Samples = d.Watched, d.Samples
