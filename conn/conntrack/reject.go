@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/google/nftables"
@@ -81,7 +82,10 @@ func installReject(ns netns.NsHandle, p *plan, mark uint32) (*rejecter, error) {
 		if s.v6 {
 			kt = key6
 		}
-		set := &nftables.Set{Table: t, Name: s.name, KeyType: kt, Concatenation: true, Counter: s.proto == unix.IPPROTO_TCP}
+		// The ID is ours: google/nftables allocates a missing one from a
+		// package-global counter without a lock shared across Conns, a
+		// data race when two Auditors install at once.
+		set := &nftables.Set{Table: t, Name: s.name, ID: setIDs.Add(1), KeyType: kt, Concatenation: true, Counter: s.proto == unix.IPPROTO_TCP}
 		if err := nft.AddSet(set, nil); err != nil {
 			return nil, fmt.Errorf("conntrack: set %s: %w", s.name, err)
 		}
@@ -111,6 +115,10 @@ func installReject(ns netns.NsHandle, p *plan, mark uint32) (*rejecter, error) {
 
 // matchRule is "meta nfproto ipvX meta l4proto P saddr . daddr . sport .
 // dport @set reject" (tcp reset for TCP, port unreachable for UDP).
+// setIDs numbers the sets of a batch (NFTA_SET_ID; unique within one
+// transaction is all the kernel asks).
+var setIDs atomic.Uint32
+
 func matchRule(set *nftables.Set, v6 bool, proto byte) []expr.Any {
 	fam, alen, soff, doff := byte(unix.NFPROTO_IPV4), uint32(4), uint32(12), uint32(16)
 	if v6 {
