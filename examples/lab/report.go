@@ -140,6 +140,13 @@ type Timeline struct {
 	// resumed lifecycle event; ResumeFrom says which).
 	TargetResumedMS *float64 `json:"target_resumed_ms"`
 	ResumeFrom      string   `json:"resume_from"`
+	// FirstFromLinkMS: the first packet out of the link's device at B
+	// (decrypted, toward the guest) after the source paused;
+	// FirstToGuestMS: the first IPv4 frame B put into the guest's tap after
+	// the source paused (before the resume, the paused guest's tap queues
+	// it).
+	FirstFromLinkMS *float64 `json:"first_from_link_ms"`
+	FirstToGuestMS  *float64 `json:"first_to_guest_ms"`
 	// FirstGuestPacketMS: the first IPv4 frame out of the guest's tap at
 	// B after the resume; FirstLinkPacketMS: the first packet B sent into
 	// the link's device after it.
@@ -352,8 +359,8 @@ func (r *Result) Text() string {
 			m.Blackout.MS, m.Blackout.LateReplies, m.Blackout.MaxRTTMS, m.Blackout.Lost, m.Blackout.Sent, fmtMS(m.TrafficAfterResumeMS))
 		tl := m.Timeline
 		if !tl.SourcePaused.IsZero() {
-			fmt.Fprintf(&b, "  timeline after the source paused: hook end %s, target resumed %s (%s), guest's first packet at B %s, first packet into the link %s",
-				fmtMS(tl.HookEndMS), fmtMS(tl.TargetResumedMS), tl.ResumeFrom, fmtMS(tl.FirstGuestPacketMS), fmtMS(tl.FirstLinkPacketMS))
+			fmt.Fprintf(&b, "  timeline after the source paused: hook end %s, first packet out of the link at B %s, into the guest's tap %s, target resumed %s (%s), guest's first packet at B %s, first packet into the link %s",
+				fmtMS(tl.HookEndMS), fmtMS(tl.FirstFromLinkMS), fmtMS(tl.FirstToGuestMS), fmtMS(tl.TargetResumedMS), tl.ResumeFrom, fmtMS(tl.FirstGuestPacketMS), fmtMS(tl.FirstLinkPacketMS))
 			for k, v := range tl.FirstReplyMS {
 				fmt.Fprintf(&b, ", first reply at %s %s", k, fmtMS(v))
 			}

@@ -350,8 +350,10 @@ func (w *world) timeline(mr *MigrationResult, i int, capB *lab.Capture, ps []*pi
 	if from.IsZero() {
 		from = st.SwitchoverDone
 	}
+	tl.FirstToGuestMS = rel(capB.FirstAfter(w.hv.targetTap(i), true, unix.ETH_P_IP, st.Switchover))
 	tl.FirstGuestPacketMS = rel(capB.FirstAfter(w.hv.targetTap(i), false, unix.ETH_P_IP, from))
 	if dev := mr.rep.Link.RemoteDevice; dev != "" {
+		tl.FirstFromLinkMS = rel(capB.FirstAfter(dev, false, 0, st.Switchover))
 		tl.FirstLinkPacketMS = rel(capB.FirstAfter(dev, true, 0, from))
 	}
 	tl.FirstReplyMS = map[string]*float64{}
