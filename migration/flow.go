@@ -711,7 +711,9 @@ func (r *run) linkSpec() tunnel.Spec {
 	return tunnel.Spec{
 		ID: r.linkID, Kind: p.Link, ProxyARP: true,
 		Secure: tunnel.End{Host: r.src.Host, Underlay: r.src.Underlay, Protected: p.Peers},
-		Remote: tunnel.End{Host: r.dst.Host, Underlay: r.dst.Underlay, Protected: p.Addrs},
+		// The VM's MAC lets the target deliver to it from the hook on,
+		// while it is still paused (see tunnel.End.MAC).
+		Remote: tunnel.End{Host: r.dst.Host, Underlay: r.dst.Underlay, Protected: p.Addrs, MAC: r.dstSpec.MAC},
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"time"
 )
@@ -49,6 +50,17 @@ type End struct {
 	Protected []netip.Prefix
 	// Port is the UDP listen port (WireGuard); 0 picks the default.
 	Port uint16
+	// MAC is the MAC of the host addresses in Protected (the moved VM's,
+	// at the Remote end). Optional: with it, Activate makes the end ready
+	// to deliver to a VM that has not resumed yet: a neighbour entry for
+	// each such address on the LAN interface it is on-link by (so what
+	// the link carries to the VM during the switchover waits in the VM's
+	// port instead of behind an ARP exchange with a guest still warming
+	// up), and a gratuitous ARP for the host's own addresses on that
+	// interface (the VM's gateway there: the VM resumes with the source's
+	// gateway MAC cached). tunnel/wireguard uses it; the ipsec backend
+	// does not yet (its target learns the VM's MAC by ARP as before).
+	MAC string
 }
 
 // Spec describes a link between two ends.
@@ -105,6 +117,11 @@ func (s Spec) Validate() error {
 		for i, p := range e.end.Protected {
 			if !p.IsValid() {
 				return fmt.Errorf("%w: %s.Protected[%d] is not a valid prefix", ErrInvalid, e.name, i)
+			}
+		}
+		if e.end.MAC != "" {
+			if _, err := net.ParseMAC(e.end.MAC); err != nil {
+				return fmt.Errorf("%w: %s.MAC %q: %v", ErrInvalid, e.name, e.end.MAC, err)
 			}
 		}
 	}

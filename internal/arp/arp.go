@@ -5,9 +5,11 @@ package arp
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
@@ -42,6 +44,44 @@ func Announce(host string, ifindex int, ip netip.Addr) error {
 			return fmt.Errorf("arp: host %q: gratuitous ARP for %s on %s: %w", host, ip, ifi.Name, err)
 		}
 		return nil
+	})
+}
+
+// AnnounceAll sends a gratuitous ARP for each IPv4 address of addrs from
+// its interface of host, with one namespace switch and one socket;
+// IPv6 addresses are skipped. It tries every address and returns the
+// errors joined.
+func AnnounceAll(host string, addrs []Own) error {
+	if !slices.ContainsFunc(addrs, func(o Own) bool { return o.Addr.Is4() }) {
+		return nil
+	}
+	return nsutil.Do(host, func() error {
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("arp: host %q: packet socket: %w", host, err)
+		}
+		defer func() { go unix.Close(fd) }() // see Announce
+		var errs []error
+		for _, o := range addrs {
+			if !o.Addr.Is4() {
+				continue
+			}
+			ifi, err := net.InterfaceByName(o.Dev)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("arp: host %q: interface %s: %w", host, o.Dev, err))
+				continue
+			}
+			if len(ifi.HardwareAddr) != 6 {
+				continue
+			}
+			f := garpFrame(ifi.HardwareAddr, o.Addr)
+			to := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Protocol: htons(unix.ETH_P_ARP), Halen: 6}
+			copy(to.Addr[:], f[0:6])
+			if err := unix.Sendto(fd, f, 0, to); err != nil {
+				errs = append(errs, fmt.Errorf("arp: host %q: gratuitous ARP for %s on %s: %w", host, o.Addr, o.Dev, err))
+			}
+		}
+		return errors.Join(errs...)
 	})
 }
 

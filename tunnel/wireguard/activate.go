@@ -4,19 +4,24 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"time"
 
+	"github.com/sealift/sealift/internal/arp"
 	"github.com/sealift/sealift/tunnel"
 )
 
 // Activate routes each end's view of the other's Protected prefixes
 // through its device (the devices are up and have handshaken since
 // Prepare; after a recovery Activate brings them up first) and,
-// with ProxyARP, answers ARP/NDP for them on the LAN side; then it turns
-// on the keepalives, and announces the proxied addresses by gratuitous
-// ARP. On an active link it only announces again. After a failed
-// Activate, Close the link.
+// with ProxyARP, answers ARP/NDP for them on the LAN side; with
+// Remote.MAC, readies the remote LAN for the VM (tunnel.End.MAC); then it
+// announces the proxied addresses (and the remote end's own LAN
+// addresses, with Remote.MAC) by gratuitous ARP. It runs in the
+// switchover hook: what can be done before (devices, handshake,
+// keepalives) is Prepare's. On an active link it only announces again.
+// After a failed Activate, Close the link.
 func (l *Linker) Activate(ctx context.Context, id string) error {
 	lk, err := l.get(id)
 	if err != nil {
@@ -46,12 +51,25 @@ func (l *Linker) Activate(ctx context.Context, id string) error {
 			plans[i] = p
 		}
 	}
+	// The remote end's LAN, readied for a VM that resumes behind it
+	// (End.MAC), also planned before the link's routes exist.
+	var neigh []arp.Neighbour
+	var own []arp.Own
+	if spec.Remote.MAC != "" {
+		mac, _ := net.ParseMAC(spec.Remote.MAC) // Validate checked it
+		if neigh, own, err = arp.PlanLAN(spec.Remote.Host, lk.st.Ends[1].Device, spec.Remote.Protected, mac); err != nil {
+			return err
+		}
+	}
 	if !lk.up {
 		if err := l.bringUp(ctx, lk); err != nil {
 			return err
 		}
 	}
-	for i, e := range ends {
+	// Record everything both ends will install in one write (Close
+	// removes what the state file lists, installed or not), then install.
+	var fresh [2][]proxyEntry
+	for i := range ends {
 		st := &lk.st.Ends[i]
 		// Secure end: host routes for Remote.Protected in the main table
 		// (unless the caller routes, NoSecureRoutes). Remote end: by
@@ -61,24 +79,27 @@ func (l *Linker) Activate(ctx context.Context, id string) error {
 		}
 		if i == 1 {
 			st.Rules = spec.Remote.Protected
+			st.Neigh, st.Own = neigh, own
 		}
-		if err := l.saveState(&lk.st); err != nil {
+		if fresh[i], err = l.recordProxy(lk, i, plans[i]); err != nil {
 			return err
 		}
+	}
+	if err := l.saveState(&lk.st); err != nil {
+		return err
+	}
+	for i, e := range ends {
+		st := &lk.st.Ends[i]
 		if err := addRoutes(e.Host, st.Device, st.Table, st.Routes); err != nil {
 			return err
 		}
 		if err := addRules(e.Host, st.Table, st.Rules); err != nil {
 			return err
 		}
-		if err := l.applyProxy(lk, i, plans[i]); err != nil {
+		if err := l.installProxy(lk, i, fresh[i]); err != nil {
 			return err
 		}
-	}
-	// The remote end's keepalive last: it would start a handshake of its
-	// own if it had no session yet.
-	if l.keepalive > 0 {
-		if err := setKeepalive(ends[1].Host, lk.st.Ends[1].Device, l.keepalive); err != nil {
+		if err := arp.SetNeighbours(e.Host, st.Neigh); err != nil {
 			return err
 		}
 	}
@@ -124,11 +145,12 @@ func awaitHandshake(ctx context.Context, ends []endState, limit time.Duration) e
 	}
 }
 
-// applyProxy sets end i's sysctls (recording old values first) and adds
-// its proxy neighbour entries. An entry another link of this Linker
-// already installed is shared (the last link to close removes it); one
-// installed by someone else is left alone.
-func (l *Linker) applyProxy(lk *link, i int, plan proxyPlan) error {
+// recordProxy plans end i's proxy entries and sysctls into its state
+// (reading the sysctls' old values; only those that change are
+// recorded) and returns the entries to add: an entry another link of
+// this Linker already installed is shared (the last link to close
+// removes it).
+func (l *Linker) recordProxy(lk *link, i int, plan proxyPlan) ([]proxyEntry, error) {
 	st := &lk.st.Ends[i]
 	var fresh []proxyEntry
 	l.mu.Lock()
@@ -146,23 +168,25 @@ func (l *Linker) applyProxy(lk *link, i int, plan proxyPlan) error {
 	for _, s := range plan.sysctls {
 		old, err := readSysctl(st.Host, s.Key)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if old == s.New {
-			continue
-		}
-		s.Old = old
-		st.Sysctls = append(st.Sysctls, s)
-		if err := l.saveState(&lk.st); err != nil {
-			return err
-		}
-		if err := writeSysctl(st.Host, s.Key, s.New); err != nil {
-			return err
+		if old != s.New {
+			s.Old = old
+			st.Sysctls = append(st.Sysctls, s)
 		}
 	}
 	st.Proxy = plan.entries
-	if err := l.saveState(&lk.st); err != nil {
-		return err
+	return fresh, nil
+}
+
+// installProxy writes end i's recorded sysctls and adds the fresh proxy
+// entries. One installed by someone else is left alone (and forgotten).
+func (l *Linker) installProxy(lk *link, i int, fresh []proxyEntry) error {
+	st := &lk.st.Ends[i]
+	for _, s := range st.Sysctls {
+		if err := writeSysctl(st.Host, s.Key, s.New); err != nil {
+			return err
+		}
 	}
 	foreign, err := addProxy(st.Host, fresh)
 	if len(foreign) > 0 {
@@ -222,6 +246,14 @@ func (l *Linker) bringUp(ctx context.Context, lk *link) error {
 		}
 		// Not fatal: WireGuard keeps trying, and Verify is the proof.
 		l.log.Warn("wireguard link up before its handshake completed", "id", lk.st.Link.ID, "err", err)
+	}
+	// The remote end's keepalive once the secure end's handshake is in
+	// (it would start a crossing handshake of its own before), here and
+	// not in Activate, which runs in the switchover hook.
+	if l.keepalive > 0 {
+		if err := setKeepalive(ends[1].Host, lk.st.Ends[1].Device, l.keepalive); err != nil {
+			return err
+		}
 	}
 	lk.up = true
 	return nil

@@ -72,3 +72,62 @@ func macOf(t testing.TB, ns, dev string) string {
 	}
 	return l.Attrs().HardwareAddr.String()
 }
+
+// TestActivateReadiesTargetLAN: with Remote.MAC, Activate gives B a
+// neighbour entry for the VM before the VM has sent or answered anything
+// (what the link carries to a VM that is still paused waits in its port,
+// not behind ARP), and announces B's own address on the VM's LAN so a VM
+// that cached its old gateway's MAC switches to B's; Close removes the
+// entry again.
+func TestActivateReadiesTargetLAN(t *testing.T) {
+	w := newWorld(t)
+	lk := testLinker(t, nil, WithBackend(Userspace))
+	spec := w.spec()
+	vmMAC := macOf(t, w.vm, "eth0")
+	spec.Remote.MAC = vmMAC
+	ctx := context.Background()
+	if _, err := lk.Prepare(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	closeOnCleanup(t, lk, spec.ID)
+	neigh := func(ns, addr, dev string) string {
+		t.Helper()
+		out, err := lab.Exec(ns, "ip", "neigh", "show", addr, "dev", dev)
+		if err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	vm := lab.VMAddr.String()
+	if _, err := lab.Exec(w.l.B, "ip", "neigh", "flush", "dev", "br0"); err != nil {
+		t.Fatal(err)
+	}
+	if got := neigh(w.l.B, vm, "br0"); got != "" {
+		t.Fatalf("before Activate B already has %q", got)
+	}
+	const oldGateway = "02:00:00:00:00:98"
+	gw := lab.Gateway.String()
+	if out, err := lab.Exec(w.vm, "ip", "neigh", "replace", gw, "lladdr", oldGateway, "dev", "eth0", "nud", "stale"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+
+	if err := lk.Activate(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := neigh(w.l.B, vm, "br0"); !strings.Contains(got, vmMAC) {
+		t.Errorf("after Activate B's entry for the VM is %q, want lladdr %s", got, vmMAC)
+	}
+	if got, want := neigh(w.vm, gw, "eth0"), macOf(t, w.l.B, "br0"); !strings.Contains(got, want) {
+		t.Errorf("after Activate the VM's entry for its gateway %s is %q, want B's br0 MAC %s", gw, got, want)
+	}
+	w.exchange(t, []byte("ready"))
+
+	if err := lk.Close(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := neigh(w.l.B, vm, "br0"); strings.Contains(got, vmMAC) && !strings.Contains(got, "REACHABLE") {
+		// The VM's own traffic may have confirmed it (REACHABLE): then it
+		// is the kernel's, learnt, not ours.
+		t.Errorf("after Close B still has %q", got)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/sealift/sealift/internal/arp"
 	"github.com/sealift/sealift/internal/nsutil"
 )
 
@@ -66,6 +67,7 @@ func (l *Linker) teardown(lk *link) error {
 			continue // the host went away with everything in it
 		}
 		errs = append(errs, delProxy(e.Host, proxies[i]))
+		errs = append(errs, arp.DelNeighbours(e.Host, e.Neigh))
 		errs = append(errs, delRules(e.Host, e.Table, e.Rules))
 		for _, r := range restores[i] {
 			errs = append(errs, writeSysctl(e.Host, r.Key, r.Old))

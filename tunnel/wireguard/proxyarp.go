@@ -208,33 +208,17 @@ func writeSysctl(host, key, val string) error {
 // announceProxies sends a gratuitous ARP for every IPv4 proxy entry of
 // the link's ends, so neighbours that cached an address's old owner (the
 // VM's MAC at the secure end, a peer's MAC inside the moved VM) switch to
-// the proxy now instead of when their entry expires.
+// the proxy now instead of when their entry expires; and for the remote
+// end's own LAN addresses (End.MAC), so the moved VM's cached gateway MAC
+// switches too.
 func announceProxies(ends []endState) error {
 	var errs []error
 	for _, st := range ends {
+		all := make([]arp.Own, 0, len(st.Proxy)+len(st.Own))
 		for _, e := range st.Proxy {
-			if !e.Addr.Is4() {
-				continue // IPv6: proxy NDP answers solicitations only
-			}
-			idx, err := ifIndex(st.Host, e.Dev)
-			if err == nil {
-				err = arp.Announce(st.Host, idx, e.Addr)
-			}
-			errs = append(errs, err)
+			all = append(all, arp.Own{Dev: e.Dev, Addr: e.Addr}) // IPv6: proxy NDP answers solicitations only
 		}
+		errs = append(errs, arp.AnnounceAll(st.Host, append(all, st.Own...)))
 	}
 	return errors.Join(errs...)
-}
-
-func ifIndex(host, dev string) (int, error) {
-	h, err := nlHandle(host)
-	if err != nil {
-		return 0, err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(dev)
-	if err != nil {
-		return 0, fmt.Errorf("%s: %s: %w", hostName(host), dev, err)
-	}
-	return l.Attrs().Index, nil
 }

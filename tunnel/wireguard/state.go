@@ -9,20 +9,25 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/sealift/sealift/internal/arp"
 	"github.com/sealift/sealift/tunnel"
 )
 
 // endState is what one end of a link installed, recorded before it is
 // installed so Close can remove it even after a crash. No keys.
 type endState struct {
-	Role    string         `json:"role"`
-	Host    string         `json:"host"`
-	Device  string         `json:"device"`
-	Routes  []netip.Prefix `json:"routes,omitempty"` // through Device, in Table
-	Table   int            `json:"table,omitempty"`  // 0 = main
-	Rules   []netip.Prefix `json:"rules,omitempty"`  // "from <prefix> lookup Table"
-	Proxy   []proxyEntry   `json:"proxy,omitempty"`
-	Sysctls []sysctlSave   `json:"sysctls,omitempty"`
+	Role   string         `json:"role"`
+	Host   string         `json:"host"`
+	Device string         `json:"device"`
+	Routes []netip.Prefix `json:"routes,omitempty"` // through Device, in Table
+	Table  int            `json:"table,omitempty"`  // 0 = main
+	Rules  []netip.Prefix `json:"rules,omitempty"`  // "from <prefix> lookup Table"
+	Proxy  []proxyEntry   `json:"proxy,omitempty"`
+	// Neigh and Own: the VM's neighbour entries and the host's own LAN
+	// addresses announced to it (End.MAC; remote end only).
+	Neigh   []arp.Neighbour `json:"neigh,omitempty"`
+	Own     []arp.Own       `json:"own,omitempty"`
+	Sysctls []sysctlSave    `json:"sysctls,omitempty"`
 }
 
 // linkState is a link's state file.

@@ -38,6 +38,7 @@ func TestPrepareRejectsBadSpecs(t *testing.T) {
 		{"no protected", "Secure.Protected", func(s *tunnel.Spec) { s.Secure.Protected = nil }, nil},
 		{"same underlay", "Underlay", func(s *tunnel.Spec) { s.Remote.Underlay = s.Secure.Underlay }, nil},
 		{"mtu", "MTU", func(s *tunnel.Spec) { s.MTU = 576 }, nil},
+		{"bad MAC", `Remote.MAC "52:54:00"`, func(s *tunnel.Spec) { s.Remote.MAC = "52:54:00" }, nil},
 		{"same host", "Host", func(s *tunnel.Spec) { s.Remote.Host = s.Secure.Host }, nil},
 		{"v6 proxy prefix", "Remote.Protected[0]", func(s *tunnel.Spec) {
 			s.ProxyARP = true
