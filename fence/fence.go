@@ -99,6 +99,28 @@ type Spec struct {
 	// cannot see XFRM refuse it with ErrUnsupported (fence/linkstate
 	// does; fence/nft implements it).
 	AllowIPsec bool
+	// Hold keeps copies of the packets addressed to the VM (IPv4 and
+	// IPv6, to Addrs) that this fence drops, so that a later Release
+	// (Holder) sends them on by the host's routes: at a migration's
+	// source, once the secure link is the route to the VM's address, the
+	// packets that reached the source during the switchover are delivered
+	// late instead of lost. The kernel drops every packet as without
+	// Hold (a slow or dead holder lets nothing through); the copies live
+	// in the Fencer's memory only, bounded (a restart loses them).
+	// Needs Addrs. Backends that cannot hold refuse it with
+	// ErrUnsupported (fence/linkstate does; fence/nft implements it and
+	// Holder).
+	Hold bool
+}
+
+// Holder is implemented by Fencers that can hold (Spec.Hold).
+type Holder interface {
+	// Release sends the packets held for vm's fence, oldest first, by the
+	// host's routes at the time of the call, and stops holding (the fence
+	// stays, and drops without holding from then on). It returns how many
+	// packets it sent; a fence without Hold has none (0, nil). A VM
+	// without a fence: an error wrapping ErrNotFenced.
+	Release(ctx context.Context, vm string) (int, error)
 }
 
 // Validate checks s and names the first bad field and its value.
@@ -144,6 +166,9 @@ func (s Spec) Validate() error {
 				return fmt.Errorf("%w: Peers[%d] %s contains the VM's address %s (VM %q)", ErrInvalid, i, p, a, s.VM)
 			}
 		}
+	}
+	if s.Hold && len(s.Addrs) == 0 {
+		return fmt.Errorf("%w: Hold is set but Addrs is empty: the held packets are those addressed to the VM (VM %q)", ErrInvalid, s.VM)
 	}
 	if s.AllowIPsec && len(s.Addrs) == 0 {
 		return fmt.Errorf("%w: AllowIPsec is set but Addrs is empty: IPsec policies select by address, so must the fence (VM %q)", ErrInvalid, s.VM)

@@ -244,6 +244,10 @@ func check(s fence.Spec) error {
 		return fmt.Errorf("%w: AllowIPsec (VM %q): link state cannot tell IPsec-protected traffic from the rest; use fence/nft",
 			fence.ErrUnsupported, s.VM)
 	}
+	if s.Hold {
+		return fmt.Errorf("%w: Hold (VM %q): a port that is down drops frames before any hook sees them; use fence/nft",
+			fence.ErrUnsupported, s.VM)
+	}
 	if strings.ContainsRune(s.VM, 0) {
 		return fmt.Errorf("%w: VM %q contains a NUL byte", fence.ErrInvalid, s.VM)
 	}

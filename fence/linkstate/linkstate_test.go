@@ -170,6 +170,7 @@ func TestFenceRejectsBadInputUnchanged(t *testing.T) {
 		{"AllowVia", func(s *fence.Spec) { s.AllowVia = []string{"wg0"} }, fence.ErrInvalid, "AllowVia"},
 		{"AllowMarks", func(s *fence.Spec) { s.AllowMarks = []uint32{7} }, fence.ErrInvalid, "AllowMarks"},
 		{"Peers", func(s *fence.Spec) { s.Peers = []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24")} }, fence.ErrUnsupported, "Peers"},
+		{"Hold", func(s *fence.Spec) { s.Hold = true }, fence.ErrUnsupported, "Hold"},
 		{"port of another fence", func(s *fence.Spec) { s.Port = "vm0" }, fence.ErrInvalid, "vm-1"},
 		{"VM too long", func(s *fence.Spec) { s.VM = strings.Repeat("v", 300) }, fence.ErrInvalid, "alias"},
 	}

@@ -67,6 +67,9 @@ type Fencer struct {
 	log  *slog.Logger
 	now  func() time.Time
 	mu   sync.Mutex
+	// holds are the fences with Spec.Hold installed by this Fencer, by VM
+	// (guarded by mu).
+	holds map[string]*holder
 
 	// Seams for tests without a kernel: testDial answers the nftables
 	// netlink requests (nftables.WithTestDial), ports looks the ports up.
@@ -85,7 +88,7 @@ func WithLogger(l *slog.Logger) Option { return func(f *Fencer) { f.log = l } }
 
 // New returns a Fencer. It touches nothing until the first call.
 func New(opts ...Option) *Fencer {
-	f := &Fencer{log: slog.New(slog.NewTextHandler(io.Discard, nil)), now: time.Now}
+	f := &Fencer{log: slog.New(slog.NewTextHandler(io.Discard, nil)), now: time.Now, holds: map[string]*holder{}}
 	for _, o := range opts {
 		o(f)
 	}
@@ -126,6 +129,28 @@ func (f *Fencer) FenceAll(ctx context.Context, specs []fence.Spec) error {
 	defer done()
 	now := f.now()
 	var changed []string
+	// Holders started for this transaction: kept if it commits, closed
+	// if not; holders of fences that no longer hold: closed once it has.
+	started := map[string]*holder{}
+	var stop []string
+	committed := false
+	defer func() {
+		for vm, h := range started {
+			if committed {
+				f.holds[vm] = h
+			} else {
+				_ = h.r.Close()
+			}
+		}
+		if committed {
+			for _, vm := range stop {
+				if h := f.holds[vm]; h != nil && started[vm] == nil {
+					h.take()
+					delete(f.holds, vm)
+				}
+			}
+		}
+	}()
 	tablesAdded := false
 	after := map[string]fence.Spec{}
 	for vm, fc := range installed {
@@ -140,7 +165,20 @@ func (f *Fencer) FenceAll(ctx context.Context, specs []fence.Spec) error {
 			addTables(c)
 			tablesAdded = true
 		}
-		if err := addFence(c, s, bridges[s.Port], now, had); err != nil {
+		var group uint16
+		switch h := f.holds[s.VM]; {
+		case s.Hold && h != nil:
+			group = h.group
+		case s.Hold:
+			nh, err := f.startHold(s.VM)
+			if err != nil {
+				return err
+			}
+			started[s.VM], group = nh, nh.group
+		case h != nil:
+			stop = append(stop, s.VM)
+		}
+		if err := addFence(c, s, bridges[s.Port], now, had, group); err != nil {
 			return err
 		}
 		if had && old.AllowIPsec != s.AllowIPsec {
@@ -158,6 +196,7 @@ func (f *Fencer) FenceAll(ctx context.Context, specs []fence.Spec) error {
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("nft: fence %s on %q: %w", strings.Join(changed, ","), f.host, err)
 	}
+	committed = true
 	f.log.Info("fenced", "host", f.host, "vms", changed)
 	return nil
 }
@@ -229,6 +268,12 @@ func (f *Fencer) LiftAll(ctx context.Context, vms []string) error {
 	setGuard(c, installed, after)
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("nft: lift %s on %q: %w", strings.Join(vms, ","), f.host, err)
+	}
+	for _, vm := range vms {
+		if h := f.holds[vm]; h != nil { // never released: the copies go
+			h.take()
+			delete(f.holds, vm)
+		}
 	}
 	f.log.Info("lifted", "host", f.host, "vms", vms)
 	return nil
@@ -339,7 +384,7 @@ func check(s fence.Spec) error {
 func sameSpec(a, b fence.Spec) bool {
 	return a.VM == b.VM && a.Port == b.Port && strings.EqualFold(a.MAC, b.MAC) &&
 		slices.Equal(a.Addrs, b.Addrs) && slices.Equal(a.AllowVia, b.AllowVia) && slices.Equal(a.AllowMarks, b.AllowMarks) &&
-		slices.Equal(a.Peers, b.Peers) && a.AllowIPsec == b.AllowIPsec
+		slices.Equal(a.Peers, b.Peers) && a.AllowIPsec == b.AllowIPsec && a.Hold == b.Hold
 }
 
 // checkPorts makes sure every port exists on the host and returns the
@@ -497,13 +542,13 @@ func setGuard(c *nftables.Conn, before map[string]fence.Fence, after map[string]
 
 // addFence queues the VM's chains and rules; replace flushes the chains
 // of an installed fence instead of creating them and their jumps.
-func addFence(c *nftables.Conn, s fence.Spec, bridge string, now time.Time, replace bool) error {
+func addFence(c *nftables.Conn, s fence.Spec, bridge string, now time.Time, replace bool, group uint16) error {
 	id := chainID(s.VM)
-	tags, err := tagComments(recordOf(s, now))
+	tags, err := tagComments(recordOf(s, now, group))
 	if err != nil {
 		return err
 	}
-	for i, vc := range vmChains(id, buildRules(s, bridge)) {
+	for i, vc := range vmChains(id, buildRules(s, bridge, group)) {
 		if replace {
 			c.FlushChain(vc.c)
 		} else {

@@ -57,8 +57,9 @@ func rtIPsec() []expr.Any {
 func noSecpath() []expr.Any { return metaEq(metaKeySecpath, []byte{0}) }
 
 // buildRules returns the rules of s; bridge is the bridge the port is
-// on ("" if none).
-func buildRules(s fence.Spec, bridge string) ruleSet {
+// on ("" if none); group is the log group that holds packets to the VM
+// (s.Hold; 0 without).
+func buildRules(s fence.Spec, bridge string, group uint16) ruleSet {
 	var rs ruleSet
 	var allow [][]expr.Any
 	for _, m := range s.AllowMarks {
@@ -106,12 +107,17 @@ func buildRules(s fence.Spec, bridge string) ruleSet {
 			cat(metaEq(expr.MetaKeyPROTOCOL, be16(unix.ETH_P_IPV6)), loadEq(expr.PayloadBaseNetworkHeader, 8, a.AsSlice()), drop()),
 			cat(metaEq(expr.MetaKeyPROTOCOL, be16(unix.ETH_P_IPV6)), loadEq(expr.PayloadBaseNetworkHeader, 24, a.AsSlice()), drop()))
 	}
-	rs.fwd = append(append(rs.fwd, allow...), l2...)
+	// Hold: a copy of each packet to the VM goes to the log group right
+	// before the rules that drop it, after every rule that could let it
+	// through: so only dropped packets are held, each once (the first
+	// chain that sees it drops it).
+	hold := holdRules(group, v4, v6, expr.MetaKeyPROTOCOL, unix.ETH_P_IP, unix.ETH_P_IPV6)
+	rs.fwd = append(append(append(rs.fwd, allow...), hold...), l2...)
 
 	if !via {
 		// Nothing may reach or leave the VM through the host either.
 		rs.in = append(append(rs.in, allow...), l2...)
-		rs.out = append(append(rs.out, allow...), l2...)
+		rs.out = append(append(append(rs.out, allow...), hold...), l2...)
 	} else {
 		// The secure link may be a routed device: frames between the
 		// port and the host pass here, and the inet chain decides by the
@@ -165,6 +171,7 @@ func buildRules(s fence.Spec, bridge string) ruleSet {
 		rs.inet = append(rs.inet, cat(metaEq(expr.MetaKeyIIFNAME, ifname(bridge)),
 			metaEq(expr.MetaKeyOIFNAME, ifname(bridge)), ret()))
 	}
+	rs.inet = append(rs.inet, holdRules(group, v4, v6, expr.MetaKeyNFPROTO, unix.NFPROTO_IPV4, unix.NFPROTO_IPV6)...)
 	rs.inet = append(rs.inet,
 		cat(metaEq(expr.MetaKeyIIFNAME, ifname(s.Port)), drop()),
 		cat(metaEq(expr.MetaKeyOIFNAME, ifname(s.Port)), drop()))
@@ -184,6 +191,32 @@ func buildRules(s fence.Spec, bridge string) ruleSet {
 	}
 	rs.inet = append(rs.inet, icmpErrorDrops(v4, v6)...)
 	return rs
+}
+
+// holdRules copy packets addressed to v4/v6 to log group (none if group
+// is 0). key is how the chain's family tells IPv4 from IPv6: the bridge
+// family by EtherType (meta protocol), inet by NFPROTO (its values are
+// a byte, EtherTypes two).
+func holdRules(group uint16, v4, v6 []netip.Addr, key expr.MetaKey, p4, p6 int) [][]expr.Any {
+	if group == 0 {
+		return nil
+	}
+	fam := func(p int) []expr.Any {
+		if key == expr.MetaKeyNFPROTO {
+			return metaEq(key, []byte{byte(p)})
+		}
+		return metaEq(key, be16(uint16(p)))
+	}
+	log := &expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_SNAPLEN | 1<<unix.NFTA_LOG_QTHRESHOLD,
+		Group: group, Snaplen: 0xffff, QThreshold: 1}
+	var rules [][]expr.Any
+	for _, a := range v4 {
+		rules = append(rules, cat(fam(p4), loadEq(expr.PayloadBaseNetworkHeader, 16, a.AsSlice()), []expr.Any{log}))
+	}
+	for _, a := range v6 {
+		rules = append(rules, cat(fam(p6), loadEq(expr.PayloadBaseNetworkHeader, 24, a.AsSlice()), []expr.Any{log}))
+	}
+	return rules
 }
 
 // icmpErrorDrops drop ICMP and ICMPv6 errors that quote a packet from or

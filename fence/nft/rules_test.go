@@ -25,7 +25,7 @@ func TestTagsRoundTrip(t *testing.T) {
 		s.Addrs = append(s.Addrs, netip.MustParseAddr(fmt.Sprintf("2001:db8::%x", i+1)))
 	}
 	since := time.Unix(1700000000, 123)
-	tags, err := tagComments(recordOf(s, since))
+	tags, err := tagComments(recordOf(s, since, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestBuildRules(t *testing.T) {
 		}
 		return n
 	}
-	rs := buildRules(base, "br0")
+	rs := buildRules(base, "br0", 0)
 	for name, rules := range map[string][][]expr.Any{"fwd": rs.fwd, "in": rs.in, "out": rs.out, "inet": rs.inet} {
 		check(name, rules)
 		if n := count(rules, expr.VerdictReturn); n != 0 {
@@ -108,7 +108,7 @@ func TestBuildRules(t *testing.T) {
 	if len(rs.fwd) != 8 || len(rs.in) != 8 || len(rs.out) != 8 {
 		t.Errorf("bridge rules: %d %d %d, want 8 each", len(rs.fwd), len(rs.in), len(rs.out))
 	}
-	rv := buildRules(via, "br0")
+	rv := buildRules(via, "br0", 0)
 	for name, rules := range map[string][][]expr.Any{"fwd": rv.fwd, "in": rv.in, "out": rv.out, "inet": rv.inet} {
 		check(name, rules)
 	}
@@ -124,7 +124,7 @@ func TestBuildRules(t *testing.T) {
 	if count(rv.inet, expr.VerdictReturn) != 7 {
 		t.Errorf("inet with AllowVia: %d returns, want 7 (mark, in, out, ND, reset v4 and v6, bridged)", count(rv.inet, expr.VerdictReturn))
 	}
-	if count(buildRules(via, "").inet, expr.VerdictReturn) != 6 {
+	if count(buildRules(via, "", 0).inet, expr.VerdictReturn) != 6 {
 		t.Error("inet without a bridge still has the bridged exception")
 	}
 }
@@ -148,11 +148,11 @@ func TestResetReturns(t *testing.T) {
 		}
 		return n
 	}
-	assert.Zero(t, hasMark(buildRules(s, "").inet), "a full block lets reset packets in")
+	assert.Zero(t, hasMark(buildRules(s, "", 0).inet), "a full block lets reset packets in")
 	s.AllowVia = []string{"wg0"}
 	rs := resetReturns(s.Addrs[:1], s.Addrs[1:])
 	require.Len(t, rs, 2)
-	assert.Equal(t, 2, hasMark(buildRules(s, "").inet))
+	assert.Equal(t, 2, hasMark(buildRules(s, "", 0).inet))
 	want4 := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}, &expr.Cmp{Register: 1, Data: binaryutil.NativeEndian.PutUint32(fence.ResetMark)},
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}, &expr.Cmp{Register: 1, Data: []byte{2}},
@@ -224,7 +224,7 @@ func TestBuildRulesAllowIPsec(t *testing.T) {
 	via := full
 	via.AllowVia = []string{"wg0"}
 
-	rs, rf, rv := buildRules(s, "br0"), buildRules(full, "br0"), buildRules(via, "br0")
+	rs, rf, rv := buildRules(s, "br0", 0), buildRules(full, "br0", 0), buildRules(via, "br0", 0)
 	assert.Equal(t, rf.fwd, rs.fwd, "frames between bridge ports: as blocked as without AllowIPsec")
 	assert.Equal(t, len(rv.in)-2, len(rs.in), "bridge in: AllowVia's anti-spoof rules, without its two device returns")
 	assert.Equal(t, len(rv.out)-2, len(rs.out))

@@ -35,18 +35,19 @@ type record struct {
 	AllowMarks []uint32       `json:"marks,omitempty"`
 	Peers      []netip.Prefix `json:"peers,omitempty"`
 	AllowIPsec bool           `json:"ipsec,omitempty"`
-	Since      int64          `json:"since"` // unix nanoseconds
+	Hold       uint16         `json:"hold,omitempty"` // the log group (Spec.Hold)
+	Since      int64          `json:"since"`          // unix nanoseconds
 }
 
-func recordOf(s fence.Spec, since time.Time) record {
+func recordOf(s fence.Spec, since time.Time, group uint16) record {
 	return record{VM: s.VM, Port: s.Port, MAC: s.MAC, Addrs: s.Addrs, AllowVia: s.AllowVia,
-		AllowMarks: s.AllowMarks, Peers: s.Peers, AllowIPsec: s.AllowIPsec, Since: since.UnixNano()}
+		AllowMarks: s.AllowMarks, Peers: s.Peers, AllowIPsec: s.AllowIPsec, Hold: group, Since: since.UnixNano()}
 }
 
 func (r record) fence() fence.Fence {
 	return fence.Fence{
 		Spec: fence.Spec{VM: r.VM, Port: r.Port, MAC: r.MAC, Addrs: r.Addrs,
-			AllowVia: r.AllowVia, AllowMarks: r.AllowMarks, Peers: r.Peers, AllowIPsec: r.AllowIPsec},
+			AllowVia: r.AllowVia, AllowMarks: r.AllowMarks, Peers: r.Peers, AllowIPsec: r.AllowIPsec, Hold: r.Hold != 0},
 		Backend: "nft",
 		Since:   time.Unix(0, r.Since),
 	}
