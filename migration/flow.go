@@ -430,7 +430,16 @@ func (r *run) liftSource(ctx context.Context) {
 	}
 	lifted := make(chan error, 1)
 	r.srcLift = lifted
-	go func() { lifted <- ignoreNotFenced(r.src.Fencer.Lift(ctx, r.plan.VM)) }()
+	go func() {
+		// What the fence held goes first, through the link (its device
+		// is the fence's AllowVia), to wait in the VM's port at the
+		// target. A failure costs only those packets: a warning.
+		if h, ok := r.src.Fencer.(fence.Holder); ok && r.sourceSpec().Hold {
+			n, err := h.Release(ctx, r.plan.VM)
+			r.released, r.releaseErr = n, err
+		}
+		lifted <- ignoreNotFenced(r.src.Fencer.Lift(ctx, r.plan.VM))
+	}()
 }
 
 // joinSourceLift waits for the source's lift, if one was started, and
@@ -438,6 +447,11 @@ func (r *run) liftSource(ctx context.Context) {
 func (r *run) joinSourceLift() error {
 	if r.srcLift != nil && !r.srcJoined {
 		r.srcLiftErr, r.srcJoined = <-r.srcLift, true
+		r.rep.Released = r.released
+		if r.releaseErr != nil {
+			r.rep.Warnings = append(r.rep.Warnings, fmt.Sprintf("held packets at %q: %v", r.plan.From, r.releaseErr))
+			r.log.Warn("release held packets", "host", r.plan.From, "err", r.releaseErr)
+		}
 	}
 	return r.srcLiftErr
 }
@@ -509,10 +523,21 @@ func (r *run) blockSpec() fence.Spec {
 // sourceSpec is the source's fence (block 320): the VM's port and
 // addresses are blocked there, except through the link's secure-end
 // device, over which its address is reached once the link is active.
+//
+// In at-switchover mode, with a link device and a source Fencer that can
+// hold (fence.Holder), the fence also holds what it drops on its way to
+// the VM (fence.Spec.Hold): the hook's fence comes a few milliseconds
+// before its link's routes, and packets that reach the source in between
+// are sent on through the link afterwards (liftSource) instead of lost.
+// (Before-copy mode would hold for the whole copy: packets seconds late
+// help nobody. A device-less XFRM link's source fence blocks everything
+// to the VM, the released packets too.)
 func (r *run) sourceSpec() fence.Spec {
 	spec := r.srcSpec
 	if r.link.SecureDevice != "" {
 		spec.AllowVia = []string{r.link.SecureDevice}
+		_, holds := r.src.Fencer.(fence.Holder)
+		spec.Hold = holds && r.plan.FenceMode == FenceAtSwitchover && len(spec.Addrs) > 0
 	}
 	return spec
 }

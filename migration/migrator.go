@@ -169,6 +169,8 @@ type run struct {
 	migrated         bool         // Migrate returned: the VM is complete at the target
 	srcLift          <-chan error // the source fence's lift, started once the VM left
 	srcJoined        bool         // srcLift was waited for; its result is srcLiftErr
+	released         int          // packets the source's fence held and released (srcLift's goroutine; read after joining it)
+	releaseErr       error
 	srcLiftErr       error
 	resumed          bool
 	// hookEntries collects the journal entries of the switchover hook's

@@ -454,3 +454,51 @@ func TestRollbackCannotTell(t *testing.T) {
 	assert.False(t, rec.Done(), "the migration stays for Recover")
 	assert.Empty(t, s.Violations())
 }
+
+// A source Fencer that can hold (fence.Holder): in at-switchover mode
+// with a device link the source fence holds (fence.Spec.Hold), what it
+// held is released before the fence is lifted and counted in the
+// report; a failing Release costs those packets only (a warning, the
+// migration completes). Before-copy mode and XFRM links do not hold.
+func TestSourceFenceHolds(t *testing.T) {
+	for _, v := range variants() {
+		for _, fail := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/release-fails=%v", v, fail), func(t *testing.T) {
+				s := migrationtest.NewSetup()
+				hf := s.World.HoldingFencer("a", 7)
+				s.Secure.Fencer = hf.Fencer
+				env := s.Config.Environments["secure"]
+				env.Fencer = hf
+				s.Config.Environments["secure"] = env
+				if fail {
+					hf.FailOn("Release", 0, errBoom)
+				}
+				m, j := journaled(t, s)
+				rep, err := m.Run(context.Background(), v.plan(s))
+				checkEnd(t, s, j, rep, err, want{outcome: migration.Completed, host: "b", state: hypervisor.Running})
+				holds := v.mode == migration.FenceAtSwitchover && v.link == tunnel.WireGuard
+				var order []string
+				for _, c := range s.Calls() {
+					if c.Fake == "fence:a" && (c.Method == "Release" || c.Method == "Lift") {
+						order = append(order, c.Method)
+					}
+				}
+				switch {
+				case !holds:
+					assert.Zero(t, rep.Released)
+					assert.NotContains(t, order, "Release", "a fence that does not hold was released")
+				case fail:
+					assert.Zero(t, rep.Released)
+					assert.Equal(t, []string{"Release", "Lift"}, order)
+					if assert.Len(t, rep.Warnings, 1) {
+						assert.Contains(t, rep.Warnings[0], "held packets")
+					}
+				default:
+					assert.Equal(t, 7, rep.Released)
+					assert.Equal(t, []string{"Release", "Lift"}, order, "released before the fence goes")
+					assert.Empty(t, rep.Warnings)
+				}
+			})
+		}
+	}
+}

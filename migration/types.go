@@ -162,6 +162,12 @@ type Report struct {
 	SubnetMoved bool
 	Redirect    *tunnel.Link       `json:",omitempty"`
 	Converged   *routing.Converged `json:",omitempty"`
+	// Released is how many packets the source's fence held during the
+	// switchover (fence.Spec.Hold, where the source's Fencer is a
+	// fence.Holder) and sent on through the link once the VM had left:
+	// packets sent to the VM in the switchover that arrive late, not
+	// never. Set once block 370 has run.
+	Released int `json:",omitempty"`
 	// Warnings are things that went wrong without changing the outcome
 	// (e.g. the routing core did not converge: the redirect stays).
 	Warnings []string `json:",omitempty"`

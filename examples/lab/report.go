@@ -169,6 +169,9 @@ type MigrationResult struct {
 	RedirectRemoved     bool     `json:"redirect_removed"`
 	RedirectRemovalLost int      `json:"redirect_removal_lost"`
 	Blackout            Blackout `json:"blackout"`
+	// ReleasedPackets: packets A's fence held during the switchover and
+	// sent on through the link (migration.Report.Released).
+	ReleasedPackets int `json:"released_packets"`
 	// TrafficAfterResumeMS: from the target's resume to the first reply
 	// received for a ping sent after it (worst pinger); null: none.
 	TrafficAfterResumeMS *float64 `json:"traffic_after_resume_ms"`
@@ -203,7 +206,8 @@ func msp(d time.Duration) *float64 { v := ms(d); return &v }
 
 func migrationResult(rep *migration.Report, err error) MigrationResult {
 	mr := MigrationResult{VM: rep.VM, ID: rep.ID, Outcome: string(rep.Outcome), Link: rep.Link.Backend,
-		SubnetMoved: rep.SubnetMoved, Migration: migrationStats(rep.Migration), Warnings: rep.Warnings, rep: rep}
+		SubnetMoved: rep.SubnetMoved, Migration: migrationStats(rep.Migration), Warnings: rep.Warnings, rep: rep,
+		ReleasedPackets: rep.Released}
 	if err != nil {
 		mr.Error = err.Error()
 	}
@@ -357,6 +361,9 @@ func (r *Result) Text() string {
 			m.Migration.TotalMS, m.Migration.DowntimeMS, m.Migration.HookMS, mib(m.Migration.Bytes))
 		fmt.Fprintf(&b, "  peers: blackout %.1f ms (no reply arriving), %d late replies (max RTT %.1f ms), %d of %d lost; traffic %s after resume\n",
 			m.Blackout.MS, m.Blackout.LateReplies, m.Blackout.MaxRTTMS, m.Blackout.Lost, m.Blackout.Sent, fmtMS(m.TrafficAfterResumeMS))
+		if m.ReleasedPackets > 0 {
+			fmt.Fprintf(&b, "  %d packets to the VM held at A during the switchover, sent on through the link\n", m.ReleasedPackets)
+		}
 		tl := m.Timeline
 		if !tl.SourcePaused.IsZero() {
 			fmt.Fprintf(&b, "  timeline after the source paused: hook end %s, first packet out of the link at B %s, into the guest's tap %s, target resumed %s (%s), guest's first packet at B %s, first packet into the link %s",

@@ -72,3 +72,37 @@ func (f *Fencer) Fenced(vm string) (fence.Spec, bool) {
 	fc, ok := f.fences[vm]
 	return fc.Spec, ok
 }
+
+// HoldingFencer is a fake Fencer that is also a fence.Holder: every
+// fence with Spec.Hold "holds" Held packets, which Release reports as
+// sent.
+type HoldingFencer struct {
+	*Fencer
+	// Held is how many packets a held fence gives Release.
+	Held int
+}
+
+var _ fence.Holder = (*HoldingFencer)(nil)
+
+// HoldingFencer returns a fake holding fencer of host.
+func (w *World) HoldingFencer(host string, held int) *HoldingFencer {
+	f := w.Fencer(host)
+	f.methods = append(f.methods, "Release")
+	sort.Strings(f.methods)
+	return &HoldingFencer{Fencer: f, Held: held}
+}
+
+// Release reports Held packets sent if the VM's fence holds, 0 if not.
+func (f *HoldingFencer) Release(ctx context.Context, vm string) (int, error) {
+	if err := f.enter(ctx, "Release", vm); err != nil {
+		return 0, err
+	}
+	s, ok := f.Fenced(vm)
+	if !ok {
+		return 0, fmt.Errorf("%w: %q", fence.ErrNotFenced, vm)
+	}
+	if !s.Hold {
+		return 0, nil
+	}
+	return f.Held, nil
+}
