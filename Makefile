@@ -2,7 +2,7 @@
 GO ?= go
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: lab test deps quickstart bench
+.PHONY: lab test deps quickstart bench proto
 
 ## lab: the end-to-end lab (installs what a fresh machine lacks, then runs it);
 ## exits non-zero when any verdict fails
@@ -24,3 +24,15 @@ quickstart:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./...
+
+## proto: regenerate agent/agentpb from agent/proto (protoc from Debian's
+## protobuf-compiler; the Go plugins at the versions go.mod pins)
+PROTO_BIN := $(CURDIR)/out/protobin
+proto:
+	@command -v protoc >/dev/null || apt-get install -y -q protobuf-compiler
+	GOBIN=$(PROTO_BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	GOBIN=$(PROTO_BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+	PATH=$(PROTO_BIN):$$PATH protoc -I agent/proto \
+		--go_out=. --go_opt=module=github.com/sealift/sealift \
+		--go-grpc_out=. --go-grpc_opt=module=github.com/sealift/sealift \
+		agent/proto/sealift/agent/v1/*.proto

@@ -1,0 +1,96 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sealift/sealift/agent/agentpb"
+	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/host"
+)
+
+// sentinels are the contracts' errors that cross the network: the agent
+// names the one its backend's error wraps (agentpb.ErrorReason in the
+// status details), the client wraps the same sentinel again, so
+// errors.Is works on a remote backend's error as on a local one's.
+var sentinels = []struct {
+	name string
+	err  error
+	code codes.Code
+}{
+	{"fence.ErrInvalid", fence.ErrInvalid, codes.InvalidArgument},
+	{"fence.ErrNoPort", fence.ErrNoPort, codes.NotFound},
+	{"fence.ErrNotFenced", fence.ErrNotFenced, codes.FailedPrecondition},
+	{"fence.ErrUnsupported", fence.ErrUnsupported, codes.Unimplemented},
+	{"host.ErrNotFound", host.ErrNotFound, codes.NotFound},
+}
+
+// ErrRemote wraps every error a remote backend returned (besides its
+// sentinel, if it had one), and failures to reach the agent.
+var ErrRemote = errors.New("agent: remote call failed")
+
+// toStatus turns a backend's error into a gRPC status that names its
+// sentinel; context errors keep their codes.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	for _, s := range sentinels {
+		if errors.Is(err, s.err) {
+			st, derr := status.New(s.code, err.Error()).WithDetails(&agentpb.ErrorReason{Sentinel: s.name})
+			if derr != nil {
+				return status.Error(s.code, err.Error())
+			}
+			return st.Err()
+		}
+	}
+	return status.Error(codes.Unknown, err.Error())
+}
+
+// invalid is the status for a request that does not decode: it names
+// the field and the value, wraps fence.ErrInvalid on the client.
+func invalid(format string, args ...any) error {
+	return toStatus(fmt.Errorf("%w: %s", fence.ErrInvalid, fmt.Sprintf(format, args...)))
+}
+
+// fromStatus turns an RPC error back into a Go error wrapping ErrRemote,
+// the sentinel it names (if any) and the context's error for those codes.
+func fromStatus(agentAddr, method string, err error) error {
+	if err == nil {
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return fmt.Errorf("%w: %s %s: %w", ErrRemote, agentAddr, method, err)
+	}
+	var wrapped error
+	for _, d := range st.Details() {
+		if r, ok := d.(*agentpb.ErrorReason); ok {
+			for _, s := range sentinels {
+				if s.name == r.GetSentinel() {
+					wrapped = s.err
+				}
+			}
+		}
+	}
+	switch st.Code() {
+	case codes.Canceled:
+		wrapped = context.Canceled
+	case codes.DeadlineExceeded:
+		wrapped = context.DeadlineExceeded
+	}
+	if wrapped != nil {
+		return fmt.Errorf("%w: %s %s: %w: %s", ErrRemote, agentAddr, method, wrapped, st.Message())
+	}
+	return fmt.Errorf("%w: %s %s: %s: %s", ErrRemote, agentAddr, method, st.Code(), st.Message())
+}
