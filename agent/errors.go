@@ -9,8 +9,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sealift/sealift/agent/agentpb"
+	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/fence"
 	"github.com/sealift/sealift/host"
+	"github.com/sealift/sealift/routing"
 )
 
 // sentinels are the contracts' errors that cross the network: the agent
@@ -26,6 +28,9 @@ var sentinels = []struct {
 	{"fence.ErrNoPort", fence.ErrNoPort, codes.NotFound},
 	{"fence.ErrNotFenced", fence.ErrNotFenced, codes.FailedPrecondition},
 	{"fence.ErrUnsupported", fence.ErrUnsupported, codes.Unimplemented},
+	{"conn.ErrInvalid", conn.ErrInvalid, codes.InvalidArgument},
+	{"routing.ErrInvalid", routing.ErrInvalid, codes.InvalidArgument},
+	{"routing.ErrNoRedirect", routing.ErrNoRedirect, codes.NotFound},
 	{"host.ErrNotFound", host.ErrNotFound, codes.NotFound},
 }
 
@@ -58,9 +63,10 @@ func toStatus(err error) error {
 }
 
 // invalid is the status for a request that does not decode: it names
-// the field and the value, wraps fence.ErrInvalid on the client.
-func invalid(format string, args ...any) error {
-	return toStatus(fmt.Errorf("%w: %s", fence.ErrInvalid, fmt.Sprintf(format, args...)))
+// the field and the value, and the contract's ErrInvalid (sentinel),
+// which the client wraps again.
+func invalid(sentinel error, format string, args ...any) error {
+	return toStatus(fmt.Errorf("%w: %s", sentinel, fmt.Sprintf(format, args...)))
 }
 
 // fromStatus turns an RPC error back into a Go error wrapping ErrRemote,
@@ -94,3 +100,6 @@ func fromStatus(agentAddr, method string, err error) error {
 	}
 	return fmt.Errorf("%w: %s %s: %s: %s", ErrRemote, agentAddr, method, st.Code(), st.Message())
 }
+
+// invalidLocal is bad input the client finds before calling.
+func invalidLocal(sentinel error, msg string) error { return fmt.Errorf("%w: %s", sentinel, msg) }

@@ -24,21 +24,21 @@ func specToPB(s fence.Spec) *agentpb.FenceSpec {
 
 func specFromPB(pb *agentpb.FenceSpec) (fence.Spec, error) {
 	if pb == nil {
-		return fence.Spec{}, invalid("spec is missing")
+		return fence.Spec{}, invalid(fence.ErrInvalid, "spec is missing")
 	}
 	s := fence.Spec{VM: pb.GetVm(), Port: pb.GetPort(), MAC: pb.GetMac(), AllowVia: pb.GetAllowVia(),
 		AllowMarks: pb.GetAllowMarks(), AllowIPsec: pb.GetAllowIpsec(), Hold: pb.GetHold()}
 	for i, a := range pb.GetAddrs() {
 		ad, err := netip.ParseAddr(a)
 		if err != nil {
-			return s, invalid("spec.addrs[%d] %q: %v (VM %q)", i, a, err, s.VM)
+			return s, invalid(fence.ErrInvalid, "spec.addrs[%d] %q: %v (VM %q)", i, a, err, s.VM)
 		}
 		s.Addrs = append(s.Addrs, ad)
 	}
 	for i, p := range pb.GetPeers() {
 		pr, err := netip.ParsePrefix(p)
 		if err != nil {
-			return s, invalid("spec.peers[%d] %q: %v (VM %q)", i, p, err, s.VM)
+			return s, invalid(fence.ErrInvalid, "spec.peers[%d] %q: %v (VM %q)", i, p, err, s.VM)
 		}
 		s.Peers = append(s.Peers, pr)
 	}

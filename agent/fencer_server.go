@@ -33,7 +33,7 @@ func (s *fencerServer) Fence(ctx context.Context, req *agentpb.FenceRequest) (*a
 
 func (s *fencerServer) Lift(ctx context.Context, req *agentpb.LiftRequest) (*agentpb.LiftResponse, error) {
 	if req.GetVm() == "" {
-		return nil, invalid("vm is empty")
+		return nil, invalid(fence.ErrInvalid, "vm is empty")
 	}
 	return &agentpb.LiftResponse{}, toStatus(s.f.Lift(ctx, req.GetVm()))
 }
@@ -56,7 +56,7 @@ func (s *fencerServer) Release(ctx context.Context, req *agentpb.ReleaseRequest)
 		return nil, status.Error(codes.Unimplemented, "agent: this host's fencer does not hold")
 	}
 	if req.GetVm() == "" {
-		return nil, invalid("vm is empty")
+		return nil, invalid(fence.ErrInvalid, "vm is empty")
 	}
 	n, err := h.Release(ctx, req.GetVm())
 	if err != nil {

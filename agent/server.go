@@ -10,7 +10,8 @@
 // certificate carries the controller role.
 //
 // Served so far: the Fencer contract (with fence.Holder where the backend
-// holds). The other contracts follow the same pattern (issue 12).
+// holds), the ConnAuditor and the RouteWatcher (a routing core's agent).
+// The Hypervisor and the link ends follow (issue 12).
 package agent
 
 import (
@@ -29,14 +30,18 @@ import (
 
 	"github.com/sealift/sealift/agent/agentpb"
 	"github.com/sealift/sealift/agent/agentpki"
+	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/routing"
 )
 
 // Server is one host's agent.
 type Server struct {
-	g      *grpc.Server
-	log    *slog.Logger
-	fencer fence.Fencer
+	g       *grpc.Server
+	log     *slog.Logger
+	fencer  fence.Fencer
+	auditor conn.ConnAuditor
+	router  routing.RouteWatcher
 }
 
 // Option configures a Server.
@@ -66,6 +71,12 @@ func NewServer(tlsConf *tls.Config, opts ...Option) (*Server, error) {
 	s.g = grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.UnaryInterceptor(s.logCall))
 	if s.fencer != nil {
 		agentpb.RegisterFencerServer(s.g, &fencerServer{f: s.fencer})
+	}
+	if s.auditor != nil {
+		agentpb.RegisterConnAuditorServer(s.g, &connServer{a: s.auditor})
+	}
+	if s.router != nil {
+		agentpb.RegisterRouteWatcherServer(s.g, &routingServer{r: s.router})
 	}
 	return s, nil
 }
