@@ -45,7 +45,13 @@ func newPKI(t *testing.T) *pki {
 // serve starts an agent for host-a on loopback with the given backends.
 func (p *pki) serve(t *testing.T, opts ...agent.Option) string {
 	t.Helper()
-	scfg, err := agentpki.ServerConfig(p.ca.PEM, p.agentA.TLS)
+	return p.serveAs(t, p.agentA, opts...)
+}
+
+// serveAs starts an agent with identity id.
+func (p *pki) serveAs(t *testing.T, id *agentpki.Identity, opts ...agent.Option) string {
+	t.Helper()
+	scfg, err := agentpki.ServerConfig(p.ca.PEM, id.TLS)
 	require.NoError(t, err)
 	s, err := agent.NewServer(scfg, opts...)
 	require.NoError(t, err)
@@ -58,7 +64,13 @@ func (p *pki) serve(t *testing.T, opts ...agent.Option) string {
 
 func (p *pki) dial(t *testing.T, addr string, cert tls.Certificate) *agent.Client {
 	t.Helper()
-	ccfg, err := agentpki.ClientConfig(p.ca.PEM, cert, "host-a")
+	return p.dialAs(t, addr, cert, "host-a")
+}
+
+// dialAs connects to the agent that must be host.
+func (p *pki) dialAs(t *testing.T, addr string, cert tls.Certificate, host string) *agent.Client {
+	t.Helper()
+	ccfg, err := agentpki.ClientConfig(p.ca.PEM, cert, host)
 	require.NoError(t, err)
 	c, err := agent.Dial(addr, ccfg)
 	require.NoError(t, err)

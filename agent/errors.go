@@ -12,6 +12,7 @@ import (
 	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/fence"
 	"github.com/sealift/sealift/host"
+	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/routing"
 )
 
@@ -31,6 +32,14 @@ var sentinels = []struct {
 	{"conn.ErrInvalid", conn.ErrInvalid, codes.InvalidArgument},
 	{"routing.ErrInvalid", routing.ErrInvalid, codes.InvalidArgument},
 	{"routing.ErrNoRedirect", routing.ErrNoRedirect, codes.NotFound},
+	{"hypervisor.ErrInvalid", hypervisor.ErrInvalid, codes.InvalidArgument},
+	{"hypervisor.ErrNotFound", hypervisor.ErrNotFound, codes.NotFound},
+	{"hypervisor.ErrExists", hypervisor.ErrExists, codes.AlreadyExists},
+	{"hypervisor.ErrState", hypervisor.ErrState, codes.FailedPrecondition},
+	{"hypervisor.ErrUnreachable", hypervisor.ErrUnreachable, codes.Unavailable},
+	{"hypervisor.ErrSwitchoverHook", hypervisor.ErrSwitchoverHook, codes.Aborted},
+	{"hypervisor.ErrAborted", hypervisor.ErrAborted, codes.Aborted},
+	{"hypervisor.ErrMigration", hypervisor.ErrMigration, codes.Internal},
 	{"host.ErrNotFound", host.ErrNotFound, codes.NotFound},
 }
 

@@ -10,8 +10,10 @@
 // certificate carries the controller role.
 //
 // Served so far: the Fencer contract (with fence.Holder where the backend
-// holds), the ConnAuditor and the RouteWatcher (a routing core's agent).
-// The Hypervisor and the link ends follow (issue 12).
+// holds), the ConnAuditor, the RouteWatcher (a routing core's agent) and
+// the Hypervisor, whose Migrate streams progress and the switchover to
+// the controller, which runs its hook and answers. The link ends follow
+// (issue 12).
 package agent
 
 import (
@@ -32,6 +34,7 @@ import (
 	"github.com/sealift/sealift/agent/agentpki"
 	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/routing"
 )
 
@@ -42,6 +45,7 @@ type Server struct {
 	fencer  fence.Fencer
 	auditor conn.ConnAuditor
 	router  routing.RouteWatcher
+	hv      hypervisor.Hypervisor
 }
 
 // Option configures a Server.
@@ -74,6 +78,9 @@ func NewServer(tlsConf *tls.Config, opts ...Option) (*Server, error) {
 	}
 	if s.auditor != nil {
 		agentpb.RegisterConnAuditorServer(s.g, &connServer{a: s.auditor})
+	}
+	if s.hv != nil {
+		agentpb.RegisterHypervisorServer(s.g, &hvServer{h: s.hv})
 	}
 	if s.router != nil {
 		agentpb.RegisterRouteWatcherServer(s.g, &routingServer{r: s.router})
