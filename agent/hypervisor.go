@@ -15,7 +15,7 @@ import (
 func WithHypervisor(h hypervisor.Hypervisor) Option { return func(s *Server) { s.hv = h } }
 
 func vmToPB(v hypervisor.VM) *agentpb.VM {
-	pb := &agentpb.VM{Name: v.Name, Host: v.Host, State: string(v.State), MemoryBytes: v.MemoryBytes}
+	pb := &agentpb.VM{Name: v.Name, Host: v.Host, State: string(v.State), MemoryBytes: v.MemoryBytes, Identity: v.Identity}
 	for _, n := range v.NICs {
 		pb.Nics = append(pb.Nics, &agentpb.NIC{Mac: n.MAC, Port: n.Port})
 	}
@@ -23,7 +23,8 @@ func vmToPB(v hypervisor.VM) *agentpb.VM {
 }
 
 func vmFromPB(pb *agentpb.VM) (hypervisor.VM, error) {
-	v := hypervisor.VM{Name: pb.GetName(), Host: pb.GetHost(), State: hypervisor.State(pb.GetState()), MemoryBytes: pb.GetMemoryBytes()}
+	v := hypervisor.VM{Name: pb.GetName(), Host: pb.GetHost(), State: hypervisor.State(pb.GetState()), MemoryBytes: pb.GetMemoryBytes(),
+		Identity: pb.GetIdentity()}
 	if err := hypervisor.ValidName(v.Name); err != nil {
 		return v, toStatus(fmt.Errorf("vm.name: %w", err))
 	}

@@ -52,6 +52,16 @@ type VM struct {
 	MemoryBytes uint64
 	// NICs are the VM's network ports on this host.
 	NICs []NIC
+	// Identity is the TLS identity this host migrates with: the subject
+	// DN of its client certificate ("CN=host-a"), set by Lookup where the
+	// backend migrates over TLS with a certificate of its own (package
+	// migtls: CA.HostDir). A target's PrepareIncoming given a VM with an
+	// Identity accepts the migration stream from that identity only
+	// (hypervisor/qemu: QEMU's tls-authz), so only the source host the
+	// VM was looked up at can deliver into the prepared instance. Empty:
+	// any certificate of the CA is accepted (a directory shared by all
+	// hosts, migtls.NewDir, has no per-host identity).
+	Identity string
 }
 
 // NIC is one network port of a VM.

@@ -165,12 +165,14 @@ func (x *NIC) GetPort() string {
 }
 
 type VM struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Host          string                 `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
-	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
-	MemoryBytes   uint64                 `protobuf:"varint,4,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	Nics          []*NIC                 `protobuf:"bytes,5,rep,name=nics,proto3" json:"nics,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Host        string                 `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	State       string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	MemoryBytes uint64                 `protobuf:"varint,4,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	Nics        []*NIC                 `protobuf:"bytes,5,rep,name=nics,proto3" json:"nics,omitempty"`
+	// identity: the source host's migration TLS identity (hypervisor.VM.Identity).
+	Identity      string `protobuf:"bytes,6,opt,name=identity,proto3" json:"identity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -238,6 +240,13 @@ func (x *VM) GetNics() []*NIC {
 		return x.Nics
 	}
 	return nil
+}
+
+func (x *VM) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
 }
 
 type Endpoint struct {
@@ -874,13 +883,14 @@ const file_sealift_agent_v1_hypervisor_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"+\n" +
 	"\x03NIC\x12\x10\n" +
 	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x12\n" +
-	"\x04port\x18\x02 \x01(\tR\x04port\"\x90\x01\n" +
+	"\x04port\x18\x02 \x01(\tR\x04port\"\xac\x01\n" +
 	"\x02VM\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x14\n" +
 	"\x05state\x18\x03 \x01(\tR\x05state\x12!\n" +
 	"\fmemory_bytes\x18\x04 \x01(\x04R\vmemoryBytes\x12)\n" +
-	"\x04nics\x18\x05 \x03(\v2\x15.sealift.agent.v1.NICR\x04nics\"M\n" +
+	"\x04nics\x18\x05 \x03(\v2\x15.sealift.agent.v1.NICR\x04nics\x12\x1a\n" +
+	"\bidentity\x18\x06 \x01(\tR\bidentity\"M\n" +
 	"\bEndpoint\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x10\n" +
 	"\x03uri\x18\x02 \x01(\tR\x03uri\x12\x1f\n" +

@@ -10,6 +10,12 @@
 // migration while the job is still active; if the stream has completed,
 // Migrate returns ErrSwitchoverHook with the VM paused at the target and
 // gone from the source (the caller decides: Resume there, or not).
+//
+// It does not set or check hypervisor.VM.Identity: libvirt has no
+// per-migration authorization of the stream's client certificate (its
+// daemons' migrate_tls_x509_verify trusts every certificate of the CA),
+// so with libvirt any host holding a certificate of that CA can feed a
+// prepared target; the qemu backend authorizes the source host alone.
 package libvirt
 
 import (

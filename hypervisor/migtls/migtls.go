@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/sealift/sealift/hypervisor"
@@ -59,6 +60,10 @@ type Dir struct {
 	Path string
 	// Server is the server certificate (ServerCert's leaf).
 	Server *x509.Certificate
+	// Identity is the client certificate's subject DN, as QEMU's
+	// tls-authz compares it (RFC 4514: "CN=host-a"), if the certificate
+	// names a host (CA.HostDir); "" for NewDir's shared credentials.
+	Identity string
 }
 
 // CheckDir checks that dir holds the five credential files, that each
@@ -120,6 +125,8 @@ func Load(dir string) (Dir, error) {
 		}
 		if pair.usage == x509.ExtKeyUsageServerAuth {
 			td.Server = leaf
+		} else if leaf.Subject.CommonName != sharedClientCN {
+			td.Identity = leaf.Subject.String()
 		}
 	}
 	return td, nil
@@ -134,6 +141,69 @@ func Load(dir string) (Dir, error) {
 // PKI: give every host the same directory (qemu.WithTLS(dir), or both
 // daemons' migrate_tls_x509_cert_dir for libvirt).
 func NewDir(dir string, serverAddrs []netip.Addr) error {
+	ca, err := NewCA()
+	if err != nil {
+		return err
+	}
+	return ca.write(dir, "", serverAddrs)
+}
+
+// sharedClientCN is the client certificate's name in NewDir's shared
+// credentials: no host's identity.
+const sharedClientCN = "sealift migration source"
+
+// CA is a throw-away migration CA (ECDSA P-256, valid one year) that
+// signs one credentials directory per host (HostDir): each host then has
+// a certificate of its own, and a target can accept a stream from one
+// source host only (hypervisor.VM.Identity). For tests, labs and users
+// without a PKI; its key lives in memory only.
+type CA struct {
+	cert *x509.Certificate
+	der  []byte
+	key  *ecdsa.PrivateKey
+}
+
+// NewCA makes a CA.
+func NewCA() (*CA, error) {
+	now := time.Now()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: "sealift migration CA"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.AddDate(1, 0, 0),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	der, err := signCert(tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &CA{cert: cert, der: der, key: key}, nil
+}
+
+// HostDir writes host's credentials into dir, as NewDir does, but signed
+// by ca and naming host: the server certificate (CN=host, naming
+// serverAddrs, the addresses this host receives migrations on) and the
+// client certificate (CN=host: the host's identity, Dir.Identity).
+func (ca *CA) HostDir(dir, host string, serverAddrs []netip.Addr) error {
+	if host == "" || strings.ContainsAny(host, ",+=\\\"<>;#") || len(host) > 64 {
+		return fmt.Errorf("%w: host %q must be 1 to 64 characters without DN special characters", hypervisor.ErrInvalid, host)
+	}
+	return ca.write(dir, host, serverAddrs)
+}
+
+// write writes a credentials directory signed by ca; host "" makes
+// NewDir's shared, nameless leaves.
+func (ca *CA) write(dir, host string, serverAddrs []netip.Addr) error {
 	if dir == "" {
 		return fmt.Errorf("%w: TLS dir is empty", hypervisor.ErrInvalid)
 	}
@@ -151,35 +221,18 @@ func NewDir(dir string, serverAddrs []netip.Addr) error {
 		return fmt.Errorf("migtls: dir %q: %w", dir, err)
 	}
 	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
+	serverCN, clientCN := "sealift migration target", sharedClientCN
+	if host != "" {
+		serverCN, clientCN = host, host
 	}
-	caTmpl := &x509.Certificate{
-		Subject:               pkix.Name{CommonName: "sealift migration CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.AddDate(1, 0, 0),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-	}
-	caDER, err := signCert(caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return err
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return err
-	}
-	files := map[string][]byte{CACert: pemBlock("CERTIFICATE", caDER), DHParams: []byte(ffdhe2048)}
+	files := map[string][]byte{CACert: pemBlock("CERTIFICATE", ca.der), DHParams: []byte(ffdhe2048)}
 	for _, leaf := range []struct {
 		cert, key, cn string
 		usage         x509.ExtKeyUsage
 		ips           [][]byte
 	}{
-		{ServerCert, ServerKey, "sealift migration target", x509.ExtKeyUsageServerAuth, ips},
-		{ClientCert, ClientKey, "sealift migration source", x509.ExtKeyUsageClientAuth, nil},
+		{ServerCert, ServerKey, serverCN, x509.ExtKeyUsageServerAuth, ips},
+		{ClientCert, ClientKey, clientCN, x509.ExtKeyUsageClientAuth, nil},
 	} {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
@@ -198,7 +251,7 @@ func NewDir(dir string, serverAddrs []netip.Addr) error {
 		for _, ip := range leaf.ips {
 			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
 		}
-		der, err := signCert(tmpl, ca, &key.PublicKey, caKey)
+		der, err := signCert(tmpl, ca.cert, &key.PublicKey, ca.key)
 		if err != nil {
 			return err
 		}

@@ -3,9 +3,12 @@ package migtls_test
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -149,4 +152,42 @@ func mustCopy(t *testing.T, from, to string) {
 	b, err := os.ReadFile(from)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(to, b, 0o600))
+}
+
+// TestHostDir: a CA signs one directory per host; each loads with the
+// host's identity (its client certificate's DN), both chain to the same
+// CA, and NewDir's shared credentials have no identity. Bad host names
+// are refused naming the value.
+func TestHostDir(t *testing.T) {
+	ca, err := migtls.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := []netip.Addr{netip.MustParseAddr("192.0.2.1")}
+	for _, host := range []string{"host-a", "host-b"} {
+		dir := filepath.Join(t.TempDir(), host)
+		if err := ca.HostDir(dir, host, addrs); err != nil {
+			t.Fatal(err)
+		}
+		d, err := migtls.Load(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Identity != "CN="+host || d.Server.Subject.CommonName != host {
+			t.Errorf("%s: identity %q, server CN %q", host, d.Identity, d.Server.Subject.CommonName)
+		}
+	}
+	shared := t.TempDir()
+	if err := migtls.NewDir(shared, addrs); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := migtls.Load(shared); err != nil || d.Identity != "" {
+		t.Errorf("NewDir: identity %q, %v; want none", d.Identity, err)
+	}
+	for _, bad := range []string{"", "a,b", "CN=x", strings.Repeat("h", 65)} {
+		err := ca.HostDir(t.TempDir(), bad, addrs)
+		if !errors.Is(err, hypervisor.ErrInvalid) || !strings.Contains(err.Error(), fmt.Sprintf("%q", bad)) {
+			t.Errorf("HostDir(%q): %v, want ErrInvalid naming it", bad, err)
+		}
+	}
 }

@@ -111,6 +111,11 @@ func (h *Hypervisor) PrepareIncoming(ctx context.Context, vm hypervisor.VM) (hyp
 		if err := setTLS(ctx, p, true, ""); err != nil {
 			return fail(err)
 		}
+		if vm.Identity != "" {
+			if err := authorize(ctx, p, vm.Identity); err != nil {
+				return fail(err)
+			}
+		}
 	}
 	uri := "tcp:" + net.JoinHostPort(addr.String(), "0")
 	if err := p.QMP().Execute(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil); err != nil {

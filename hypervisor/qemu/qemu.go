@@ -21,6 +21,7 @@ import (
 	"sync"
 
 	"github.com/sealift/sealift/hypervisor"
+	"github.com/sealift/sealift/hypervisor/migtls"
 	"github.com/sealift/sealift/internal/nsutil"
 )
 
@@ -278,7 +279,15 @@ func (h *Hypervisor) Lookup(ctx context.Context, name string) (hypervisor.VM, er
 		}
 		return hypervisor.VM{}, fmt.Errorf("qemu: vm %q: %w", name, err)
 	}
-	return e.p.Config.vm(h.host, state(st)), nil
+	vm := e.p.Config.vm(h.host, state(st))
+	if h.tlsDir != "" {
+		td, err := migtls.Load(h.tlsDir)
+		if err != nil {
+			return hypervisor.VM{}, err
+		}
+		vm.Identity = td.Identity
+	}
+	return vm, nil
 }
 
 // Process returns the QEMU process running name here (nil if none).

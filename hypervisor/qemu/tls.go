@@ -16,6 +16,7 @@ import (
 const (
 	tlsServerID = "sealift-tls-server"
 	tlsClientID = "sealift-tls-client"
+	tlsAuthzID  = "sealift-tls-authz"
 )
 
 // WithTLS makes every migration to and from this host run over TLS with
@@ -120,4 +121,20 @@ func tlsRefused(desc string) bool {
 		}
 	}
 	return false
+}
+
+// authorize makes the incoming instance p accept a migration stream only
+// from a client certificate whose subject DN is identity (the source
+// host's, hypervisor.VM.Identity): an authz-simple object and the
+// migration parameter tls-authz. Another host's certificate of the same
+// CA fails the handshake; the source keeps the VM.
+func authorize(ctx context.Context, p *Process, identity string) error {
+	if err := p.QMP().Execute(ctx, "object-add", map[string]any{"qom-type": "authz-simple", "id": tlsAuthzID,
+		"identity": identity}, nil); err != nil {
+		return fmt.Errorf("authorize source %q: %w", identity, err)
+	}
+	if err := p.QMP().Execute(ctx, "migrate-set-parameters", map[string]any{"tls-authz": tlsAuthzID}, nil); err != nil {
+		return fmt.Errorf("set tls-authz: %w", err)
+	}
+	return nil
 }

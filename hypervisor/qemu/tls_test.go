@@ -304,3 +304,50 @@ func BenchmarkMigrateTLS(b *testing.B) {
 		})
 	}
 }
+
+// TestMigrateTLSAuthz: hosts with credentials of their own (one CA,
+// migtls.CA.HostDir): Lookup at A reports A's identity, a target
+// prepared for it accepts A's stream, and a target prepared for another
+// source identity (the plan named another host) refuses A's certificate
+// although the CA signed it: the guest runs on at A.
+func TestMigrateTLSAuthz(t *testing.T) {
+	ca, err := migtls.NewCA()
+	require.NoError(t, err)
+	dirA, dirB := filepath.Join(t.TempDir(), "a"), filepath.Join(t.TempDir(), "b")
+	require.NoError(t, ca.HostDir(dirA, "host-a", hostAddrs))
+	require.NoError(t, ca.HostDir(dirB, "host-b", hostAddrs))
+	w := newWorld(t, "authz", netip.MustParseAddr("10.1.0.36"), qemu.WithTLS(dirA))
+	b := mustNew(t, qemu.WithHost(w.lab.B), qemu.WithStateDir(t.TempDir()), qemu.WithTLS(dirB))
+	require.NoError(t, b.Define(w.cfgB))
+	before := w.boot(t)
+	vm, err := w.a.Lookup(w.ctx, w.name)
+	require.NoError(t, err)
+	assert.Equal(t, "CN=host-a", vm.Identity)
+
+	other := vm
+	other.Identity = "CN=host-x"
+	ep, err := b.PrepareIncoming(w.ctx, other)
+	require.NoError(t, err)
+	_, err = w.a.Migrate(w.ctx, w.name, ep, hypervisor.MigrateOptions{AtSwitchover: func(context.Context) error {
+		t.Error("switchover hook ran for a target that authorizes another source")
+		return nil
+	}})
+	require.ErrorIs(t, err, hypervisor.ErrMigration)
+	t.Logf("target authorizing CN=host-x: %v", err)
+	require.NoError(t, b.Abort(w.ctx, w.name))
+	got, err := w.a.Lookup(w.ctx, w.name)
+	require.NoError(t, err)
+	require.Equal(t, hypervisor.Running, got.State)
+
+	ep, err = b.PrepareIncoming(w.ctx, vm)
+	require.NoError(t, err)
+	_, err = w.a.Migrate(w.ctx, w.name, ep, hypervisor.MigrateOptions{})
+	require.NoError(t, err)
+	require.NoError(t, b.Resume(w.ctx, w.name))
+	after, err := guest.WaitReady(w.ctx, w.lab.B, w.addr)
+	require.NoError(t, err)
+	assert.Equal(t, before.BootID, after.BootID, "the same guest, moved")
+	vb, err := b.Lookup(w.ctx, w.name)
+	require.NoError(t, err)
+	assert.Equal(t, "CN=host-b", vb.Identity)
+}
