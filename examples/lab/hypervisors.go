@@ -41,15 +41,15 @@ type hypervisors struct {
 // qemuBaseline: QEMU handles at A and B whose migration stream goes over
 // the baselines' network.
 func (w *world) qemuBaseline(ctx context.Context, t lab.TB, v vmSpec, tls bool) (hypervisor.Hypervisor, hypervisor.Hypervisor, string, error) {
-	sub, dir := "bp", ""
+	sub, dirA, dirB := "bp", "", ""
 	if tls {
-		sub, dir = "bt", w.tlsDir
+		sub, dirA, dirB = "bt", w.tlsDirA, w.tlsDirB
 	}
-	a, err := w.qemuHandle(t, w.l.A, sub+"a", baseUnderA, dir)
+	a, err := w.qemuHandle(t, w.l.A, sub+"a", baseUnderA, dirA)
 	if err != nil {
 		return nil, nil, "", err
 	}
-	b, err := w.qemuHandle(t, w.l.B, sub+"b", baseUnderB, dir)
+	b, err := w.qemuHandle(t, w.l.B, sub+"b", baseUnderB, dirB)
 	if err != nil {
 		return nil, nil, "", err
 	}
@@ -76,11 +76,11 @@ func (w *world) qemuHandle(t lab.TB, host, sub string, mig netip.Addr, tlsDir st
 
 // qemuHypervisors: QEMU processes driven over QMP (hypervisor/qemu).
 func (w *world) qemuHypervisors(t lab.TB) (*hypervisors, error) {
-	a, err := w.qemuHandle(t, w.l.A, "a", lab.AUplink, w.tlsDir)
+	a, err := w.qemuHandle(t, w.l.A, "a", lab.AUplink, w.tlsDirA)
 	if err != nil {
 		return nil, err
 	}
-	b, err := w.qemuHandle(t, w.l.B, "b", lab.BUnderlay, w.tlsDir)
+	b, err := w.qemuHandle(t, w.l.B, "b", lab.BUnderlay, w.tlsDirB)
 	if err != nil {
 		return nil, err
 	}

@@ -75,7 +75,9 @@ type world struct {
 	l      *lab.Lab
 	img    guest.Image
 	vms    []vmSpec
-	tlsDir string // X.509 credentials for the migration stream (A and B)
+	tlsDir string // X.509 credentials for the migration stream (A and B: libvirt)
+	// tlsDirA, tlsDirB: A's and B's own credentials (QEMU), one CA.
+	tlsDirA, tlsDirB string
 	hv     *hypervisors
 	// The baselines: the same backend at A and B over bwan, with a TLS
 	// stream (bt*) and without (bp*); bpeer pings their guests from A's
@@ -134,8 +136,23 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 	}
 	t.Cleanup(func() { w.wan.Stop() })
 	// The migration stream crosses the wan too: TLS, with a fresh CA.
+	// libvirt's daemons share one directory; QEMU hosts get credentials
+	// of their own (one CA), so each target accepts the stream from the
+	// source host alone (hypervisor.VM.Identity, QEMU's tls-authz).
+	migAddrs := []netip.Addr{lab.AUplink, lab.BUnderlay, baseUnderA, baseUnderB}
 	w.tlsDir = filepath.Join(w.dir, "tls")
-	if err := migtls.NewDir(w.tlsDir, []netip.Addr{lab.AUplink, lab.BUnderlay, baseUnderA, baseUnderB}); err != nil {
+	if err := migtls.NewDir(w.tlsDir, migAddrs); err != nil {
+		return w, err
+	}
+	ca, err := migtls.NewCA()
+	if err != nil {
+		return w, err
+	}
+	w.tlsDirA, w.tlsDirB = filepath.Join(w.dir, "tls-a"), filepath.Join(w.dir, "tls-b")
+	if err := ca.HostDir(w.tlsDirA, "host-a", migAddrs); err != nil {
+		return w, err
+	}
+	if err := ca.HostDir(w.tlsDirB, "host-b", migAddrs); err != nil {
 		return w, err
 	}
 	switch o.Hypervisor {
