@@ -30,7 +30,7 @@ type pki struct {
 	ctl, agentA *agentpki.Identity
 }
 
-func newPKI(t *testing.T) *pki {
+func newPKI(t testing.TB) *pki {
 	t.Helper()
 	ca, err := agentpki.NewCA("sealift-test", time.Hour)
 	require.NoError(t, err)
@@ -43,13 +43,13 @@ func newPKI(t *testing.T) *pki {
 }
 
 // serve starts an agent for host-a on loopback with the given backends.
-func (p *pki) serve(t *testing.T, opts ...agent.Option) string {
+func (p *pki) serve(t testing.TB, opts ...agent.Option) string {
 	t.Helper()
 	return p.serveAs(t, p.agentA, opts...)
 }
 
 // serveAs starts an agent with identity id.
-func (p *pki) serveAs(t *testing.T, id *agentpki.Identity, opts ...agent.Option) string {
+func (p *pki) serveAs(t testing.TB, id *agentpki.Identity, opts ...agent.Option) string {
 	t.Helper()
 	scfg, err := agentpki.ServerConfig(p.ca.PEM, id.TLS)
 	require.NoError(t, err)
@@ -62,13 +62,13 @@ func (p *pki) serveAs(t *testing.T, id *agentpki.Identity, opts ...agent.Option)
 	return l.Addr().String()
 }
 
-func (p *pki) dial(t *testing.T, addr string, cert tls.Certificate) *agent.Client {
+func (p *pki) dial(t testing.TB, addr string, cert tls.Certificate) *agent.Client {
 	t.Helper()
 	return p.dialAs(t, addr, cert, "host-a")
 }
 
 // dialAs connects to the agent that must be host.
-func (p *pki) dialAs(t *testing.T, addr string, cert tls.Certificate, host string) *agent.Client {
+func (p *pki) dialAs(t testing.TB, addr string, cert tls.Certificate, host string) *agent.Client {
 	t.Helper()
 	ccfg, err := agentpki.ClientConfig(p.ca.PEM, cert, host)
 	require.NoError(t, err)
@@ -229,3 +229,5 @@ func TestMutualTLSOnly(t *testing.T) {
 	_, err = agent.NewServer(&tls.Config{})
 	assert.ErrorIs(t, err, agent.ErrNoTLS, "a server config that does not require client certificates")
 }
+
+func mustAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
