@@ -1,0 +1,156 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+)
+
+// config is what the flags say.
+type config struct {
+	listen                    string
+	caFile, certFile, keyFile string
+	netns                     string
+	hypervisor                string // none, qemu, libvirt
+	qemuDir, qemuTLS          string
+	libvirtURI                string
+	fence                     string // none, nft, linkstate
+	conn                      string // none, conntrack, sockdiag
+	routing                   string // none, netlinkroute
+	stateDir                  string
+	version                   bool
+}
+
+// usageError is a bad flag or value (exit status 2).
+type usageError string
+
+func (e usageError) Error() string { return string(e) }
+
+func usagef(format string, args ...any) error { return usageError(fmt.Sprintf(format, args...)) }
+
+const usageHeader = `Usage: sealift-agent -listen ADDR -ca FILE -cert FILE -key FILE [flags]
+
+sealift-agent serves this host's sealift backends to the controller over
+gRPC with mutual TLS 1.3 only: it presents -cert (an agent certificate)
+and accepts only clients whose certificate carries the controller role
+and is signed by -ca. There is no plaintext mode.
+
+On start it lists what a previous run left in the kernel (fences, and
+redirect routes with -routing netlinkroute) and serves it as it is.
+SIGINT or SIGTERM stop it gracefully (calls in flight finish). Logs are
+JSON lines on stderr.
+
+Not served yet: the link backends (wireguard, ipsec).
+
+Flags:
+`
+
+// parseFlags parses args. Errors: flag.ErrHelp for -help, a usageError
+// naming the flag and the value, or the flag package's own error (which
+// it has printed to out, with the usage).
+func parseFlags(args []string, out io.Writer) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("sealift-agent", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usageHeader)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&c.listen, "listen", "", "`ADDR` (HOST:PORT) the agent listens on for the controller (required)")
+	fs.StringVar(&c.caFile, "ca", "", "PEM `FILE` of the CA that signs controller certificates (required)")
+	fs.StringVar(&c.certFile, "cert", "", "PEM `FILE` of the agent's certificate (role agent; required)")
+	fs.StringVar(&c.keyFile, "key", "", "PEM `FILE` of the agent certificate's private key (required)")
+	fs.StringVar(&c.netns, "netns", "", "`NAME` of the network namespace the backends act in, as ip netns names it (\"\": the agent's own)")
+	fs.StringVar(&c.hypervisor, "hypervisor", "none", "hypervisor `BACKEND`: none, qemu or libvirt")
+	fs.StringVar(&c.qemuDir, "qemu-dir", "", "`DIR` for QEMU's sockets, logs and serial files (-hypervisor qemu; default <state-dir>/qemu)")
+	fs.StringVar(&c.qemuTLS, "qemu-tls", "", "`DIR` of the X.509 credentials that make migration streams TLS, laid out as package migtls says (-hypervisor qemu; \"\": plain TCP)")
+	fs.StringVar(&c.libvirtURI, "libvirt-uri", "", "`URI` of the libvirt daemon, e.g. qemu:///system (required with -hypervisor libvirt; -netns does not apply to it)")
+	fs.StringVar(&c.fence, "fence", "nft", "fence `BACKEND`: none, nft or linkstate")
+	fs.StringVar(&c.conn, "conn", "conntrack", "connection auditor `BACKEND`: none, conntrack or sockdiag")
+	fs.StringVar(&c.routing, "routing", "none", "routing `BACKEND`: none or netlinkroute (the kernel's routing table in -netns)")
+	fs.StringVar(&c.stateDir, "state-dir", "/var/lib/sealift-agent", "state `DIR` (created 0700 if missing; the qemu backend's default home)")
+	fs.BoolVar(&c.version, "version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, usagef("unexpected argument %q (flags only)", fs.Arg(0))
+	}
+	if c.version {
+		return c, nil
+	}
+	return c, c.check()
+}
+
+// check validates the values (not the files: serve reads them).
+func (c config) check() error {
+	for _, r := range []struct{ flag, val string }{
+		{"listen", c.listen}, {"ca", c.caFile}, {"cert", c.certFile}, {"key", c.keyFile},
+	} {
+		if r.val == "" {
+			return usagef("-%s is required (mutual TLS only: -listen, -ca, -cert and -key)", r.flag)
+		}
+	}
+	if err := checkListen(c.listen); err != nil {
+		return err
+	}
+	for _, ch := range []struct {
+		flag, val string
+		want      []string
+	}{
+		{"hypervisor", c.hypervisor, []string{"none", "qemu", "libvirt"}},
+		{"fence", c.fence, []string{"none", "nft", "linkstate"}},
+		{"conn", c.conn, []string{"none", "conntrack", "sockdiag"}},
+		{"routing", c.routing, []string{"none", "netlinkroute"}},
+	} {
+		if err := oneOf(ch.flag, ch.val, ch.want...); err != nil {
+			return err
+		}
+	}
+	if c.hypervisor != "qemu" && c.qemuDir != "" {
+		return usagef("-qemu-dir %q: only with -hypervisor qemu", c.qemuDir)
+	}
+	if c.hypervisor != "qemu" && c.qemuTLS != "" {
+		return usagef("-qemu-tls %q: only with -hypervisor qemu", c.qemuTLS)
+	}
+	if c.hypervisor != "libvirt" && c.libvirtURI != "" {
+		return usagef("-libvirt-uri %q: only with -hypervisor libvirt", c.libvirtURI)
+	}
+	if c.hypervisor == "libvirt" && c.libvirtURI == "" {
+		return usagef("-libvirt-uri is required with -hypervisor libvirt")
+	}
+	if c.hypervisor == "libvirt" && !libvirtBuilt {
+		return usagef("-hypervisor %q: this binary was built without libvirt (cgo disabled or tag nolibvirt)", c.hypervisor)
+	}
+	if c.stateDir == "" {
+		return usagef("-state-dir is empty")
+	}
+	return nil
+}
+
+// checkListen wants HOST:PORT (HOST may be empty: every address).
+func checkListen(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		_, err = strconv.ParseUint(port, 10, 16)
+	}
+	if err != nil {
+		return usagef("-listen %q: want HOST:PORT", addr)
+	}
+	return nil
+}
+
+// oneOf checks that val is one of want, e.g. `-fence "nftx": want none,
+// nft or linkstate`.
+func oneOf(flag, val string, want ...string) error {
+	for _, w := range want {
+		if val == w {
+			return nil
+		}
+	}
+	list := strings.Join(want[:len(want)-1], ", ") + " or " + want[len(want)-1]
+	return usagef("-%s %q: want %s", flag, val, list)
+}

@@ -1,0 +1,433 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sealift/sealift/agent"
+	"github.com/sealift/sealift/agent/agentpki"
+	"github.com/sealift/sealift/conn"
+	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/internal/lab"
+)
+
+// agentBin is the binary under test, built once by TestMain.
+var agentBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sealift-agent-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	agentBin = filepath.Join(dir, "sealift-agent")
+	build := exec.Command("go", "build", "-o", agentBin, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	code := 1
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building sealift-agent:", err)
+	} else {
+		code = m.Run()
+	}
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// testPKI is a throw-away CA with the agent "host-a" and a controller,
+// written to files as an operator would install them.
+type testPKI struct {
+	dir                 string
+	ca                  *agentpki.CA
+	host, ctl           *agentpki.Identity
+	notBefore, notAfter time.Time
+}
+
+func newPKI(t *testing.T) *testPKI {
+	t.Helper()
+	ca, err := agentpki.NewCA("sealift-test", time.Hour)
+	require.NoError(t, err)
+	p := &testPKI{dir: t.TempDir(), ca: ca, notBefore: time.Now().Add(-time.Minute), notAfter: time.Now().Add(time.Hour)}
+	p.host, err = ca.Issue(agentpki.RoleAgent, "host-a", p.notBefore, p.notAfter)
+	require.NoError(t, err)
+	p.ctl, err = ca.Issue(agentpki.RoleController, "ctl", p.notBefore, p.notAfter)
+	require.NoError(t, err)
+	require.NoError(t, ca.WriteFiles(p.dir, p.host, p.ctl))
+	return p
+}
+
+func (p *testPKI) file(name string) string { return filepath.Join(p.dir, name) }
+
+// tlsArgs are the agent's -ca, -cert and -key.
+func (p *testPKI) tlsArgs() []string {
+	return []string{"-ca", p.file("ca.pem"), "-cert", p.file("host-a.pem"), "-key", p.file("host-a-key.pem")}
+}
+
+// dial connects to the agent host-a at addr as the holder of cert.
+func (p *testPKI) dial(t *testing.T, addr string, cert tls.Certificate) *agent.Client {
+	t.Helper()
+	cfg, err := agentpki.ClientConfig(p.ca.PEM, cert, "host-a")
+	require.NoError(t, err)
+	c, err := agent.Dial(addr, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// freeAddr is a loopback address with a port nobody listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// syncBuffer is the child's stderr, read while it is written.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// proc is a running agent.
+type proc struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	done   chan struct{} // closed when it has exited
+}
+
+// start runs the agent with args; the test's end kills it if it still runs.
+func start(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(agentBin, args...), stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stderr = p.stderr
+	require.NoError(t, p.cmd.Start())
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("agent pid %d stderr:\n%s", p.cmd.Process.Pid, p.stderr)
+		}
+	})
+	return p
+}
+
+// logLines are the JSON lines the agent logged so far.
+func (p *proc) logLines(t *testing.T) []map[string]any {
+	t.Helper()
+	var lines []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(p.stderr.String()))
+	for sc.Scan() {
+		var m map[string]any
+		require.NoError(t, json.Unmarshal(sc.Bytes(), &m), "a log line that is not JSON: %s", sc.Text())
+		lines = append(lines, m)
+	}
+	return lines
+}
+
+// waitLog waits for the line whose msg is msg and returns it; it fails
+// if the agent exits first.
+func (p *proc) waitLog(t *testing.T, msg string) map[string]any {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		for _, l := range p.logLines(t) {
+			if l["msg"] == msg {
+				return l
+			}
+		}
+		select {
+		case <-p.done:
+			for _, l := range p.logLines(t) { // logged just before exiting
+				if l["msg"] == msg {
+					return l
+				}
+			}
+			t.Fatalf("the agent exited (%v) before logging %q", p.cmd.ProcessState, msg)
+		case <-deadline:
+			t.Fatalf("the agent did not log %q in time", msg)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// stop sends sig and returns the exit status (-1: killed by a signal).
+func (p *proc) stop(t *testing.T, sig syscall.Signal) int {
+	t.Helper()
+	require.NoError(t, p.cmd.Process.Signal(sig))
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the agent did not exit after %v", sig)
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// calls waits until the agent has logged at least n calls (its stderr
+// reaches us a little after the answer) and returns its call lines.
+func (p *proc) calls(t *testing.T, n int) []map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var out []map[string]any
+		for _, l := range p.logLines(t) {
+			if l["msg"] == "call" {
+				out = append(out, l)
+			}
+		}
+		if len(out) >= n || time.Now().After(deadline) {
+			return out
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// runAgent runs the agent to completion: its exit status and output.
+func runAgent(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var o, e bytes.Buffer
+	cmd := exec.Command(agentBin, args...)
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("running the agent: %v", err)
+	}
+	return cmd.ProcessState.ExitCode(), o.String(), e.String()
+}
+
+// TestAgentServesAndRecovers: the daemon serves nft and conntrack in a
+// namespace over mutual TLS; a fence set through it blocks the VM for
+// real and survives both a graceful stop (SIGTERM, exit 0) and a crash
+// (SIGKILL): each new run finds it in the kernel, says so in its start
+// line, lists it and lifts it.
+func TestAgentServesAndRecovers(t *testing.T) {
+	lab.RequireRoot(t)
+	l := lab.New(t)
+	p := newPKI(t)
+	addr := freeAddr(t)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	args := append(p.tlsArgs(), "-listen", addr, "-netns", l.A,
+		"-fence", "nft", "-conn", "conntrack", "-routing", "none", "-state-dir", stateDir)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ping := func() int {
+		n, _ := lab.Ping(l.Peer, lab.VMAddr, 2, 500*time.Millisecond)
+		return n
+	}
+	spec := fence.Spec{VM: "vm-1", Port: "vm0", Addrs: []netip.Addr{lab.VMAddr}}
+	// run starts the agent, checks its start line and returns it with its
+	// Fencer (through a new connection).
+	run := func(wantFences int) (*proc, fence.Fencer) {
+		t.Helper()
+		a := start(t, args...)
+		line := a.waitLog(t, "sealift-agent started")
+		assert.Equal(t, addr, line["listen"])
+		assert.Equal(t, l.A, line["netns"])
+		assert.Equal(t, "agent/host-a", line["identity"])
+		assert.Equal(t, []any{"nft", "conntrack", "none", "none"},
+			[]any{line["fence"], line["conn"], line["routing"], line["hypervisor"]})
+		assert.EqualValues(t, wantFences, line["fences"], "start line: %v", line)
+		f, err := p.dial(t, addr, p.ctl.TLS).Fencer(ctx)
+		require.NoError(t, err)
+		return a, f
+	}
+
+	// First run: fence, list, lift, fence again, SIGTERM.
+	a, f := run(0)
+	st, err := os.Stat(stateDir)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o700), st.Mode().Perm(), "state dir")
+	require.NotZero(t, ping(), "the VM answers before the fence")
+	require.NoError(t, f.Fence(ctx, spec))
+	assert.Zero(t, ping(), "pings pass the fence")
+	fs, err := f.List(ctx)
+	require.NoError(t, err)
+	require.Len(t, fs, 1)
+	assert.Equal(t, spec, fs[0].Spec)
+	require.NoError(t, f.Lift(ctx, spec.VM))
+	assert.NotZero(t, ping(), "the VM does not answer after the lift")
+	conns, err := p.dial(t, addr, p.ctl.TLS).ConnAuditor().List(ctx,
+		conn.Selector{Addrs: []netip.Prefix{netip.PrefixFrom(lab.VMAddr, 32)}})
+	assert.NoError(t, err, "the conntrack auditor is served")
+	assert.Empty(t, conns)
+	calls := a.calls(t, 1)
+	require.NotEmpty(t, calls, "the per-call log")
+	assert.Equal(t, "controller/ctl", calls[0]["caller"])
+	require.NoError(t, f.Fence(ctx, spec))
+	assert.Equal(t, 0, a.stop(t, syscall.SIGTERM), "exit status after SIGTERM")
+	a.waitLog(t, "sealift-agent stopped")
+
+	// Second run: finds the fence a graceful stop left; SIGKILL.
+	a, f = run(1)
+	assert.Zero(t, ping(), "the fence outlived the agent")
+	fs, err = f.List(ctx)
+	require.NoError(t, err)
+	require.Len(t, fs, 1)
+	assert.Equal(t, spec, fs[0].Spec)
+	assert.Equal(t, -1, a.stop(t, syscall.SIGKILL))
+
+	// Third run: finds the fence a crash left, names its VM, lifts it.
+	a, f = run(1)
+	assert.Equal(t, []any{"vm-1"}, a.waitLog(t, "sealift-agent started")["fenced_vms"])
+	fs, err = f.List(ctx)
+	require.NoError(t, err)
+	require.Len(t, fs, 1)
+	assert.Equal(t, spec, fs[0].Spec)
+	assert.Zero(t, ping(), "the fence outlived the crash")
+	require.NoError(t, f.Lift(ctx, spec.VM))
+	assert.NotZero(t, ping(), "the VM does not answer after the lift")
+	assert.Equal(t, 0, a.stop(t, syscall.SIGTERM))
+}
+
+// TestAgentRefusesAnotherCA: a controller certificate from another CA
+// never reaches a method (no call is logged), while the operator's
+// controller is served.
+func TestAgentRefusesAnotherCA(t *testing.T) {
+	lab.RequireRoot(t)
+	l := lab.New(t)
+	p := newPKI(t)
+	addr := freeAddr(t)
+	a := start(t, append(p.tlsArgs(), "-listen", addr, "-netns", l.A, "-state-dir", t.TempDir())...)
+	a.waitLog(t, "sealift-agent started")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	other, err := agentpki.NewCA("other", time.Hour)
+	require.NoError(t, err)
+	stranger, err := other.Issue(agentpki.RoleController, "stranger", p.notBefore, p.notAfter)
+	require.NoError(t, err)
+	cfg, err := agentpki.ClientConfig(p.ca.PEM, stranger.TLS, "host-a")
+	require.NoError(t, err)
+	// Present it even though the agent asks for certificates of its CA
+	// (Go's client would otherwise send none).
+	cfg.Certificates = nil
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &stranger.TLS, nil }
+	c, err := agent.Dial(addr, cfg)
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Fencer(ctx)
+	require.Error(t, err, "a controller of another CA was served")
+	t.Logf("refused: %v", err) // the server's alert, or a broken pipe
+
+	_, err = p.dial(t, addr, p.ctl.TLS).Fencer(ctx)
+	require.NoError(t, err)
+	// The log is in order: a call of the stranger's would come first
+	// (logged as controller/stranger).
+	calls := a.calls(t, 1)
+	require.Len(t, calls, 1, "a refused client reached a method")
+	assert.Equal(t, "controller/ctl", calls[0]["caller"])
+	assert.Equal(t, 0, a.stop(t, syscall.SIGTERM))
+}
+
+func TestVersion(t *testing.T) {
+	code, out, _ := runAgent(t, "-version")
+	assert.Equal(t, 0, code)
+	assert.Regexp(t, `^sealift-agent \S+\n$`, out)
+}
+
+// TestBadInvocations: bad flags exit 2 naming the flag and the value;
+// TLS file problems exit 1 naming the file, never printing a key. None
+// of these needs root: the agent stops before touching the host.
+func TestBadInvocations(t *testing.T) {
+	p := newPKI(t)
+	base := append(p.tlsArgs(), "-listen", "127.0.0.1:1", "-state-dir", t.TempDir())
+	with := func(extra ...string) []string { return append(slices.Clone(base), extra...) }
+	without := func(flags ...string) []string {
+		var out []string
+		for i := 0; i < len(base); i += 2 {
+			if !slices.Contains(flags, base[i]) {
+				out = append(out, base[i], base[i+1])
+			}
+		}
+		return out
+	}
+	keyPEM, err := os.ReadFile(p.file("host-a-key.pem"))
+	require.NoError(t, err)
+	keyBody := strings.Split(string(keyPEM), "\n")[1] // the first line of base64
+
+	for _, c := range []struct {
+		name string
+		args []string
+		code int
+		want []string
+	}{
+		{"bad -fence", with("-fence", "nftx"), 2, []string{`sealift-agent: -fence "nftx": want none, nft or linkstate`}},
+		{"bad -conn", with("-conn", "pcap"), 2, []string{`-conn "pcap": want none, conntrack or sockdiag`}},
+		{"bad -hypervisor", with("-hypervisor", "xen"), 2, []string{`-hypervisor "xen": want none, qemu or libvirt`}},
+		{"bad -listen", append(without("-listen"), "-listen", "localhost"), 2, []string{`-listen "localhost": want HOST:PORT`}},
+		{"missing -cert", without("-cert"), 2, []string{"-cert is required"}},
+		{"missing -listen", without("-listen"), 2, []string{"-listen is required"}},
+		{"unknown flag", with("-plaintext"), 2, []string{"-plaintext"}},
+		{"libvirt without URI", with("-hypervisor", "libvirt"), 2, []string{"-libvirt-uri is required"}},
+		{"-qemu-dir without qemu", with("-qemu-dir", "/x"), 2, []string{`-qemu-dir "/x": only with -hypervisor qemu`}},
+		{"missing -cert file", append(without("-cert"), "-cert", p.file("nope.pem")), 1, []string{p.file("nope.pem")}},
+		{"missing -ca file", append(without("-ca"), "-ca", p.file("nope-ca.pem")), 1, []string{p.file("nope-ca.pem")}},
+		{"cert and key swapped", append(without("-cert", "-key"), "-cert", p.file("host-a-key.pem"), "-key", p.file("host-a.pem")),
+			1, []string{p.file("host-a-key.pem"), p.file("host-a.pem")}},
+		{"a controller certificate", append(without("-cert", "-key"), "-cert", p.file("ctl.pem"), "-key", p.file("ctl-key.pem")),
+			1, []string{p.file("ctl.pem"), "want an agent certificate"}},
+		{"a namespace that does not exist", with("-netns", "sealift-no-such-ns"), 1, []string{"-netns", "sealift-no-such-ns"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			code, out, errOut := runAgent(t, c.args...)
+			assert.Equal(t, c.code, code, "%s", errOut)
+			assert.Empty(t, out)
+			for _, w := range c.want {
+				// JSON log lines escape quotes; the usage errors are plain.
+				assert.Contains(t, strings.ReplaceAll(errOut, `\"`, `"`), w)
+			}
+			assert.NotContains(t, errOut, keyBody, "key material printed")
+			assert.NotContains(t, errOut, "PRIVATE KEY")
+		})
+	}
+}
+
+// TestParseFlags checks the defaults and that -version needs nothing else.
+func TestParseFlags(t *testing.T) {
+	c, err := parseFlags([]string{"-version"}, &bytes.Buffer{})
+	require.NoError(t, err)
+	assert.True(t, c.version)
+
+	c, err = parseFlags([]string{"-listen", ":7443", "-ca", "a", "-cert", "b", "-key", "c"}, &bytes.Buffer{})
+	require.NoError(t, err)
+	assert.Equal(t, config{listen: ":7443", caFile: "a", certFile: "b", keyFile: "c", hypervisor: "none",
+		fence: "nft", conn: "conntrack", routing: "none", stateDir: "/var/lib/sealift-agent"}, c)
+
+	var help bytes.Buffer
+	_, err = parseFlags([]string{"-help"}, &help)
+	assert.ErrorIs(t, err, flag.ErrHelp)
+	assert.Contains(t, help.String(), "Not served yet: the link backends (wireguard, ipsec)")
+}

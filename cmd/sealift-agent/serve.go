@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sealift/sealift/agent"
+	"github.com/sealift/sealift/agent/agentpki"
+	"github.com/sealift/sealift/conn/conntrack"
+	"github.com/sealift/sealift/conn/sockdiag"
+	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/fence/linkstate"
+	"github.com/sealift/sealift/fence/nft"
+	"github.com/sealift/sealift/hypervisor/qemu"
+	"github.com/sealift/sealift/internal/nsutil"
+	"github.com/sealift/sealift/routing"
+	"github.com/sealift/sealift/routing/netlinkroute"
+)
+
+// recoverTimeout bounds the List calls made on start.
+const recoverTimeout = 30 * time.Second
+
+// serve runs the agent until ctx ends (then stops it gracefully and
+// returns nil) or serving fails.
+func serve(ctx context.Context, cfg config, log *slog.Logger) error {
+	tlsConf, identity, err := loadTLS(cfg)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.stateDir, 0o700); err != nil {
+		return fmt.Errorf("-state-dir: %w", err)
+	}
+	if err := nsutil.Check(cfg.netns); err != nil {
+		return fmt.Errorf("-netns %q: %w", cfg.netns, err)
+	}
+	b, err := newBackends(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer b.close(log)
+	found, err := b.recover(ctx)
+	if err != nil {
+		return err
+	}
+	srv, err := agent.NewServer(tlsConf, append(b.opts, agent.WithLogger(log))...)
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return fmt.Errorf("-listen: %w", err)
+	}
+	attrs := []any{"version", version(), "listen", l.Addr().String(), "identity", identity,
+		"netns", cfg.netns, "state_dir", cfg.stateDir,
+		"hypervisor", cfg.hypervisor, "fence", cfg.fence, "conn", cfg.conn, "routing", cfg.routing}
+	log.Info("sealift-agent started", append(attrs, found...)...)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case <-ctx.Done():
+		log.Info("sealift-agent stopping")
+		srv.Stop()
+		<-errc
+		log.Info("sealift-agent stopped")
+		return nil
+	case err := <-errc:
+		return fmt.Errorf("serve %s: %w", l.Addr(), err)
+	}
+}
+
+// loadTLS reads the TLS files (errors name them, never their contents)
+// and returns the server config and the agent's identity ("agent/NAME").
+func loadTLS(cfg config) (*tls.Config, string, error) {
+	caPEM, cert, err := agentpki.LoadFiles(cfg.caFile, cfg.certFile, cfg.keyFile)
+	if err != nil {
+		return nil, "", err
+	}
+	leaf := cert.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return nil, "", fmt.Errorf("-cert %q: %w", cfg.certFile, err)
+		}
+	}
+	role, name, err := agentpki.IdentityOf(leaf)
+	if err != nil {
+		return nil, "", fmt.Errorf("-cert %q: %w", cfg.certFile, err)
+	}
+	if role != agentpki.RoleAgent {
+		return nil, "", fmt.Errorf("-cert %q: certificate of %s/%s, want an agent certificate", cfg.certFile, role, name)
+	}
+	if now := time.Now(); now.After(leaf.NotAfter) || now.Before(leaf.NotBefore) {
+		return nil, "", fmt.Errorf("-cert %q: valid from %s to %s, not now", cfg.certFile,
+			leaf.NotBefore.Format(time.RFC3339), leaf.NotAfter.Format(time.RFC3339))
+	}
+	tlsConf, err := agentpki.ServerConfig(caPEM, cert)
+	if err != nil {
+		return nil, "", fmt.Errorf("-ca %q: %w", cfg.caFile, err)
+	}
+	return tlsConf, string(role) + "/" + name, nil
+}
+
+// backends are the backends the flags enable, as agent options.
+type backends struct {
+	opts    []agent.Option
+	fencer  fence.Fencer         // nil: -fence none
+	router  routing.RouteWatcher // nil: -routing none
+	closers []func() error
+}
+
+// newBackends builds the enabled backends. They act in cfg.netns and log
+// to log with a "backend" attribute. Nothing is touched yet.
+func newBackends(cfg config, log *slog.Logger) (*backends, error) {
+	b := &backends{}
+	with := func(name string) *slog.Logger { return log.With("backend", name) }
+	switch cfg.fence {
+	case "nft":
+		b.fencer = nft.New(nft.WithHost(cfg.netns), nft.WithLogger(with("nft")))
+	case "linkstate":
+		b.fencer = linkstate.New(linkstate.WithHost(cfg.netns), linkstate.WithLogger(with("linkstate")))
+	}
+	if b.fencer != nil {
+		b.opts = append(b.opts, agent.WithFencer(b.fencer))
+	}
+	switch cfg.conn {
+	case "conntrack":
+		b.opts = append(b.opts, agent.WithConnAuditor(conntrack.New(conntrack.WithHost(cfg.netns), conntrack.WithLogger(with("conntrack")))))
+	case "sockdiag":
+		b.opts = append(b.opts, agent.WithConnAuditor(sockdiag.New(sockdiag.WithHost(cfg.netns), sockdiag.WithLogger(with("sockdiag")))))
+	}
+	if cfg.routing == "netlinkroute" {
+		b.router = netlinkroute.New(netlinkroute.WithHost(cfg.netns), netlinkroute.WithLogger(with("netlinkroute")))
+		b.opts = append(b.opts, agent.WithRouteWatcher(b.router))
+	}
+	switch cfg.hypervisor {
+	case "qemu":
+		dir := cfg.qemuDir
+		if dir == "" {
+			dir = filepath.Join(cfg.stateDir, "qemu")
+		}
+		opts := []qemu.Option{qemu.WithHost(cfg.netns), qemu.WithStateDir(dir), qemu.WithLogger(with("qemu"))}
+		if cfg.qemuTLS != "" {
+			opts = append(opts, qemu.WithTLS(cfg.qemuTLS))
+		}
+		h, err := qemu.New(opts...)
+		if err != nil {
+			return nil, fmt.Errorf("-hypervisor qemu: %w", err)
+		}
+		// No Close: it would kill the VMs this agent started; they
+		// outlive the agent.
+		b.opts = append(b.opts, agent.WithHypervisor(h))
+	case "libvirt":
+		h, closeFn, err := newLibvirt(cfg.libvirtURI, with("libvirt"))
+		if err != nil {
+			return nil, fmt.Errorf("-hypervisor libvirt: %w", err)
+		}
+		b.closers = append(b.closers, closeFn)
+		b.opts = append(b.opts, agent.WithHypervisor(h))
+	}
+	return b, nil
+}
+
+// recover lists what a previous run left in the kernel (the agent serves
+// it as it is) and returns it as log attributes.
+func (b *backends) recover(ctx context.Context) ([]any, error) {
+	ctx, cancel := context.WithTimeout(ctx, recoverTimeout)
+	defer cancel()
+	var attrs []any
+	if b.fencer != nil {
+		fs, err := b.fencer.List(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("listing the fences found: %w", err)
+		}
+		vms := make([]string, len(fs))
+		for i, f := range fs {
+			vms[i] = f.VM
+		}
+		attrs = append(attrs, "fences", len(fs), "fenced_vms", vms)
+	}
+	if b.router != nil {
+		rs, err := b.router.Redirects(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("listing the redirects found: %w", err)
+		}
+		attrs = append(attrs, "redirects", len(rs))
+	}
+	return attrs, nil
+}
+
+func (b *backends) close(log *slog.Logger) {
+	for _, c := range b.closers {
+		if err := c(); err != nil {
+			log.Warn("closing a backend", "err", err)
+		}
+	}
+}
