@@ -20,12 +20,14 @@ type Client struct {
 
 // Dial connects (lazily, as gRPC does) to the agent at addr over tlsConf
 // (agentpki.ClientConfig: the controller's certificate, and the agent's
-// identity it expects).
-func Dial(addr string, tlsConf *tls.Config) (*Client, error) {
+// identity it expects). opts are added to gRPC's (interceptors, ...);
+// the transport stays tlsConf's.
+func Dial(addr string, tlsConf *tls.Config, opts ...grpc.DialOption) (*Client, error) {
 	if tlsConf == nil {
 		return nil, ErrNoTLS
 	}
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+	opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("%w: dial %s: %w", ErrRemote, addr, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/sealift/sealift/host"
 	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/routing"
+	"github.com/sealift/sealift/tunnel"
 )
 
 // sentinels are the contracts' errors that cross the network: the agent
@@ -40,6 +41,11 @@ var sentinels = []struct {
 	{"hypervisor.ErrSwitchoverHook", hypervisor.ErrSwitchoverHook, codes.Aborted},
 	{"hypervisor.ErrAborted", hypervisor.ErrAborted, codes.Aborted},
 	{"hypervisor.ErrMigration", hypervisor.ErrMigration, codes.Internal},
+	{"tunnel.ErrInvalid", tunnel.ErrInvalid, codes.InvalidArgument},
+	{"tunnel.ErrExists", tunnel.ErrExists, codes.AlreadyExists},
+	{"tunnel.ErrNoLink", tunnel.ErrNoLink, codes.NotFound},
+	{"tunnel.ErrNotProven", tunnel.ErrNotProven, codes.FailedPrecondition},
+	{"tunnel.ErrKernelUnsupported", tunnel.ErrKernelUnsupported, codes.Unimplemented},
 	{"host.ErrNotFound", host.ErrNotFound, codes.NotFound},
 }
 

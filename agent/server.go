@@ -12,8 +12,9 @@
 // Served so far: the Fencer contract (with fence.Holder where the backend
 // holds), the ConnAuditor, the RouteWatcher (a routing core's agent) and
 // the Hypervisor, whose Migrate streams progress and the switchover to
-// the controller, which runs its hook and answers. The link ends follow
-// (issue 12).
+// the controller, which runs its hook and answers; and the LinkEnd
+// (tunnel.Pair composes two hosts' ends into a SecureLinker; no key
+// crosses). The link backends' LinkEnds follow (issue 12).
 package agent
 
 import (
@@ -36,6 +37,7 @@ import (
 	"github.com/sealift/sealift/fence"
 	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/routing"
+	"github.com/sealift/sealift/tunnel"
 )
 
 // Server is one host's agent.
@@ -46,6 +48,7 @@ type Server struct {
 	auditor conn.ConnAuditor
 	router  routing.RouteWatcher
 	hv      hypervisor.Hypervisor
+	ends    tunnel.LinkEnd
 }
 
 // Option configures a Server.
@@ -78,6 +81,9 @@ func NewServer(tlsConf *tls.Config, opts ...Option) (*Server, error) {
 	}
 	if s.auditor != nil {
 		agentpb.RegisterConnAuditorServer(s.g, &connServer{a: s.auditor})
+	}
+	if s.ends != nil {
+		agentpb.RegisterLinkEndServer(s.g, &endServer{e: s.ends})
 	}
 	if s.hv != nil {
 		agentpb.RegisterHypervisorServer(s.g, &hvServer{h: s.hv})
