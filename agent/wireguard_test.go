@@ -1,0 +1,102 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/vishvananda/netns"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"google.golang.org/grpc"
+
+	"github.com/sealift/sealift/agent"
+	"github.com/sealift/sealift/agent/agentpki"
+	"github.com/sealift/sealift/internal/lab"
+	"github.com/sealift/sealift/internal/nsutil"
+	"github.com/sealift/sealift/tunnel"
+	"github.com/sealift/sealift/tunnel/wireguard"
+)
+
+// TestRemoteWireGuardEnds: real WireGuard ends on hosts A and B, each
+// behind its agent, composed by tunnel.Pair at the controller: the VM at
+// B and its peer at A talk through the link, and neither device's
+// private key appears in any RPC the controller made (read back from the
+// devices themselves), in any form.
+func TestRemoteWireGuardEnds(t *testing.T) {
+	lab.RequireRoot(t)
+	l := lab.New(t)
+	// The VM lives at B: its endpoint at A goes, one with its address
+	// appears on B's bridge.
+	h, err := lab.Handle(l.A)
+	require.NoError(t, err)
+	if port, err := h.LinkByName("vm0"); err == nil {
+		require.NoError(t, h.LinkDel(port))
+	}
+	h.Close()
+	require.NoError(t, netns.DeleteNamed(l.VM))
+	vm, err := l.AttachVM("vmb", l.B, "vmb0", "10.1.0.10/24")
+	require.NoError(t, err)
+
+	p := newPKI(t)
+	rec := &recorder{}
+	now := time.Now()
+	ends := map[string]tunnel.LinkEnd{}
+	for name, host := range map[string]string{"host-a": l.A, "host-b": l.B} {
+		id, err := p.ca.Issue(agentpki.RoleAgent, name, now.Add(-time.Minute), now.Add(time.Hour))
+		require.NoError(t, err)
+		addr := p.serveAs(t, id, agent.WithLinkEnd(wireguard.NewEnd(host, wireguard.WithBackend(wireguard.Userspace))))
+		ccfg, err := agentpki.ClientConfig(p.ca.PEM, p.ctl.TLS, name)
+		require.NoError(t, err)
+		c, err := agent.Dial(addr, ccfg, grpc.WithUnaryInterceptor(rec.intercept))
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		ends[name] = c.LinkEnd()
+	}
+	pair := tunnel.Pair{Secure: ends["host-a"], Remote: ends["host-b"]}
+	ctx := context.Background()
+	spec := tunnel.Spec{ID: "rw1", Kind: tunnel.WireGuard, ProxyARP: true,
+		Secure: tunnel.End{Host: l.A, Underlay: lab.AUplink, Protected: []netip.Prefix{netip.PrefixFrom(lab.PeerAddr, 32)}},
+		Remote: tunnel.End{Host: l.B, Underlay: lab.BUnderlay, Protected: []netip.Prefix{netip.PrefixFrom(lab.VMAddr, 32)}}}
+	link, err := pair.Prepare(ctx, spec)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = pair.Close(context.Background(), spec.ID) })
+	require.NoError(t, pair.Activate(ctx, spec.ID))
+	n, err := lab.Ping(l.Peer, lab.VMAddr, 5, 2*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, 5, n, "the peer reaches the VM through the link")
+	n, err = lab.Ping(vm, lab.PeerAddr, 5, 2*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, 5, n, "and back")
+	_, err = pair.Verify(ctx, spec.ID)
+	require.NoError(t, err)
+
+	var privs [][]byte
+	for _, e := range []struct{ host, dev string }{{l.A, link.SecureDevice}, {l.B, link.RemoteDevice}} {
+		require.NoError(t, nsutil.Do(e.host, func() error {
+			c, err := wgctrl.New()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			d, err := c.Device(e.dev)
+			if err != nil {
+				return err
+			}
+			privs = append(privs, d.PrivateKey[:], []byte(d.PrivateKey.String()))
+			return nil
+		}))
+	}
+	require.NoError(t, pair.Close(ctx, spec.ID))
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	require.NotEmpty(t, rec.msgs)
+	for _, k := range privs {
+		for _, m := range rec.msgs {
+			assert.False(t, bytes.Contains(m, k), "a device's private key crossed the network")
+		}
+	}
+}
