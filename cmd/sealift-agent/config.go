@@ -20,6 +20,7 @@ type config struct {
 	fence                     string // none, nft, linkstate
 	conn                      string // none, conntrack, sockdiag
 	routing                   string // none, netlinkroute
+	link                      string // none, wireguard
 	stateDir                  string
 	version                   bool
 }
@@ -43,7 +44,10 @@ redirect routes with -routing netlinkroute) and serves it as it is.
 SIGINT or SIGTERM stop it gracefully (calls in flight finish). Logs are
 JSON lines on stderr.
 
-Not served yet: the link backends (wireguard, ipsec).
+-link wireguard serves this host's WireGuard link ends (keys made here,
+only public keys leave; the controller pairs two hosts' ends). Not served
+yet: ipsec link ends; WireGuard ends are kept in memory (a restarted agent
+does not find them).
 
 Flags:
 `
@@ -71,6 +75,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&c.fence, "fence", "nft", "fence `BACKEND`: none, nft or linkstate")
 	fs.StringVar(&c.conn, "conn", "conntrack", "connection auditor `BACKEND`: none, conntrack or sockdiag")
 	fs.StringVar(&c.routing, "routing", "none", "routing `BACKEND`: none or netlinkroute (the kernel's routing table in -netns)")
+	fs.StringVar(&c.link, "link", "none", "link ends `BACKEND`: none or wireguard (kernel device where the kernel has one, else wireguard-go in this process)")
 	fs.StringVar(&c.stateDir, "state-dir", "/var/lib/sealift-agent", "state `DIR` (created 0700 if missing; the qemu backend's default home)")
 	fs.BoolVar(&c.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -105,6 +110,7 @@ func (c config) check() error {
 		{"fence", c.fence, []string{"none", "nft", "linkstate"}},
 		{"conn", c.conn, []string{"none", "conntrack", "sockdiag"}},
 		{"routing", c.routing, []string{"none", "netlinkroute"}},
+		{"link", c.link, []string{"none", "wireguard"}},
 	} {
 		if err := oneOf(ch.flag, ch.val, ch.want...); err != nil {
 			return err

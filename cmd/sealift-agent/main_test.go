@@ -424,10 +424,10 @@ func TestParseFlags(t *testing.T) {
 	c, err = parseFlags([]string{"-listen", ":7443", "-ca", "a", "-cert", "b", "-key", "c"}, &bytes.Buffer{})
 	require.NoError(t, err)
 	assert.Equal(t, config{listen: ":7443", caFile: "a", certFile: "b", keyFile: "c", hypervisor: "none",
-		fence: "nft", conn: "conntrack", routing: "none", stateDir: "/var/lib/sealift-agent"}, c)
+		fence: "nft", conn: "conntrack", routing: "none", link: "none", stateDir: "/var/lib/sealift-agent"}, c)
 
 	var help bytes.Buffer
 	_, err = parseFlags([]string{"-help"}, &help)
 	assert.ErrorIs(t, err, flag.ErrHelp)
-	assert.Contains(t, help.String(), "Not served yet: the link backends (wireguard, ipsec)")
+	assert.Contains(t, help.String(), "-link wireguard serves this host's WireGuard link ends")
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/sealift/sealift/internal/nsutil"
 	"github.com/sealift/sealift/routing"
 	"github.com/sealift/sealift/routing/netlinkroute"
+	"github.com/sealift/sealift/tunnel/wireguard"
 )
 
 // recoverTimeout bounds the List calls made on start.
@@ -59,7 +60,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	attrs := []any{"version", version(), "listen", l.Addr().String(), "identity", identity,
 		"netns", cfg.netns, "state_dir", cfg.stateDir,
-		"hypervisor", cfg.hypervisor, "fence", cfg.fence, "conn", cfg.conn, "routing", cfg.routing}
+		"hypervisor", cfg.hypervisor, "fence", cfg.fence, "conn", cfg.conn, "routing", cfg.routing, "link", cfg.link}
 	log.Info("sealift-agent started", append(attrs, found...)...)
 
 	errc := make(chan error, 1)
@@ -134,6 +135,9 @@ func newBackends(cfg config, log *slog.Logger) (*backends, error) {
 		b.opts = append(b.opts, agent.WithConnAuditor(conntrack.New(conntrack.WithHost(cfg.netns), conntrack.WithLogger(with("conntrack")))))
 	case "sockdiag":
 		b.opts = append(b.opts, agent.WithConnAuditor(sockdiag.New(sockdiag.WithHost(cfg.netns), sockdiag.WithLogger(with("sockdiag")))))
+	}
+	if cfg.link == "wireguard" {
+		b.opts = append(b.opts, agent.WithLinkEnd(wireguard.NewEnd(cfg.netns, wireguard.WithLogger(with("wireguard")))))
 	}
 	if cfg.routing == "netlinkroute" {
 		b.router = netlinkroute.New(netlinkroute.WithHost(cfg.netns), netlinkroute.WithLogger(with("netlinkroute")))
