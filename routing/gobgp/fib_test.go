@@ -43,8 +43,9 @@ func waitNoBGPRoute(ctx context.Context, t testing.TB, ns string) {
 	}
 }
 
-// threadsIn counts this process's threads whose network namespace is ns.
-func threadsIn(t testing.TB, ns string) int {
+// threadsIn returns this process's threads whose network namespace is
+// ns, each as "tid state" (from /proc/self/task/<tid>/stat).
+func threadsIn(t testing.TB, ns string) []string {
 	t.Helper()
 	var want unix.Stat_t
 	if err := unix.Stat(filepath.Join("/run/netns", ns), &want); err != nil {
@@ -54,14 +55,20 @@ func threadsIn(t testing.TB, ns string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
+	var in []string
 	for _, task := range tasks {
 		var st unix.Stat_t
 		if unix.Stat(filepath.Join("/proc/self/task", task.Name(), "ns/net"), &st) == nil && st.Ino == want.Ino && st.Dev == want.Dev {
-			n++
+			state := "?"
+			if b, err := os.ReadFile(filepath.Join("/proc/self/task", task.Name(), "stat")); err == nil {
+				if i := strings.LastIndexByte(string(b), ')'); i > 0 && i+2 < len(b) {
+					state = string(b[i+2])
+				}
+			}
+			in = append(in, task.Name()+" "+state)
 		}
 	}
-	return n
+	return in
 }
 
 // SyncFIB installs, replaces and removes the kernel route as the best
@@ -75,16 +82,17 @@ func TestSyncFIBFollowsBestPath(t *testing.T) {
 	// Connect reached each listener from the other namespace only:
 	// the listeners are inside. The Serve threads came back out. (A
 	// thread may be inside for a moment, switching back on a loaded
-	// machine: a left one stays, so wait a little before judging.)
+	// machine, as CI's two busy cores showed twice with a 2 s limit: a
+	// left one stays, so wait before judging, and name the threads.)
 	for _, ns := range []string{l.Core, l.B} {
-		deadline := time.Now().Add(2 * time.Second)
-		n := threadsIn(t, ns)
-		for n != 0 && time.Now().Before(deadline) {
+		deadline := time.Now().Add(10 * time.Second)
+		in := threadsIn(t, ns)
+		for len(in) != 0 && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond)
-			n = threadsIn(t, ns)
+			in = threadsIn(t, ns)
 		}
-		if n != 0 {
-			t.Fatalf("%d threads of the test process left in %s for 2 s", n, ns)
+		if len(in) != 0 {
+			t.Fatalf("threads of the test process (tid state) left in %s for 10 s: %v", ns, in)
 		}
 	}
 	kernel := netlinkroute.New(netlinkroute.WithHost(l.Core))
