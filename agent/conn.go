@@ -35,6 +35,10 @@ func selectorFromPB(pb *agentpb.Selector) (conn.Selector, error) {
 	if err := s.Validate(); err != nil {
 		return s, toStatus(err)
 	}
+	// The agent serves its own host: Selector.Host is the controller's
+	// name for it (Environment.Host), not a namespace here; the backend
+	// acts where it was configured (e.g. conntrack.WithHost).
+	s.Host = ""
 	return s, nil
 }
 

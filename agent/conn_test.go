@@ -61,7 +61,9 @@ func TestRemoteConnAuditor(t *testing.T) {
 	_, err = c.Write([]byte("hello"))
 	require.NoError(t, err)
 
-	sel := conn.Selector{Addrs: []netip.Prefix{netip.PrefixFrom(lab.VMAddr, 32)}}
+	// Host is the controller's name for the host (Environment.Host): the
+	// agent acts in its own, whatever the name.
+	sel := conn.Selector{Host: "host-a", Addrs: []netip.Prefix{netip.PrefixFrom(lab.VMAddr, 32)}}
 	conns, err := a.List(ctx, sel)
 	require.NoError(t, err)
 	require.Len(t, conns, 1, "%v", conns)

@@ -23,7 +23,7 @@ import (
 
 // TestMigratorOverAgentsRealBackends: FIG. 3 end to end with every host's
 // backends behind its agent, over mutual TLS: real nftables fences,
-// conntrack, WireGuard link ends made on their hosts (tunnel.Pair at the
+// conntrack, WireGuard link ends made on their hosts (tunnel.Hosts at the
 // controller), and internal/nshv's VM (a namespace whose port moves
 // between the hosts' bridges). The controller holds no key and no
 // device. The VM ends at B only, its peer at A reaches it through the
@@ -63,8 +63,11 @@ func TestMigratorOverAgentsRealBackends(t *testing.T) {
 		return migration.Environment{Hypervisor: c.Hypervisor(), Fencer: f, Auditor: c.ConnAuditor(), Host: host, Underlay: underlay}
 	}
 	m, err := migration.New(migration.Config{
-		Environments: map[string]migration.Environment{"a": env("host-a", l.A, lab.AUplink), "b": env("host-b", l.B, lab.BUnderlay)},
-		Linkers:      map[tunnel.Kind]tunnel.SecureLinker{tunnel.WireGuard: tunnel.Pair{Secure: clients["host-a"].LinkEnd(), Remote: clients["host-b"].LinkEnd()}},
+		// Hosts are named as the controller knows them, not by namespace:
+		// each agent acts in its own.
+		Environments: map[string]migration.Environment{"a": env("host-a", "host-a", lab.AUplink), "b": env("host-b", "host-b", lab.BUnderlay)},
+		Linkers: map[tunnel.Kind]tunnel.SecureLinker{tunnel.WireGuard: tunnel.NewHosts(map[string]tunnel.LinkEnd{
+			"host-a": clients["host-a"].LinkEnd(), "host-b": clients["host-b"].LinkEnd()})},
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { m.Close() })

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
+	"sync"
 )
 
 // A link has two ends on two hosts. A LinkEnd configures the ends on its
@@ -184,6 +186,144 @@ func (p Pair) List(ctx context.Context) ([]Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("remote end: %w", err)
 	}
+	return pairEnds(ss, rs), nil
+}
+
+// Hosts is a SecureLinker over many hosts' link ends: a link's ends are
+// the LinkEnds of its Spec's Secure.Host and Remote.Host (the names the
+// Migrator's Environments use: Environment.Host, Core.Host), composed
+// as a Pair. A controller with an agent per host builds it from the
+// agents' clients. Links it did not prepare (after a restart) are found
+// by listing every host's ends.
+type Hosts struct {
+	ends map[string]LinkEnd
+	mu   sync.Mutex
+	// pairs remembers each prepared link's pair, by ID.
+	pairs map[string]Pair
+}
+
+var _ SecureLinker = (*Hosts)(nil)
+
+// NewHosts returns a linker over ends, keyed by host name.
+func NewHosts(ends map[string]LinkEnd) *Hosts {
+	return &Hosts{ends: maps.Clone(ends), pairs: map[string]Pair{}}
+}
+
+// Prepare prepares spec between the LinkEnds of its two hosts; a host
+// without one is ErrInvalid, naming it.
+func (h *Hosts) Prepare(ctx context.Context, spec Spec) (Link, error) {
+	if err := spec.Validate(); err != nil {
+		return Link{}, err
+	}
+	var p Pair
+	for _, e := range []struct {
+		field, host string
+		end         *LinkEnd
+	}{{"Secure.Host", spec.Secure.Host, &p.Secure}, {"Remote.Host", spec.Remote.Host, &p.Remote}} {
+		le, ok := h.ends[e.host]
+		if !ok {
+			return Link{}, fmt.Errorf("%w: %s %q has no link end", ErrInvalid, e.field, e.host)
+		}
+		*e.end = le
+	}
+	l, err := p.Prepare(ctx, spec)
+	if err != nil {
+		return Link{}, err
+	}
+	h.mu.Lock()
+	h.pairs[spec.ID] = p
+	h.mu.Unlock()
+	return l, nil
+}
+
+// pair returns link id's pair: remembered, or found on the hosts.
+func (h *Hosts) pair(ctx context.Context, id string) (Pair, error) {
+	h.mu.Lock()
+	p, ok := h.pairs[id]
+	h.mu.Unlock()
+	if ok {
+		return p, nil
+	}
+	for _, le := range h.ends {
+		ends, err := le.List(ctx)
+		if err != nil {
+			return Pair{}, err
+		}
+		for _, e := range ends {
+			if e.Spec.ID != id {
+				continue
+			}
+			s, sok := h.ends[e.Spec.Secure.Host]
+			r, rok := h.ends[e.Spec.Remote.Host]
+			if !sok || !rok {
+				return Pair{}, fmt.Errorf("%w: link %q between %q and %q: a host has no link end", ErrNoLink, id, e.Spec.Secure.Host, e.Spec.Remote.Host)
+			}
+			p = Pair{Secure: s, Remote: r}
+			h.mu.Lock()
+			h.pairs[id] = p
+			h.mu.Unlock()
+			return p, nil
+		}
+	}
+	return Pair{}, fmt.Errorf("%w: %q", ErrNoLink, id)
+}
+
+func (h *Hosts) Activate(ctx context.Context, id string) error {
+	p, err := h.pair(ctx, id)
+	if err != nil {
+		return err
+	}
+	return p.Activate(ctx, id)
+}
+
+func (h *Hosts) Verify(ctx context.Context, id string) (Proof, error) {
+	p, err := h.pair(ctx, id)
+	if err != nil {
+		return Proof{}, err
+	}
+	return p.Verify(ctx, id)
+}
+
+// Close closes the link's ends; an unknown link is a no-op.
+func (h *Hosts) Close(ctx context.Context, id string) error {
+	p, err := h.pair(ctx, id)
+	if errors.Is(err, ErrNoLink) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := p.Close(ctx, id); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	delete(h.pairs, id)
+	h.mu.Unlock()
+	return nil
+}
+
+// List pairs every host's ends by link ID (a link with one end found is
+// listed inactive, for recovery).
+func (h *Hosts) List(ctx context.Context) ([]Link, error) {
+	var secure, remote []EndState
+	for host, le := range h.ends {
+		ends, err := le.List(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("host %q: %w", host, err)
+		}
+		for _, e := range ends {
+			if e.Role == SecureRole {
+				secure = append(secure, e)
+			} else {
+				remote = append(remote, e)
+			}
+		}
+	}
+	return pairEnds(secure, remote), nil
+}
+
+// pairEnds joins secure and remote ends by link ID, sorted by ID.
+func pairEnds(ss, rs []EndState) []Link {
 	byID := map[string]*[2]*EndState{}
 	var ids []string
 	add := func(list []EndState, role Role, i int) {
@@ -222,5 +362,5 @@ func (p Pair) List(ctx context.Context) ([]Link, error) {
 		}
 		out = append(out, l)
 	}
-	return out, nil
+	return out
 }

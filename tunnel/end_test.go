@@ -200,3 +200,52 @@ func TestPairFailures(t *testing.T) {
 	assert.False(t, ls[0].Active)
 	assert.True(t, strings.HasPrefix(ls[0].SecureDevice, "fk"))
 }
+
+// TestHosts: links between any two of three hosts go to those hosts'
+// ends; a host without an end is refused naming it; a new Hosts (a
+// restarted controller) finds a link on the hosts and closes it.
+func TestHosts(t *testing.T) {
+	ctx := context.Background()
+	ends := map[string]*fakeEnd{"a": newFakeEnd("a"), "b": newFakeEnd("b"), "c": newFakeEnd("c")}
+	asLinkEnds := func() map[string]tunnel.LinkEnd {
+		m := map[string]tunnel.LinkEnd{}
+		for k, v := range ends {
+			m[k] = v
+		}
+		return m
+	}
+	h := tunnel.NewHosts(asLinkEnds())
+	ab := spec("ab")
+	ac := spec("ac")
+	ac.Remote.Host = "c"
+	ac.Remote.Underlay = netip.MustParseAddr("203.0.113.9")
+	for _, s := range []tunnel.Spec{ab, ac} {
+		_, err := h.Prepare(ctx, s)
+		require.NoError(t, err)
+	}
+	assert.Contains(t, ends["b"].ends, "ab")
+	assert.NotContains(t, ends["b"].ends, "ac")
+	assert.Contains(t, ends["c"].ends, "ac")
+	assert.Len(t, ends["a"].ends, 2)
+	require.NoError(t, h.Activate(ctx, "ac"))
+	assert.True(t, ends["c"].ends["ac"].st.Active)
+	assert.False(t, ends["b"].ends["ab"].st.Active)
+
+	nowhere := spec("ax")
+	nowhere.Remote.Host = "x"
+	_, err := h.Prepare(ctx, nowhere)
+	require.ErrorIs(t, err, tunnel.ErrInvalid)
+	assert.ErrorContains(t, err, `Remote.Host "x"`)
+
+	restarted := tunnel.NewHosts(asLinkEnds())
+	ls, err := restarted.List(ctx)
+	require.NoError(t, err)
+	require.Len(t, ls, 2)
+	assert.Equal(t, "ab", ls[0].ID)
+	require.NoError(t, restarted.Activate(ctx, "ab"), "found on the hosts")
+	require.NoError(t, restarted.Close(ctx, "ab"))
+	assert.NotContains(t, ends["a"].ends, "ab")
+	assert.NotContains(t, ends["b"].ends, "ab")
+	require.NoError(t, restarted.Close(ctx, "ab"), "closing an absent link")
+	assert.ErrorIs(t, restarted.Activate(ctx, "zz"), tunnel.ErrNoLink)
+}
