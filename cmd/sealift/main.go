@@ -1,0 +1,370 @@
+// Command sealift is a minimal controller: it migrates a VM between
+// environments whose hosts each run a sealift agent (cmd/sealift-agent),
+// over mutual TLS, with a bbolt journal, and finishes what a stopped
+// controller left (recover).
+//
+//	sealift migrate -config F -vm NAME -from ENV -to ENV -addr PREFIX[,...] -peer PREFIX[,...] [-fence MODE] [-max-downtime D] [-json]
+//	sealift recover -config F [-json]
+//	sealift version
+//
+// Exit codes: 0 completed (recover: every unfinished migration
+// finished), 1 an error before or outside a migration, 2 bad usage or a
+// refused plan (nothing touched), 3 rolled back (the VM runs at the
+// source), 4 stayed fenced (the VM is fenced at the target: look at the
+// reason), 5 abandoned (the journal keeps it for recover).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sealift/sealift/agent"
+	"github.com/sealift/sealift/agent/agentpki"
+	"github.com/sealift/sealift/migration"
+	"github.com/sealift/sealift/tunnel"
+)
+
+// Config is the controller's configuration file (JSON).
+type Config struct {
+	// TLS: the controller's certificate and the operator's CA.
+	TLS struct {
+		CA   string `json:"ca"`
+		Cert string `json:"cert"`
+		Key  string `json:"key"`
+	} `json:"tls"`
+	// Journal is the bbolt journal's path.
+	Journal string `json:"journal"`
+	// Environments by name.
+	Environments map[string]EnvConfig `json:"environments"`
+}
+
+// EnvConfig is one environment: its host's agent, and its routing
+// core's (optional).
+type EnvConfig struct {
+	// Agent is the agent's address (host:port); Host is the host's name,
+	// which its agent certificate carries (sealift://agent/<host>).
+	Agent    string      `json:"agent"`
+	Host     string      `json:"host"`
+	Underlay string      `json:"underlay"`
+	Core     *CoreConfig `json:"core,omitempty"`
+	// SecureDevices: the environment's own encrypting devices (a site VPN).
+	SecureDevices []string `json:"secure_devices,omitempty"`
+}
+
+// CoreConfig is a routing core reached through its agent.
+type CoreConfig struct {
+	Agent    string `json:"agent"`
+	Host     string `json:"host"`
+	Underlay string `json:"underlay"`
+}
+
+// Exit codes.
+const (
+	exitOK = iota
+	exitError
+	exitUsage
+	exitRolledBack
+	exitStayedFenced
+	exitAbandoned
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
+
+// run is the command; it returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	stderr = &lockedWriter{w: stderr} // logs and progress lines come from several goroutines
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "usage: sealift migrate|recover|version [flags] (sealift CMD -h)")
+		return exitUsage
+	}
+	switch args[0] {
+	case "version":
+		fmt.Fprintln(stdout, "sealift", version())
+		return exitOK
+	case "migrate", "recover":
+	default:
+		fmt.Fprintf(stderr, "sealift: unknown command %q (want migrate, recover or version)\n", args[0])
+		return exitUsage
+	}
+	fs := flag.NewFlagSet("sealift "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "controller configuration `FILE` (JSON)")
+	asJSON := fs.Bool("json", false, "print the report(s) as JSON")
+	var vm, from, to, addrs, peers, fenceMode string
+	var maxDowntime time.Duration
+	if args[0] == "migrate" {
+		fs.StringVar(&vm, "vm", "", "the VM's `NAME`")
+		fs.StringVar(&from, "from", "", "source environment")
+		fs.StringVar(&to, "to", "", "target environment")
+		fs.StringVar(&addrs, "addr", "", "the VM's addresses, comma-separated `PREFIXES` (10.1.0.10/32)")
+		fs.StringVar(&peers, "peer", "", "the secure side's prefixes it talks to, comma-separated")
+		fs.StringVar(&fenceMode, "fence", string(migration.FenceAtSwitchover), "fence `MODE`: at-switchover or before-copy")
+		fs.DurationVar(&maxDowntime, "max-downtime", 0, "allowed stop-and-copy time (0: the hypervisor's default)")
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		return exitUsage
+	}
+	if *cfgPath == "" {
+		fmt.Fprintln(stderr, "sealift: -config is required")
+		return exitUsage
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, nil))
+	m, closeAll, err := build(ctx, *cfgPath, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "sealift: %v\n", err)
+		if errors.Is(err, errConfig) {
+			return exitUsage
+		}
+		return exitError
+	}
+	defer closeAll()
+
+	if args[0] == "recover" {
+		reps, err := m.Recover(ctx)
+		for _, r := range reps {
+			printReport(stdout, r, *asJSON)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "sealift: recover: %v\n", err)
+			return exitError
+		}
+		code := exitOK
+		for _, r := range reps {
+			code = max(code, outcomeCode(r.Outcome))
+		}
+		return code
+	}
+
+	plan := migration.Plan{VM: vm, From: from, To: to, Link: tunnel.WireGuard, FenceMode: migration.FenceMode(fenceMode), MaxDowntime: maxDowntime}
+	if plan.Addrs, err = prefixes("-addr", addrs); err == nil {
+		plan.Peers, err = prefixes("-peer", peers)
+	}
+	if err == nil {
+		err = m.Validate(plan)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "sealift: %v\n", err)
+		return exitUsage
+	}
+	events, unsub := m.Subscribe(64)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ev := range events {
+			printEvent(stderr, ev)
+		}
+	}()
+	rep, err := m.Run(ctx, plan)
+	unsub()
+	<-done
+	if rep == nil {
+		fmt.Fprintf(stderr, "sealift: %v\n", err)
+		if errors.Is(err, migration.ErrInvalidPlan) {
+			return exitUsage
+		}
+		return exitError
+	}
+	printReport(stdout, rep, *asJSON)
+	if err != nil {
+		fmt.Fprintf(stderr, "sealift: %v\n", err)
+	}
+	return outcomeCode(rep.Outcome)
+}
+
+var errConfig = errors.New("configuration")
+
+// build reads the configuration, dials every agent and returns the
+// Migrator and a function that closes it all.
+func build(ctx context.Context, path string, log *slog.Logger) (*migration.Migrator, func(), error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: -config: %w", errConfig, err)
+	}
+	var cfg Config
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		return nil, nil, fmt.Errorf("%w: %s: %w", errConfig, path, err)
+	}
+	if cfg.Journal == "" {
+		return nil, nil, fmt.Errorf("%w: %s: journal is empty", errConfig, path)
+	}
+	caPEM, cert, err := agentpki.LoadFiles(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key)
+	if err != nil {
+		return nil, nil, err
+	}
+	var clients []*agent.Client
+	closeAll := func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}
+	dial := func(field, addr, host string) (*agent.Client, error) {
+		if addr == "" || host == "" {
+			return nil, fmt.Errorf("%w: %s: agent and host are required", errConfig, field)
+		}
+		tc, err := agentpki.ClientConfig(caPEM, cert, host)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s.host %q: %w", errConfig, field, host, err)
+		}
+		c, err := agent.Dial(addr, tc)
+		if err == nil {
+			clients = append(clients, c)
+		}
+		return c, err
+	}
+	addr := func(field, s string) (netip.Addr, error) {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return a, fmt.Errorf("%w: %s %q: %w", errConfig, field, s, err)
+		}
+		return a, nil
+	}
+	mc := migration.Config{Environments: map[string]migration.Environment{}}
+	ends := map[string]tunnel.LinkEnd{}
+	fail := func(err error) (*migration.Migrator, func(), error) { closeAll(); return nil, nil, err }
+	for name, e := range cfg.Environments {
+		field := "environments." + name
+		c, err := dial(field, e.Agent, e.Host)
+		if err != nil {
+			return fail(err)
+		}
+		env := migration.Environment{Hypervisor: c.Hypervisor(), Auditor: c.ConnAuditor(), Host: e.Host, SecureDevices: e.SecureDevices}
+		if env.Underlay, err = addr(field+".underlay", e.Underlay); err != nil {
+			return fail(err)
+		}
+		if env.Fencer, err = c.Fencer(ctx); err != nil {
+			return fail(fmt.Errorf("%s: agent %s: %w", field, e.Agent, err))
+		}
+		ends[e.Host] = c.LinkEnd()
+		if e.Core != nil {
+			cc, err := dial(field+".core", e.Core.Agent, e.Core.Host)
+			if err != nil {
+				return fail(err)
+			}
+			core := &migration.Core{Host: e.Core.Host, Routing: cc.RouteWatcher()}
+			if core.Underlay, err = addr(field+".core.underlay", e.Core.Underlay); err != nil {
+				return fail(err)
+			}
+			env.Core = core
+			ends[e.Core.Host] = cc.LinkEnd()
+		}
+		mc.Environments[name] = env
+	}
+	mc.Linkers = map[tunnel.Kind]tunnel.SecureLinker{tunnel.WireGuard: tunnel.NewHosts(ends)}
+	j, err := migration.OpenBoltJournal(cfg.Journal)
+	if err != nil {
+		return fail(err)
+	}
+	mc.Journal = j
+	mc.Logger = log
+	m, err := migration.New(mc)
+	if err != nil {
+		j.Close()
+		return fail(fmt.Errorf("%w: %w", errConfig, err))
+	}
+	return m, func() { m.Close(); closeAll() }, nil
+}
+
+func prefixes(flagName, s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: %w", flagName, f, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func outcomeCode(o migration.Outcome) int {
+	switch o {
+	case migration.Completed:
+		return exitOK
+	case migration.RolledBack:
+		return exitRolledBack
+	case migration.StayedFenced:
+		return exitStayedFenced
+	default:
+		return exitAbandoned
+	}
+}
+
+func printEvent(w io.Writer, ev migration.Event) {
+	switch e := ev.(type) {
+	case migration.StepStarted:
+		fmt.Fprintf(w, "block %d %s ...\n", int(e.Block), e.Block)
+	case migration.StepFinished:
+		if e.Err != nil {
+			fmt.Fprintf(w, "block %d %s failed after %v: %v\n", int(e.Block), e.Block, e.Duration.Round(time.Microsecond), e.Err)
+		} else {
+			fmt.Fprintf(w, "block %d %s done in %v\n", int(e.Block), e.Block, e.Duration.Round(time.Microsecond))
+		}
+	case migration.MigrationProgress:
+		fmt.Fprintf(w, "migrating: %.1f MiB sent, %.1f MiB left (pass %d)\n",
+			float64(e.Transferred)/(1<<20), float64(e.Remaining)/(1<<20), e.Pass)
+	case migration.Finished:
+		fmt.Fprintf(w, "finished: %s %s\n", e.Outcome, e.Reason)
+	}
+}
+
+func printReport(w io.Writer, r *migration.Report, asJSON bool) {
+	if asJSON {
+		b, _ := json.MarshalIndent(r, "", "  ")
+		fmt.Fprintln(w, string(b))
+		return
+	}
+	fmt.Fprintf(w, "%s %s: %s", r.VM, r.ID, r.Outcome)
+	if r.Reason != "" {
+		fmt.Fprintf(w, " (%s)", r.Reason)
+	}
+	fmt.Fprintf(w, "\n  link %s %s/%s, downtime %v, switchover hook %v, %d packets held and released\n",
+		r.Link.Backend, r.Link.SecureDevice, r.Link.RemoteDevice, r.Migration.Downtime,
+		r.Migration.SwitchoverDone.Sub(r.Migration.Switchover).Round(time.Microsecond), r.Released)
+	for _, s := range r.Steps {
+		fmt.Fprintf(w, "  block %d %-20s %v\n", int(s.Block), s.Name, time.Duration(s.Duration).Round(time.Microsecond))
+	}
+	for _, warn := range r.Warnings {
+		fmt.Fprintf(w, "  warning: %s\n", warn)
+	}
+}
+
+// lockedWriter serializes writes.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sealift/sealift/agent"
+	"github.com/sealift/sealift/agent/agentpki"
+	"github.com/sealift/sealift/conn/conntrack"
+	"github.com/sealift/sealift/fence/nft"
+	"github.com/sealift/sealift/hypervisor"
+	"github.com/sealift/sealift/internal/lab"
+	"github.com/sealift/sealift/internal/nshv"
+	"github.com/sealift/sealift/tunnel/wireguard"
+)
+
+// TestMigrateThroughAgents: `sealift migrate` with a configuration of two
+// environments, each an agent (in this process, over mutual TLS on
+// loopback, with real nft, conntrack and WireGuard ends, and nshv's
+// namespace VM), moves the VM and exits 0; the report names the link;
+// `sealift recover` then finds nothing to do. Bad input exits 2 naming it.
+func TestMigrateThroughAgents(t *testing.T) {
+	lab.RequireRoot(t)
+	l := lab.New(t)
+	nb := l.Prefix + "-nbb"
+	require.NoError(t, l.AddHost(nb))
+	require.NoError(t, l.Endpoint(nb, l.B, "nb0", "br0", "10.1.0.30/24", lab.Gateway))
+	hv := nshv.New("vm1", l.VM, "eth0")
+	a, b := hv.Host(l.A, "vm0", "br0"), hv.Host(l.B, "vmb0", "br0")
+	require.NoError(t, hv.Start(a))
+
+	dir := t.TempDir()
+	ca, err := agentpki.NewCA("test", time.Hour)
+	require.NoError(t, err)
+	now := time.Now()
+	ctl, err := ca.Issue(agentpki.RoleController, "ctl", now.Add(-time.Minute), now.Add(time.Hour))
+	require.NoError(t, err)
+	require.NoError(t, ca.WriteFiles(dir, ctl))
+	cfg := Config{Journal: filepath.Join(dir, "journal.db"), Environments: map[string]EnvConfig{}}
+	cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key = filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ctl.pem"), filepath.Join(dir, "ctl-key.pem")
+	for _, h := range []struct {
+		env, name, ns string
+		hv            hypervisor.Hypervisor
+		underlay      string
+	}{{"secure", "host-a", l.A, a, lab.AUplink.String()}, {"cloud", "host-b", l.B, b, lab.BUnderlay.String()}} {
+		id, err := ca.Issue(agentpki.RoleAgent, h.name, now.Add(-time.Minute), now.Add(time.Hour))
+		require.NoError(t, err)
+		scfg, err := agentpki.ServerConfig(ca.PEM, id.TLS)
+		require.NoError(t, err)
+		s, err := agent.NewServer(scfg, agent.WithHypervisor(h.hv), agent.WithFencer(nft.New(nft.WithHost(h.ns))),
+			agent.WithConnAuditor(conntrack.New(conntrack.WithHost(h.ns))),
+			agent.WithLinkEnd(wireguard.NewEnd(h.ns, wireguard.WithBackend(wireguard.Userspace))))
+		require.NoError(t, err)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		go func() { _ = s.Serve(ln) }()
+		t.Cleanup(s.Stop)
+		cfg.Environments[h.env] = EnvConfig{Agent: ln.Addr().String(), Host: h.name, Underlay: h.underlay}
+	}
+	path := filepath.Join(dir, "sealift.json")
+	b2, err := json.Marshal(cfg)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(path, b2, 0o600))
+
+	ctx := context.Background()
+	var out, errs bytes.Buffer
+	code := run(ctx, []string{"migrate", "-config", path, "-vm", "vm1", "-from", "secure", "-to", "cloud",
+		"-addr", lab.VMAddr.String() + "/32", "-peer", lab.PeerAddr.String() + "/32"}, &out, &errs)
+	require.Equal(t, exitOK, code, "stdout: %s\nstderr: %s", out.String(), errs.String())
+	assert.Contains(t, out.String(), "vm1")
+	assert.Contains(t, out.String(), "completed")
+	assert.Contains(t, errs.String(), "block 330 migrate done")
+	assert.Equal(t, l.B, hv.At())
+	n, err := lab.Ping(l.Peer, lab.VMAddr, 3, 2*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, 3, n)
+
+	out.Reset()
+	errs.Reset()
+	assert.Equal(t, exitOK, run(ctx, []string{"recover", "-config", path}, &out, &errs), "%s", errs.String())
+	assert.Empty(t, strings.TrimSpace(out.String()), "nothing left to recover")
+
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"migrate", "-config", path, "-vm", "vm1", "-from", "cloud", "-to", "nowhere", "-addr", "10.1.0.10/32", "-peer", "10.1.0.20/32"}, "nowhere"},
+		{[]string{"migrate", "-config", path, "-vm", "vm1", "-from", "cloud", "-to", "secure", "-addr", "10.1.0.x/32"}, `-addr "10.1.0.x/32"`},
+		{[]string{"migrate", "-vm", "vm1"}, "-config is required"},
+		{[]string{"teleport"}, `unknown command "teleport"`},
+	} {
+		errs.Reset()
+		assert.Equal(t, exitUsage, run(ctx, c.args, &out, &errs), "%v", c.args)
+		assert.Contains(t, errs.String(), c.want, "%v", c.args)
+	}
+	out.Reset()
+	assert.Equal(t, exitOK, run(ctx, []string{"version"}, &out, &errs))
+	assert.True(t, strings.HasPrefix(out.String(), "sealift "))
+}
