@@ -46,8 +46,9 @@ JSON lines on stderr.
 
 -link wireguard serves this host's WireGuard link ends (keys made here,
 only public keys leave; the controller pairs two hosts' ends). Not served
-yet: ipsec link ends; WireGuard ends are kept in memory (a restarted agent
-does not find them).
+yet: ipsec link ends. WireGuard ends are recorded under -state-dir: a
+restarted agent lists them and removes what they installed on Close (a
+wireguard-go device dies with the agent).
 
 Flags:
 `

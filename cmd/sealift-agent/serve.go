@@ -137,7 +137,8 @@ func newBackends(cfg config, log *slog.Logger) (*backends, error) {
 		b.opts = append(b.opts, agent.WithConnAuditor(sockdiag.New(sockdiag.WithHost(cfg.netns), sockdiag.WithLogger(with("sockdiag")))))
 	}
 	if cfg.link == "wireguard" {
-		b.opts = append(b.opts, agent.WithLinkEnd(wireguard.NewEnd(cfg.netns, wireguard.WithLogger(with("wireguard")))))
+		b.opts = append(b.opts, agent.WithLinkEnd(wireguard.NewEnd(cfg.netns, wireguard.WithLogger(with("wireguard")),
+			wireguard.WithStateDir(filepath.Join(cfg.stateDir, "wireguard")))))
 	}
 	if cfg.routing == "netlinkroute" {
 		b.router = netlinkroute.New(netlinkroute.WithHost(cfg.netns), netlinkroute.WithLogger(with("netlinkroute")))

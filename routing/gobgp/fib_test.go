@@ -65,7 +65,9 @@ func threadsIn(t testing.TB, ns string) []string {
 					state = string(b[i+2])
 				}
 			}
-			in = append(in, task.Name()+" "+state)
+			wchan, _ := os.ReadFile(filepath.Join("/proc/self/task", task.Name(), "wchan"))
+			stack, _ := os.ReadFile(filepath.Join("/proc/self/task", task.Name(), "stack"))
+			in = append(in, task.Name()+" "+state+" wchan="+string(wchan)+" stack="+strings.ReplaceAll(string(stack), "\n", " | "))
 		}
 	}
 	return in

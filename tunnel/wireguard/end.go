@@ -2,11 +2,14 @@ package wireguard
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -29,9 +32,11 @@ import (
 // keepalive. So the link is handshaken when Pair.Prepare returns, as the
 // Linker's is, and Activate (in the switchover hook) only routes.
 //
-// This first version keeps its ends in memory: List reports what this
-// End opened, and a restarted End does not find earlier ends (their
-// devices stay until removed by hand or by the Linker's state files).
+// With WithStateDir, each end is recorded in a file before what it
+// records is installed (never its key), and NewEnd reads the files: a
+// restarted agent lists the ends a previous run left and Close removes
+// what they installed (a wireguard-go device dies with its process; a
+// kernel device stays until Close). Without it, ends live in memory.
 // Proxy entries are shared among this End's links only.
 type End struct {
 	host          string
@@ -56,18 +61,95 @@ type oneEnd struct {
 	sysctls []sysctlSave
 	neigh   []arp.Neighbour
 	own     []arp.Own
+	// counted: proxy is in e.proxyRefs (once installed, or loaded).
+	counted bool
+}
+
+// endRecord is an end's state file: what it installed, no key.
+type endRecord struct {
+	State   tunnel.EndState `json:"state"`
+	Table   int             `json:"table,omitempty"`
+	Routes  []netip.Prefix  `json:"routes,omitempty"`
+	Rules   []netip.Prefix  `json:"rules,omitempty"`
+	Proxy   []proxyEntry    `json:"proxy,omitempty"`
+	Sysctls []sysctlSave    `json:"sysctls,omitempty"`
+	Neigh   []arp.Neighbour `json:"neigh,omitempty"`
+	Own     []arp.Own       `json:"own,omitempty"`
+}
+
+func (e *End) recordPath(id string) string { return filepath.Join(e.l.stateDir, "end-"+id+".json") }
+
+// save writes o's record (no-op without a state dir).
+func (e *End) save(o *oneEnd) error {
+	if e.l.stateDir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(e.l.stateDir, 0o700); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	b, err := json.MarshalIndent(endRecord{State: o.st, Table: o.table, Routes: o.routes, Rules: o.rules, Proxy: o.proxy,
+		Sysctls: o.sysctls, Neigh: o.neigh, Own: o.own}, "", "  ")
+	if err != nil {
+		return err
+	}
+	path := e.recordPath(o.st.Spec.ID)
+	if err := os.WriteFile(path+".tmp", b, 0o600); err != nil {
+		return fmt.Errorf("state file: %w", err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		return fmt.Errorf("state file: %w", err)
+	}
+	return nil
+}
+
+// load reads the state dir's records (NewEnd); a record it cannot read
+// is logged and left for an operator.
+func (e *End) load() {
+	if e.l.stateDir == "" {
+		return
+	}
+	paths, _ := filepath.Glob(filepath.Join(e.l.stateDir, "end-*.json"))
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		var r endRecord
+		if err == nil {
+			err = json.Unmarshal(b, &r)
+		}
+		if err != nil || r.State.Spec.ID == "" {
+			e.log.Warn("wireguard end: unreadable state file", "path", p, "err", err)
+			continue
+		}
+		o := &oneEnd{st: r.State, table: r.Table, routes: r.Routes, rules: r.Rules, proxy: r.Proxy, sysctls: r.Sysctls,
+			neigh: r.Neigh, own: r.Own}
+		e.ends[r.State.Spec.ID] = o
+		e.claimedPorts[int(portOf(o.st))] = true
+		if o.table != 0 {
+			e.claimedTables[o.table] = true
+		}
+		for _, px := range o.proxy {
+			e.proxyRefs[proxyKey(e.host, px)]++
+		}
+		o.counted = true
+		e.log.Info("wireguard end found", "id", r.State.Spec.ID, "role", r.State.Role, "device", r.State.Device)
+	}
 }
 
 var _ tunnel.LinkEnd = (*End)(nil)
 
-// NewEnd returns host's End ("" = the current netns). Of the Linker's
-// options it uses WithBackend, WithKeepalive, WithVerifyTimeout and
-// WithLogger; WithStateDir and WithPresharedKey do not apply (a
-// preshared key would have to cross between the hosts).
+// NewEnd returns host's End ("" = the current netns), with the ends its
+// state dir records. Of the Linker's options it uses WithBackend,
+// WithKeepalive, WithVerifyTimeout, WithLogger and WithStateDir (give
+// each End a directory of its own; without one, its ends live in memory
+// only); WithPresharedKey does not apply (a preshared key would have to
+// cross between the hosts).
 func NewEnd(host string, opts ...Option) *End {
-	l := New(opts...)
-	return &End{host: host, l: l, log: l.log, ends: map[string]*oneEnd{}, proxyRefs: map[string]int{},
+	// No state dir unless one is given: the Linker's default directory
+	// is shared by every Linker of the machine.
+	l := New(append([]Option{WithStateDir("")}, opts...)...)
+	e := &End{host: host, l: l, log: l.log, ends: map[string]*oneEnd{}, proxyRefs: map[string]int{},
 		claimedPorts: map[int]bool{}, claimedTables: map[int]bool{}}
+	e.load()
+	return e
 }
 
 func (e *End) get(id string) (*oneEnd, error) {
@@ -136,12 +218,17 @@ func (e *End) Open(ctx context.Context, spec tunnel.Spec, role tunnel.Role) (tun
 			return tunnel.EndState{}, err
 		}
 	}
-	backend, err := e.createDevice(o, dev, mtu)
-	if err != nil {
+	// Recorded before the device exists: a crash leaves a record.
+	o.st = tunnel.EndState{Spec: spec, Role: role, Device: dev}
+	if err := e.save(o); err != nil {
 		return tunnel.EndState{}, err
 	}
+	backend, err := e.createDevice(o, dev, mtu)
+	if err != nil {
+		return tunnel.EndState{}, errors.Join(err, e.forget(spec.ID))
+	}
 	fail := func(err error) (tunnel.EndState, error) {
-		return tunnel.EndState{}, errors.Join(err, e.removeDevice(o, dev))
+		return tunnel.EndState{}, errors.Join(err, e.removeDevice(o, dev), e.forget(spec.ID))
 	}
 	if err := withWG(e.host, func(c *wgctrl.Client) error {
 		return c.ConfigureDevice(dev, wgtypes.Config{PrivateKey: &key, ListenPort: &port, ReplacePeers: true})
@@ -163,6 +250,9 @@ func (e *End) Open(ctx context.Context, spec tunnel.Spec, role tunnel.Role) (tun
 	}
 	o.st = tunnel.EndState{Spec: spec, Role: role, Backend: backend, Device: dev,
 		Public: tunnel.Public{Key: key.PublicKey().String(), Endpoint: netip.AddrPortFrom(me.Underlay, uint16(port))}}
+	if err := e.save(o); err != nil {
+		return fail(err)
+	}
 	e.ends[spec.ID] = o
 	e.claimedPorts[port] = true
 	e.log.Info("wireguard end opened", "id", spec.ID, "role", role, "host", e.host, "device", dev, "backend", backend, "port", port)
@@ -282,6 +372,9 @@ func (e *End) Connect(ctx context.Context, id string, peer tunnel.Public) error 
 		return fmt.Errorf("%s: configure the peer of %s: %w", hostName(e.host), o.st.Device, err)
 	}
 	o.st.Connected = true
+	if err := e.save(o); err != nil {
+		return err
+	}
 	if o.st.Role != tunnel.RemoteRole {
 		return nil
 	}
@@ -346,6 +439,16 @@ func (e *End) Activate(ctx context.Context, id string) error {
 			o.sysctls = append(o.sysctls, s)
 		}
 	}
+	var fresh []proxyEntry
+	for _, p := range plan.entries {
+		if e.proxyRefs[proxyKey(e.host, p)] == 0 {
+			fresh = append(fresh, p)
+		}
+	}
+	o.proxy = plan.entries // recorded first; foreign ones are dropped below
+	if err := e.save(o); err != nil {
+		return err
+	}
 	if err := addRoutes(e.host, o.st.Device, o.table, o.routes); err != nil {
 		return err
 	}
@@ -357,19 +460,15 @@ func (e *End) Activate(ctx context.Context, id string) error {
 			return err
 		}
 	}
-	var fresh []proxyEntry
-	for _, p := range plan.entries {
-		if e.proxyRefs[proxyKey(e.host, p)] == 0 {
-			fresh = append(fresh, p)
-		}
-	}
 	foreign, err := addProxy(e.host, fresh)
+	o.proxy = nil
 	for _, p := range plan.entries {
 		if !slices.Contains(foreign, p) {
 			o.proxy = append(o.proxy, p)
 			e.proxyRefs[proxyKey(e.host, p)]++
 		}
 	}
+	o.counted = true
 	if err != nil {
 		return err
 	}
@@ -377,6 +476,9 @@ func (e *End) Activate(ctx context.Context, id string) error {
 		return err
 	}
 	o.st.Active = true
+	if err := e.save(o); err != nil {
+		return err
+	}
 	if err := e.announce(o); err != nil {
 		e.log.Warn("gratuitous ARP", "id", id, "err", err)
 	}
@@ -460,7 +562,10 @@ func (e *End) Close(ctx context.Context, id string) error {
 	var drop []proxyEntry
 	for _, p := range o.proxy {
 		k := proxyKey(e.host, p)
-		if e.proxyRefs[k]--; e.proxyRefs[k] <= 0 {
+		if o.counted {
+			e.proxyRefs[k]--
+		}
+		if e.proxyRefs[k] <= 0 { // no other link of this End holds it
 			delete(e.proxyRefs, k)
 			drop = append(drop, p)
 		}
@@ -472,6 +577,10 @@ func (e *End) Close(ctx context.Context, id string) error {
 		}
 	}
 	errs = append(errs, delRoutes(e.host, o.st.Device, o.table, o.routes), e.removeDevice(o, o.st.Device))
+	if err := errors.Join(errs...); err != nil {
+		return err // the record stays: Close again
+	}
+	errs = append(errs, e.forget(id))
 	delete(e.ends, id)
 	delete(e.claimedPorts, int(portOf(o.st)))
 	delete(e.claimedTables, o.table)
@@ -490,6 +599,17 @@ func (e *End) sysctlStillNeeded(o *oneEnd, s sysctlSave) bool {
 		}
 	}
 	return false
+}
+
+// forget removes id's state file.
+func (e *End) forget(id string) error {
+	if e.l.stateDir == "" {
+		return nil
+	}
+	if err := os.Remove(e.recordPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("state file: %w", err)
+	}
+	return nil
 }
 
 func portOf(st tunnel.EndState) uint16 {

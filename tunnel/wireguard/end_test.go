@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -111,5 +113,86 @@ func TestEndPair(t *testing.T) {
 	}
 	if !bytes.Contains([]byte(logs.String()), []byte("wireguard end active")) {
 		t.Error("no activation in the log: the key check above read nothing")
+	}
+}
+
+// TestEndRestart: an End with a state dir whose process "dies" (its
+// wireguard-go device gone, nothing cleaned): a new End on the same
+// state dir lists the end a previous run left, and its Close removes
+// what that end installed (routes, rules, proxy entries, sysctls) and
+// the record; the state files never hold a key.
+func TestEndRestart(t *testing.T) {
+	w := newWorld(t)
+	before := w.sysctls(t)
+	dirA, dirB := t.TempDir(), t.TempDir()
+	a := NewEnd(w.l.A, WithBackend(Userspace), WithStateDir(dirA))
+	b := NewEnd(w.l.B, WithBackend(Userspace), WithStateDir(dirB))
+	pair := tunnel.Pair{Secure: a, Remote: b}
+	ctx := context.Background()
+	spec := w.spec()
+	link, err := pair.Prepare(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pair.Activate(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	var priv string
+	if err := withWG(w.l.B, func(c *wgctrl.Client) error {
+		d, err := c.Device(link.RemoteDevice)
+		if err == nil {
+			priv = d.PrivateKey.String()
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := os.ReadFile(filepath.Join(dirB, "end-"+spec.ID+".json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(rec), priv) {
+		t.Fatal("the state file holds the private key")
+	}
+
+	// B's agent dies: its wireguard-go device with it, the rest stays.
+	b.mu.Lock()
+	if err := b.ends[spec.ID].user.close(); err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Unlock()
+	restarted := NewEnd(w.l.B, WithBackend(Userspace), WithStateDir(dirB))
+	ends, err := restarted.List(ctx)
+	if err != nil || len(ends) != 1 || ends[0].Spec.ID != spec.ID || !ends[0].Active || ends[0].Role != tunnel.RemoteRole {
+		t.Fatalf("List after restart: %+v, %v", ends, err)
+	}
+	if err := restarted.Close(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dirB, "end-"+spec.ID+".json")); !os.IsNotExist(err) {
+		t.Errorf("state file after Close: %v", err)
+	}
+	after := w.sysctls(t)
+	for k, v := range before {
+		if after[k] != v {
+			t.Errorf("sysctl %s: %s before, %s after", k, v, after[k])
+		}
+	}
+	left, err := proxyEntries(w.l.B)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 0 {
+		t.Errorf("proxy entries left at B: %v", left)
+	}
+	out, err := lab.Exec(w.l.B, "ip", "rule", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), lab.VMAddr.String()) {
+		t.Errorf("a rule for the VM is left at B:\n%s", out)
 	}
 }
