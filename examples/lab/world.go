@@ -78,7 +78,7 @@ type world struct {
 	tlsDir string // X.509 credentials for the migration stream (A and B: libvirt)
 	// tlsDirA, tlsDirB: A's and B's own credentials (QEMU), one CA.
 	tlsDirA, tlsDirB string
-	hv     *hypervisors
+	hv               *hypervisors
 	// The baselines: the same backend at A and B over bwan, with a TLS
 	// stream (bt*) and without (bp*); bpeer pings their guests from A's
 	// br9; bt/bpTap are their ports at B.
