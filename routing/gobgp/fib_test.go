@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -94,7 +95,15 @@ func TestSyncFIBFollowsBestPath(t *testing.T) {
 			in = threadsIn(t, ns)
 		}
 		if len(in) != 0 {
-			t.Fatalf("threads of the test process (tid state) left in %s for 10 s: %v", ns, in)
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			var locked []string
+			for _, g := range strings.Split(string(buf), "\n\n") {
+				if strings.Contains(g, "locked to thread") {
+					locked = append(locked, g)
+				}
+			}
+			t.Fatalf("threads of the test process (tid state) left in %s for 10 s: %v\ngoroutines locked to a thread:\n%s", ns, in, strings.Join(locked, "\n\n"))
 		}
 	}
 	kernel := netlinkroute.New(netlinkroute.WithHost(l.Core))
