@@ -318,7 +318,7 @@ func (h *remoteHV) Migrate(ctx context.Context, name string, to hypervisor.Endpo
 			if opts.AtSwitchover == nil {
 				continue
 			}
-			hookErr = runHook(ctx, opts.AtSwitchover)
+			hookErr = hypervisor.RunHook(ctx, opts.AtSwitchover)
 			reply := &agentpb.SwitchoverReply{}
 			if hookErr != nil {
 				reply.Error = hookErr.Error()
@@ -331,14 +331,4 @@ func (h *remoteHV) Migrate(ctx context.Context, name string, to hypervisor.Endpo
 			return statsFromPB(e.Result), nil
 		}
 	}
-}
-
-// runHook runs the switchover hook, turning a panic into an error.
-func runHook(ctx context.Context, f func(context.Context) error) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("hook panicked: %v", r)
-		}
-	}()
-	return f(ctx)
 }

@@ -180,3 +180,16 @@ type Hypervisor interface {
 	// but never resumed. Aborting when there is nothing to abort is a no-op.
 	Abort(ctx context.Context, name string) error
 }
+
+// RunHook runs a switchover hook (MigrateOptions.AtSwitchover), turning
+// a panic into an error: backends call it, so a hook's bug cancels the
+// migration (the VM resumes at the source) instead of crashing the
+// process while the source is paused.
+func RunHook(ctx context.Context, hook func(context.Context) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("hook panicked: %v", r)
+		}
+	}()
+	return hook(ctx)
+}

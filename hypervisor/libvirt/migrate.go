@@ -152,7 +152,7 @@ func (h *Hypervisor) runJob(ctx context.Context, j migrationJob) (hypervisor.Sta
 		defer close(hookRan)
 		stats.Switchover = time.Now()
 		if opts.AtSwitchover != nil {
-			hookErr = runHook(ctx, opts.AtSwitchover)
+			hookErr = hypervisor.RunHook(ctx, opts.AtSwitchover)
 		}
 		stats.SwitchoverDone = time.Now()
 		if hookErr != nil {
@@ -261,15 +261,6 @@ func (h *Hypervisor) ensureRunning(d jobDomain) {
 			h.log.Warn("resume source after failed migration", "err", err)
 		}
 	}
-}
-
-func runHook(ctx context.Context, f func(context.Context) error) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("hook panicked: %v", r)
-		}
-	}()
-	return f(ctx)
 }
 
 func unreachable(err error) bool {

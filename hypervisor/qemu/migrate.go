@@ -245,7 +245,7 @@ func (m *migration) preSwitchover(ctx context.Context) (bool, error) {
 	m.stats.Switchover = time.Now()
 	var herr error
 	if m.opts.AtSwitchover != nil {
-		herr = runHook(ctx, m.opts.AtSwitchover)
+		herr = hypervisor.RunHook(ctx, m.opts.AtSwitchover)
 	}
 	m.stats.SwitchoverDone = time.Now()
 	if herr != nil {
@@ -311,16 +311,6 @@ func (m *migration) aborted() bool {
 func progress(start time.Time, mi migrateInfo) hypervisor.Progress {
 	return hypervisor.Progress{Elapsed: time.Since(start), Transferred: mi.RAM.Transferred,
 		Remaining: mi.RAM.Remaining, Total: mi.RAM.Total, Pass: mi.RAM.DirtySyncCount}
-}
-
-// runHook runs the switchover hook, turning a panic into an error.
-func runHook(ctx context.Context, f func(context.Context) error) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("hook panicked: %v", r)
-		}
-	}()
-	return f(ctx)
 }
 
 // completed collects the stats of a completed migration and quits the

@@ -229,7 +229,7 @@ func (h *Host) Migrate(ctx context.Context, name string, to hypervisor.Endpoint,
 	c.setState(h.ns, hypervisor.Paused)
 	stats := hypervisor.Stats{Switchover: time.Now()}
 	if opts.AtSwitchover != nil {
-		if err := runHook(ctx, opts.AtSwitchover); err != nil {
+		if err := hypervisor.RunHook(ctx, opts.AtSwitchover); err != nil {
 			c.setState(h.ns, hypervisor.Running)
 			return hypervisor.Stats{}, fmt.Errorf("%w: %q: %w", hypervisor.ErrSwitchoverHook, name, err)
 		}
@@ -247,16 +247,6 @@ func (h *Host) Migrate(ctx context.Context, name string, to hypervisor.Endpoint,
 	stats.Total = time.Since(start)
 	stats.Downtime = time.Since(stats.Switchover)
 	return stats, nil
-}
-
-// runHook runs the switchover hook, turning a panic into an error.
-func runHook(ctx context.Context, hook func(context.Context) error) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("hook panicked: %v", p)
-		}
-	}()
-	return hook(ctx)
 }
 
 func (c *Cluster) setState(ns string, st hypervisor.State) {
