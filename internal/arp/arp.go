@@ -26,25 +26,35 @@ func Announce(host string, ifindex int, ip netip.Addr) error {
 		if err != nil {
 			return fmt.Errorf("arp: host %q: interface %d: %w", host, ifindex, err)
 		}
+		return announceOn(host, []*net.Interface{ifi}, []netip.Addr{ip})
+	})
+}
+
+// announceOn sends a gratuitous ARP for ips[i] from ifis[i] (in the
+// calling thread's namespace) through one packet socket; interfaces that
+// are not Ethernet are skipped. It tries every pair.
+func announceOn(host string, ifis []*net.Interface, ips []netip.Addr) error {
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("arp: host %q: packet socket: %w", host, err)
+	}
+	// Closing a packet socket waits for an RCU grace period (~10 ms,
+	// packet_release -> synchronize_net): the frames are sent by then,
+	// so nobody needs to wait for it.
+	defer func() { go unix.Close(fd) }()
+	var errs []error
+	for i, ifi := range ifis {
 		if len(ifi.HardwareAddr) != 6 {
-			return nil // not Ethernet: nothing to announce
+			continue // not Ethernet: nothing to announce
 		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return fmt.Errorf("arp: host %q: packet socket: %w", host, err)
-		}
-		// Closing a packet socket waits for an RCU grace period (~10 ms,
-		// packet_release -> synchronize_net): the frame is sent by then,
-		// so nobody needs to wait for it.
-		defer func() { go unix.Close(fd) }()
-		f := garpFrame(ifi.HardwareAddr, ip)
-		to := &unix.SockaddrLinklayer{Ifindex: ifindex, Protocol: htons(unix.ETH_P_ARP), Halen: 6}
+		f := garpFrame(ifi.HardwareAddr, ips[i])
+		to := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Protocol: htons(unix.ETH_P_ARP), Halen: 6}
 		copy(to.Addr[:], f[0:6])
 		if err := unix.Sendto(fd, f, 0, to); err != nil {
-			return fmt.Errorf("arp: host %q: gratuitous ARP for %s on %s: %w", host, ip, ifi.Name, err)
+			errs = append(errs, fmt.Errorf("arp: host %q: gratuitous ARP for %s on %s: %w", host, ips[i], ifi.Name, err))
 		}
-		return nil
-	})
+	}
+	return errors.Join(errs...)
 }
 
 // AnnounceAll sends a gratuitous ARP for each IPv4 address of addrs from
@@ -56,11 +66,8 @@ func AnnounceAll(host string, addrs []Own) error {
 		return nil
 	}
 	return nsutil.Do(host, func() error {
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return fmt.Errorf("arp: host %q: packet socket: %w", host, err)
-		}
-		defer func() { go unix.Close(fd) }() // see Announce
+		var ifis []*net.Interface
+		var ips []netip.Addr
 		var errs []error
 		for _, o := range addrs {
 			if !o.Addr.Is4() {
@@ -71,17 +78,9 @@ func AnnounceAll(host string, addrs []Own) error {
 				errs = append(errs, fmt.Errorf("arp: host %q: interface %s: %w", host, o.Dev, err))
 				continue
 			}
-			if len(ifi.HardwareAddr) != 6 {
-				continue
-			}
-			f := garpFrame(ifi.HardwareAddr, o.Addr)
-			to := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Protocol: htons(unix.ETH_P_ARP), Halen: 6}
-			copy(to.Addr[:], f[0:6])
-			if err := unix.Sendto(fd, f, 0, to); err != nil {
-				errs = append(errs, fmt.Errorf("arp: host %q: gratuitous ARP for %s on %s: %w", host, o.Addr, o.Dev, err))
-			}
+			ifis, ips = append(ifis, ifi), append(ips, o.Addr)
 		}
-		return errors.Join(errs...)
+		return errors.Join(append(errs, announceOn(host, ifis, ips))...)
 	})
 }
 
