@@ -115,6 +115,3 @@ func fromStatus(agentAddr, method string, err error) error {
 	}
 	return fmt.Errorf("%w: %s %s: %s: %s", ErrRemote, agentAddr, method, st.Code(), st.Message())
 }
-
-// invalidLocal is bad input the client finds before calling.
-func invalidLocal(sentinel error, msg string) error { return fmt.Errorf("%w: %s", sentinel, msg) }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -166,7 +167,7 @@ func (r *remoteRouter) AddRedirect(ctx context.Context, rd routing.Redirect) err
 
 func (r *remoteRouter) RemoveRedirect(ctx context.Context, prefix netip.Prefix) error {
 	if !prefix.IsValid() {
-		return invalidLocal(routing.ErrInvalid, "prefix is not a valid prefix")
+		return fmt.Errorf("%w: prefix is not a valid prefix", routing.ErrInvalid)
 	}
 	_, err := r.pb.RemoveRedirect(ctx, &agentpb.RemoveRedirectRequest{Prefix: prefix.String()})
 	return fromStatus(r.addr, "RouteWatcher.RemoveRedirect", err)

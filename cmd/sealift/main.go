@@ -15,6 +15,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -205,7 +206,7 @@ func build(ctx context.Context, path string, log *slog.Logger) (*migration.Migra
 		return nil, nil, fmt.Errorf("%w: -config: %w", errConfig, err)
 	}
 	var cfg Config
-	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&cfg); err != nil {
 		return nil, nil, fmt.Errorf("%w: %s: %w", errConfig, path, err)
