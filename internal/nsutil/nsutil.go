@@ -78,7 +78,8 @@ func HandleAt(ns netns.NsHandle, families ...int) (*netlink.Handle, error) {
 // Do runs fn on an OS thread switched into host's namespace and switches
 // back before unlocking the thread, so no goroutine ever inherits a thread
 // left in another namespace. If switching back fails the thread is left
-// locked, and Go discards it when the goroutine ends.
+// locked, and Go discards it when the goroutine ends (see Create for why
+// that is only a last resort).
 func Do(host string, fn func() error) error {
 	if host == "" {
 		return fn()
@@ -119,4 +120,63 @@ func DoHandle(target netns.NsHandle, fn func() error) error {
 		errc <- ferr
 	}()
 	return <-errc
+}
+
+// Create makes a named namespace (a file under /run/netns, as `ip netns
+// add` does) with its loopback up, and leaves no thread of the process in
+// it: the thread that creates it switches back before it is unlocked.
+//
+// The usual shortcut, a locked goroutine that creates the namespace and
+// exits so that Go discards its thread, is wrong when that thread is the
+// main thread: Go cannot end the process's main thread, so it parks it
+// for good (runtime.mexit), left inside the new namespace and keeping it
+// alive after it is deleted. Nothing chooses the thread a goroutine runs
+// on, so that shortcut parks the main thread in one namespace or another
+// in nearly every process that uses it.
+func Create(name string) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		ns, err := netns.NewNamed(name)
+		if err == nil {
+			ns.Close()
+		}
+		// Switch back even after an error: NewNamed may fail after it
+		// switched the thread (unshare done, mount failed).
+		if rerr := netns.Set(orig); rerr != nil {
+			// Leave the thread locked: it dies with this goroutine.
+			errc <- errors.Join(err, fmt.Errorf("restore netns: %w", rerr))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- err
+	}()
+	if err := <-errc; err != nil {
+		return fmt.Errorf("create netns %q: %w", name, err)
+	}
+	if err := loUp(name); err != nil {
+		_ = netns.DeleteNamed(name)
+		return fmt.Errorf("netns %q: loopback up: %w", name, err)
+	}
+	return nil
+}
+
+func loUp(name string) error {
+	h, err := Handle(name)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	return h.LinkSetUp(lo)
 }

@@ -1,7 +1,11 @@
 package nsutil_test
 
 import (
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -19,16 +23,7 @@ func newNS(tb testing.TB) string {
 	tb.Helper()
 	lab.RequireRoot(tb)
 	name := "slnsbench"
-	errc := make(chan error)
-	go func() {
-		// NewNamed switches this locked thread; it is discarded at exit.
-		h, err := netns.NewNamed(name)
-		if err == nil {
-			h.Close()
-		}
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
+	if err := nsutil.Create(name); err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { netns.DeleteNamed(name) })
@@ -112,4 +107,53 @@ func TestHandle(t *testing.T) {
 	defer h.Close()
 	_, err = h.LinkByName("lo")
 	assert.NoError(t, err)
+}
+
+// TestCreateLeavesNoThread: after Create, no thread of the process is in
+// the new namespace, the main thread included. (The old way, a locked
+// goroutine that exits in it, left the main thread parked in one of a
+// few namespaces in nearly every process: Go never ends the main thread.)
+func TestCreateLeavesNoThread(t *testing.T) {
+	lab.RequireRoot(t)
+	p := lab.NewPrefix()
+	var names []string
+	for i := range 12 {
+		name := fmt.Sprintf("%s-%d", p, i)
+		require.NoError(t, nsutil.Create(name))
+		t.Cleanup(func() { netns.DeleteNamed(name) })
+		names = append(names, name)
+	}
+	for _, name := range names {
+		assert.Empty(t, threadsIn(t, name), "threads of the test process in %s", name)
+		h, err := nsutil.Handle(name)
+		require.NoError(t, err)
+		lo, err := h.LinkByName("lo")
+		h.Close()
+		require.NoError(t, err)
+		assert.NotZero(t, lo.Attrs().Flags&net.FlagUp, "%s: lo is down", name)
+	}
+	assert.Error(t, nsutil.Create(names[0]), "a name that is taken")
+	assert.Empty(t, threadsIn(t, names[0]), "threads left in %s by the failed Create", names[0])
+}
+
+// threadsIn lists this process's threads whose network namespace is the
+// named one, by tid ("(main)" marks the main thread).
+func threadsIn(t *testing.T, name string) []string {
+	t.Helper()
+	var want unix.Stat_t
+	require.NoError(t, unix.Stat(filepath.Join("/run/netns", name), &want))
+	tasks, err := os.ReadDir("/proc/self/task")
+	require.NoError(t, err)
+	var in []string
+	for _, task := range tasks {
+		var st unix.Stat_t
+		if unix.Stat(filepath.Join("/proc/self/task", task.Name(), "ns/net"), &st) == nil && st.Ino == want.Ino && st.Dev == want.Dev {
+			tid := task.Name()
+			if tid == strconv.Itoa(os.Getpid()) {
+				tid += "(main)"
+			}
+			in = append(in, tid)
+		}
+	}
+	return in
 }
