@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -94,13 +95,19 @@ func (h *Hypervisor) PrepareIncoming(ctx context.Context, vm hypervisor.VM) (hyp
 	if err != nil {
 		return hypervisor.Endpoint{}, err
 	}
+	if err := os.WriteFile(incomingPath(h.stateDir, vm.Name), nil, 0o600); err != nil {
+		h.release(vm.Name, e)
+		return hypervisor.Endpoint{}, fmt.Errorf("qemu: prepare incoming vm %q on host %q: %w", vm.Name, h.host, err)
+	}
 	p, err := Launch(ctx, cfg, h.launchOpts(true))
 	if err != nil {
+		os.Remove(incomingPath(h.stateDir, vm.Name))
 		h.release(vm.Name, e)
 		return hypervisor.Endpoint{}, err
 	}
 	fail := func(err error) (hypervisor.Endpoint, error) {
 		p.Kill()
+		os.Remove(incomingPath(h.stateDir, vm.Name))
 		h.release(vm.Name, e)
 		return hypervisor.Endpoint{}, fmt.Errorf("qemu: prepare incoming vm %q on host %q: %w", vm.Name, h.host, err)
 	}
@@ -186,6 +193,9 @@ func (h *Hypervisor) setIncoming(e *vmEntry, v bool) {
 	h.mu.Lock()
 	e.incoming = v
 	h.mu.Unlock()
+	if !v {
+		os.Remove(incomingPath(h.stateDir, e.p.Config.Name))
+	}
 }
 
 // Abort cancels a migration of name. At a source it cancels the running
@@ -197,6 +207,16 @@ func (h *Hypervisor) Abort(ctx context.Context, name string) error {
 	}
 	h.mu.Lock()
 	e, ok := h.vms[name]
+	if _, quitting := h.exiting[name]; !ok && !quitting {
+		a, err := h.adopt(name) // after a restart: an earlier process's QEMU
+		if err != nil {
+			h.mu.Unlock()
+			return err
+		}
+		if a != nil {
+			h.vms[name], e, ok = a, a, true
+		}
+	}
 	if !ok || e.p == nil {
 		h.mu.Unlock()
 		return nil
@@ -205,6 +225,7 @@ func (h *Hypervisor) Abort(ctx context.Context, name string) error {
 		delete(h.vms, name)
 		h.mu.Unlock()
 		e.p.Kill()
+		os.Remove(incomingPath(h.stateDir, name))
 		h.log.Info("incoming discarded", "vm", name, "host", h.host)
 		return nil
 	}

@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sealift/sealift/hypervisor"
@@ -49,11 +51,14 @@ type Process struct {
 	// Incoming tells whether it was started with "-incoming defer".
 	Incoming bool
 
-	cmd     *exec.Cmd // nil for a process played by a test's monitor
-	log     *slog.Logger
-	done    chan struct{}
-	waitErr error
-	once    sync.Once
+	cmd *exec.Cmd // nil for a process played by a test's monitor, or adopted
+	pid int
+	// detached: Detach handed it to another Hypervisor, which cleans up.
+	detached atomic.Bool
+	log      *slog.Logger
+	done     chan struct{}
+	waitErr  error
+	once     sync.Once
 
 	mu     sync.Mutex
 	mon    qmp.Monitor                                // the current monitor connection
@@ -150,7 +155,8 @@ func Launch(ctx context.Context, cfg Config, o LaunchOptions) (*Process, error) 
 		return nil, err
 	}
 	defer logf.Close()
-	cmd := exec.Command(bin, append(cfg.Args(3, o.Incoming), tlsArgs(o.TLSDir, o.Incoming)...)...)
+	args := append(cfg.Args(3, o.Incoming), "-pidfile", pidPath(o.StateDir, cfg.Name))
+	cmd := exec.Command(bin, append(args, tlsArgs(o.TLSDir, o.Incoming)...)...)
 	cmd.ExtraFiles = []*os.File{lf}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Start from a thread inside the host's namespace: the child inherits it.
@@ -160,11 +166,13 @@ func Launch(ctx context.Context, cfg Config, o LaunchOptions) (*Process, error) 
 		return nil, fmt.Errorf("qemu: start vm %q on host %q: %w", cfg.Name, o.Host, err)
 	}
 	p := &Process{Config: cfg, Host: o.Host, QMPPath: qmpPath, Incoming: o.Incoming,
-		cmd: cmd, log: o.Logger, done: make(chan struct{})}
+		cmd: cmd, pid: cmd.Process.Pid, log: o.Logger, done: make(chan struct{})}
 	go func() {
 		p.waitErr = cmd.Wait()
-		deleteTaps(o.Host, taps)
-		os.Remove(qmpPath)
+		if !p.detached.Load() {
+			deleteTaps(o.Host, taps)
+			os.Remove(qmpPath)
+		}
 		close(p.done)
 	}()
 	o.Logger.Debug("qemu started", "vm", cfg.Name, "host", o.Host, "pid", cmd.Process.Pid, "incoming", o.Incoming)
@@ -199,7 +207,7 @@ func live(path string) bool {
 }
 
 // Pid is the QEMU process id.
-func (p *Process) Pid() int { return p.cmd.Process.Pid }
+func (p *Process) Pid() int { return p.pid }
 
 // Done is closed once QEMU has exited and been reaped.
 func (p *Process) Done() <-chan struct{} { return p.done }
@@ -245,8 +253,13 @@ func (p *Process) Quit(ctx context.Context) error {
 
 // Kill kills QEMU and waits until it is reaped.
 func (p *Process) Kill() {
-	if !p.Exited() && p.cmd != nil {
-		_ = p.cmd.Process.Kill()
+	if !p.Exited() {
+		switch {
+		case p.cmd != nil:
+			_ = p.cmd.Process.Kill()
+		case p.pid > 0: // adopted; its pidfd watcher closes done
+			_ = syscall.Kill(p.pid, syscall.SIGKILL)
+		}
 	}
 	<-p.done
 	p.close()

@@ -115,6 +115,11 @@ func New(opts ...Option) (*Hypervisor, error) {
 		}
 		h.stateDir = filepath.Join(os.TempDir(), "sealift-qemu-"+n)
 	}
+	defs, err := loadDefs(h.stateDir)
+	if err != nil {
+		return nil, err
+	}
+	h.defs = defs
 	return h, nil
 }
 
@@ -125,11 +130,16 @@ func (h *Hypervisor) Host() string { return h.host }
 func (h *Hypervisor) StateDir() string { return h.stateDir }
 
 // Define records cfg as the device model of VM cfg.Name on this host
-// (used by PrepareIncoming; Start defines too). Nothing is started.
+// (used by PrepareIncoming; Start defines too), in memory and as
+// <name>.json in the state dir, where a later Hypervisor (a restarted
+// agent) finds it. Nothing is started.
 func (h *Hypervisor) Define(cfg Config) error {
 	cfg = cfg.withDefaults(h.stateDir)
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	if err := saveDef(h.stateDir, cfg); err != nil {
+		return fmt.Errorf("qemu: define vm %q on host %q: %w", cfg.Name, h.host, err)
 	}
 	h.mu.Lock()
 	h.defs[cfg.Name] = cfg
@@ -158,6 +168,10 @@ func (h *Hypervisor) Start(ctx context.Context, cfg Config) (hypervisor.VM, erro
 	e, err := h.reserve(cfg.Name)
 	if err != nil {
 		return hypervisor.VM{}, err
+	}
+	if err := saveDef(h.stateDir, cfg); err != nil {
+		h.release(cfg.Name, e)
+		return hypervisor.VM{}, fmt.Errorf("qemu: start vm %q on host %q: %w", cfg.Name, h.host, err)
 	}
 	p, err := Launch(ctx, cfg, h.launchOpts(false))
 	if err != nil {
@@ -256,6 +270,16 @@ func (h *Hypervisor) entry(name string) (*vmEntry, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	e, ok := h.vms[name]
+	if _, quitting := h.exiting[name]; !ok && !quitting {
+		// A QEMU of an earlier process (or detached by another)?
+		a, err := h.adopt(name)
+		if err != nil {
+			return nil, err
+		}
+		if a != nil {
+			h.vms[name], e, ok = a, a, true
+		}
+	}
 	if !ok || e.p == nil {
 		return nil, fmt.Errorf("%w: %q on host %q", hypervisor.ErrNotFound, name, h.host)
 	}
