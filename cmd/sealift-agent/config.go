@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 )
@@ -16,6 +17,7 @@ type config struct {
 	netns                     string
 	hypervisor                string // none, qemu, libvirt
 	qemuDir, qemuTLS          string
+	qemuMigAddr               string
 	libvirtURI                string
 	fence                     string // none, nft, linkstate
 	conn                      string // none, conntrack, sockdiag
@@ -72,6 +74,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&c.hypervisor, "hypervisor", "none", "hypervisor `BACKEND`: none, qemu or libvirt")
 	fs.StringVar(&c.qemuDir, "qemu-dir", "", "`DIR` for QEMU's sockets, logs and serial files (-hypervisor qemu; default <state-dir>/qemu)")
 	fs.StringVar(&c.qemuTLS, "qemu-tls", "", "`DIR` of the X.509 credentials that make migration streams TLS, laid out as package migtls says (-hypervisor qemu; \"\": plain TCP)")
+	fs.StringVar(&c.qemuMigAddr, "qemu-migration-addr", "", "`ADDR` this host receives migration streams on (-hypervisor qemu; \"\": the first IPv4 address of the interface holding the default route)")
 	fs.StringVar(&c.libvirtURI, "libvirt-uri", "", "`URI` of the libvirt daemon, e.g. qemu:///system (required with -hypervisor libvirt; -netns does not apply to it)")
 	fs.StringVar(&c.fence, "fence", "nft", "fence `BACKEND`: none, nft or linkstate")
 	fs.StringVar(&c.conn, "conn", "conntrack", "connection auditor `BACKEND`: none, conntrack or sockdiag")
@@ -122,6 +125,14 @@ func (c config) check() error {
 	}
 	if c.hypervisor != "qemu" && c.qemuTLS != "" {
 		return usagef("-qemu-tls %q: only with -hypervisor qemu", c.qemuTLS)
+	}
+	if c.qemuMigAddr != "" {
+		if c.hypervisor != "qemu" {
+			return usagef("-qemu-migration-addr %q: only with -hypervisor qemu", c.qemuMigAddr)
+		}
+		if _, err := netip.ParseAddr(c.qemuMigAddr); err != nil {
+			return usagef("-qemu-migration-addr %q: not an IP address", c.qemuMigAddr)
+		}
 	}
 	if c.hypervisor != "libvirt" && c.libvirtURI != "" {
 		return usagef("-libvirt-uri %q: only with -hypervisor libvirt", c.libvirtURI)

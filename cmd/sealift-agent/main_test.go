@@ -393,6 +393,8 @@ func TestBadInvocations(t *testing.T) {
 		{"unknown flag", with("-plaintext"), 2, []string{"-plaintext"}},
 		{"libvirt without URI", with("-hypervisor", "libvirt"), 2, []string{"-libvirt-uri is required"}},
 		{"-qemu-dir without qemu", with("-qemu-dir", "/x"), 2, []string{`-qemu-dir "/x": only with -hypervisor qemu`}},
+		{"bad -qemu-migration-addr", with("-hypervisor", "qemu", "-qemu-migration-addr", "10.0.0"), 2,
+			[]string{`-qemu-migration-addr "10.0.0": not an IP address`}},
 		{"missing -cert file", append(without("-cert"), "-cert", p.file("nope.pem")), 1, []string{p.file("nope.pem")}},
 		{"missing -ca file", append(without("-ca"), "-ca", p.file("nope-ca.pem")), 1, []string{p.file("nope-ca.pem")}},
 		{"cert and key swapped", append(without("-cert", "-key"), "-cert", p.file("host-a-key.pem"), "-key", p.file("host-a.pem")),

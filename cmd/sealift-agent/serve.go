@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -153,6 +154,9 @@ func newBackends(cfg config, log *slog.Logger) (*backends, error) {
 		opts := []qemu.Option{qemu.WithHost(cfg.netns), qemu.WithStateDir(dir), qemu.WithLogger(with("qemu"))}
 		if cfg.qemuTLS != "" {
 			opts = append(opts, qemu.WithTLS(cfg.qemuTLS))
+		}
+		if cfg.qemuMigAddr != "" {
+			opts = append(opts, qemu.WithMigrationAddr(netip.MustParseAddr(cfg.qemuMigAddr))) // checked by parseFlags
 		}
 		h, err := qemu.New(opts...)
 		if err != nil {
