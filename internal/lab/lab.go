@@ -160,28 +160,9 @@ func (l *Lab) AddHost(name string) error {
 	return nil
 }
 
-// AddNS creates a named namespace with lo up, without switching the
-// calling thread into it.
-func AddNS(name string) error {
-	errc := make(chan error, 1)
-	go func() {
-		// netns.NewNamed switches the thread; this goroutine's thread is
-		// locked and discarded at exit, never reused.
-		lockAndDiscard()
-		h, err := netns.NewNamed(name)
-		if err != nil {
-			errc <- fmt.Errorf("create netns %s: %w", name, err)
-			return
-		}
-		defer h.Close()
-		lo, err := netlink.LinkByName("lo")
-		if err == nil {
-			err = netlink.LinkSetUp(lo)
-		}
-		errc <- err
-	}()
-	return <-errc
-}
+// AddNS creates a named namespace with lo up, without leaving any thread
+// of the process in it (nsutil.Create).
+func AddNS(name string) error { return nsutil.Create(name) }
 
 // Handle opens a netlink handle in ns for routes, links and XFRM.
 func Handle(ns string) (*netlink.Handle, error) {
