@@ -36,6 +36,9 @@ type hypervisors struct {
 	// resumes (nil if it cannot tell). Call it once the incoming instance
 	// exists (after PrepareIncoming, block 315).
 	watch func(h hypervisor.Hypervisor, name string) <-chan time.Time
+	// stop stops guest name at B (its QEMU gone), nil if the backend
+	// cannot (libvirt).
+	stop func(ctx context.Context, name string) error
 }
 
 // qemuBaseline: QEMU handles at A and B whose migration stream goes over
@@ -62,7 +65,12 @@ func (w *world) qemuBaseline(ctx context.Context, t lab.TB, v vmSpec, tls bool) 
 }
 
 func (w *world) qemuHandle(t lab.TB, host, sub string, mig netip.Addr, tlsDir string) (*qemu.Hypervisor, error) {
-	opts := []qemu.Option{qemu.WithHost(host), qemu.WithStateDir(filepath.Join(w.dir, sub)),
+	return w.qemuHandleIn(t, host, filepath.Join(w.dir, sub), mig, tlsDir)
+}
+
+// qemuHandleIn is a QEMU handle on host with its state in dir.
+func (w *world) qemuHandleIn(t lab.TB, host, dir string, mig netip.Addr, tlsDir string) (*qemu.Hypervisor, error) {
+	opts := []qemu.Option{qemu.WithHost(host), qemu.WithStateDir(dir),
 		qemu.WithMigrationAddr(mig), qemu.WithLogger(w.log)}
 	if tlsDir != "" {
 		opts = append(opts, qemu.WithTLS(tlsDir))
@@ -93,7 +101,7 @@ func (w *world) qemuHypervisors(t lab.TB) (*hypervisors, error) {
 		return err
 	}
 	return &hypervisors{a: a, b: b, boot: boot, targetTap: func(i int) string { return fmt.Sprintf("tapb%d", i+1) },
-		baseline: w.qemuBaseline, watch: watchResume}, nil
+		baseline: w.qemuBaseline, watch: watchResume, stop: b.Stop}, nil
 }
 
 // libvirtHypervisors: three real libvirt daemons (two in A's namespace,

@@ -31,13 +31,16 @@ func TestLab(t *testing.T) {
 		name   string
 		subnet bool
 		fence  migration.FenceMode
+		remote bool
 	}{
-		{"vm", false, migration.FenceAtSwitchover},
-		{"subnet", true, migration.FenceAtSwitchover},
+		{"vm", false, migration.FenceAtSwitchover, false},
+		{"subnet", true, migration.FenceAtSwitchover, false},
+		// An agent process per host, `sealift migrate` in its own namespace.
+		{"remote", false, migration.FenceAtSwitchover, true},
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			o := Options{Hypervisor: "qemu", Link: tunnel.WireGuard, Fence: sc.fence, Subnet: sc.subnet}
+			o := Options{Hypervisor: "qemu", Link: tunnel.WireGuard, Fence: sc.fence, Subnet: sc.subnet, Remote: sc.remote}
 			res, err := Run(t.Context(), t, o, log)
 			require.NotNil(t, res, "no report: %v", err)
 			t.Log("\n" + res.Text())
@@ -57,6 +60,13 @@ func TestLab(t *testing.T) {
 			var got map[string]any
 			require.NoError(t, json.Unmarshal(data, &got))
 			checkReport(t, got, sc.subnet)
+			assert.Equal(t, sc.remote, got["remote"])
+			if sc.remote {
+				c := got["controller"].(map[string]any)
+				assert.Equal(t, true, c["holds_nothing"], "the controller's namespace: %v", c["devices"])
+				assert.Equal(t, []any{0.0}, c["exit_codes"])
+				assert.Len(t, c["agent_rtt_ms"], 3)
+			}
 		})
 	}
 }

@@ -6,7 +6,7 @@
 // along, runs a plain QEMU migration as the baseline, and reports per
 // FIG. 3 step. Run it as root: `make lab`, or
 //
-//	go run ./examples/lab [-link wireguard|ipsec] [-fence at-switchover|before-copy] [-subnet] [-json FILE]
+//	go run ./examples/lab [-link wireguard|ipsec] [-fence at-switchover|before-copy] [-subnet] [-remote] [-json FILE]
 package main
 
 import (
@@ -32,6 +32,7 @@ func main() {
 	flag.StringVar(&link, "link", "wireguard", "secure link: wireguard or ipsec (ipsec needs a kernel with ESP)")
 	flag.StringVar(&fence, "fence", "at-switchover", "fence mode: at-switchover or before-copy")
 	flag.BoolVar(&o.Subnet, "subnet", false, "move a whole subnet (two guests, redirect tunnel, BGP convergence, tunnel removal)")
+	flag.BoolVar(&o.Remote, "remote", false, "run sealift-agent per host and the controller (sealift migrate) in a namespace of its own, over mutual TLS")
 	flag.StringVar(&jsonPath, "json", "", "write the JSON report to this file")
 	flag.BoolVar(&verbose, "v", false, "log the backends' work")
 	flag.Parse()

@@ -16,6 +16,10 @@ import (
 // packet counters on the path), and Verdicts say what failed.
 type Result struct {
 	Scenario string `json:"scenario"`
+	// Remote: agents in their own processes, the controller in its own
+	// namespace (-remote); Controller is what the lab saw of it.
+	Remote     bool              `json:"remote"`
+	Controller *ControllerResult `json:"controller,omitempty"`
 	// Pass is true when every verdict holds.
 	Pass     bool      `json:"pass"`
 	Verdicts []Verdict `json:"verdicts"`
@@ -188,6 +192,9 @@ func scenario(o Options) string {
 	s := fmt.Sprintf("%s+%s, fence %s", o.Hypervisor, o.Link, o.Fence)
 	if o.Subnet {
 		s += ", whole subnet"
+	}
+	if o.Remote {
+		s += ", remote (an agent per host)"
 	}
 	return s
 }
@@ -402,6 +409,10 @@ func (r *Result) Text() string {
 		for _, s := range lp.Samples {
 			fmt.Fprintf(&b, "  wan frame: %s\n", s)
 		}
+	}
+	if c := r.Controller; c != nil {
+		fmt.Fprintf(&b, "controller (sealift migrate, own namespace): agents' round trips %v ms (median of 20), switchover hook %.1f ms, exit codes %v, its devices %v\n",
+			c.AgentRTTMS, c.HookMS, c.ExitCodes, c.Devices)
 	}
 	fmt.Fprintf(&b, "every peer reaches every guest: %v %v\n", r.PeersReachAll, r.Unreachable)
 	fmt.Fprintf(&b, "VM reachable after: %v; counter continued: %v; journal: %s\n", r.VMReachableAfter, r.CounterContinued, r.Journal)

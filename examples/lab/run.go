@@ -15,7 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sealift/sealift/hypervisor"
-	"github.com/sealift/sealift/hypervisor/qemu"
 	"github.com/sealift/sealift/internal/guest"
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/migration"
@@ -28,6 +27,9 @@ type Options struct {
 	Link       tunnel.Kind
 	Fence      migration.FenceMode
 	Subnet     bool // two guests; the second move takes the whole subnet
+	// Remote: an agent process per host, the controller (`sealift
+	// migrate`) in a namespace of its own (remote.go).
+	Remote bool
 	// Progress, if set, receives a line per migration progress event.
 	Progress func(string)
 }
@@ -54,7 +56,7 @@ func (o Options) validate() error {
 	default:
 		return fmt.Errorf("-fence %q: want at-switchover or before-copy", o.Fence)
 	}
-	return nil
+	return o.checkRemote()
 }
 
 // marker is carried by every probe between the guests and their peers;
@@ -119,11 +121,15 @@ func wanResult(final, quiet, control lab.CaptureStats, probe *LeakProbe) WANResu
 // checks. It fills res as it goes, so a failure still reports.
 func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture, quiet, control *lab.CaptureStats) error {
 	l, o := w.l, w.opts
-	j, err := migration.OpenBoltJournal(filepath.Join(w.dir, "journal.db"))
-	if err != nil {
-		return err
+	var j migration.Journal
+	if !o.Remote { // remote: the controller's, read once it is done
+		bj, err := migration.OpenBoltJournal(filepath.Join(w.dir, "journal.db"))
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { bj.Close() })
+		j = bj
 	}
-	t.Cleanup(func() { j.Close() })
 
 	// The control: one marked packet from a peer's address, in clear
 	// across the wan, before any link exists. The counters must see it.
@@ -186,14 +192,19 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 		res.Baselines = append(res.Baselines, br)
 	}
 
-	w.cfg.Journal = j
-	m, err := migration.New(w.cfg)
-	if err != nil {
-		return err
+	var m *migration.Migrator
+	if o.Remote {
+		res.Remote = true
+		res.Controller = &ControllerResult{AgentRTTMS: w.agentRTTs(ctx)}
+	} else {
+		w.cfg.Journal = j
+		if m, err = migration.New(w.cfg); err != nil {
+			return err
+		}
+		events, unsubscribe := m.Subscribe(1024)
+		go relay(events, o, w)
+		defer unsubscribe()
 	}
-	events, unsubscribe := m.Subscribe(1024)
-	go relay(events, o, w)
-	defer unsubscribe()
 
 	// The secure migrations.
 	var reps []*migration.Report
@@ -213,7 +224,15 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 		default:
 		}
 		t0 := time.Now()
-		rep, err := m.Run(ctx, p)
+		var rep *migration.Report
+		if o.Remote {
+			w.resumes <- w.watchRemoteResume(ctx, v.name)
+			cr := w.migrateRemote(ctx, p)
+			rep, err = cr.rep, cr.err
+			res.Controller.ExitCodes = append(res.Controller.ExitCodes, cr.code)
+		} else {
+			rep, err = m.Run(ctx, p)
+		}
 		if rep == nil {
 			return fmt.Errorf("migrate %s: %w", v.name, err)
 		}
@@ -269,7 +288,20 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 		}
 	}
 	w.reestablished(ctx, sess, res.Migrations[0], &res.Audit)
-	res.Journal = journalCheck(ctx, j, reps)
+	if o.Remote {
+		c := res.Controller
+		c.HookMS = res.Migrations[0].Migration.HookMS
+		c.Devices, c.HoldsNothing = w.controllerDevices()
+		bj, err := migration.OpenBoltJournal(w.rm.journal)
+		if err != nil {
+			res.Journal = "the controller's journal: " + err.Error()
+		} else {
+			res.Journal = journalCheck(ctx, bj, reps)
+			bj.Close()
+		}
+	} else {
+		res.Journal = journalCheck(ctx, j, reps)
+	}
 	for _, ps := range pingers {
 		for _, p := range ps {
 			p.Stop()
@@ -374,9 +406,9 @@ func (w *world) leakProbe(ctx context.Context, wan *lab.Capture) *LeakProbe {
 		targets = append(targets, unusedAddr)
 		lp.Targets = append(lp.Targets, unusedAddr.String()+" (no VM)")
 	}
-	if qh, ok := w.hv.b.(*qemu.Hypervisor); ok {
+	if w.hv.stop != nil {
 		v := w.vms[len(w.vms)-1]
-		if err := qh.Stop(ctx, v.name); err != nil {
+		if err := w.hv.stop(ctx, v.name); err != nil {
 			lp.Targets = append(lp.Targets, fmt.Sprintf("%s: could not stop: %v", v.name, err))
 		} else {
 			targets = append(targets, v.addr)

@@ -53,6 +53,15 @@ func (r *Result) judge(runErr error, o Options) {
 		add("subnet moved and redirect removed", last.SubnetMoved && last.RedirectRemoved, "moved %v removed %v", last.SubnetMoved, last.RedirectRemoved)
 		add("no ping lost removing the redirect", last.RedirectRemovalLost == 0, "%d lost", last.RedirectRemovalLost)
 	}
+	if o.Remote {
+		c := r.Controller
+		add("controller holds no link device or VM", c != nil && c.HoldsNothing && len(c.Devices) > 0, "%v", func() any {
+			if c == nil {
+				return "not checked"
+			}
+			return c.Devices
+		}())
+	}
 	r.Pass = true
 	for _, v := range r.Verdicts {
 		r.Pass = r.Pass && v.OK

@@ -96,6 +96,7 @@ type world struct {
 	core    *gobgp.Watcher // the routing core's BGP speaker (subnet scenario)
 	bgpB    *gobgp.Watcher // B's speaker
 	cfg     migration.Config
+	rm      *remote // -remote: the agents and the controller's namespace
 }
 
 // build makes the topology, starts the wan capture, boots the guests at
@@ -155,8 +156,13 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 	if err := ca.HostDir(w.tlsDirB, "host-b", migAddrs); err != nil {
 		return w, err
 	}
-	switch o.Hypervisor {
-	case "libvirt":
+	switch {
+	case o.Remote:
+		if err := w.startRemote(ctx, t); err != nil {
+			return w, fmt.Errorf("remote lab: %w", err)
+		}
+		w.hv, err = w.remoteQEMU(t)
+	case o.Hypervisor == "libvirt":
 		w.hv, err = w.libvirtHypervisors(ctx, t)
 	default:
 		w.hv, err = w.qemuHypervisors(t)
@@ -184,6 +190,13 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 		if _, err := guest.WaitReady(ctx, w.bpeer, v.addr); err != nil {
 			return w, fmt.Errorf("%s not ready: %w", v.name, err)
 		}
+	}
+	if o.Remote {
+		if err := w.startAgents(ctx, t); err != nil {
+			return w, fmt.Errorf("remote lab: %w", err)
+		}
+		w.hv.a, w.hv.b = w.rm.agents["host-a"].client.Hypervisor(), w.rm.agents["host-b"].client.Hypervisor()
+		return w, nil
 	}
 	return w, w.backends(ctx, t)
 }

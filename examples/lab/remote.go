@@ -1,0 +1,560 @@
+package main
+
+// The remote lab (issue 12, item 7): hosts A, B and the routing core
+// each run sealift-agent as a process of its own inside their namespace;
+// the controller, `sealift migrate`, runs in a namespace of its own (ctl)
+// and reaches the agents over a management network (point-to-point
+// links from ctl, nothing on the wan) with mutual TLS. The controller
+// holds no link device, no key and no QEMU: the guests' QEMUs belong to
+// the agents (the lab boots the source guest and hands it over, as a VM
+// manager would), the WireGuard devices live in the agents' processes.
+// Everything else — peers, pingers, captures, baselines, verdicts — is
+// the in-process lab's, so the figures compare.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"google.golang.org/grpc"
+
+	"github.com/sealift/sealift/agent"
+	"github.com/sealift/sealift/agent/agentpki"
+	"github.com/sealift/sealift/hypervisor/qemu/qmp"
+	"github.com/sealift/sealift/internal/lab"
+	"github.com/sealift/sealift/internal/nsutil"
+	"github.com/sealift/sealift/migration"
+)
+
+const agentPort = 7443
+
+// agentProc is one sealift-agent process of the remote lab.
+type agentProc struct {
+	name, ns string // its host name (certificate identity) and namespace
+	addr     netip.Addr
+	dir      string // its state dir
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	client   *agent.Client // the lab's own client (an observer), dialled from ctl
+}
+
+func (p *agentProc) listen() string {
+	return netip.AddrPortFrom(p.addr, agentPort).String()
+}
+
+func (p *agentProc) qemuDir() string { return filepath.Join(p.dir, "qemu") }
+
+// remote is the remote lab's controller side.
+type remote struct {
+	ctl     string // the controller's namespace
+	bin     string // where sealift and sealift-agent are built
+	pki     string
+	agents  map[string]*agentProc // by host name: host-a, host-b, core
+	config  string                // the controller's configuration file
+	journal string
+}
+
+// remoteHosts are the agents: host name, lab namespace, management
+// address (ctl holds .1 of each /30).
+func (w *world) remoteHosts() []*agentProc {
+	return []*agentProc{
+		{name: "host-a", ns: w.l.A, addr: netip.MustParseAddr("10.250.1.2")},
+		{name: "host-b", ns: w.l.B, addr: netip.MustParseAddr("10.250.2.2")},
+		{name: "core", ns: w.l.Core, addr: netip.MustParseAddr("10.250.3.2")},
+	}
+}
+
+// startRemote builds the management network, the binaries and the PKI.
+// The agents start later (startAgents), once the guests they take over
+// exist.
+func (w *world) startRemote(ctx context.Context, t lab.TB) error {
+	r := &remote{ctl: w.l.Prefix + "-ctl", bin: filepath.Join(w.dir, "bin"), pki: filepath.Join(w.dir, "pki"),
+		agents: map[string]*agentProc{}, config: filepath.Join(w.dir, "sealift.json"), journal: filepath.Join(w.dir, "ctl-journal.db")}
+	w.rm = r
+	if err := w.l.AddHost(r.ctl); err != nil {
+		return err
+	}
+	for i, p := range w.remoteHosts() {
+		p.dir = filepath.Join(w.dir, "agent-"+p.name)
+		ctlAddr := fmt.Sprintf("10.250.%d.1/30", i+1)
+		if err := lab.Veth(r.ctl, "m"+strconv.Itoa(i+1), ctlAddr, p.ns, "mgmt0", p.addr.String()+"/30"); err != nil {
+			return fmt.Errorf("management link to %s: %w", p.name, err)
+		}
+		r.agents[p.name] = p
+	}
+	w.log.Info("building sealift and sealift-agent")
+	if err := buildBinaries(ctx, r.bin); err != nil {
+		return err
+	}
+	ca, err := agentpki.NewCA("sealift-lab", 24*time.Hour)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	var ids []*agentpki.Identity
+	for _, n := range []struct {
+		role agentpki.Role
+		name string
+	}{{agentpki.RoleController, "ctl"}, {agentpki.RoleController, "lab"},
+		{agentpki.RoleAgent, "host-a"}, {agentpki.RoleAgent, "host-b"}, {agentpki.RoleAgent, "core"}} {
+		id, err := ca.Issue(n.role, n.name, now.Add(-time.Minute), now.Add(24*time.Hour))
+		if err != nil {
+			return err
+		}
+		ids = append(ids, id)
+	}
+	if err := ca.WriteFiles(r.pki, ids...); err != nil {
+		return err
+	}
+	return w.writeControllerConfig()
+}
+
+// buildBinaries builds the controller and the agent (without libvirt:
+// the remote lab drives QEMU).
+func buildBinaries(ctx context.Context, dir string) error {
+	gobin, err := exec.LookPath("go")
+	if err != nil { // not on PATH: the toolchain this lab was built with
+		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	gomod, err := exec.CommandContext(ctx, gobin, "env", "GOMOD").Output()
+	if err != nil {
+		return fmt.Errorf("go env GOMOD: %w", err)
+	}
+	root := filepath.Dir(strings.TrimSpace(string(gomod)))
+	cmd := exec.CommandContext(ctx, gobin, "build", "-tags", "nolibvirt", "-o", dir+"/", "./cmd/sealift", "./cmd/sealift-agent")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./cmd/sealift ./cmd/sealift-agent: %w: %s", err, out)
+	}
+	return nil
+}
+
+// controllerConfig is cmd/sealift's configuration file (its JSON).
+type controllerConfig struct {
+	TLS struct {
+		CA   string `json:"ca"`
+		Cert string `json:"cert"`
+		Key  string `json:"key"`
+	} `json:"tls"`
+	Journal      string                    `json:"journal"`
+	Environments map[string]map[string]any `json:"environments"`
+}
+
+func (w *world) writeControllerConfig() error {
+	r := w.rm
+	var c controllerConfig
+	c.TLS.CA, c.TLS.Cert, c.TLS.Key = filepath.Join(r.pki, "ca.pem"), filepath.Join(r.pki, "ctl.pem"), filepath.Join(r.pki, "ctl-key.pem")
+	c.Journal = r.journal
+	a, b, core := r.agents["host-a"], r.agents["host-b"], r.agents["core"]
+	c.Environments = map[string]map[string]any{
+		"secure": {"agent": a.listen(), "host": a.name, "underlay": lab.AUplink.String(),
+			"core": map[string]any{"agent": core.listen(), "host": core.name, "underlay": lab.CoreWAN.String()}},
+		"cloud": {"agent": b.listen(), "host": b.name, "underlay": lab.BUnderlay.String()},
+	}
+	data, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(r.config, data, 0o600)
+}
+
+// agentArgs are each agent's flags: A and B serve QEMU (their own
+// credentials for the migration stream), nft, conntrack and WireGuard
+// link ends; the core serves its routing table and link ends.
+func (w *world) agentArgs(p *agentProc) []string {
+	r := w.rm
+	args := []string{"-listen", p.listen(), "-ca", filepath.Join(r.pki, "ca.pem"),
+		"-cert", filepath.Join(r.pki, p.name+".pem"), "-key", filepath.Join(r.pki, p.name+"-key.pem"),
+		"-state-dir", p.dir, "-link", "wireguard"}
+	switch p.name {
+	case "host-a":
+		return append(args, "-hypervisor", "qemu", "-qemu-dir", p.qemuDir(), "-qemu-tls", w.tlsDirA,
+			"-qemu-migration-addr", lab.AUplink.String(), "-fence", "nft", "-conn", "conntrack")
+	case "host-b":
+		return append(args, "-hypervisor", "qemu", "-qemu-dir", p.qemuDir(), "-qemu-tls", w.tlsDirB,
+			"-qemu-migration-addr", lab.BUnderlay.String(), "-fence", "nft", "-conn", "conntrack")
+	default:
+		return append(args, "-fence", "none", "-conn", "none", "-routing", "netlinkroute")
+	}
+}
+
+// startAgents starts every agent in its namespace and waits until each
+// answers the lab's client over mutual TLS.
+func (w *world) startAgents(ctx context.Context, t lab.TB) error {
+	r := w.rm
+	caPEM, cert, err := agentpki.LoadFiles(filepath.Join(r.pki, "ca.pem"), filepath.Join(r.pki, "lab.pem"), filepath.Join(r.pki, "lab-key.pem"))
+	if err != nil {
+		return err
+	}
+	for _, p := range w.remoteHosts() {
+		p = r.agents[p.name]
+		if err := w.startAgent(t, p); err != nil {
+			return err
+		}
+		tc, err := agentpki.ClientConfig(caPEM, cert, p.name)
+		if err != nil {
+			return err
+		}
+		if p.client, err = agent.Dial(p.listen(), tc, grpc.WithContextDialer(nsDialer(r.ctl))); err != nil {
+			return err
+		}
+		t.Cleanup(func() { p.client.Close() })
+	}
+	for _, p := range r.agents {
+		if err := waitAgent(ctx, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (w *world) startAgent(t lab.TB, p *agentProc) error {
+	logf, err := os.OpenFile(filepath.Join(w.dir, "agent-"+p.name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	p.cmd = exec.Command("ip", append([]string{"netns", "exec", p.ns, filepath.Join(w.rm.bin, "sealift-agent")}, w.agentArgs(p)...)...)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if err := p.cmd.Start(); err != nil {
+		return fmt.Errorf("start agent %s: %w", p.name, err)
+	}
+	p.exited = make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() { stopAgent(p) })
+	return nil
+}
+
+// stopAgent stops an agent gracefully (SIGTERM), killing it after 10 s.
+func stopAgent(p *agentProc) {
+	if p.cmd == nil || p.exited == nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// waitAgent waits until the agent answers (its link ends' List: every
+// agent of the lab serves them), or fails when the agent exits.
+func waitAgent(ctx context.Context, p *agentProc) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := p.client.LinkEnd().List(cctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("agent %s exited: %v (see agent-%s.log)", p.name, p.cmd.ProcessState, p.name)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent %s does not answer at %s: %w", p.name, p.listen(), err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// nsDialer dials from namespace ns (a socket stays in the namespace it
+// was made in).
+func nsDialer(ns string) func(context.Context, string) (net.Conn, error) {
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := nsutil.Do(ns, func() error {
+			var d net.Dialer
+			var err error
+			c, err = d.DialContext(ctx, "tcp", addr)
+			return err
+		})
+		return c, err
+	}
+}
+
+// remoteQEMU: the guests' QEMUs at A and B live in the agents' state
+// dirs. The lab defines the target's device model there and boots the
+// source guest, then lets go of it (qemu's Detach) for A's agent to
+// adopt — as a VM manager hands its VMs to the node's agent. Once the
+// agents run, the handles the scenario uses are the lab's clients of
+// the agents.
+func (w *world) remoteQEMU(t lab.TB) (*hypervisors, error) {
+	a, b := w.rm.agents["host-a"], w.rm.agents["host-b"]
+	la, err := w.qemuHandleIn(t, w.l.A, a.qemuDir(), lab.AUplink, w.tlsDirA)
+	if err != nil {
+		return nil, err
+	}
+	lb, err := w.qemuHandleIn(t, w.l.B, b.qemuDir(), lab.BUnderlay, w.tlsDirB)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { killQEMUs(a.qemuDir(), b.qemuDir()) })
+	boot := func(ctx context.Context, i int, v vmSpec) error {
+		// The target gets a second monitor, the lab's, to time its RESUME
+		// event as the in-process lab does (the agent holds the first).
+		cfg := w.img.Config(v.name, v.net(fmt.Sprintf("tapb%d", i+1)))
+		cfg.Extra = append(cfg.Extra, "-chardev", "socket,id=labmon,server=on,wait=off,path="+labMonitor(b, v.name),
+			"-mon", "chardev=labmon,mode=control")
+		if err := lb.Define(cfg); err != nil {
+			return err
+		}
+		if _, err := la.Start(ctx, w.img.Config(v.name, v.net(fmt.Sprintf("tapa%d", i+1)))); err != nil {
+			return err
+		}
+		return la.Detach(v.name)
+	}
+	return &hypervisors{boot: boot, targetTap: func(i int) string { return fmt.Sprintf("tapb%d", i+1) },
+		baseline: w.qemuBaseline, watch: watchResume,
+		stop: func(ctx context.Context, name string) error { return killQEMU(b.qemuDir(), name) }}, nil
+}
+
+func labMonitor(p *agentProc, vm string) string { return filepath.Join(p.qemuDir(), vm+".labqmp") }
+
+// watchRemoteResume reports when the incoming QEMU of vm at B resumes,
+// from QEMU's RESUME event on the lab's monitor: it waits for the
+// instance to appear (block 315), then for the event.
+func (w *world) watchRemoteResume(ctx context.Context, vm string) <-chan time.Time {
+	path := labMonitor(w.rm.agents["host-b"], vm)
+	ch := make(chan time.Time, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		var mon *qmp.Client
+		for mon == nil {
+			if _, err := os.Stat(path); err == nil {
+				if c, err := qmp.Dial(ctx, path); err == nil {
+					mon = c
+					break
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		defer mon.Close()
+		events, unsub := mon.Subscribe()
+		defer unsub()
+		for {
+			select {
+			case e, ok := <-events:
+				if !ok {
+					return
+				}
+				if e.Name == "RESUME" {
+					ch <- e.Time
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+// killQEMUs kills every QEMU whose pid file is in dirs (the agents do
+// not stop their VMs when they exit).
+func killQEMUs(dirs ...string) {
+	for _, d := range dirs {
+		pids, _ := filepath.Glob(filepath.Join(d, "*.pid"))
+		for _, f := range pids {
+			_ = killQEMU(d, strings.TrimSuffix(filepath.Base(f), ".pid"))
+		}
+	}
+}
+
+// killQEMU kills the QEMU of VM name in state dir dir and waits until it
+// is gone (at most 5 s).
+func killQEMU(dir, name string) error {
+	b, err := os.ReadFile(filepath.Join(dir, name+".pid"))
+	if err != nil {
+		return err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return fmt.Errorf("pid file of %s: %q", name, b)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil || bytes.Contains(st, []byte(") Z ")) {
+			return nil
+		}
+	}
+	return fmt.Errorf("QEMU of %s (pid %d) still there 5 s after SIGKILL", name, pid)
+}
+
+// controllerRun is one `sealift migrate` in the controller's namespace.
+type controllerRun struct {
+	rep  *migration.Report
+	code int
+	err  error
+}
+
+// migrateRemote runs `sealift migrate` for plan p in the controller's
+// namespace, relaying its progress lines, and returns its report.
+func (w *world) migrateRemote(ctx context.Context, p migration.Plan) controllerRun {
+	r := w.rm
+	var peers []string
+	for _, pp := range p.Peers {
+		peers = append(peers, pp.String())
+	}
+	var addrs []string
+	for _, a := range p.Addrs {
+		addrs = append(addrs, a.String())
+	}
+	args := []string{"netns", "exec", r.ctl, filepath.Join(r.bin, "sealift"), "migrate", "-config", r.config, "-json",
+		"-vm", p.VM, "-from", p.From, "-to", p.To, "-addr", strings.Join(addrs, ","), "-peer", strings.Join(peers, ","),
+		"-fence", string(p.FenceMode), "-max-downtime", p.MaxDowntime.String()}
+	cmd := exec.CommandContext(ctx, "ip", args...)
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return controllerRun{err: err}
+	}
+	logf, err := os.OpenFile(filepath.Join(w.dir, "ctl.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return controllerRun{err: err}
+	}
+	defer logf.Close()
+	if err := cmd.Start(); err != nil {
+		return controllerRun{err: fmt.Errorf("start sealift migrate: %w", err)}
+	}
+	var tail []string // the controller's last words, for the error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			fmt.Fprintln(logf, line)
+			if tail = append(tail, line); len(tail) > 5 {
+				tail = tail[1:]
+			}
+			if w.opts.Progress != nil && !strings.HasPrefix(line, "{") {
+				w.opts.Progress("  ctl: " + line)
+			}
+		}
+	}()
+	wg.Wait()
+	err = cmd.Wait()
+	run := controllerRun{code: cmd.ProcessState.ExitCode()}
+	if stdout.Len() > 0 {
+		var rep migration.Report
+		if jerr := json.Unmarshal(stdout.Bytes(), &rep); jerr != nil {
+			run.err = fmt.Errorf("sealift migrate: its JSON report: %w", jerr)
+			return run
+		}
+		run.rep = &rep
+	}
+	if err != nil {
+		run.err = fmt.Errorf("sealift migrate exited %d: %s", run.code, strings.Join(tail, " | "))
+	}
+	return run
+}
+
+// ControllerResult is the remote lab's view of the controller.
+type ControllerResult struct {
+	// AgentRTTMS: the median of 20 round trips (a cheap RPC) from the
+	// controller's namespace to each agent, over mutual TLS.
+	AgentRTTMS map[string]float64 `json:"agent_rtt_ms"`
+	// HookMS: the switchover hook of the first migration, as the source
+	// agent timed it (its QEMU paused -> continue).
+	HookMS float64 `json:"switchover_hook_ms"`
+	// Devices are the controller namespace's interfaces after the run:
+	// no WireGuard device, no tap (it holds no link and no VM).
+	Devices      []string `json:"devices"`
+	HoldsNothing bool     `json:"holds_nothing"`
+	// ExitCodes of `sealift migrate`, one per migration.
+	ExitCodes []int `json:"exit_codes"`
+}
+
+// agentRTTs measures each agent's round trip from ctl.
+func (w *world) agentRTTs(ctx context.Context) map[string]float64 {
+	out := map[string]float64{}
+	for name, p := range w.rm.agents {
+		var ds []float64
+		for range 20 {
+			t0 := time.Now()
+			if _, err := p.client.LinkEnd().List(ctx); err != nil {
+				break
+			}
+			ds = append(ds, ms(time.Since(t0)))
+		}
+		if len(ds) > 0 {
+			slices.Sort(ds)
+			out[name] = ds[len(ds)/2]
+		}
+	}
+	return out
+}
+
+// controllerDevices lists ctl's interfaces with their kinds; holds is
+// false if any is more than its loopback and its management veths (a
+// link device, a tap: a link or a VM).
+func (w *world) controllerDevices() ([]string, bool) {
+	var links []netlink.Link
+	err := nsutil.Do(w.rm.ctl, func() error {
+		var err error
+		links, err = netlink.LinkList()
+		return err
+	})
+	if err != nil {
+		return []string{err.Error()}, false
+	}
+	var devs []string
+	holds := true
+	for _, l := range links {
+		kind := l.Type()
+		devs = append(devs, l.Attrs().Name+" ("+kind+")")
+		if kind != "veth" && kind != "device" { // "device": the loopback
+			holds = false
+		}
+	}
+	return devs, holds
+}
+
+var errRemoteScenario = errors.New("-remote")
+
+// checkRemote refuses the scenarios the remote lab does not run yet.
+func (o Options) checkRemote() error {
+	if !o.Remote {
+		return nil
+	}
+	switch {
+	case o.Hypervisor != "qemu":
+		return fmt.Errorf("%w: -hypervisor %q: the remote lab drives QEMU through the agents (libvirt: not yet)", errRemoteScenario, o.Hypervisor)
+	case o.Subnet:
+		return fmt.Errorf("%w: -subnet: not yet (the redirect tunnel and BGP over agents)", errRemoteScenario)
+	case o.Link != "wireguard":
+		return fmt.Errorf("%w: -link %q: the controller pairs WireGuard link ends only (XFRM ends: not yet)", errRemoteScenario, o.Link)
+	}
+	return nil
+}
