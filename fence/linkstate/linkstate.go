@@ -8,9 +8,9 @@
 // on Lift. So List on a new Fencer (after a restart) finds every fence.
 //
 // A port that is down carries nothing, so link state cannot let a secure
-// link through: Specs with AllowVia or AllowMarks are rejected (use
-// fence/nft for those). Nor can it keep the host's own traffic from the
-// secure side's prefixes (Spec.Peers: a guard by destination that a
+// link through: Specs with AllowVia or AllowMarks are refused with an
+// error wrapping fence.ErrUnsupported (use fence/nft for those). Nor can
+// it keep the host's own traffic from the secure side's prefixes (Spec.Peers: a guard by destination that a
 // port's link state cannot express; policy routing could, but would
 // reroute rather than fence and could not tell an AllowVia device's
 // packets from others'): Specs with Peers are refused with an error
@@ -230,11 +230,11 @@ func check(s fence.Spec) error {
 	}
 	if len(s.AllowVia) > 0 {
 		return fmt.Errorf("%w: AllowVia %q (VM %q): a port that is down carries no secure link either; use fence/nft",
-			fence.ErrInvalid, s.AllowVia, s.VM)
+			fence.ErrUnsupported, s.AllowVia, s.VM)
 	}
 	if len(s.AllowMarks) > 0 {
 		return fmt.Errorf("%w: AllowMarks %v (VM %q): a port that is down lets no marked traffic through; use fence/nft",
-			fence.ErrInvalid, s.AllowMarks, s.VM)
+			fence.ErrUnsupported, s.AllowMarks, s.VM)
 	}
 	if len(s.Peers) > 0 {
 		return fmt.Errorf("%w: Peers %v (VM %q): link state cannot filter the host's traffic by destination; use fence/nft",

@@ -53,14 +53,17 @@ func TestCheckRejectsWhatLinkStateCannotDo(t *testing.T) {
 	if err := check(ok); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []fence.Spec{
-		{VM: "v", Port: "tap0", AllowVia: []string{"wg0"}},
-		{VM: "v", Port: "tap0", AllowMarks: []uint32{1}},
-		{VM: "", Port: "tap0"},
-		{VM: "v\x00", Port: "tap0"},
+	for _, c := range []struct {
+		s    fence.Spec
+		want error
+	}{
+		{fence.Spec{VM: "v", Port: "tap0", AllowVia: []string{"wg0"}}, fence.ErrUnsupported},
+		{fence.Spec{VM: "v", Port: "tap0", AllowMarks: []uint32{1}}, fence.ErrUnsupported},
+		{fence.Spec{VM: "", Port: "tap0"}, fence.ErrInvalid},
+		{fence.Spec{VM: "v\x00", Port: "tap0"}, fence.ErrInvalid},
 	} {
-		if err := check(s); !errors.Is(err, fence.ErrInvalid) {
-			t.Errorf("check(%+v) = %v, want ErrInvalid", s, err)
+		if err := check(c.s); !errors.Is(err, c.want) {
+			t.Errorf("check(%+v) = %v, want %v", c.s, err, c.want)
 		}
 	}
 }
