@@ -27,7 +27,7 @@ type World struct {
 
 // NewWorld builds it; before, if set, runs on the bare lab first (e.g.
 // to set sysctls that must hold before traffic starts).
-func NewWorld(t *testing.T, before func(*lab.Lab)) *World {
+func NewWorld(t testing.TB, before func(*lab.Lab)) *World {
 	t.Helper()
 	lab.RequireRoot(t)
 	l := lab.New(t)
@@ -50,7 +50,7 @@ func NewWorld(t *testing.T, before func(*lab.Lab)) *World {
 }
 
 // WaitV6 waits (with a deadline) until the peer reaches the VM over IPv6.
-func (w *World) WaitV6(t *testing.T) {
+func (w *World) WaitV6(t testing.TB) {
 	t.Helper()
 	Must(t, lab.WaitReachable(w.Peer, VM6, 10*time.Second))
 }
@@ -61,7 +61,7 @@ func (w *World) Spec() fence.Spec {
 }
 
 // Probe sends n flows of each kind from ns to the target.
-func (w *World) Probe(t *testing.T, from string, dst, dst6 netip.Addr, n int) lab.Probe {
+func (w *World) Probe(t testing.TB, from string, dst, dst6 netip.Addr, n int) lab.Probe {
 	t.Helper()
 	p, err := w.Target.Probe(from, dst, dst6, n)
 	if err != nil {
@@ -71,7 +71,7 @@ func (w *World) Probe(t *testing.T, from string, dst, dst6 netip.Addr, n int) la
 }
 
 // LinkMAC returns the MAC of ifname in ns.
-func LinkMAC(t *testing.T, ns, ifname string) string {
+func LinkMAC(t testing.TB, ns, ifname string) string {
 	t.Helper()
 	h, err := lab.Handle(ns)
 	Must(t, err)
@@ -82,7 +82,7 @@ func LinkMAC(t *testing.T, ns, ifname string) string {
 }
 
 // Must fails the test on err.
-func Must(t *testing.T, err error) {
+func Must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,46 @@
+package agent_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sealift/sealift/agent"
+	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/fence/fenceconform"
+	"github.com/sealift/sealift/fence/linkstate"
+	"github.com/sealift/sealift/fence/nft"
+)
+
+// The contracts' conformance suites, each run against a real backend
+// behind an agent (gRPC, mutual TLS on loopback, throw-away
+// certificates), used through the controller's client: the same suites
+// the backends run locally (their conform_test.go), so a remote backend
+// is held to exactly the local one's promises.
+
+// behindAgent serves opts from a fresh agent and returns the
+// controller's client of it.
+func behindAgent(t testing.TB, opts ...agent.Option) *agent.Client {
+	t.Helper()
+	p := newPKI(t)
+	return p.dial(t, p.serve(t, opts...), p.ctl.TLS)
+}
+
+// remoteFencer is a fenceconform harness: the backend newFencer makes
+// for a host, behind its own agent (a later call for the same host is a
+// restarted agent).
+func remoteFencer(newFencer func(host string) fence.Fencer) fenceconform.Harness {
+	return fenceconform.Harness{New: func(t testing.TB, host string) fence.Fencer {
+		f, err := behindAgent(t, agent.WithFencer(newFencer(host))).Fencer(t.Context())
+		require.NoError(t, err)
+		return f
+	}}
+}
+
+func TestConformFencerNft(t *testing.T) {
+	fenceconform.Run(t, remoteFencer(func(host string) fence.Fencer { return nft.New(nft.WithHost(host)) }))
+}
+
+func TestConformFencerLinkstate(t *testing.T) {
+	fenceconform.Run(t, remoteFencer(func(host string) fence.Fencer { return linkstate.New(linkstate.WithHost(host)) }))
+}
