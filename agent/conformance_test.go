@@ -10,6 +10,9 @@ import (
 	"github.com/sealift/sealift/fence/fenceconform"
 	"github.com/sealift/sealift/fence/linkstate"
 	"github.com/sealift/sealift/fence/nft"
+	"github.com/sealift/sealift/routing"
+	"github.com/sealift/sealift/routing/netlinkroute"
+	"github.com/sealift/sealift/routing/routingconform"
 )
 
 // The contracts' conformance suites, each run against a real backend
@@ -43,4 +46,10 @@ func TestConformFencerNft(t *testing.T) {
 
 func TestConformFencerLinkstate(t *testing.T) {
 	fenceconform.Run(t, remoteFencer(func(host string) fence.Fencer { return linkstate.New(linkstate.WithHost(host)) }))
+}
+
+func TestConformRouteWatcherNetlink(t *testing.T) {
+	routingconform.Run(t, routingconform.Harness{New: func(t testing.TB, host string) routing.RouteWatcher {
+		return behindAgent(t, agent.WithRouteWatcher(netlinkroute.New(netlinkroute.WithHost(host)))).RouteWatcher()
+	}})
 }
