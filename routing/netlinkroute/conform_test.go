@@ -12,6 +12,8 @@ import (
 // backend.
 func TestConformance(t *testing.T) {
 	routingconform.Run(t, routingconform.Harness{
-		New: func(_ testing.TB, host string) routing.RouteWatcher { return netlinkroute.New(netlinkroute.WithHost(host)) },
+		New: func(_ testing.TB, host string) routing.RouteWatcher {
+			return netlinkroute.New(netlinkroute.WithHost(host))
+		},
 	})
 }

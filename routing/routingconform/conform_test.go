@@ -102,8 +102,12 @@ func mapErr(w routing.RouteWatcher, fn func(error) error) routing.RouteWatcher {
 			c, err := w.Wait(ctx, e)
 			return c, fn(err)
 		},
-		add:    func(w routing.RouteWatcher, ctx context.Context, r routing.Redirect) error { return fn(w.AddRedirect(ctx, r)) },
-		remove: func(w routing.RouteWatcher, ctx context.Context, p netip.Prefix) error { return fn(w.RemoveRedirect(ctx, p)) },
+		add: func(w routing.RouteWatcher, ctx context.Context, r routing.Redirect) error {
+			return fn(w.AddRedirect(ctx, r))
+		},
+		remove: func(w routing.RouteWatcher, ctx context.Context, p netip.Prefix) error {
+			return fn(w.RemoveRedirect(ctx, p))
+		},
 		redirects: func(w routing.RouteWatcher, ctx context.Context) ([]routing.Redirect, error) {
 			rs, err := w.Redirects(ctx)
 			return rs, fn(err)
@@ -174,7 +178,9 @@ var mutants = []conform.Mutant[routing.RouteWatcher]{
 			}}
 		}},
 	{Name: "Redirects lists only this watcher's", Caught: []string{"AddRedirectIdempotentAndListedAfterRestart"},
-		Break: func(w routing.RouteWatcher) routing.RouteWatcher { return lyingAdd(func(*routing.Redirect) bool { return true })(w) }},
+		Break: func(w routing.RouteWatcher) routing.RouteWatcher {
+			return lyingAdd(func(*routing.Redirect) bool { return true })(w)
+		}},
 	{Name: "RemoveRedirect of nothing succeeds", Caught: []string{"RemoveRedirect"},
 		Break: func(w routing.RouteWatcher) routing.RouteWatcher {
 			return mapErr(w, func(err error) error {
