@@ -16,6 +16,11 @@ const (
 	KindUnderlay  = "tcp"        // TCP between underlay addresses (the TLS migration stream, BGP)
 	KindARP       = "arp"        // ARP for underlay addresses
 	KindLinkLocal = "link-local" // IPv6 neighbour discovery / MLD on the link itself
+	// KindUnderlayICMP: an ICMP error between underlay addresses quoting
+	// a packet of one of the kinds above (e.g. a host whose link end is
+	// gone answering the other end's WireGuard with port unreachable):
+	// it carries only what the quoted packet did, ciphertext.
+	KindUnderlayICMP = "icmp-underlay"
 	KindUnknown   = "unknown"
 )
 
@@ -174,7 +179,9 @@ func (c Classifier) watched(b []byte, depth int) netip.Addr {
 }
 
 // kind sorts a packet that carries no watched address.
-func (c Classifier) kind(b []byte) string {
+func (c Classifier) kind(b []byte) string { return c.kindAt(b, 0) }
+
+func (c Classifier) kindAt(b []byte, depth int) string {
 	h, ok := parseIP(b)
 	if !ok {
 		return KindUnknown
@@ -192,6 +199,13 @@ func (c Classifier) kind(b []byte) string {
 		return KindESP
 	case unix.IPPROTO_TCP:
 		return KindUnderlay
+	case unix.IPPROTO_ICMP:
+		if depth == 0 && len(h.l4) >= 8 && slices.Contains([]byte{3, 4, 11, 12}, h.l4[0]) {
+			switch c.kindAt(h.l4[8:], 1) {
+			case KindWireGuard, KindESP, KindUnderlay:
+				return KindUnderlayICMP
+			}
+		}
 	case unix.IPPROTO_UDP:
 		// WireGuard: a message type 1-4 followed by three reserved zeros.
 		if len(h.l4) >= 12 && h.l4[8] >= 1 && h.l4[8] <= 4 && h.l4[9] == 0 && h.l4[10] == 0 && h.l4[11] == 0 {

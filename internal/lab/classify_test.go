@@ -63,6 +63,7 @@ func TestClassify(t *testing.T) {
 	quoted := ipv4(peer, netip.MustParseAddr("10.1.0.12"), unix.IPPROTO_ICMP, make([]byte, 8))
 	unreach := append([]byte{3, 1, 0, 0, 0, 0, 0, 0}, quoted...)
 	quotedUnderlay := ipv4(CoreWAN, BUnderlay, unix.IPPROTO_UDP, udp(51820, 51820, wgInit)[:8])
+	quotedWG := ipv4(CoreWAN, BUnderlay, unix.IPPROTO_UDP, udp(51820, 51820, wgInit)[:40])
 	for _, tc := range []struct {
 		name    string
 		frame   []byte
@@ -77,7 +78,13 @@ func TestClassify(t *testing.T) {
 		{"peer in clear", ether(unix.ETH_P_IP, ipv4(peer, BUnderlay, unix.IPPROTO_ICMP, make([]byte, 8))), KindUnknown, "10.2.0.20"},
 		{"host's icmp error to a peer", ether(unix.ETH_P_IP, ipv4(BUnderlay, peer, unix.IPPROTO_ICMP, unreach)), KindUnknown, "10.2.0.20"},
 		{"icmp error quoting a peer's packet", ether(unix.ETH_P_IP, ipv4(BUnderlay, CoreWAN, unix.IPPROTO_ICMP, unreach)), KindUnknown, "10.2.0.20"},
+		// Too short a quote to tell it is WireGuard: unknown.
 		{"icmp error quoting underlay", ether(unix.ETH_P_IP, ipv4(BUnderlay, CoreWAN, unix.IPPROTO_ICMP, append([]byte{3, 3, 0, 0, 0, 0, 0, 0}, quotedUnderlay...))), KindUnknown, ""},
+		{"icmp error quoting wireguard", ether(unix.ETH_P_IP, ipv4(BUnderlay, CoreWAN, unix.IPPROTO_ICMP, append([]byte{3, 3, 0, 0, 0, 0, 0, 0}, quotedWG...))), KindUnderlayICMP, ""},
+		{"icmp error to a stranger quoting wireguard", ether(unix.ETH_P_IP, ipv4(BUnderlay, netip.MustParseAddr("192.0.2.1"), unix.IPPROTO_ICMP, append([]byte{3, 3, 0, 0, 0, 0, 0, 0}, quotedWG...))), KindUnknown, ""},
+		{"icmp echo between underlay", ether(unix.ETH_P_IP, ipv4(BUnderlay, CoreWAN, unix.IPPROTO_ICMP, append([]byte{8, 0, 0, 0, 0, 0, 0, 0}, quotedWG...))), KindUnknown, ""},
+		{"icmp error quoting an icmp error", ether(unix.ETH_P_IP, ipv4(BUnderlay, CoreWAN, unix.IPPROTO_ICMP, append([]byte{3, 3, 0, 0, 0, 0, 0, 0},
+			ipv4(CoreWAN, BUnderlay, unix.IPPROTO_ICMP, append([]byte{3, 3, 0, 0, 0, 0, 0, 0}, quotedWG...))...))), KindUnknown, ""},
 		{"ip in ip", ether(unix.ETH_P_IP, ipv4(CoreWAN, BUnderlay, unix.IPPROTO_IPIP, ipv4(vm, peer, unix.IPPROTO_UDP, udp(1, 2, nil)))), KindUnknown, "10.1.0.10"},
 		{"ipv6 guest", ether(unix.ETH_P_IPV6, ipv6(netip.MustParseAddr("fd00:1::10"), netip.MustParseAddr("2001:db8::1"), unix.IPPROTO_UDP, udp(1, 2, nil))), KindUnknown, "fd00:1::10"},
 		{"ipv6 neighbour discovery", ether(unix.ETH_P_IPV6, ipv6(netip.MustParseAddr("fe80::1"), netip.MustParseAddr("ff02::1:ff00:1"), unix.IPPROTO_ICMPV6, []byte{135, 0, 0, 0, 0, 0, 0, 0})), KindLinkLocal, ""},
