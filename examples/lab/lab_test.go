@@ -71,6 +71,48 @@ func TestLab(t *testing.T) {
 	}
 }
 
+// TestLabAgentCrash runs the remote lab's crash scenario: the source's,
+// then the target's agent killed with SIGKILL while RAM is copied and in
+// the switchover hook; the agent restarted and `sealift recover` run.
+// The VM never runs in two places and ends running in exactly one (the
+// lab's own QEMU monitors say so), nothing crosses the wan in clear,
+// the journal holds nothing unfinished.
+func TestLabAgentCrash(t *testing.T) {
+	lab.RequireRoot(t)
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		lab.Missing(t, "qemu-system-x86_64 (apt: qemu-system-x86)")
+	}
+	for _, kill := range []string{"source", "target"} {
+		for _, at := range []string{"copy", "switchover"} {
+			t.Run(kill+"-"+at, func(t *testing.T) {
+				log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+				o := Options{Hypervisor: "qemu", Link: tunnel.WireGuard, Fence: migration.FenceAtSwitchover, Remote: true, Kill: kill, KillAt: at}
+				res, err := Run(t.Context(), t, o, log)
+				require.NotNil(t, res, "no report: %v", err)
+				t.Log("\n" + res.Text())
+				assert.NoError(t, err)
+				data, err := json.Marshal(res)
+				require.NoError(t, err)
+				var got map[string]any
+				require.NoError(t, json.Unmarshal(data, &got))
+				for _, v := range got["verdicts"].([]any) {
+					v := v.(map[string]any)
+					assert.True(t, v["ok"].(bool), "verdict %q: %v", v["name"], v["detail"])
+				}
+				assert.Equal(t, true, got["pass"])
+				wan := got["wan"].(map[string]any)
+				assert.EqualValues(t, 0, wan["plaintext_by_address"], "plaintext by address")
+				assert.EqualValues(t, 1, wan["control_by_address"], "the control leak, by address")
+				k := got["kill"].(map[string]any)
+				assert.LessOrEqual(t, k["max_running_at_once"], 1.0)
+				assert.Greater(t, k["placement_samples"], 10.0)
+				assert.NotEqual(t, 0.0, k["migrate_exit"], "the kill must disrupt the migration")
+				assert.EqualValues(t, 0, k["journal_unfinished"])
+			})
+		}
+	}
+}
+
 // checkReport asserts on the JSON report: every verdict, and the figures
 // CI must hold whatever a verdict's code says.
 func checkReport(t *testing.T, r map[string]any, subnet bool) {

@@ -32,11 +32,16 @@ func main() {
 	flag.StringVar(&link, "link", "wireguard", "secure link: wireguard or ipsec (ipsec needs a kernel with ESP)")
 	flag.StringVar(&fence, "fence", "at-switchover", "fence mode: at-switchover or before-copy")
 	flag.BoolVar(&o.Subnet, "subnet", false, "move a whole subnet (two guests, redirect tunnel, BGP convergence, tunnel removal)")
+	flag.StringVar(&o.Kill, "kill", "", "with -remote: kill the source's or the target's agent (source|target) mid-migration, restart it, recover")
+	flag.StringVar(&o.KillAt, "kill-at", "", "with -kill: when (copy: while RAM is copied; switchover: in the switchover hook; default copy)")
 	flag.BoolVar(&o.Remote, "remote", false, "run sealift-agent per host and the controller (sealift migrate) in a namespace of its own, over mutual TLS")
 	flag.StringVar(&jsonPath, "json", "", "write the JSON report to this file")
 	flag.BoolVar(&verbose, "v", false, "log the backends' work")
 	flag.Parse()
 	o.Link, o.Fence = tunnel.Kind(link), migration.FenceMode(fence)
+	if o.Kill != "" && o.KillAt == "" {
+		o.KillAt = "copy"
+	}
 	o.Progress = func(s string) { fmt.Println(s) }
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "lab: run as root (network namespaces, nftables, QEMU taps)")

@@ -27,7 +27,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -198,29 +197,44 @@ func (w *world) agentArgs(p *agentProc) []string {
 // answers the lab's client over mutual TLS.
 func (w *world) startAgents(ctx context.Context, t lab.TB) error {
 	r := w.rm
-	caPEM, cert, err := agentpki.LoadFiles(filepath.Join(r.pki, "ca.pem"), filepath.Join(r.pki, "lab.pem"), filepath.Join(r.pki, "lab-key.pem"))
-	if err != nil {
-		return err
-	}
 	for _, p := range w.remoteHosts() {
 		p = r.agents[p.name]
 		if err := w.startAgent(t, p); err != nil {
 			return err
 		}
-		tc, err := agentpki.ClientConfig(caPEM, cert, p.name)
-		if err != nil {
+		if err := w.dialAgent(t, p); err != nil {
 			return err
 		}
-		if p.client, err = agent.Dial(p.listen(), tc, grpc.WithContextDialer(nsDialer(r.ctl))); err != nil {
-			return err
-		}
-		t.Cleanup(func() { p.client.Close() })
 	}
 	for _, p := range r.agents {
 		if err := waitAgent(ctx, p); err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// dialAgent makes the lab's client of agent p (anew after a restart:
+// gRPC would wait out its reconnection backoff otherwise).
+func (w *world) dialAgent(t lab.TB, p *agentProc) error {
+	r := w.rm
+	caPEM, cert, err := agentpki.LoadFiles(filepath.Join(r.pki, "ca.pem"), filepath.Join(r.pki, "lab.pem"), filepath.Join(r.pki, "lab-key.pem"))
+	if err != nil {
+		return err
+	}
+	tc, err := agentpki.ClientConfig(caPEM, cert, p.name)
+	if err != nil {
+		return err
+	}
+	if p.client != nil {
+		p.client.Close()
+	}
+	c, err := agent.Dial(p.listen(), tc, grpc.WithContextDialer(nsDialer(r.ctl)))
+	if err != nil {
+		return err
+	}
+	p.client = c
+	t.Cleanup(func() { c.Close() })
 	return nil
 }
 
@@ -311,15 +325,19 @@ func (w *world) remoteQEMU(t lab.TB) (*hypervisors, error) {
 	}
 	t.Cleanup(func() { killQEMUs(a.qemuDir(), b.qemuDir()) })
 	boot := func(ctx context.Context, i int, v vmSpec) error {
-		// The target gets a second monitor, the lab's, to time its RESUME
-		// event as the in-process lab does (the agent holds the first).
+		// Each QEMU gets a second monitor, the lab's (the agent holds the
+		// first): to time the target's RESUME event as the in-process lab
+		// does, and to see where the VM runs whatever the agents say.
 		cfg := w.img.Config(v.name, v.net(fmt.Sprintf("tapb%d", i+1)))
 		cfg.Extra = append(cfg.Extra, "-chardev", "socket,id=labmon,server=on,wait=off,path="+labMonitor(b, v.name),
 			"-mon", "chardev=labmon,mode=control")
 		if err := lb.Define(cfg); err != nil {
 			return err
 		}
-		if _, err := la.Start(ctx, w.img.Config(v.name, v.net(fmt.Sprintf("tapa%d", i+1)))); err != nil {
+		src := w.img.Config(v.name, v.net(fmt.Sprintf("tapa%d", i+1)))
+		src.Extra = append(src.Extra, "-chardev", "socket,id=labmon,server=on,wait=off,path="+labMonitor(a, v.name),
+			"-mon", "chardev=labmon,mode=control")
+		if _, err := la.Start(ctx, src); err != nil {
 			return err
 		}
 		return la.Detach(v.name)
@@ -409,75 +427,118 @@ func killQEMU(dir, name string) error {
 	return fmt.Errorf("QEMU of %s (pid %d) still there 5 s after SIGKILL", name, pid)
 }
 
-// controllerRun is one `sealift migrate` in the controller's namespace.
+// controllerRun is one run of the controller (`sealift migrate` or
+// `sealift recover`) in the controller's namespace.
 type controllerRun struct {
-	rep  *migration.Report
+	reps []*migration.Report // its JSON reports
 	code int
 	err  error
 }
 
-// migrateRemote runs `sealift migrate` for plan p in the controller's
-// namespace, relaying its progress lines, and returns its report.
-func (w *world) migrateRemote(ctx context.Context, p migration.Plan) controllerRun {
+// ctlProc is a running controller: its stderr lines are relayed as
+// progress and offered on lines (dropped when nobody reads).
+type ctlProc struct {
+	cmd    *exec.Cmd
+	stdout bytes.Buffer
+	lines  chan string
+	done   chan struct{}
+	tail   []string // its last words, for the error
+}
+
+// startController starts `sealift ARGS -config C -json` in ctl.
+func (w *world) startController(ctx context.Context, args ...string) (*ctlProc, error) {
 	r := w.rm
-	var peers []string
-	for _, pp := range p.Peers {
-		peers = append(peers, pp.String())
-	}
-	var addrs []string
-	for _, a := range p.Addrs {
-		addrs = append(addrs, a.String())
-	}
-	args := []string{"netns", "exec", r.ctl, filepath.Join(r.bin, "sealift"), "migrate", "-config", r.config, "-json",
-		"-vm", p.VM, "-from", p.From, "-to", p.To, "-addr", strings.Join(addrs, ","), "-peer", strings.Join(peers, ","),
-		"-fence", string(p.FenceMode), "-max-downtime", p.MaxDowntime.String()}
-	cmd := exec.CommandContext(ctx, "ip", args...)
-	var stdout bytes.Buffer
-	cmd.Stdout = &stdout
-	stderr, err := cmd.StderrPipe()
+	full := append([]string{"netns", "exec", r.ctl, filepath.Join(r.bin, "sealift"), args[0], "-config", r.config, "-json"}, args[1:]...)
+	c := &ctlProc{cmd: exec.CommandContext(ctx, "ip", full...), lines: make(chan string, 256), done: make(chan struct{})}
+	c.cmd.Stdout = &c.stdout
+	stderr, err := c.cmd.StderrPipe()
 	if err != nil {
-		return controllerRun{err: err}
+		return nil, err
 	}
 	logf, err := os.OpenFile(filepath.Join(w.dir, "ctl.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return controllerRun{err: err}
+		return nil, err
 	}
-	defer logf.Close()
-	if err := cmd.Start(); err != nil {
-		return controllerRun{err: fmt.Errorf("start sealift migrate: %w", err)}
+	if err := c.cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start sealift %s: %w", args[0], err)
 	}
-	var tail []string // the controller's last words, for the error
-	var wg sync.WaitGroup
-	wg.Add(1)
 	go func() {
-		defer wg.Done()
+		defer close(c.done)
+		defer logf.Close()
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			line := sc.Text()
 			fmt.Fprintln(logf, line)
-			if tail = append(tail, line); len(tail) > 5 {
-				tail = tail[1:]
+			if c.tail = append(c.tail, line); len(c.tail) > 5 {
+				c.tail = c.tail[1:]
 			}
-			if w.opts.Progress != nil && !strings.HasPrefix(line, "{") {
+			if strings.HasPrefix(line, "{") {
+				continue // a JSON log line
+			}
+			if w.opts.Progress != nil {
 				w.opts.Progress("  ctl: " + line)
+			}
+			select {
+			case c.lines <- line:
+			default:
 			}
 		}
 	}()
-	wg.Wait()
-	err = cmd.Wait()
-	run := controllerRun{code: cmd.ProcessState.ExitCode()}
-	if stdout.Len() > 0 {
+	return c, nil
+}
+
+// wait waits for the controller to exit and reads its reports.
+func (c *ctlProc) wait() controllerRun {
+	<-c.done
+	err := c.cmd.Wait()
+	run := controllerRun{code: c.cmd.ProcessState.ExitCode()}
+	dec := json.NewDecoder(&c.stdout)
+	for dec.More() {
 		var rep migration.Report
-		if jerr := json.Unmarshal(stdout.Bytes(), &rep); jerr != nil {
-			run.err = fmt.Errorf("sealift migrate: its JSON report: %w", jerr)
+		if jerr := dec.Decode(&rep); jerr != nil {
+			run.err = fmt.Errorf("sealift: its JSON report: %w", jerr)
 			return run
 		}
-		run.rep = &rep
+		run.reps = append(run.reps, &rep)
 	}
 	if err != nil {
-		run.err = fmt.Errorf("sealift migrate exited %d: %s", run.code, strings.Join(tail, " | "))
+		run.err = fmt.Errorf("sealift exited %d: %s", run.code, strings.Join(c.tail, " | "))
 	}
 	return run
+}
+
+// migrateArgs are `sealift migrate`'s arguments for plan p.
+func migrateArgs(p migration.Plan) []string {
+	var peers, addrs []string
+	for _, pp := range p.Peers {
+		peers = append(peers, pp.String())
+	}
+	for _, a := range p.Addrs {
+		addrs = append(addrs, a.String())
+	}
+	return []string{"migrate", "-vm", p.VM, "-from", p.From, "-to", p.To, "-addr", strings.Join(addrs, ","),
+		"-peer", strings.Join(peers, ","), "-fence", string(p.FenceMode), "-max-downtime", p.MaxDowntime.String()}
+}
+
+// migrateRemote runs `sealift migrate` for plan p and returns its report.
+func (w *world) migrateRemote(ctx context.Context, p migration.Plan) (*migration.Report, int, error) {
+	c, err := w.startController(ctx, migrateArgs(p)...)
+	if err != nil {
+		return nil, 0, err
+	}
+	run := c.wait()
+	if len(run.reps) == 0 {
+		return nil, run.code, cmpErr(run.err, errors.New("sealift migrate printed no report"))
+	}
+	return run.reps[0], run.code, run.err
+}
+
+func cmpErr(err, otherwise error) error {
+	if err != nil {
+		return err
+	}
+	return otherwise
 }
 
 // ControllerResult is the remote lab's view of the controller.
@@ -546,7 +607,10 @@ var errRemoteScenario = errors.New("-remote")
 // checkRemote refuses the scenarios the remote lab does not run yet.
 func (o Options) checkRemote() error {
 	if !o.Remote {
-		return nil
+		return o.checkKill()
+	}
+	if err := o.checkKill(); err != nil {
+		return err
 	}
 	switch {
 	case o.Hypervisor != "qemu":
@@ -555,6 +619,26 @@ func (o Options) checkRemote() error {
 		return fmt.Errorf("%w: -subnet: not yet (the redirect tunnel and BGP over agents)", errRemoteScenario)
 	case o.Link != "wireguard":
 		return fmt.Errorf("%w: -link %q: the controller pairs WireGuard link ends only (XFRM ends: not yet)", errRemoteScenario, o.Link)
+	}
+	return nil
+}
+
+// checkKill checks -kill and -kill-at.
+func (o Options) checkKill() error {
+	if o.Kill == "" {
+		if o.KillAt != "" {
+			return fmt.Errorf("-kill-at %q: only with -kill", o.KillAt)
+		}
+		return nil
+	}
+	if !o.Remote {
+		return fmt.Errorf("-kill %q: only with -remote (it kills an agent process)", o.Kill)
+	}
+	if o.Kill != "source" && o.Kill != "target" {
+		return fmt.Errorf("-kill %q: want source or target", o.Kill)
+	}
+	if o.KillAt != "copy" && o.KillAt != "switchover" {
+		return fmt.Errorf("-kill-at %q: want copy or switchover", o.KillAt)
 	}
 	return nil
 }

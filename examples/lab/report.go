@@ -20,6 +20,8 @@ type Result struct {
 	// namespace (-remote); Controller is what the lab saw of it.
 	Remote     bool              `json:"remote"`
 	Controller *ControllerResult `json:"controller,omitempty"`
+	// Kill: the crash scenario's result (-kill).
+	Kill *KillResult `json:"kill,omitempty"`
 	// Pass is true when every verdict holds.
 	Pass     bool      `json:"pass"`
 	Verdicts []Verdict `json:"verdicts"`
@@ -195,6 +197,9 @@ func scenario(o Options) string {
 	}
 	if o.Remote {
 		s += ", remote (an agent per host)"
+	}
+	if o.Kill != "" {
+		s += fmt.Sprintf(", %s agent killed at %s", o.Kill, o.KillAt)
 	}
 	return s
 }
@@ -393,8 +398,10 @@ func (r *Result) Text() string {
 	if r.BaselineBlackoutMS > 0 {
 		fmt.Fprintf(&b, "blackout ratio (secure / baseline with TLS): %.2f\n", r.BlackoutRatio)
 	}
-	fmt.Fprintf(&b, "audit: kept %v, reset %v\ncame back secure (by path at B: %d packets via the link, %d by another way): %v (%s)\n",
-		r.Audit.Kept, r.Audit.Reset, r.Audit.ViaLinkPackets, r.Audit.OtherPackets, r.Audit.ReestablishedSecure, r.Audit.Reestablished)
+	if r.Kill == nil {
+		fmt.Fprintf(&b, "audit: kept %v, reset %v\ncame back secure (by path at B: %d packets via the link, %d by another way): %v (%s)\n",
+			r.Audit.Kept, r.Audit.Reset, r.Audit.ViaLinkPackets, r.Audit.OtherPackets, r.Audit.ReestablishedSecure, r.Audit.Reestablished)
+	}
 	wn := r.WAN
 	fmt.Fprintf(&b, "wan: %d frames %v; control seen by address %d, by marker %d; after it: plaintext by address %d, by marker %d, unknown %d; dropped %d\n",
 		wn.Frames, wn.ByKind, wn.ControlByAddress, wn.ControlByMarker, wn.PlaintextByAddress, wn.PlaintextByMarker, wn.Unknown, wn.Dropped)
@@ -410,12 +417,22 @@ func (r *Result) Text() string {
 			fmt.Fprintf(&b, "  wan frame: %s\n", s)
 		}
 	}
+	if k := r.Kill; k != nil {
+		fmt.Fprintf(&b, "crash: %s's agent killed (SIGKILL) %.0f ms after the %s began; sealift migrate exit %d (%s %s); agent restarted, sealift recover exit %d %v; placement (the lab's monitors, %d samples): at most %d running at once, finally %v; %d link ends and %d fences left; peers reach the VM: %v; journal unfinished: %d\n",
+			k.Agent, k.KilledAfterMS, k.At, k.MigrateExit, k.MigrateOutcome, k.MigrateError, k.RecoverExit, k.RecoverOutcomes,
+			k.Samples, k.MaxRunning, k.Final, k.LinkEnds, k.Fences, k.PeersReach, k.JournalUnfinished)
+		if k.Error != "" {
+			fmt.Fprintf(&b, "crash scenario error: %s\n", k.Error)
+		}
+	}
 	if c := r.Controller; c != nil {
 		fmt.Fprintf(&b, "controller (sealift migrate, own namespace): agents' round trips %v ms (median of 20), switchover hook %.1f ms, exit codes %v, its devices %v\n",
 			c.AgentRTTMS, c.HookMS, c.ExitCodes, c.Devices)
 	}
-	fmt.Fprintf(&b, "every peer reaches every guest: %v %v\n", r.PeersReachAll, r.Unreachable)
-	fmt.Fprintf(&b, "VM reachable after: %v; counter continued: %v; journal: %s\n", r.VMReachableAfter, r.CounterContinued, r.Journal)
+	if r.Kill == nil {
+		fmt.Fprintf(&b, "every peer reaches every guest: %v %v\n", r.PeersReachAll, r.Unreachable)
+		fmt.Fprintf(&b, "VM reachable after: %v; counter continued: %v; journal: %s\n", r.VMReachableAfter, r.CounterContinued, r.Journal)
+	}
 	fmt.Fprintln(&b)
 	failed := 0
 	for _, v := range r.Verdicts {

@@ -30,6 +30,10 @@ type Options struct {
 	// Remote: an agent process per host, the controller (`sealift
 	// migrate`) in a namespace of its own (remote.go).
 	Remote bool
+	// Kill (remote only): "source" or "target": kill that agent with
+	// SIGKILL mid-migration, at KillAt ("copy" or "switchover"), then
+	// restart it and recover (kill.go). No baselines, no figures.
+	Kill, KillAt string
 	// Progress, if set, receives a line per migration progress event.
 	Progress func(string)
 }
@@ -176,6 +180,20 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 		return fmt.Errorf("plaintext session did not start: %w (last error %v)", err, sess.err())
 	}
 
+	if o.Kill != "" { // the crash scenario instead of the measurements
+		res.Remote = true
+		if err := w.killScenario(ctx, t, res, pingers[w.vms[0].name]); err != nil {
+			return err
+		}
+		for _, ps := range pingers {
+			for _, p := range ps {
+				p.Stop()
+			}
+		}
+		sess.Stop()
+		return nil
+	}
+
 	// The baselines: the same QEMU backend moving an identical guest from
 	// A to B, with a TLS stream (a) and without (b), nothing of sealift.
 	for i, b := range []struct {
@@ -210,11 +228,8 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 	var reps []*migration.Report
 	for i, v := range w.vms {
 		p := migration.Plan{VM: v.name, From: "secure", To: "cloud", Link: o.Link, FenceMode: o.Fence, MaxDowntime: maxDowntime,
-			Addrs: []netip.Prefix{netip.PrefixFrom(v.addr, 32)},
-			Peers: []netip.Prefix{lab.Peer2Net}}
-		if !o.Subnet {
-			p.Peers = append(p.Peers, netip.PrefixFrom(lab.PeerAddr, 32))
-		} else {
+			Addrs: w.planAddrs(v), Peers: w.planPeers()}
+		if o.Subnet {
 			p.Subnet = &migration.Subnet{Prefix: lab.VMSubnet, Members: []string{"vm1", "vm2"}, Via: bSite,
 				ConvergeTimeout: 60 * time.Second}
 		}
@@ -227,9 +242,9 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 		var rep *migration.Report
 		if o.Remote {
 			w.resumes <- w.watchRemoteResume(ctx, v.name)
-			cr := w.migrateRemote(ctx, p)
-			rep, err = cr.rep, cr.err
-			res.Controller.ExitCodes = append(res.Controller.ExitCodes, cr.code)
+			var code int
+			rep, code, err = w.migrateRemote(ctx, p)
+			res.Controller.ExitCodes = append(res.Controller.ExitCodes, code)
 		} else {
 			rep, err = m.Run(ctx, p)
 		}
@@ -310,6 +325,20 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 	sess.Stop()
 	res.WAN.LeakProbe = w.leakProbe(ctx, wan)
 	return nil
+}
+
+// planAddrs are guest v's addresses for its plan.
+func (w *world) planAddrs(v vmSpec) []netip.Prefix {
+	return []netip.Prefix{netip.PrefixFrom(v.addr, 32)}
+}
+
+// planPeers are the plans' peers: the other subnet, and the peer in the
+// guests' own subnet unless the whole subnet moves.
+func (w *world) planPeers() []netip.Prefix {
+	if w.opts.Subnet {
+		return []netip.Prefix{lab.Peer2Net}
+	}
+	return []netip.Prefix{lab.Peer2Net, netip.PrefixFrom(lab.PeerAddr, 32)}
 }
 
 // baseline migrates guest v from one handle to the other while bpeer

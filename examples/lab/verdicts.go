@@ -29,6 +29,14 @@ func (r *Result) judge(runErr error, o Options) {
 	if p := w.LeakProbe; p != nil {
 		add("target sends nothing to peers in clear", p.PlaintextByAddress == 0, "%d frames after %v: %s", p.PlaintextByAddress, p.Targets, strings.Join(p.Samples, "; "))
 	}
+	if o.Kill != "" {
+		r.judgeKill(add)
+		r.Pass = true
+		for _, v := range r.Verdicts {
+			r.Pass = r.Pass && v.OK
+		}
+		return
+	}
 	want := 1
 	if o.Subnet {
 		want = 2

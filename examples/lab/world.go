@@ -175,18 +175,23 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 			return w, fmt.Errorf("boot %s at A: %w", v.name, err)
 		}
 	}
-	if w.btA, w.btB, w.btTap, err = w.hv.baseline(ctx, t, baseTLS, true); err != nil {
-		return w, fmt.Errorf("baseline guest %s: %w", baseTLS.name, err)
-	}
-	if w.bpA, w.bpB, w.bpTap, err = w.hv.baseline(ctx, t, basePlain, false); err != nil {
-		return w, fmt.Errorf("baseline guest %s: %w", basePlain.name, err)
+	baselines := []vmSpec{baseTLS, basePlain}
+	if o.Kill != "" { // the crash scenario measures no blackout
+		baselines = nil
+	} else {
+		if w.btA, w.btB, w.btTap, err = w.hv.baseline(ctx, t, baseTLS, true); err != nil {
+			return w, fmt.Errorf("baseline guest %s: %w", baseTLS.name, err)
+		}
+		if w.bpA, w.bpB, w.bpTap, err = w.hv.baseline(ctx, t, basePlain, false); err != nil {
+			return w, fmt.Errorf("baseline guest %s: %w", basePlain.name, err)
+		}
 	}
 	for _, v := range w.vms {
 		if _, err := guest.WaitReady(ctx, w.l.Peer2, v.addr); err != nil {
 			return w, fmt.Errorf("%s not ready: %w", v.name, err)
 		}
 	}
-	for _, v := range []vmSpec{baseTLS, basePlain} {
+	for _, v := range baselines {
 		if _, err := guest.WaitReady(ctx, w.bpeer, v.addr); err != nil {
 			return w, fmt.Errorf("%s not ready: %w", v.name, err)
 		}
