@@ -17,29 +17,37 @@ import (
 // if a policy with one of the link's selectors exists.
 func (es ends) checkFree(l *link) error {
 	for _, e := range es {
-		all, err := retryDump(func() ([]netlink.XfrmPolicy, error) { return e.h.XfrmPolicyList(netlink.FAMILY_ALL) })
-		if err != nil {
-			return fmt.Errorf("ipsec: host %q: list policies: %w", e.host, err)
-		}
-		want := map[string]bool{}
-		for _, p := range append(e.outPolicies(l, netlinkBlock, 0), e.inPolicies(l, netlinkBlock)...) {
-			want[selector(p)] = true
-		}
-		for _, p := range all {
-			if policyReqid(p) == int(l.reqid) {
-				return fmt.Errorf("%w: ID %q: reqid 0x%08x is in use at host %q", tunnel.ErrExists, l.spec.ID, l.reqid, e.host)
-			}
-			if want[selector(p)] && p.Mark == nil && p.Ifid == 0 {
-				return fmt.Errorf("%w: host %q already has an XFRM policy %s", tunnel.ErrExists, e.host, selector(p))
-			}
-		}
-		ss, err := e.states(l.reqid)
-		if err != nil {
+		if err := e.checkFree(l); err != nil {
 			return err
 		}
-		if len(ss) > 0 {
-			return fmt.Errorf("%w: ID %q: reqid 0x%08x is in use by an SA at host %q", tunnel.ErrExists, l.spec.ID, l.reqid, e.host)
+	}
+	return nil
+}
+
+// checkFree is checkFree at this end.
+func (e *end) checkFree(l *link) error {
+	all, err := retryDump(func() ([]netlink.XfrmPolicy, error) { return e.h.XfrmPolicyList(netlink.FAMILY_ALL) })
+	if err != nil {
+		return fmt.Errorf("ipsec: host %q: list policies: %w", e.host, err)
+	}
+	want := map[string]bool{}
+	for _, p := range append(e.outPolicies(l, netlinkBlock, 0), e.inPolicies(l, netlinkBlock)...) {
+		want[selector(p)] = true
+	}
+	for _, p := range all {
+		if policyReqid(p) == int(l.reqid) {
+			return fmt.Errorf("%w: ID %q: reqid 0x%08x is in use at host %q", tunnel.ErrExists, l.spec.ID, l.reqid, e.host)
 		}
+		if want[selector(p)] && p.Mark == nil && p.Ifid == 0 {
+			return fmt.Errorf("%w: host %q already has an XFRM policy %s", tunnel.ErrExists, e.host, selector(p))
+		}
+	}
+	ss, err := e.states(l.reqid)
+	if err != nil {
+		return err
+	}
+	if len(ss) > 0 {
+		return fmt.Errorf("%w: ID %q: reqid 0x%08x is in use by an SA at host %q", tunnel.ErrExists, l.spec.ID, l.reqid, e.host)
 	}
 	return nil
 }
@@ -48,12 +56,12 @@ func (es ends) checkFree(l *link) error {
 // policies, then routes and proxy entries.
 func (es ends) activate(ctx context.Context, l *link) error {
 	for _, e := range es {
-		if err := e.updatePolicies(e.inPolicies(l, netlinkAllow)); err != nil {
+		if err := e.allowIn(l); err != nil {
 			return err
 		}
 	}
 	for _, e := range es {
-		if err := e.updatePolicies(e.outPolicies(l, netlinkAllow, l.spi[e.out])); err != nil {
+		if err := e.allowOut(l); err != nil {
 			return err
 		}
 	}
@@ -64,6 +72,16 @@ func (es ends) activate(ctx context.Context, l *link) error {
 		return nil // already routed (Activate called twice)
 	}
 	return es.addRoutes(l)
+}
+
+// allowIn switches this end's in and fwd policies to allow: decrypted
+// traffic of the link is admitted.
+func (e *end) allowIn(l *link) error { return e.updatePolicies(e.inPolicies(l, netlinkAllow)) }
+
+// allowOut switches this end's out policies to allow, encrypting with
+// the current SA of its direction.
+func (e *end) allowOut(l *link) error {
+	return e.updatePolicies(e.outPolicies(l, netlinkAllow, l.spi[e.out]))
 }
 
 // remove deletes, at this end, the routes and proxy entries for the
@@ -199,21 +217,8 @@ func (es ends) describe(l *link) (tunnel.Link, error) {
 func (es ends) verify(ctx context.Context, l *link, timeout time.Duration) (tunnel.Proof, error) {
 	var pr tunnel.Proof
 	for _, e := range es {
-		ps, err := e.policies(l.reqid)
-		if err != nil {
+		if err := e.checkPolicies(l); err != nil {
 			return pr, err
-		}
-		want := len(e.outPolicies(l, netlinkAllow, 0)) + len(e.inPolicies(l, netlinkAllow))
-		allow := 0
-		for _, p := range ps {
-			t := p.Tmpls[0]
-			if p.Action == netlinkAllow && t.Proto == netlink.XFRM_PROTO_ESP && t.Mode == netlink.XFRM_MODE_TUNNEL &&
-				(p.Dir != netlink.XFRM_DIR_OUT || uint32(t.Spi) == l.spi[e.out]) {
-				allow++
-			}
-		}
-		if allow != want || len(ps) != want {
-			return pr, fmt.Errorf("%w: host %q has %d of %d ESP policies of link %q in place", tunnel.ErrNotProven, e.host, allow, want, l.spec.ID)
 		}
 	}
 	before, after, sent, err := es.probe(ctx, l, timeout)
@@ -235,4 +240,27 @@ func (es ends) verify(ctx context.Context, l *link, timeout time.Duration) (tunn
 		}
 	}
 	return pr, nil
+}
+
+// checkPolicies requires all of the link's policies at this end,
+// allowed, with the ESP tunnel template and, out, the current SPI
+// (tunnel.ErrNotProven otherwise).
+func (e *end) checkPolicies(l *link) error {
+	ps, err := e.policies(l.reqid)
+	if err != nil {
+		return err
+	}
+	want := len(e.outPolicies(l, netlinkAllow, 0)) + len(e.inPolicies(l, netlinkAllow))
+	allow := 0
+	for _, p := range ps {
+		t := p.Tmpls[0]
+		if p.Action == netlinkAllow && t.Proto == netlink.XFRM_PROTO_ESP && t.Mode == netlink.XFRM_MODE_TUNNEL &&
+			(p.Dir != netlink.XFRM_DIR_OUT || uint32(t.Spi) == l.spi[e.out]) {
+			allow++
+		}
+	}
+	if allow != want || len(ps) != want {
+		return fmt.Errorf("%w: host %q has %d of %d ESP policies of link %q in place", tunnel.ErrNotProven, e.host, allow, want, l.spec.ID)
+	}
+	return nil
 }

@@ -143,17 +143,8 @@ type link struct {
 // policies and then the SAs at both ends. On any error everything
 // installed so far is removed.
 func (k *Linker) Prepare(ctx context.Context, spec tunnel.Spec) (tunnel.Link, error) {
-	if err := spec.Validate(); err != nil {
+	if err := checkSpec(spec); err != nil {
 		return tunnel.Link{}, err
-	}
-	if spec.Kind != tunnel.IPsec {
-		return tunnel.Link{}, fmt.Errorf("%w: Kind %q (the ipsec backend needs %q)", tunnel.ErrInvalid, spec.Kind, tunnel.IPsec)
-	}
-	if spec.Secure.Underlay.Is4() != spec.Remote.Underlay.Is4() {
-		return tunnel.Link{}, fmt.Errorf("%w: Secure.Underlay %s and Remote.Underlay %s differ in family", tunnel.ErrInvalid, spec.Secure.Underlay, spec.Remote.Underlay)
-	}
-	if len(pairs(spec.Secure.Protected, spec.Remote.Protected)) == 0 {
-		return tunnel.Link{}, fmt.Errorf("%w: no Secure.Protected/Remote.Protected pair of the same family", tunnel.ErrInvalid)
 	}
 	k.mu.Lock()
 	if _, ok := k.links[spec.ID]; ok {
@@ -173,6 +164,23 @@ func (k *Linker) Prepare(ctx context.Context, spec tunnel.Spec) (tunnel.Link, er
 		return tunnel.Link{}, err
 	}
 	return lk, nil
+}
+
+// checkSpec validates spec for an XFRM link (the Linker's and an End's).
+func checkSpec(spec tunnel.Spec) error {
+	if err := spec.Validate(); err != nil {
+		return err
+	}
+	if spec.Kind != tunnel.IPsec {
+		return fmt.Errorf("%w: Kind %q (the ipsec backend needs %q)", tunnel.ErrInvalid, spec.Kind, tunnel.IPsec)
+	}
+	if spec.Secure.Underlay.Is4() != spec.Remote.Underlay.Is4() {
+		return fmt.Errorf("%w: Secure.Underlay %s and Remote.Underlay %s differ in family", tunnel.ErrInvalid, spec.Secure.Underlay, spec.Remote.Underlay)
+	}
+	if len(pairs(spec.Secure.Protected, spec.Remote.Protected)) == 0 {
+		return fmt.Errorf("%w: no Secure.Protected/Remote.Protected pair of the same family", tunnel.ErrInvalid)
+	}
+	return nil
 }
 
 func (k *Linker) prepare(ctx context.Context, l *link) (tunnel.Link, error) {

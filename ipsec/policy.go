@@ -57,14 +57,23 @@ func (e *end) inPolicies(l *link, action netlink.PolicyAction) []netlink.XfrmPol
 // during Prepare). The out templates name the SPIs in l.spi.
 func (es ends) addPolicies(l *link, action netlink.PolicyAction) error {
 	for _, e := range es {
-		ps := append(e.outPolicies(l, action, l.spi[e.out]), e.inPolicies(l, action)...)
-		for i := range ps {
-			if err := e.h.XfrmPolicyAdd(&ps[i]); err != nil {
-				if errors.Is(err, unix.EEXIST) {
-					return fmt.Errorf("%w: host %q already has an XFRM policy for %s", tunnel.ErrExists, e.host, selector(ps[i]))
-				}
-				return fmt.Errorf("ipsec: host %q: add policy %s: %w", e.host, selector(ps[i]), err)
+		if err := e.addPolicies(l, action, l.spi[e.out]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addPolicies installs this end's policies with action, the out
+// templates naming spi.
+func (e *end) addPolicies(l *link, action netlink.PolicyAction, spi uint32) error {
+	ps := append(e.outPolicies(l, action, spi), e.inPolicies(l, action)...)
+	for i := range ps {
+		if err := e.h.XfrmPolicyAdd(&ps[i]); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("%w: host %q already has an XFRM policy for %s", tunnel.ErrExists, e.host, selector(ps[i]))
 			}
+			return fmt.Errorf("ipsec: host %q: add policy %s: %w", e.host, selector(ps[i]), err)
 		}
 	}
 	return nil

@@ -87,13 +87,24 @@ func (es ends) probeDirs() [2]probeDir {
 func (es ends) counts(l *link) (saCounts, error) {
 	var c saCounts
 	for i, e := range es {
-		for d := range l.spi {
-			st, err := e.h.XfrmStateGet(stateID(l, d, l.spi[d]))
-			if err != nil {
-				return c, fmt.Errorf("%w: host %q: SA spi 0x%08x: %v", tunnel.ErrNotProven, e.host, l.spi[d], err)
-			}
-			c[i][d] = saCount{packets: st.Statistics.Packets, bytes: st.Statistics.Bytes, failed: st.Statistics.Failed}
+		var err error
+		if c[i], err = e.counts(l); err != nil {
+			return c, err
 		}
+	}
+	return c, nil
+}
+
+// counts reads the counters of the link's current SAs at this end, by
+// direction.
+func (e *end) counts(l *link) ([2]saCount, error) {
+	var c [2]saCount
+	for d := range l.spi {
+		st, err := e.h.XfrmStateGet(stateID(l, d, l.spi[d]))
+		if err != nil {
+			return c, fmt.Errorf("%w: host %q: SA spi 0x%08x: %v", tunnel.ErrNotProven, e.host, l.spi[d], err)
+		}
+		c[d] = saCount{packets: st.Statistics.Packets, bytes: st.Statistics.Bytes, failed: st.Statistics.Failed}
 	}
 	return c, nil
 }
@@ -166,8 +177,14 @@ func (es ends) probe(ctx context.Context, l *link, timeout time.Duration) (befor
 // through a raw socket whose own XFRM policy requires the ESP SA of tmpl
 // for everything it sends.
 func sendProbe(p probeDir, tmpl netlink.XfrmPolicyTmpl, payload []byte) error {
-	dst := p.from.peer.Underlay
-	return nsutil.Do(p.from.host, func() error {
+	return p.from.sendProbe(tmpl, payload)
+}
+
+// sendProbe sends payload from this end's host to the other end's
+// Underlay, carried by the SA of tmpl (see sendProbe).
+func (e *end) sendProbe(tmpl netlink.XfrmPolicyTmpl, payload []byte) error {
+	dst := e.peer.Underlay
+	return nsutil.Do(e.host, func() error {
 		fam, level, policy := unix.AF_INET, unix.IPPROTO_IP, unix.IP_XFRM_POLICY
 		if dst.Is6() {
 			fam, level, policy = unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_XFRM_POLICY

@@ -36,23 +36,34 @@ const maxProxyAddrs = 256
 func (es ends) routePlan(mtu int) ([2][]routeEntry, error) {
 	var plan [2][]routeEntry
 	for i, e := range es {
-		rs, err := e.h.RouteGet(ipOf(e.peer.Underlay))
-		if err != nil || len(rs) == 0 {
-			return plan, fmt.Errorf("%w: host %q has no route to the other end's Underlay %s: %v", errInvalid, e.host, e.peer.Underlay, err)
+		p, err := e.routePlan(mtu)
+		if err != nil {
+			return plan, err
 		}
-		m := mtu
-		if m == 0 {
-			dev, err := e.h.LinkByIndex(rs[0].LinkIndex)
-			if err != nil {
-				return plan, fmt.Errorf("ipsec: host %q: underlay device %d: %w", e.host, rs[0].LinkIndex, err)
-			}
-			m = dev.Attrs().MTU - espOverhead
+		plan[i] = p
+	}
+	return plan, nil
+}
+
+// routePlan is routePlan at this end.
+func (e *end) routePlan(mtu int) ([]routeEntry, error) {
+	rs, err := e.h.RouteGet(ipOf(e.peer.Underlay))
+	if err != nil || len(rs) == 0 {
+		return nil, fmt.Errorf("%w: host %q has no route to the other end's Underlay %s: %v", errInvalid, e.host, e.peer.Underlay, err)
+	}
+	m := mtu
+	if m == 0 {
+		dev, err := e.h.LinkByIndex(rs[0].LinkIndex)
+		if err != nil {
+			return nil, fmt.Errorf("ipsec: host %q: underlay device %d: %w", e.host, rs[0].LinkIndex, err)
 		}
-		for _, p := range e.peer.Protected {
-			plan[i] = append(plan[i], routeEntry{netlink.Route{
-				Dst: ipNet(p), Gw: rs[0].Gw, LinkIndex: rs[0].LinkIndex, Protocol: RouteProtocol, MTU: m,
-			}})
-		}
+		m = dev.Attrs().MTU - espOverhead
+	}
+	var plan []routeEntry
+	for _, p := range e.peer.Protected {
+		plan = append(plan, routeEntry{netlink.Route{
+			Dst: ipNet(p), Gw: rs[0].Gw, LinkIndex: rs[0].LinkIndex, Protocol: RouteProtocol, MTU: m,
+		}})
 	}
 	return plan, nil
 }
@@ -68,35 +79,46 @@ const espOverhead = 80
 func (es ends) proxyPlan() ([2][]proxyEntry, error) {
 	var plan [2][]proxyEntry
 	for i, e := range es {
-		rs, err := e.h.RouteGet(ipOf(e.peer.Underlay))
-		if err != nil || len(rs) == 0 {
-			return plan, fmt.Errorf("%w: host %q has no route to the other end's Underlay %s: %v", errInvalid, e.host, e.peer.Underlay, err)
-		}
-		addrs, err := e.h.AddrList(nil, netlink.FAMILY_V4)
+		p, err := e.proxyPlan()
 		if err != nil {
-			return plan, fmt.Errorf("ipsec: host %q: list addresses: %w", e.host, err)
+			return plan, err
 		}
-		for _, p := range e.peer.Protected {
-			if !p.Addr().Is4() {
-				return plan, fmt.Errorf("%w: ProxyARP: %s is not IPv4 (proxy NDP is not supported)", errInvalid, p)
+		plan[i] = p
+	}
+	return plan, nil
+}
+
+// proxyPlan is proxyPlan at this end.
+func (e *end) proxyPlan() ([]proxyEntry, error) {
+	rs, err := e.h.RouteGet(ipOf(e.peer.Underlay))
+	if err != nil || len(rs) == 0 {
+		return nil, fmt.Errorf("%w: host %q has no route to the other end's Underlay %s: %v", errInvalid, e.host, e.peer.Underlay, err)
+	}
+	addrs, err := e.h.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("ipsec: host %q: list addresses: %w", e.host, err)
+	}
+	var plan []proxyEntry
+	for _, p := range e.peer.Protected {
+		if !p.Addr().Is4() {
+			return nil, fmt.Errorf("%w: ProxyARP: %s is not IPv4 (proxy NDP is not supported)", errInvalid, p)
+		}
+		if p.Bits() < 32-8 {
+			return nil, fmt.Errorf("%w: ProxyARP: %s holds more than %d addresses", errInvalid, p, maxProxyAddrs)
+		}
+		lan := -1
+		for _, a := range addrs {
+			sub, ok := prefixOf(a.IPNet)
+			if ok && a.LinkIndex != rs[0].LinkIndex && sub.Contains(p.Addr()) && sub.Bits() <= p.Bits() {
+				lan = a.LinkIndex
+				break
 			}
-			if p.Bits() < 32-8 {
-				return plan, fmt.Errorf("%w: ProxyARP: %s holds more than %d addresses", errInvalid, p, maxProxyAddrs)
-			}
-			lan := -1
-			for _, a := range addrs {
-				sub, ok := prefixOf(a.IPNet)
-				if ok && a.LinkIndex != rs[0].LinkIndex && sub.Contains(p.Addr()) && sub.Bits() <= p.Bits() {
-					lan = a.LinkIndex
-					break
-				}
-			}
-			if lan < 0 {
-				return plan, fmt.Errorf("%w: ProxyARP: host %q has no LAN interface whose subnet holds %s", errInvalid, e.host, p)
-			}
-			for a := p.Masked().Addr(); p.Contains(a); a = a.Next() {
-				plan[i] = append(plan[i], proxyEntry{lan, a})
-			}
+		}
+		if lan < 0 {
+			return nil, fmt.Errorf("%w: ProxyARP: host %q has no LAN interface whose subnet holds %s", errInvalid, e.host, p)
+		}
+		for a := p.Masked().Addr(); p.Contains(a); a = a.Next() {
+			plan = append(plan, proxyEntry{lan, a})
 		}
 	}
 	return plan, nil
@@ -104,43 +126,57 @@ func (es ends) proxyPlan() ([2][]proxyEntry, error) {
 
 // addRoutes installs routes and proxy entries and records them in l.
 func (es ends) addRoutes(l *link) error {
-	routes, err := es.routePlan(l.spec.MTU)
-	if err != nil {
+	// Both ends' plans first: nothing is added if either end cannot route.
+	if _, err := es.routePlan(l.spec.MTU); err != nil {
 		return err
 	}
-	var proxies [2][]proxyEntry
 	if l.spec.ProxyARP {
-		if proxies, err = es.proxyPlan(); err != nil {
+		if _, err := es.proxyPlan(); err != nil {
 			return err
 		}
 	}
 	for i, e := range es {
-		for _, r := range routes[i] {
-			r := r.r
-			if err := e.h.RouteAdd(&r); err != nil {
-				if errors.Is(err, unix.EEXIST) && e.ownRoute(r) {
-					// Another sealift link to the same prefix installed it.
-					l.routes[i] = append(l.routes[i], routeEntry{r})
-					continue
-				}
-				return fmt.Errorf("ipsec: host %q: add route %s: %w", e.host, r.Dst, err)
-			}
-			l.routes[i] = append(l.routes[i], routeEntry{r})
-		}
-		for _, p := range proxies[i] {
-			n := &netlink.Neigh{LinkIndex: p.linkIndex, Family: netlink.FAMILY_V4, Flags: netlink.NTF_PROXY, IP: ipOf(p.ip)}
-			if err := e.h.NeighAdd(n); err != nil && !errors.Is(err, unix.EEXIST) {
-				return fmt.Errorf("ipsec: host %q: add proxy ARP for %s: %w", e.host, p.ip, err)
-			}
-			l.proxies[i] = append(l.proxies[i], p)
-		}
-		for _, p := range proxies[i] {
-			if err := arp.Announce(e.host, p.linkIndex, p.ip); err != nil {
-				return err
-			}
+		if err := e.addRoutes(l, i); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// addRoutes installs this end's routes and proxy entries (announced by
+// gratuitous ARP) and records them in l under index i (0: the Secure
+// end, 1: the Remote end).
+func (e *end) addRoutes(l *link, i int) error {
+	routes, err := e.routePlan(l.spec.MTU)
+	if err != nil {
+		return err
+	}
+	var proxies []proxyEntry
+	if l.spec.ProxyARP {
+		if proxies, err = e.proxyPlan(); err != nil {
+			return err
+		}
+	}
+	for _, r := range routes {
+		r := r.r
+		if err := e.h.RouteAdd(&r); err != nil {
+			if errors.Is(err, unix.EEXIST) && e.ownRoute(r) {
+				// Another sealift link to the same prefix installed it.
+				l.routes[i] = append(l.routes[i], routeEntry{r})
+				continue
+			}
+			return fmt.Errorf("ipsec: host %q: add route %s: %w", e.host, r.Dst, err)
+		}
+		l.routes[i] = append(l.routes[i], routeEntry{r})
+	}
+	for _, p := range proxies {
+		n := &netlink.Neigh{LinkIndex: p.linkIndex, Family: netlink.FAMILY_V4, Flags: netlink.NTF_PROXY, IP: ipOf(p.ip)}
+		if err := e.h.NeighAdd(n); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("ipsec: host %q: add proxy ARP for %s: %w", e.host, p.ip, err)
+		}
+		l.proxies[i] = append(l.proxies[i], p)
+	}
+	return e.announce(l.proxies[i])
 }
 
 // ownRoute reports whether the main table has r's destination through
@@ -202,10 +238,18 @@ func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool {
 // announce sends a gratuitous ARP for every proxy entry of the link.
 func (es ends) announce(l *link) error {
 	for i, e := range es {
-		for _, p := range l.proxies[i] {
-			if err := arp.Announce(e.host, p.linkIndex, p.ip); err != nil {
-				return err
-			}
+		if err := e.announce(l.proxies[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// announce sends a gratuitous ARP for each of proxies at this end.
+func (e *end) announce(proxies []proxyEntry) error {
+	for _, p := range proxies {
+		if err := arp.Announce(e.host, p.linkIndex, p.ip); err != nil {
+			return err
 		}
 	}
 	return nil

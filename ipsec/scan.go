@@ -17,6 +17,7 @@ type found struct {
 	lines  []string
 	ends   []foundEnd
 	alg    Algorithm
+	states int // SAs found with the reqid
 }
 
 // foundEnd is what one host's out policies say about its end.
@@ -85,6 +86,7 @@ func scan(hosts []string) ([]*found, error) {
 			}
 			for _, s := range ss {
 				byReqid[r].lines = append(byReqid[r].lines, stateLine(host, s))
+				byReqid[r].states++
 				if s.Crypt != nil {
 					byReqid[r].alg = AESCBCHMACSHA256
 				}

@@ -62,8 +62,8 @@ func newSPIs(l *link) ([2]uint32, error) {
 // error the states added so far are removed again.
 func (es ends) addStates(l *link, spis [2]uint32, keys keySet) error {
 	var added []struct {
-		e  *end
-		st *netlink.XfrmState
+		e *end
+		d int
 	}
 	for _, sending := range []bool{false, true} {
 		for _, e := range es {
@@ -71,18 +71,37 @@ func (es ends) addStates(l *link, spis [2]uint32, keys keySet) error {
 			if sending {
 				d = e.out
 			}
-			st := stateFor(l, d, spis[d], keys[d])
-			if err := e.h.XfrmStateAdd(st); err != nil {
+			if err := e.addState(l, d, spis[d], keys[d]); err != nil {
 				for _, a := range added {
-					_ = a.e.h.XfrmStateDel(a.st)
+					_ = a.e.h.XfrmStateDel(stateID(l, a.d, spis[a.d]))
 				}
-				return stateAddErr(e.host, l.alg, err)
+				return err
 			}
 			added = append(added, struct {
-				e  *end
-				st *netlink.XfrmState
-			}{e, stateID(l, d, spis[d])})
+				e *end
+				d int
+			}{e, d})
 		}
+	}
+	return nil
+}
+
+// addStates installs this end's two SAs: the receiving one first, then
+// the sending one. If the second fails, the first is removed again.
+func (e *end) addStates(l *link, spis [2]uint32, keys keySet) error {
+	if err := e.addState(l, e.in, spis[e.in], keys[e.in]); err != nil {
+		return err
+	}
+	if err := e.addState(l, e.out, spis[e.out], keys[e.out]); err != nil {
+		return errors.Join(err, ignoreGone(e.h.XfrmStateDel(stateID(l, e.in, spis[e.in]))))
+	}
+	return nil
+}
+
+// addState installs the SA of direction d with spi and key k at this end.
+func (e *end) addState(l *link, d int, spi uint32, k dirKeys) error {
+	if err := e.h.XfrmStateAdd(stateFor(l, d, spi, k)); err != nil {
+		return stateAddErr(e.host, l.alg, err)
 	}
 	return nil
 }
