@@ -15,9 +15,10 @@ import (
 // and never leaves it: the ends exchange only Public parts, through
 // whoever composes them (Pair, in the controller). Pair makes two ends,
 // local or behind agents, one SecureLinker, so the Migrator does not
-// change. (tunnel/wireguard and ipsec still implement SecureLinker
-// directly, configuring both ends from one process; their LinkEnds are
-// the next step of issue 12.)
+// change. Backends: tunnel/wireguard.End (a key pair per device) and
+// ipsec.End (an X25519 key pair per end, from which each host derives
+// the same SA keys and SPIs with HKDF); their Linkers still configure
+// both ends from one process.
 
 // Role says which end of a link a host holds.
 type Role string
@@ -129,27 +130,47 @@ func link(spec Spec, s, r EndState) Link {
 	return Link{Spec: spec, Backend: s.Backend, SecureDevice: s.Device, RemoteDevice: r.Device, Active: s.Active && r.Active}
 }
 
-// Activate activates the secure end, then the remote end.
-func (p Pair) Activate(ctx context.Context, id string) error {
-	if err := p.Secure.Activate(ctx, id); err != nil {
-		return fmt.Errorf("secure end: %w", err)
+// both runs f on the secure end and on the remote end at once (they are
+// two hosts: in the switchover hook, each round trip to an agent adds to
+// the VM's downtime) and joins their errors, each named by its end.
+func (p Pair) both(f func(remote bool, e LinkEnd) error) error {
+	errc := make(chan error, 1)
+	go func() {
+		if err := f(true, p.Remote); err != nil {
+			errc <- fmt.Errorf("remote end: %w", err)
+			return
+		}
+		errc <- nil
+	}()
+	var serr error
+	if err := f(false, p.Secure); err != nil {
+		serr = fmt.Errorf("secure end: %w", err)
 	}
-	if err := p.Remote.Activate(ctx, id); err != nil {
-		return fmt.Errorf("remote end: %w", err)
-	}
-	return nil
+	return errors.Join(serr, <-errc)
 }
 
-// Verify needs both ends' proof; the result sums their counters and
-// keeps the older handshake (the link is proven since both saw one).
+// Activate activates both ends at once (neither carries anything for
+// the other until both are active: the VM is paused meanwhile).
+func (p Pair) Activate(ctx context.Context, id string) error {
+	return p.both(func(_ bool, e LinkEnd) error { return e.Activate(ctx, id) })
+}
+
+// Verify needs both ends' proof (asked at once); the result sums their
+// counters and keeps the older handshake (the link is proven since both
+// saw one).
 func (p Pair) Verify(ctx context.Context, id string) (Proof, error) {
-	s, err := p.Secure.Verify(ctx, id)
+	var s, r Proof
+	err := p.both(func(remote bool, e LinkEnd) error {
+		pr, err := e.Verify(ctx, id)
+		if remote {
+			r = pr
+		} else {
+			s = pr
+		}
+		return err
+	})
 	if err != nil {
-		return Proof{}, fmt.Errorf("secure end: %w", err)
-	}
-	r, err := p.Remote.Verify(ctx, id)
-	if err != nil {
-		return Proof{}, fmt.Errorf("remote end: %w", err)
+		return Proof{}, err
 	}
 	hs := s.Handshake
 	if r.Handshake.Before(hs) {

@@ -27,6 +27,7 @@ type fakeEnd struct {
 	ends    map[string]*fakeLinkEnd
 	calls   []string
 	failOn  string
+	onEnter func(method string) error // called on entering each method
 	private map[string][]byte
 }
 
@@ -45,6 +46,9 @@ func (f *fakeEnd) enter(method string) error {
 	f.calls = append(f.calls, method)
 	if f.failOn == method {
 		return errBoom
+	}
+	if f.onEnter != nil {
+		return f.onEnter(method)
 	}
 	return nil
 }
@@ -166,6 +170,44 @@ func TestPair(t *testing.T) {
 	assert.Empty(t, a.ends)
 	assert.Empty(t, b.ends)
 	require.NoError(t, p.Close(ctx, "l1"), "closing an absent link")
+}
+
+// TestPairActivatesBothAtOnce: the two ends are activated (and asked
+// for proof) at once, not one after the other: each end here waits for
+// the other to have started; a failing end is named.
+func TestPairActivatesBothAtOnce(t *testing.T) {
+	ctx := context.Background()
+	a, b := newFakeEnd("a"), newFakeEnd("b")
+	p := tunnel.Pair{Secure: a, Remote: b}
+	_, err := p.Prepare(ctx, spec("l3"))
+	require.NoError(t, err)
+	started := map[*fakeEnd]chan struct{}{a: make(chan struct{}), b: make(chan struct{})}
+	other := map[*fakeEnd]*fakeEnd{a: b, b: a}
+	for _, e := range []*fakeEnd{a, b} {
+		e.onEnter = func(method string) error {
+			if method != "Activate" && method != "Verify" {
+				return nil
+			}
+			close(started[e])
+			select {
+			case <-started[other[e]]:
+				return nil
+			case <-time.After(5 * time.Second):
+				return fmt.Errorf("%s: the other end's %s never started while this one ran", e.host, method)
+			}
+		}
+	}
+	require.NoError(t, p.Activate(ctx, "l3"))
+	started[a], started[b] = make(chan struct{}), make(chan struct{})
+	_, err = p.Verify(ctx, "l3")
+	require.NoError(t, err)
+
+	a.onEnter, b.onEnter = nil, nil
+	b.failOn = "Activate"
+	err = p.Activate(ctx, "l3")
+	require.ErrorIs(t, err, errBoom)
+	assert.Contains(t, err.Error(), "remote end")
+	assert.NotContains(t, err.Error(), "secure end")
 }
 
 // TestPairFailures: a failure at either end leaves no end behind; bad
