@@ -32,6 +32,8 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/sealift/sealift/agent"
 	"github.com/sealift/sealift/agent/agentpki"
 	"github.com/sealift/sealift/migration"
@@ -134,7 +136,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, nil))
-	m, closeAll, err := build(ctx, *cfgPath, log)
+	calls := &rpcLog{}
+	m, closeAll, err := build(ctx, *cfgPath, log, grpc.WithChainUnaryInterceptor(calls.intercept))
 	if err != nil {
 		fmt.Fprintf(stderr, "sealift: %v\n", err)
 		if errors.Is(err, errConfig) {
@@ -190,6 +193,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitError
 	}
 	printReport(stdout, rep, *asJSON)
+	calls.printSwitchover(stderr, rep)
 	if err != nil {
 		fmt.Fprintf(stderr, "sealift: %v\n", err)
 	}
@@ -200,7 +204,7 @@ var errConfig = errors.New("configuration")
 
 // build reads the configuration, dials every agent and returns the
 // Migrator and a function that closes it all.
-func build(ctx context.Context, path string, log *slog.Logger) (*migration.Migrator, func(), error) {
+func build(ctx context.Context, path string, log *slog.Logger, grpcOpts ...grpc.DialOption) (*migration.Migrator, func(), error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: -config: %w", errConfig, err)
@@ -232,7 +236,7 @@ func build(ctx context.Context, path string, log *slog.Logger) (*migration.Migra
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s.host %q: %w", errConfig, field, host, err)
 		}
-		c, err := agent.Dial(addr, tc)
+		c, err := agent.Dial(addr, tc, grpcOpts...)
 		if err == nil {
 			clients = append(clients, c)
 		}
@@ -368,4 +372,53 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// rpcLog records the controller's calls to its agents (unary ones: the
+// migration stream is one long call).
+type rpcLog struct {
+	mu    sync.Mutex
+	calls []rpcCall
+}
+
+type rpcCall struct {
+	method, target string
+	start          time.Time
+	d              time.Duration
+}
+
+func (l *rpcLog) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	start := time.Now()
+	err := invoker(ctx, method, req, reply, cc, opts...)
+	l.mu.Lock()
+	l.calls = append(l.calls, rpcCall{method: method, target: cc.Target(), start: start, d: time.Since(start)})
+	l.mu.Unlock()
+	return err
+}
+
+// printSwitchover prints the calls the switchover hook made while the
+// VM was paused — from the start of block 325 to the start of block
+// 345, by this process's clock — one line each, then their count:
+//
+//	switchover rpc: /sealift.agent.v1.Fencer/Fence 10.0.0.1:7443 1.234ms
+//	switchover rpc: 3 calls
+func (l *rpcLog) printSwitchover(w io.Writer, rep *migration.Report) {
+	from, ok := rep.Step(migration.BlockPause)
+	if !ok {
+		return
+	}
+	to, ok := rep.Step(migration.BlockRestart)
+	if !ok {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, c := range l.calls {
+		if ns := c.start.UnixNano(); ns >= from.Start && ns < to.Start {
+			fmt.Fprintf(w, "switchover rpc: %s %s %v\n", c.method, c.target, c.d.Round(time.Microsecond))
+			n++
+		}
+	}
+	fmt.Fprintf(w, "switchover rpc: %d calls\n", n)
 }

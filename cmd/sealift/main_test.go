@@ -80,6 +80,10 @@ func TestMigrateThroughAgents(t *testing.T) {
 	assert.Contains(t, out.String(), "vm1")
 	assert.Contains(t, out.String(), "completed")
 	assert.Contains(t, errs.String(), "block 330 migrate done")
+	// The hook's calls, timed by the controller: the source's fence and
+	// both link ends' activation.
+	assert.Regexp(t, `switchover rpc: /sealift\.agent\.v1\.Fencer/Fence \S+ [0-9.]+[µm]?s\n`, errs.String())
+	assert.Regexp(t, `(?s)(switchover rpc: /sealift\.agent\.v1\.LinkEnd/Activate .*){2}switchover rpc: 3 calls\n`, errs.String())
 	assert.Equal(t, l.B, hv.At())
 	n, err := lab.Ping(l.Peer, lab.VMAddr, 3, 2*time.Second)
 	require.NoError(t, err)

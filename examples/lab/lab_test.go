@@ -66,6 +66,9 @@ func TestLab(t *testing.T) {
 				assert.Equal(t, true, c["holds_nothing"], "the controller's namespace: %v", c["devices"])
 				assert.Equal(t, []any{0.0}, c["exit_codes"])
 				assert.Len(t, c["agent_rtt_ms"], 3)
+				rpcs := toJSON(c["switchover_rpcs"])
+				assert.Contains(t, rpcs, "Fencer/Fence", "the source's fence in the hook")
+				assert.Contains(t, rpcs, "3 calls", "fence at A, the link's activation at A and B")
 			}
 		})
 	}

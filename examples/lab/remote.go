@@ -443,6 +443,8 @@ type ctlProc struct {
 	lines  chan string
 	done   chan struct{}
 	tail   []string // its last words, for the error
+	// rpcs: its "switchover rpc:" lines (the calls its hook made).
+	rpcs []string
 }
 
 // startController starts `sealift ARGS -config C -json` in ctl.
@@ -475,6 +477,9 @@ func (w *world) startController(ctx context.Context, args ...string) (*ctlProc, 
 			}
 			if strings.HasPrefix(line, "{") {
 				continue // a JSON log line
+			}
+			if r, ok := strings.CutPrefix(line, "switchover rpc: "); ok {
+				c.rpcs = append(c.rpcs, r)
 			}
 			if w.opts.Progress != nil {
 				w.opts.Progress("  ctl: " + line)
@@ -521,17 +526,19 @@ func migrateArgs(p migration.Plan) []string {
 		"-peer", strings.Join(peers, ","), "-fence", string(p.FenceMode), "-max-downtime", p.MaxDowntime.String()}
 }
 
-// migrateRemote runs `sealift migrate` for plan p and returns its report.
-func (w *world) migrateRemote(ctx context.Context, p migration.Plan) (*migration.Report, int, error) {
+// migrateRemote runs `sealift migrate` for plan p and returns its report
+// and the calls its switchover hook made, as it timed them.
+func (w *world) migrateRemote(ctx context.Context, p migration.Plan) (*migration.Report, []string, int, error) {
 	c, err := w.startController(ctx, migrateArgs(p)...)
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, 0, err
 	}
 	run := c.wait()
+	rpcs := c.rpcs
 	if len(run.reps) == 0 {
-		return nil, run.code, cmpErr(run.err, errors.New("sealift migrate printed no report"))
+		return nil, rpcs, run.code, cmpErr(run.err, errors.New("sealift migrate printed no report"))
 	}
-	return run.reps[0], run.code, run.err
+	return run.reps[0], rpcs, run.code, run.err
 }
 
 func cmpErr(err, otherwise error) error {
@@ -549,6 +556,9 @@ type ControllerResult struct {
 	// HookMS: the switchover hook of the first migration, as the source
 	// agent timed it (its QEMU paused -> continue).
 	HookMS float64 `json:"switchover_hook_ms"`
+	// HookRPCs: the calls the controller made in that hook, as it timed
+	// them ("method agent duration", then their count).
+	HookRPCs []string `json:"switchover_rpcs"`
 	// Devices are the controller namespace's interfaces after the run:
 	// no WireGuard device, no tap (it holds no link and no VM).
 	Devices      []string `json:"devices"`

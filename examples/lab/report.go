@@ -428,6 +428,9 @@ func (r *Result) Text() string {
 	if c := r.Controller; c != nil {
 		fmt.Fprintf(&b, "controller (sealift migrate, own namespace): agents' round trips %v ms (median of 20), switchover hook %.1f ms, exit codes %v, its devices %v\n",
 			c.AgentRTTMS, c.HookMS, c.ExitCodes, c.Devices)
+		for _, r := range c.HookRPCs {
+			fmt.Fprintf(&b, "  in the hook: %s\n", r)
+		}
 	}
 	if r.Kill == nil {
 		fmt.Fprintf(&b, "every peer reaches every guest: %v %v\n", r.PeersReachAll, r.Unreachable)

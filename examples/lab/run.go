@@ -243,8 +243,12 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 		if o.Remote {
 			w.resumes <- w.watchRemoteResume(ctx, v.name)
 			var code int
-			rep, code, err = w.migrateRemote(ctx, p)
+			var rpcs []string
+			rep, rpcs, code, err = w.migrateRemote(ctx, p)
 			res.Controller.ExitCodes = append(res.Controller.ExitCodes, code)
+			if i == 0 {
+				res.Controller.HookRPCs = rpcs
+			}
 		} else {
 			rep, err = m.Run(ctx, p)
 		}

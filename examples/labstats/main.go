@@ -71,6 +71,8 @@ var figures = []figure{
 		}
 		return path(fmt.Sprintf("migrations.%d.blackout.ms", len(m)-1))(r)
 	}},
+	{"remote: agent round trip from the controller, host-a (ms)", path("controller.agent_rtt_ms.host-a")},
+	{"remote: agent round trip from the controller, host-b (ms)", path("controller.agent_rtt_ms.host-b")},
 	{"wan frames", path("wan.frames")},
 	{"wan plaintext by address", path("wan.plaintext_by_address")},
 	{"wan plaintext by marker", path("wan.plaintext_by_marker")},
