@@ -6,10 +6,16 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sealift/sealift/agent"
+	"github.com/sealift/sealift/conn"
+	"github.com/sealift/sealift/conn/connconform"
+	"github.com/sealift/sealift/conn/conntrack"
+	"github.com/sealift/sealift/conn/sockdiag"
 	"github.com/sealift/sealift/fence"
 	"github.com/sealift/sealift/fence/fenceconform"
 	"github.com/sealift/sealift/fence/linkstate"
 	"github.com/sealift/sealift/fence/nft"
+	"github.com/sealift/sealift/internal/lab"
+	"github.com/sealift/sealift/internal/nsutil"
 	"github.com/sealift/sealift/routing"
 	"github.com/sealift/sealift/routing/netlinkroute"
 	"github.com/sealift/sealift/routing/routingconform"
@@ -51,5 +57,21 @@ func TestConformFencerLinkstate(t *testing.T) {
 func TestConformRouteWatcherNetlink(t *testing.T) {
 	routingconform.Run(t, routingconform.Harness{New: func(t testing.TB, host string) routing.RouteWatcher {
 		return behindAgent(t, agent.WithRouteWatcher(netlinkroute.New(netlinkroute.WithHost(host)))).RouteWatcher()
+	}})
+}
+
+func TestConformConnAuditorConntrack(t *testing.T) {
+	connconform.Run(t, connconform.Harness{Vantage: connconform.Router, New: func(t testing.TB, host string) conn.ConnAuditor {
+		if nsutil.Check(host) == nil { // conntrack lists what the host tracks
+			out, err := lab.Exec(host, "nft", "add table inet track; add chain inet track tracked { type filter hook forward priority 0; }; add rule inet track tracked ct state established counter")
+			require.NoError(t, err, "%s", out)
+		}
+		return behindAgent(t, agent.WithConnAuditor(conntrack.New(conntrack.WithHost(host)))).ConnAuditor()
+	}})
+}
+
+func TestConformConnAuditorSockdiag(t *testing.T) {
+	connconform.Run(t, connconform.Harness{Vantage: connconform.Endpoint, New: func(t testing.TB, host string) conn.ConnAuditor {
+		return behindAgent(t, agent.WithConnAuditor(sockdiag.New(sockdiag.WithHost(host)))).ConnAuditor()
 	}})
 }

@@ -141,6 +141,11 @@ func (a *remoteAuditor) Reset(ctx context.Context, sel conn.Selector, conns []co
 	if err := sel.Validate(); err != nil {
 		return conn.ResetResult{}, err
 	}
+	// As a local backend does: the error names the Go field
+	// (conns[1].Proto), not its wire form, and nothing crosses.
+	if err := conn.ValidateConns(conns); err != nil {
+		return conn.ResetResult{}, err
+	}
 	req := &agentpb.ConnResetRequest{Selector: selectorToPB(sel)}
 	for _, c := range conns {
 		req.Conns = append(req.Conns, connToPB(c))
