@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/sealift/sealift/routing/gobgp"
 )
 
 // config is what the flags say.
@@ -21,7 +23,8 @@ type config struct {
 	libvirtURI                string
 	fence                     string // none, nft, linkstate
 	conn                      string // none, conntrack, sockdiag
-	routing                   string // none, netlinkroute
+	routing                   string // none, netlinkroute, gobgp
+	bgp                       bgpConfig
 	link                      string // none, wireguard
 	stateDir                  string
 	version                   bool
@@ -78,7 +81,12 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&c.libvirtURI, "libvirt-uri", "", "`URI` of the libvirt daemon, e.g. qemu:///system (required with -hypervisor libvirt; -netns does not apply to it)")
 	fs.StringVar(&c.fence, "fence", "nft", "fence `BACKEND`: none, nft or linkstate")
 	fs.StringVar(&c.conn, "conn", "conntrack", "connection auditor `BACKEND`: none, conntrack or sockdiag")
-	fs.StringVar(&c.routing, "routing", "none", "routing `BACKEND`: none or netlinkroute (the kernel's routing table in -netns)")
+	fs.StringVar(&c.routing, "routing", "none", "routing `BACKEND`: none, netlinkroute (the kernel's routing table in -netns) or gobgp (a BGP speaker in this process, -bgp-*)")
+	fs.StringVar(&c.bgp.as, "bgp-as", "", "`ASN` of the agent's BGP speaker (-routing gobgp)")
+	fs.StringVar(&c.bgp.routerID, "bgp-router-id", "", "IPv4 `ADDR`: the speaker's router ID (-routing gobgp)")
+	fs.StringVar(&c.bgp.listen, "bgp-listen", "", "comma-separated `ADDRS` the speaker accepts sessions on (\"\": every address)")
+	fs.StringVar(&c.bgp.neighbors, "bgp-neighbors", "", "comma-separated `ADDR=ASN` of the speaker's peers; the speaker dials them from -netns (it runs in this process: start the agent inside the namespace, or they are passive)")
+	fs.IntVar(&c.bgp.fibMetric, "bgp-fib-metric", 0, "install the speaker's best paths in the kernel's table with this `METRIC` (0: do not; a core without zebra)")
 	fs.StringVar(&c.link, "link", "none", "link ends `BACKEND`: none or wireguard (kernel device where the kernel has one, else wireguard-go in this process)")
 	fs.StringVar(&c.stateDir, "state-dir", "/var/lib/sealift-agent", "state `DIR` (created 0700 if missing; the qemu backend's default home)")
 	fs.BoolVar(&c.version, "version", false, "print the version and exit")
@@ -113,7 +121,7 @@ func (c config) check() error {
 		{"hypervisor", c.hypervisor, []string{"none", "qemu", "libvirt"}},
 		{"fence", c.fence, []string{"none", "nft", "linkstate"}},
 		{"conn", c.conn, []string{"none", "conntrack", "sockdiag"}},
-		{"routing", c.routing, []string{"none", "netlinkroute"}},
+		{"routing", c.routing, []string{"none", "netlinkroute", "gobgp"}},
 		{"link", c.link, []string{"none", "wireguard"}},
 	} {
 		if err := oneOf(ch.flag, ch.val, ch.want...); err != nil {
@@ -133,6 +141,9 @@ func (c config) check() error {
 		if _, err := netip.ParseAddr(c.qemuMigAddr); err != nil {
 			return usagef("-qemu-migration-addr %q: not an IP address", c.qemuMigAddr)
 		}
+	}
+	if err := c.checkBGP(); err != nil {
+		return err
 	}
 	if c.hypervisor != "libvirt" && c.libvirtURI != "" {
 		return usagef("-libvirt-uri %q: only with -hypervisor libvirt", c.libvirtURI)
@@ -171,4 +182,74 @@ func oneOf(flag, val string, want ...string) error {
 	}
 	list := strings.Join(want[:len(want)-1], ", ") + " or " + want[len(want)-1]
 	return usagef("-%s %q: want %s", flag, val, list)
+}
+
+// bgpConfig is -routing gobgp's speaker, as the flags say.
+type bgpConfig struct {
+	as, routerID, listen, neighbors string
+	fibMetric                       int
+}
+
+// speaker parses the -bgp-* flags (each error names its flag and value).
+func (b bgpConfig) speaker() (gobgp.Speaker, error) {
+	var sp gobgp.Speaker
+	as, err := strconv.ParseUint(b.as, 10, 32)
+	if err != nil || as == 0 {
+		return sp, usagef("-bgp-as %q: want an AS number (1-4294967295)", b.as)
+	}
+	sp.AS = uint32(as)
+	if sp.RouterID, err = netip.ParseAddr(b.routerID); err != nil || !sp.RouterID.Is4() {
+		return sp, usagef("-bgp-router-id %q: want an IPv4 address", b.routerID)
+	}
+	for _, f := range splitList(b.listen) {
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return sp, usagef("-bgp-listen %q: %q is not an IP address", b.listen, f)
+		}
+		sp.ListenAddrs = append(sp.ListenAddrs, a)
+	}
+	for _, f := range splitList(b.neighbors) {
+		addr, asn, ok := strings.Cut(f, "=")
+		a, err := netip.ParseAddr(addr)
+		n, nerr := strconv.ParseUint(asn, 10, 32)
+		if !ok || err != nil || nerr != nil || n == 0 {
+			return sp, usagef("-bgp-neighbors %q: %q: want ADDR=ASN", b.neighbors, f)
+		}
+		sp.Neighbors = append(sp.Neighbors, gobgp.Neighbor{Address: a, AS: uint32(n)})
+	}
+	if err := sp.Validate(); err != nil {
+		return sp, usagef("-bgp-*: %v", err)
+	}
+	return sp, nil
+}
+
+// checkBGP: the -bgp-* flags go with -routing gobgp, which needs them.
+func (c config) checkBGP() error {
+	if c.routing != "gobgp" {
+		for _, f := range []struct{ flag, val string }{{"bgp-as", c.bgp.as}, {"bgp-router-id", c.bgp.routerID},
+			{"bgp-listen", c.bgp.listen}, {"bgp-neighbors", c.bgp.neighbors}} {
+			if f.val != "" {
+				return usagef("-%s %q: only with -routing gobgp", f.flag, f.val)
+			}
+		}
+		if c.bgp.fibMetric != 0 {
+			return usagef("-bgp-fib-metric %d: only with -routing gobgp", c.bgp.fibMetric)
+		}
+		return nil
+	}
+	if c.bgp.fibMetric < 0 {
+		return usagef("-bgp-fib-metric %d: want 0 (off) or a route metric", c.bgp.fibMetric)
+	}
+	_, err := c.bgp.speaker()
+	return err
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }

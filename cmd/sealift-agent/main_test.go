@@ -23,12 +23,16 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 
 	"github.com/sealift/sealift/agent"
 	"github.com/sealift/sealift/agent/agentpki"
 	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/fence"
 	"github.com/sealift/sealift/internal/lab"
+	"github.com/sealift/sealift/internal/nsutil"
+	"github.com/sealift/sealift/routing"
+	"github.com/sealift/sealift/routing/gobgp"
 )
 
 // agentBin is the binary under test, built once by TestMain.
@@ -130,7 +134,11 @@ type proc struct {
 // start runs the agent with args; the test's end kills it if it still runs.
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(agentBin, args...), stderr: &syncBuffer{}, done: make(chan struct{})}
+	cmd := exec.Command(agentBin, args...)
+	if len(args) >= 2 && args[0] == "\x00netns" { // startIn
+		cmd = exec.Command("ip", append([]string{"netns", "exec", args[1], agentBin}, args[2:]...)...)
+	}
+	p := &proc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
 	require.NoError(t, p.cmd.Start())
 	go func() { _ = p.cmd.Wait(); close(p.done) }()
@@ -393,6 +401,10 @@ func TestBadInvocations(t *testing.T) {
 		{"unknown flag", with("-plaintext"), 2, []string{"-plaintext"}},
 		{"libvirt without URI", with("-hypervisor", "libvirt"), 2, []string{"-libvirt-uri is required"}},
 		{"-qemu-dir without qemu", with("-qemu-dir", "/x"), 2, []string{`-qemu-dir "/x": only with -hypervisor qemu`}},
+		{"-bgp-as without gobgp", with("-bgp-as", "65001"), 2, []string{`-bgp-as "65001": only with -routing gobgp`}},
+		{"bad -bgp-neighbors", with("-routing", "gobgp", "-bgp-as", "65001", "-bgp-router-id", "10.0.0.1", "-bgp-neighbors", "10.0.0.2:65002"), 2,
+			[]string{`-bgp-neighbors "10.0.0.2:65002": "10.0.0.2:65002": want ADDR=ASN`}},
+		{"gobgp without an AS", with("-routing", "gobgp", "-bgp-router-id", "10.0.0.1"), 2, []string{`-bgp-as "": want an AS number`}},
 		{"bad -qemu-migration-addr", with("-hypervisor", "qemu", "-qemu-migration-addr", "10.0.0"), 2,
 			[]string{`-qemu-migration-addr "10.0.0": not an IP address`}},
 		{"missing -cert file", append(without("-cert"), "-cert", p.file("nope.pem")), 1, []string{p.file("nope.pem")}},
@@ -432,4 +444,77 @@ func TestParseFlags(t *testing.T) {
 	_, err = parseFlags([]string{"-help"}, &help)
 	assert.ErrorIs(t, err, flag.ErrHelp)
 	assert.Contains(t, help.String(), "-link wireguard serves this host's WireGuard link ends")
+}
+
+// TestAgentBGPDialsFromItsNamespace: an agent started inside the routing
+// core's namespace with -routing gobgp runs its BGP speaker there, so the
+// speaker dials its neighbour itself — B's speaker here is passive and
+// nothing bridges the session — and the agent serves its routes: Wait
+// returns on B's announcement, which -bgp-fib-metric installs in the
+// core's kernel table.
+func TestAgentBGPDialsFromItsNamespace(t *testing.T) {
+	lab.RequireRoot(t)
+	l := lab.New(t)
+	p := newPKI(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// A direct link between the core and B (eBGP: one hop).
+	coreAddr, bAddr := netip.MustParseAddr("100.65.0.1"), netip.MustParseAddr("100.65.0.2")
+	require.NoError(t, lab.Veth(l.Core, "bgp0", coreAddr.String()+"/30", l.B, "bgp0", bAddr.String()+"/30"))
+	b, err := gobgp.New(ctx, gobgp.WithHost(l.B), gobgp.WithSpeaker(gobgp.Speaker{AS: 65002, RouterID: bAddr,
+		ListenAddrs: []netip.Addr{bAddr}, Neighbors: []gobgp.Neighbor{{Address: coreAddr, AS: 65001, Passive: true}}}))
+	require.NoError(t, err)
+	t.Cleanup(func() { b.Close(context.Background()) })
+
+	listen := "127.0.0.1:7443" // the core's own loopback
+	a := startIn(t, l.Core, append(p.tlsArgs(), "-listen", listen, "-state-dir", t.TempDir(), "-fence", "none", "-conn", "none",
+		"-routing", "gobgp", "-bgp-as", "65001", "-bgp-router-id", coreAddr.String(), "-bgp-listen", coreAddr.String(),
+		"-bgp-neighbors", bAddr.String()+"=65002", "-bgp-fib-metric", "20")...)
+	line := a.waitLog(t, "sealift-agent started")
+	assert.Equal(t, "gobgp", line["routing"])
+
+	cfg, err := agentpki.ClientConfig(p.ca.PEM, p.ctl.TLS, "host-a")
+	require.NoError(t, err)
+	c, err := agent.Dial(listen, cfg, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+		var conn net.Conn
+		err := nsutil.Do(l.Core, func() (err error) {
+			var d net.Dialer
+			conn, err = d.DialContext(ctx, "tcp", addr)
+			return err
+		})
+		return conn, err
+	}))
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+
+	prefix := netip.MustParsePrefix("10.1.0.0/24")
+	waited := make(chan error, 1)
+	go func() {
+		_, err := c.RouteWatcher().Wait(ctx, routing.Expect{Prefix: prefix, Via: bAddr})
+		waited <- err
+	}()
+	require.NoError(t, b.Announce(ctx, prefix, bAddr))
+	select {
+	case err := <-waited:
+		require.NoError(t, err)
+	case <-ctx.Done():
+		t.Fatal("Wait did not return after B's announcement")
+	}
+	// The session is the agent's: a TCP connection from the core's
+	// address to B's port 179 (B's speaker is passive).
+	out, err := lab.Exec(l.Core, "ss", "-Htn", "state", "established", "dst", bAddr.String(), "dport", "= :179")
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), coreAddr.String()+":", "no session dialled from the core: %s", out)
+	out, err = lab.Exec(l.Core, "ip", "route", "show", prefix.String())
+	require.NoError(t, err)
+	assert.Contains(t, string(out), "via "+bAddr.String(), "B's route in the core's kernel table")
+	assert.Contains(t, string(out), "metric 20")
+	assert.Equal(t, 0, a.stop(t, syscall.SIGTERM))
+}
+
+// startIn starts the agent inside namespace ns (as an operator would:
+// ip netns exec), so that everything it opens lives there.
+func startIn(t *testing.T, ns string, args ...string) *proc {
+	t.Helper()
+	return start(t, append([]string{"\x00netns", ns}, args...)...)
 }

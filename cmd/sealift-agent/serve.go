@@ -22,6 +22,7 @@ import (
 	"github.com/sealift/sealift/hypervisor/qemu"
 	"github.com/sealift/sealift/internal/nsutil"
 	"github.com/sealift/sealift/routing"
+	"github.com/sealift/sealift/routing/gobgp"
 	"github.com/sealift/sealift/routing/netlinkroute"
 	"github.com/sealift/sealift/tunnel/wireguard"
 )
@@ -42,7 +43,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := nsutil.Check(cfg.netns); err != nil {
 		return fmt.Errorf("-netns %q: %w", cfg.netns, err)
 	}
-	b, err := newBackends(cfg, log)
+	b, err := newBackends(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -119,7 +120,7 @@ type backends struct {
 
 // newBackends builds the enabled backends. They act in cfg.netns and log
 // to log with a "backend" attribute. Nothing is touched yet.
-func newBackends(cfg config, log *slog.Logger) (*backends, error) {
+func newBackends(ctx context.Context, cfg config, log *slog.Logger) (*backends, error) {
 	b := &backends{}
 	with := func(name string) *slog.Logger { return log.With("backend", name) }
 	switch cfg.fence {
@@ -141,9 +142,33 @@ func newBackends(cfg config, log *slog.Logger) (*backends, error) {
 		b.opts = append(b.opts, agent.WithLinkEnd(wireguard.NewEnd(cfg.netns, wireguard.WithLogger(with("wireguard")),
 			wireguard.WithStateDir(filepath.Join(cfg.stateDir, "wireguard")))))
 	}
-	if cfg.routing == "netlinkroute" {
+	switch cfg.routing {
+	case "netlinkroute":
 		b.router = netlinkroute.New(netlinkroute.WithHost(cfg.netns), netlinkroute.WithLogger(with("netlinkroute")))
 		b.opts = append(b.opts, agent.WithRouteWatcher(b.router))
+	case "gobgp":
+		sp, err := cfg.bgp.speaker() // checked by parseFlags
+		if err != nil {
+			return nil, err
+		}
+		// In this process: a speaker started inside its namespace (-netns
+		// "") dials its neighbors from there.
+		w, err := gobgp.New(ctx, gobgp.WithHost(cfg.netns), gobgp.WithSpeaker(sp), gobgp.WithLogger(with("gobgp")))
+		if err != nil {
+			b.close(log)
+			return nil, fmt.Errorf("-routing gobgp: %w", err)
+		}
+		b.closers = append(b.closers, func() error { return w.Close(context.Background()) })
+		if cfg.bgp.fibMetric > 0 {
+			stop, err := w.SyncFIB(ctx, cfg.bgp.fibMetric)
+			if err != nil {
+				b.close(log)
+				return nil, fmt.Errorf("-bgp-fib-metric: %w", err)
+			}
+			b.closers = append(b.closers, func() error { stop(); return nil })
+		}
+		b.router = w
+		b.opts = append(b.opts, agent.WithRouteWatcher(w))
 	}
 	switch cfg.hypervisor {
 	case "qemu":
@@ -204,8 +229,8 @@ func (b *backends) recover(ctx context.Context) ([]any, error) {
 }
 
 func (b *backends) close(log *slog.Logger) {
-	for _, c := range b.closers {
-		if err := c(); err != nil {
+	for i := len(b.closers) - 1; i >= 0; i-- { // the last opened first
+		if err := b.closers[i](); err != nil {
 			log.Warn("closing a backend", "err", err)
 		}
 	}
