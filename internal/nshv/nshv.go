@@ -21,6 +21,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -48,7 +49,12 @@ type Cluster struct {
 	hosts map[string]*Host
 	state map[string]hypervisor.State // by host namespace; absent: no instance
 	from  string                      // the host the port moved away from (for Abort)
+	// abort cancels the migration under way (Abort at its source).
+	abort context.CancelCauseFunc
 }
+
+// errAbortCalled is the cause of a migration cancelled by Abort.
+var errAbortCalled = errors.New("Abort at the source")
 
 // New returns a cluster for the VM name whose interface vmIf lives in
 // the namespace vmNS. Add hosts with Host, then Start it at one.
@@ -212,13 +218,27 @@ func (h *Host) Migrate(ctx context.Context, name string, to hypervisor.Endpoint,
 	case tst != hypervisor.Incoming:
 		return hypervisor.Stats{}, fmt.Errorf("%w: %s has no incoming instance of %q", hypervisor.ErrUnreachable, ns, name)
 	}
+	// Abort at this host cancels the migration until the port moved.
+	ctx, abort := context.WithCancelCause(ctx)
+	defer abort(nil)
+	c.mu.Lock()
+	c.abort = abort
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.abort = nil
+		c.mu.Unlock()
+	}()
+	aborted := func() error {
+		return fmt.Errorf("%w: %q: %w", hypervisor.ErrAborted, name, context.Cause(ctx))
+	}
 	// Pre-copy: the VM runs on.
 	tk := time.NewTicker(50 * time.Millisecond)
 	defer tk.Stop()
 	for time.Since(start) < pre {
 		select {
 		case <-ctx.Done():
-			return hypervisor.Stats{}, fmt.Errorf("%w: %q: %w", hypervisor.ErrAborted, name, ctx.Err())
+			return hypervisor.Stats{}, aborted()
 		case <-tk.C:
 			if opts.OnProgress != nil {
 				opts.OnProgress(hypervisor.Progress{Elapsed: time.Since(start), Pass: 1})
@@ -234,6 +254,10 @@ func (h *Host) Migrate(ctx context.Context, name string, to hypervisor.Endpoint,
 			return hypervisor.Stats{}, fmt.Errorf("%w: %q: %w", hypervisor.ErrSwitchoverHook, name, err)
 		}
 		stats.SwitchoverDone = time.Now()
+	}
+	if ctx.Err() != nil { // aborted (or ctx ended) during the switchover
+		c.setState(h.ns, hypervisor.Running)
+		return hypervisor.Stats{}, aborted()
 	}
 	if err := c.movePort(h, t); err != nil {
 		c.setState(h.ns, hypervisor.Running)
@@ -257,6 +281,9 @@ func (c *Cluster) setState(ns string, st hypervisor.State) {
 
 // Resume runs the VM paused on this host.
 func (h *Host) Resume(ctx context.Context, name string) error {
+	if err := hypervisor.ValidName(name); err != nil {
+		return err
+	}
 	c := h.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -271,17 +298,26 @@ func (h *Host) Resume(ctx context.Context, name string) error {
 	return nil
 }
 
-// Abort cancels a migration: a VM paused at a source (mid-switchover)
-// runs again there; a target's incoming instance is discarded (its port
-// deleted); a VM migrated here but never resumed moves back to the host
-// it came from and runs there. Anything else is a no-op.
+// Abort cancels a migration: at its source, a migration under way
+// (pre-copy, or the switchover) ends with ErrAborted and the VM runs on
+// there; a target's incoming instance is discarded (its port deleted); a
+// VM migrated here but never resumed moves back to the host it came from
+// and runs there. Anything else is a no-op.
 func (h *Host) Abort(ctx context.Context, name string) error {
+	if err := hypervisor.ValidName(name); err != nil {
+		return err
+	}
 	c := h.c
 	c.mu.Lock()
 	st, ok := c.state[h.ns]
 	from := c.hosts[c.from]
+	abort := c.abort
 	c.mu.Unlock()
 	if name != c.vm || !ok {
+		return nil
+	}
+	if abort != nil && st.Active() { // the source of the migration under way
+		abort(errAbortCalled)
 		return nil
 	}
 	switch {
