@@ -3,7 +3,8 @@
 // over mutual TLS, with a bbolt journal, and finishes what a stopped
 // controller left (recover).
 //
-//	sealift migrate -config F -vm NAME -from ENV -to ENV -addr PREFIX[,...] -peer PREFIX[,...] [-fence MODE] [-max-downtime D] [-json]
+//	sealift migrate -config F -vm NAME -from ENV -to ENV -addr PREFIX[,...] -peer PREFIX[,...] [-fence MODE] [-max-downtime D]
+//	                [-subnet PREFIX -members NAME[,...] -via ADDR [-converge-timeout D]] [-json]
 //	sealift recover -config F [-json]
 //	sealift version
 //
@@ -117,8 +118,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "", "controller configuration `FILE` (JSON)")
 	asJSON := fs.Bool("json", false, "print the report(s) as JSON")
-	var vm, from, to, addrs, peers, fenceMode string
-	var maxDowntime time.Duration
+	var vm, from, to, addrs, peers, fenceMode, subnet, members, via string
+	var maxDowntime, converge time.Duration
 	if args[0] == "migrate" {
 		fs.StringVar(&vm, "vm", "", "the VM's `NAME`")
 		fs.StringVar(&from, "from", "", "source environment")
@@ -127,6 +128,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.StringVar(&peers, "peer", "", "the secure side's prefixes it talks to, comma-separated")
 		fs.StringVar(&fenceMode, "fence", string(migration.FenceAtSwitchover), "fence `MODE`: at-switchover or before-copy")
 		fs.DurationVar(&maxDowntime, "max-downtime", 0, "allowed stop-and-copy time (0: the hypervisor's default)")
+		fs.StringVar(&subnet, "subnet", "", "the VM's subnet `PREFIX`: when its other VMs (-members) are at the target already, the whole subnet moves (redirect tunnel from the routing core until routes converge)")
+		fs.StringVar(&members, "members", "", "the subnet's other VMs, comma-separated `NAMES` (with -subnet)")
+		fs.StringVar(&via, "via", "", "the next hop `ADDR` at the routing core that proves the subnet's new place (with -subnet)")
+		fs.DurationVar(&converge, "converge-timeout", 0, "how long to wait for the routing core to converge (with -subnet; 0: 5 minutes)")
 	}
 	if err := fs.Parse(args[1:]); err != nil {
 		return exitUsage
@@ -166,6 +171,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	plan := migration.Plan{VM: vm, From: from, To: to, Link: tunnel.WireGuard, FenceMode: migration.FenceMode(fenceMode), MaxDowntime: maxDowntime}
 	if plan.Addrs, err = prefixes("-addr", addrs); err == nil {
 		plan.Peers, err = prefixes("-peer", peers)
+	}
+	if err == nil {
+		plan.Subnet, err = subnetFlags(subnet, members, via, converge)
 	}
 	if err == nil {
 		err = m.Validate(plan)
@@ -293,6 +301,38 @@ func build(ctx context.Context, path string, log *slog.Logger, grpcOpts ...grpc.
 		return fail(fmt.Errorf("%w: %w", errConfig, err))
 	}
 	return m, func() { m.Close(); closeAll() }, nil
+}
+
+// subnetFlags is the plan's Subnet from -subnet, -members, -via and
+// -converge-timeout (nil without -subnet, which the others need).
+func subnetFlags(subnet, members, via string, converge time.Duration) (*migration.Subnet, error) {
+	if subnet == "" {
+		switch {
+		case members != "":
+			return nil, fmt.Errorf("-members %q: only with -subnet", members)
+		case via != "":
+			return nil, fmt.Errorf("-via %q: only with -subnet", via)
+		case converge != 0:
+			return nil, fmt.Errorf("-converge-timeout %v: only with -subnet", converge)
+		}
+		return nil, nil
+	}
+	p, err := netip.ParsePrefix(subnet)
+	if err != nil {
+		return nil, fmt.Errorf("-subnet %q: %w", subnet, err)
+	}
+	sn := &migration.Subnet{Prefix: p, ConvergeTimeout: converge}
+	for _, m := range strings.Split(members, ",") {
+		if m = strings.TrimSpace(m); m != "" {
+			sn.Members = append(sn.Members, m)
+		}
+	}
+	if via != "" {
+		if sn.Via, err = netip.ParseAddr(via); err != nil {
+			return nil, fmt.Errorf("-via %q: %w", via, err)
+		}
+	}
+	return sn, nil
 }
 
 func prefixes(flagName, s string) ([]netip.Prefix, error) {

@@ -37,6 +37,7 @@ func TestLab(t *testing.T) {
 		{"subnet", true, migration.FenceAtSwitchover, false},
 		// An agent process per host, `sealift migrate` in its own namespace.
 		{"remote", false, migration.FenceAtSwitchover, true},
+		{"remote-subnet", true, migration.FenceAtSwitchover, true},
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

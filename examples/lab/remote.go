@@ -39,6 +39,9 @@ import (
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/internal/nsutil"
 	"github.com/sealift/sealift/migration"
+	"github.com/sealift/sealift/routing/gobgp"
+	"github.com/sealift/sealift/tunnel"
+	"github.com/sealift/sealift/tunnel/wireguard"
 )
 
 const agentPort = 7443
@@ -67,6 +70,8 @@ type remote struct {
 	agents  map[string]*agentProc // by host name: host-a, host-b, core
 	config  string                // the controller's configuration file
 	journal string
+	// secureDevices: the cloud's own encrypting devices (the site VPN's).
+	secureDevices []string
 }
 
 // remoteHosts are the agents: host name, lab namespace, management
@@ -164,7 +169,7 @@ func (w *world) writeControllerConfig() error {
 	c.Environments = map[string]map[string]any{
 		"secure": {"agent": a.listen(), "host": a.name, "underlay": lab.AUplink.String(),
 			"core": map[string]any{"agent": core.listen(), "host": core.name, "underlay": lab.CoreWAN.String()}},
-		"cloud": {"agent": b.listen(), "host": b.name, "underlay": lab.BUnderlay.String()},
+		"cloud": {"agent": b.listen(), "host": b.name, "underlay": lab.BUnderlay.String(), "secure_devices": r.secureDevices},
 	}
 	data, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {
@@ -189,7 +194,50 @@ func (w *world) agentArgs(p *agentProc) []string {
 		return append(args, "-hypervisor", "qemu", "-qemu-dir", p.qemuDir(), "-qemu-tls", w.tlsDirB,
 			"-qemu-migration-addr", lab.BUnderlay.String(), "-fence", "nft", "-conn", "conntrack")
 	default:
-		return append(args, "-fence", "none", "-conn", "none", "-routing", "netlinkroute")
+		args = append(args, "-fence", "none", "-conn", "none")
+		if w.opts.Subnet { // the core's BGP speaker, in its agent, peering with B over the site link
+			return append(args, "-routing", "gobgp", "-bgp-as", "65001", "-bgp-router-id", coreSite.String(),
+				"-bgp-listen", coreSite.String(), "-bgp-neighbors", bSite.String()+"=65002", "-bgp-fib-metric", "20")
+		}
+		return append(args, "-routing", "netlinkroute")
+	}
+}
+
+// remoteSubnet builds, for the subnet scenario, what is the operator's
+// and not sealift's: the site VPN between the core and B (WireGuard
+// devices of the lab's process) and B's BGP speaker (the target
+// environment's routing: it announces the subnet once the Migrator
+// watches the core). The core's speaker is its agent's.
+func (w *world) remoteSubnet(ctx context.Context, t lab.TB) error {
+	w.wg = wireguard.New(wireguard.WithStateDir(filepath.Join(w.dir, "wg")), wireguard.WithLogger(w.log))
+	w.links = map[tunnel.Kind]tunnel.SecureLinker{tunnel.WireGuard: w.wg}
+	t.Cleanup(func() { w.closeLinks() })
+	site, err := w.siteLink(ctx)
+	if err != nil {
+		return err
+	}
+	w.rm.secureDevices = []string{site.RemoteDevice}
+	w.cfg.Environments = map[string]migration.Environment{"cloud": {SecureDevices: w.rm.secureDevices}}
+	w.bgpB, err = gobgp.New(ctx, gobgp.WithHost(w.l.B), gobgp.WithLogger(w.log), gobgp.WithSpeaker(gobgp.Speaker{
+		AS: 65002, RouterID: bSite, ListenAddrs: []netip.Addr{bSite},
+		Neighbors: []gobgp.Neighbor{{Address: coreSite, AS: 65001}}}))
+	if err != nil {
+		return err
+	}
+	t.Cleanup(func() { w.bgpB.Close(context.Background()) })
+	return w.writeControllerConfig()
+}
+
+// ctlLine acts on a line of the controller's progress: in the subnet
+// scenario, B's speaker announces the subnet once the Migrator starts
+// watching the core (as the in-process lab's relay does).
+func (w *world) ctlLine(line string) {
+	if w.bgpB != nil && line == fmt.Sprintf("block %d %s ...", int(migration.BlockInspect), migration.BlockInspect) {
+		go func() {
+			if err := w.bgpB.Announce(context.Background(), lab.VMSubnet, bSite); err != nil {
+				w.log.Error("B: announce the subnet", "err", err)
+			}
+		}()
 	}
 }
 
@@ -481,6 +529,7 @@ func (w *world) startController(ctx context.Context, args ...string) (*ctlProc, 
 			if r, ok := strings.CutPrefix(line, "switchover rpc: "); ok {
 				c.rpcs = append(c.rpcs, r)
 			}
+			w.ctlLine(line)
 			if w.opts.Progress != nil {
 				w.opts.Progress("  ctl: " + line)
 			}
@@ -522,8 +571,13 @@ func migrateArgs(p migration.Plan) []string {
 	for _, a := range p.Addrs {
 		addrs = append(addrs, a.String())
 	}
-	return []string{"migrate", "-vm", p.VM, "-from", p.From, "-to", p.To, "-addr", strings.Join(addrs, ","),
+	args := []string{"migrate", "-vm", p.VM, "-from", p.From, "-to", p.To, "-addr", strings.Join(addrs, ","),
 		"-peer", strings.Join(peers, ","), "-fence", string(p.FenceMode), "-max-downtime", p.MaxDowntime.String()}
+	if sn := p.Subnet; sn != nil {
+		args = append(args, "-subnet", sn.Prefix.String(), "-members", strings.Join(sn.Members, ","),
+			"-via", sn.Via.String(), "-converge-timeout", sn.ConvergeTimeout.String())
+	}
+	return args
 }
 
 // migrateRemote runs `sealift migrate` for plan p and returns its report
@@ -625,8 +679,6 @@ func (o Options) checkRemote() error {
 	switch {
 	case o.Hypervisor != "qemu":
 		return fmt.Errorf("%w: -hypervisor %q: the remote lab drives QEMU through the agents (libvirt: not yet)", errRemoteScenario, o.Hypervisor)
-	case o.Subnet:
-		return fmt.Errorf("%w: -subnet: not yet (the redirect tunnel and BGP over agents)", errRemoteScenario)
 	case o.Link != "wireguard":
 		return fmt.Errorf("%w: -link %q: the controller pairs WireGuard link ends only (XFRM ends: not yet)", errRemoteScenario, o.Link)
 	}

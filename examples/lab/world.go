@@ -197,6 +197,11 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 		}
 	}
 	if o.Remote {
+		if o.Subnet {
+			if err := w.remoteSubnet(ctx, t); err != nil {
+				return w, fmt.Errorf("remote lab: %w", err)
+			}
+		}
 		if err := w.startAgents(ctx, t); err != nil {
 			return w, fmt.Errorf("remote lab: %w", err)
 		}
