@@ -14,7 +14,10 @@ import (
 	"github.com/sealift/sealift/fence/fenceconform"
 	"github.com/sealift/sealift/fence/linkstate"
 	"github.com/sealift/sealift/fence/nft"
+	"github.com/sealift/sealift/hypervisor"
+	"github.com/sealift/sealift/hypervisor/hvconform"
 	"github.com/sealift/sealift/internal/lab"
+	"github.com/sealift/sealift/internal/nshv"
 	"github.com/sealift/sealift/internal/nsutil"
 	"github.com/sealift/sealift/routing"
 	"github.com/sealift/sealift/routing/netlinkroute"
@@ -73,5 +76,15 @@ func TestConformConnAuditorConntrack(t *testing.T) {
 func TestConformConnAuditorSockdiag(t *testing.T) {
 	connconform.Run(t, connconform.Harness{Vantage: connconform.Endpoint, New: func(t testing.TB, host string) conn.ConnAuditor {
 		return behindAgent(t, agent.WithConnAuditor(sockdiag.New(sockdiag.WithHost(host)))).ConnAuditor()
+	}})
+}
+
+// The source's and the target's hypervisors each behind its agent; the
+// hook runs here, at the controller.
+func TestConformHypervisorNshv(t *testing.T) {
+	hvconform.Run(t, hvconform.Harness{New: func(t testing.TB) hvconform.World {
+		return nshv.ConformWorld(t, func(t testing.TB, h hypervisor.Hypervisor) hypervisor.Hypervisor {
+			return behindAgent(t, agent.WithHypervisor(h)).Hypervisor()
+		})
 	}})
 }

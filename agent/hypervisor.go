@@ -126,8 +126,16 @@ func (s *hvServer) Abort(ctx context.Context, req *agentpb.VMName) (*agentpb.Abo
 // before it answered the switchover: the migration is cancelled.
 var errStreamLost = errors.New("agent: the controller's stream ended during the switchover")
 
+// errControllerCancelled is the backend's context's cause when the
+// controller closes its side of the stream before the result: its
+// Migrate's context ended, the migration is cancelled.
+var errControllerCancelled = errors.New("agent: the controller cancelled the migration")
+
 // Migrate runs the backend's Migrate for the controller's stream; see
-// the service's comment in hypervisor.proto.
+// the service's comment in hypervisor.proto. The controller closing its
+// side before the result (its Migrate's context ended) cancels the
+// backend's Migrate, whose own outcome (ErrAborted, the VM running on at
+// the source) is the stream's status: the controller waits for it.
 func (s *hvServer) Migrate(stream agentpb.Hypervisor_MigrateServer) error {
 	first, err := stream.Recv()
 	if err != nil {
@@ -209,7 +217,16 @@ func (s *hvServer) Migrate(stream agentpb.Hypervisor_MigrateServer) error {
 			}
 		}
 	}
-	st, merr := s.h.Migrate(ctx, start.GetName(), to, opts)
+	mctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-lost:
+			cancel(errControllerCancelled)
+		case <-mctx.Done():
+		}
+	}()
+	st, merr := s.h.Migrate(mctx, start.GetName(), to, opts)
 	close(progress)
 	<-progressDone
 	if merr != nil {
@@ -270,11 +287,19 @@ func (h *remoteHV) Abort(ctx context.Context, name string) error {
 	return fromStatus(h.addr, "Hypervisor.Abort", err)
 }
 
+// abortWait bounds how long Migrate waits, once its context ended, for
+// the agent's outcome before it cuts the stream.
+const abortWait = 30 * time.Second
+
 // Migrate runs the migration at the agent and the hook here, at the
 // switchover event. A hook that fails (or panics) is answered with its
 // error: the agent's backend cancels, the VM resumes at the source, and
 // the returned error wraps both hypervisor.ErrSwitchoverHook and the
-// hook's own error.
+// hook's own error. When ctx ends, Migrate tells the agent (it closes
+// its side of the stream; a hook under way is answered with an error)
+// and returns, as a local backend does, the backend's outcome, once the
+// VM runs on at the source, wrapping hypervisor.ErrAborted; an agent
+// that does not answer within abortWait has its stream cut.
 func (h *remoteHV) Migrate(ctx context.Context, name string, to hypervisor.Endpoint, opts hypervisor.MigrateOptions) (hypervisor.Stats, error) {
 	if err := hypervisor.ValidName(name); err != nil {
 		return hypervisor.Stats{}, err
@@ -285,18 +310,42 @@ func (h *remoteHV) Migrate(ctx context.Context, name string, to hypervisor.Endpo
 	if to.URI == "" {
 		return hypervisor.Stats{}, fmt.Errorf("%w: to.URI is empty", hypervisor.ErrInvalid)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := h.pb.Migrate(ctx)
+	// The stream outlives ctx (see above); cut ends it.
+	sctx, cut := context.WithCancel(context.WithoutCancel(ctx))
+	defer cut()
+	stream, err := h.pb.Migrate(sctx)
 	if err != nil {
 		return hypervisor.Stats{}, fromStatus(h.addr, "Hypervisor.Migrate", err)
 	}
+	var sendMu sync.Mutex // Send and CloseSend, from here and the watcher
+	send := func(m *agentpb.MigrateCall) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(m)
+	}
 	start := &agentpb.MigrateStart{Name: name, To: endpointToPB(to), MaxBandwidth: opts.MaxBandwidth,
 		MaxDowntimeNanos: int64(opts.MaxDowntime), Hook: opts.AtSwitchover != nil}
-	if err := stream.Send(&agentpb.MigrateCall{Call: &agentpb.MigrateCall_Start{Start: start}}); err != nil {
+	if err := send(&agentpb.MigrateCall{Call: &agentpb.MigrateCall_Start{Start: start}}); err != nil {
 		_, rerr := stream.Recv() // the real error is the stream's status
 		return hypervisor.Stats{}, fromStatus(h.addr, "Hypervisor.Migrate", rerr)
 	}
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-done:
+			return
+		case <-ctx.Done():
+		}
+		sendMu.Lock()
+		_ = stream.CloseSend()
+		sendMu.Unlock()
+		select {
+		case <-done:
+		case <-time.After(abortWait):
+			cut()
+		}
+	}()
 	var hookErr error
 	for {
 		ev, err := stream.Recv()
@@ -304,6 +353,9 @@ func (h *remoteHV) Migrate(ctx context.Context, name string, to hypervisor.Endpo
 			err = fromStatus(h.addr, "Hypervisor.Migrate", err)
 			if hookErr != nil {
 				err = fmt.Errorf("%w (the hook: %w)", err, hookErr)
+			}
+			if cerr := ctx.Err(); cerr != nil && !errors.Is(err, hypervisor.ErrAborted) {
+				err = fmt.Errorf("%w: %w: %w", hypervisor.ErrAborted, cerr, err)
 			}
 			return hypervisor.Stats{}, err
 		}
@@ -319,15 +371,20 @@ func (h *remoteHV) Migrate(ctx context.Context, name string, to hypervisor.Endpo
 				continue
 			}
 			hookErr = hypervisor.RunHook(ctx, opts.AtSwitchover)
+			if hookErr == nil && ctx.Err() != nil { // no "continue" for a migration whose context ended
+				hookErr = fmt.Errorf("the controller's context ended: %w", ctx.Err())
+			}
 			reply := &agentpb.SwitchoverReply{}
 			if hookErr != nil {
 				reply.Error = hookErr.Error()
 			}
-			if err := stream.Send(&agentpb.MigrateCall{Call: &agentpb.MigrateCall_Switchover{Switchover: reply}}); err != nil {
+			if err := send(&agentpb.MigrateCall{Call: &agentpb.MigrateCall_Switchover{Switchover: reply}}); err != nil {
 				continue // the stream's status follows
 			}
 		case *agentpb.MigrateEvent_Result:
+			sendMu.Lock()
 			_ = stream.CloseSend()
+			sendMu.Unlock()
 			return statsFromPB(e.Result), nil
 		}
 	}
