@@ -52,8 +52,14 @@ func linkID(id string) error {
 
 type recFencer struct{ *rec }
 
-func (f recFencer) Fence(_ context.Context, s fence.Spec) error { f.call("Fence", s.Validate()); return nil }
-func (f recFencer) Lift(_ context.Context, vm string) error     { f.call("Lift", nonEmpty("vm", vm)); return nil }
+func (f recFencer) Fence(_ context.Context, s fence.Spec) error {
+	f.call("Fence", s.Validate())
+	return nil
+}
+func (f recFencer) Lift(_ context.Context, vm string) error {
+	f.call("Lift", nonEmpty("vm", vm))
+	return nil
+}
 func (f recFencer) List(context.Context) ([]fence.Fence, error) { f.call("List", nil); return nil, nil }
 func (f recFencer) Release(_ context.Context, vm string) (int, error) {
 	f.call("Release", nonEmpty("vm", vm))
@@ -141,7 +147,10 @@ func (e recEnd) Connect(_ context.Context, id string, p tunnel.Public) error {
 	return nil
 }
 
-func (e recEnd) Activate(_ context.Context, id string) error { e.call("Activate", linkID(id)); return nil }
+func (e recEnd) Activate(_ context.Context, id string) error {
+	e.call("Activate", linkID(id))
+	return nil
+}
 func (e recEnd) Verify(_ context.Context, id string) (tunnel.Proof, error) {
 	e.call("Verify", linkID(id))
 	return tunnel.Proof{}, nil
@@ -160,7 +169,7 @@ type migrateStream struct {
 	sent  bool
 }
 
-func (s *migrateStream) Context() context.Context { return context.Background() }
+func (s *migrateStream) Context() context.Context         { return context.Background() }
 func (s *migrateStream) Send(*agentpb.MigrateEvent) error { return nil }
 func (s *migrateStream) SetHeader(metadata.MD) error      { return nil }
 func (s *migrateStream) Recv() (*agentpb.MigrateCall, error) {
