@@ -1,6 +1,8 @@
 package agent_test
 
 import (
+	"os"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -22,6 +24,9 @@ import (
 	"github.com/sealift/sealift/routing"
 	"github.com/sealift/sealift/routing/netlinkroute"
 	"github.com/sealift/sealift/routing/routingconform"
+	"github.com/sealift/sealift/tunnel"
+	"github.com/sealift/sealift/tunnel/linkconform"
+	"github.com/sealift/sealift/tunnel/wireguard"
 )
 
 // The contracts' conformance suites, each run against a real backend
@@ -86,5 +91,23 @@ func TestConformHypervisorNshv(t *testing.T) {
 		return nshv.ConformWorld(t, func(t testing.TB, h hypervisor.Hypervisor) hypervisor.Hypervisor {
 			return behindAgent(t, agent.WithHypervisor(h)).Hypervisor()
 		})
+	}})
+}
+
+// Each host's wireguard.End behind its agent (a state dir per host, read
+// again by a restarted agent's End); the controller composes the ends.
+func TestConformLinkEndWireGuard(t *testing.T) {
+	var dirs sync.Map // host -> state dir
+	linkconform.Run(t, linkconform.Harness{Kind: tunnel.WireGuard, New: func(t testing.TB, host string) tunnel.LinkEnd {
+		dir, err := os.MkdirTemp("", "sealift-end-")
+		require.NoError(t, err)
+		if d, loaded := dirs.LoadOrStore(host, dir); loaded {
+			os.Remove(dir)
+			dir = d.(string)
+		} else {
+			t.Cleanup(func() { os.RemoveAll(dir) })
+		}
+		e := wireguard.NewEnd(host, wireguard.WithBackend(wireguard.Userspace), wireguard.WithStateDir(dir))
+		return behindAgent(t, agent.WithLinkEnd(e)).LinkEnd()
 	}})
 }

@@ -61,7 +61,7 @@ func withReset(fn func(a conn.ConnAuditor, ctx context.Context, sel conn.Selecto
 	return func(a conn.ConnAuditor) conn.ConnAuditor { return &broken{ConnAuditor: a, reset: fn} }
 }
 
-var mutants = []conform.Mutant[conn.ConnAuditor]{
+var mutants = []conform.Mutant[func(conn.ConnAuditor) conn.ConnAuditor]{
 	{Name: "List finds nothing", Caught: []string{"ListFindsTCP"},
 		Break: filtered(func(conn.Selector, conn.Conn) bool { return true })},
 	{Name: "List selects by the local end only", Caught: []string{"ListFindsTCP"},

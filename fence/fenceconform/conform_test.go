@@ -173,7 +173,7 @@ func altered(change func(*fence.Spec)) func(fence.Fencer) fence.Fencer {
 	}, nil)
 }
 
-var mutants = []conform.Mutant[fence.Fencer]{
+var mutants = []conform.Mutant[func(fence.Fencer) fence.Fencer]{
 	{Name: "Fence does nothing (and lists the fence)", Caught: []string{"FenceBlocksLiftRestores"},
 		Break: lie(func(fence.Fencer, context.Context, fence.Spec) error { return nil }, nil)},
 	{Name: "List shows no fence", Caught: []string{"FenceBlocksLiftRestores"},

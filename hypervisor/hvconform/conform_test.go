@@ -95,7 +95,7 @@ func sentinelLost(target error) func(hvconform.World) hvconform.World {
 	})
 }
 
-var mutants = []conform.Mutant[hvconform.World]{
+var mutants = []conform.Mutant[func(hvconform.World) hvconform.World]{
 	{Name: "Lookup finds every name", Caught: []string{"Lookup"},
 		Break: both(func(h hypervisor.Hypervisor) *broken {
 			return &broken{Hypervisor: h, lookup: func(h hypervisor.Hypervisor, ctx context.Context, name string) (hypervisor.VM, error) {

@@ -145,11 +145,12 @@ func brief(msg string) string {
 	return strings.Join(keep, ": ")
 }
 
-// Mutant is a deliberately broken backend (Break wraps the real one)
-// and the checks of a suite that must catch it.
+// Mutant is a deliberately broken backend and the checks of a suite
+// that must catch it. Break is what the suite's own test needs to break
+// one (typically a func wrapping the real backend).
 type Mutant[B any] struct {
 	Name   string
-	Break  func(B) B
+	Break  B
 	Caught []string // check names
 }
 

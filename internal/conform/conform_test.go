@@ -29,11 +29,11 @@ func TestRecorder(t *testing.T) {
 
 func TestCovered(t *testing.T) {
 	checks := []Check[int]{{Name: "A"}, {Name: "B"}}
-	ok := []Mutant[string]{{Name: "m1", Caught: []string{"A"}}, {Name: "m2", Caught: []string{"B", "A"}}}
+	ok := []Mutant[int]{{Name: "m1", Caught: []string{"A"}}, {Name: "m2", Caught: []string{"B", "A"}}}
 	assert.False(t, Record(t, func(t testing.TB) { Covered(t, checks, ok) }).Failed())
 	r := Record(t, func(t testing.TB) { Covered(t, checks, ok[:1]) })
 	assert.Equal(t, []string{`check "B": no broken backend shows that it can fail`}, r.Messages())
-	r = Record(t, func(t testing.TB) { Covered(t, checks, append(ok, Mutant[string]{Caught: []string{"C"}})) })
+	r = Record(t, func(t testing.TB) { Covered(t, checks, append(ok, Mutant[int]{Caught: []string{"C"}})) })
 	assert.Equal(t, []string{`a mutant names check "C", which does not exist`}, r.Messages())
 	assert.Panics(t, func() { Find(checks, "C") })
 }

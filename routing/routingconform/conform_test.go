@@ -123,7 +123,7 @@ func present(w routing.RouteWatcher, ctx context.Context, e routing.Expect) bool
 	return err == nil
 }
 
-var mutants = []conform.Mutant[routing.RouteWatcher]{
+var mutants = []conform.Mutant[func(routing.RouteWatcher) routing.RouteWatcher]{
 	{Name: "Wait sees only routes that come after a delay (no dump)", Caught: []string{"WaitSeesRoutePresent", "WaitSeesRouteAddedLater"},
 		Break: func(w routing.RouteWatcher) routing.RouteWatcher {
 			return &broken{RouteWatcher: w, wait: func(w routing.RouteWatcher, ctx context.Context, e routing.Expect) (routing.Converged, error) {
