@@ -1,5 +1,8 @@
 // Package ipsec is the XFRM backend of tunnel.SecureLinker: an ESP tunnel
 // between the Secure and the Remote end host, policy based (no device).
+// The Linker configures both hosts from one process with keys it makes;
+// End (end.go) is one host's half, a tunnel.LinkEnd, whose SA keys each
+// host derives for itself from an X25519 exchange (derive.go).
 //
 // Per link, at each end (a network namespace):
 //

@@ -255,3 +255,82 @@ func (es ends) describeCounts(l *link, before, after saCounts) string {
 	}
 	return strings.Join(parts, "; ")
 }
+
+// probePayload is a probe's payload (it starts with "sealift-probe ").
+func probePayload(id, what string) []byte {
+	nonce := make([]byte, 8)
+	_, _ = rand.Read(nonce)
+	return fmt.Appendf(nil, "sealift-probe %s %s %s", hex.EncodeToString(nonce), id, what)
+}
+
+// prove is Verify's proof at one end (End.Verify): it sends a probe
+// through this end's sending SA, resent after a third of timeout while
+// that SA has not counted it, and waits, at most timeout and while ctx
+// lasts, until the sending SA counted it and the receiving SA has
+// decrypted at least one packet (the other end's probe or traffic: only
+// the other end's keys make a packet this SA decrypts). The proof is the
+// two SAs' counters at this end.
+func (e *end) prove(ctx context.Context, l *link, timeout time.Duration) (tunnel.Proof, error) {
+	before, err := e.counts(l)
+	if err != nil {
+		return tunnel.Proof{}, err
+	}
+	sent := 0
+	send := func() error {
+		sent++
+		tmpl := e.outPolicies(l, netlinkAllow, l.spi[e.out])[0].Tmpls[0]
+		if err := e.sendProbe(tmpl, probePayload(l.spec.ID, fmt.Sprintf("verify %d", sent))); err != nil {
+			return fmt.Errorf("%w: host %q: send the probe to %s: %v", tunnel.ErrNotProven, e.host, e.peer.Underlay, err)
+		}
+		return nil
+	}
+	if err := send(); err != nil {
+		return tunnel.Proof{}, err
+	}
+	after := before
+	proven := func() bool { return after[e.out].packets > before[e.out].packets && after[e.in].packets > 0 }
+	start := time.Now()
+	deadline, resend := start.Add(timeout), timeout/3
+	tk := time.NewTicker(5 * time.Millisecond) // the kernel emits no event for SA use
+	defer tk.Stop()
+	var waitErr error
+	for {
+		if after, err = e.counts(l); err != nil {
+			return tunnel.Proof{}, err
+		}
+		now := time.Now()
+		if proven() || now.After(deadline) {
+			break
+		}
+		if after[e.out].packets == before[e.out].packets && now.Sub(start) >= time.Duration(sent)*resend {
+			if err := send(); err != nil {
+				return tunnel.Proof{}, err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			waitErr = ctx.Err()
+		case <-tk.C:
+		}
+		if waitErr != nil {
+			break
+		}
+	}
+	pr := tunnel.Proof{TxPackets: after[e.out].packets, TxBytes: after[e.out].bytes, RxPackets: after[e.in].packets, RxBytes: after[e.in].bytes}
+	in := fmt.Sprintf("in spi 0x%08x packets %d->%d", l.spi[e.in], before[e.in].packets, after[e.in].packets)
+	if f := after[e.in].failed; f > 0 {
+		in += fmt.Sprintf(" (%d failed integrity check)", f)
+	}
+	pr.Detail = fmt.Sprintf("host %q: esp tunnel %s -> %s reqid 0x%08x %s: probes sent %d; out spi 0x%08x packets %d->%d, %s",
+		e.host, e.local.Underlay, e.peer.Underlay, l.reqid, l.alg, sent, l.spi[e.out], before[e.out].packets, after[e.out].packets, in)
+	switch {
+	case after[e.out].packets <= before[e.out].packets:
+		err = fmt.Errorf("%w: the sending SA did not carry the probe: %s", tunnel.ErrNotProven, pr.Detail)
+	case after[e.in].packets == 0:
+		err = fmt.Errorf("%w: the receiving SA has decrypted nothing from the other end (it sends a probe at its Connect and its Verify): %s", tunnel.ErrNotProven, pr.Detail)
+	}
+	if err != nil && waitErr != nil {
+		err = fmt.Errorf("%w (waiting: %w)", err, waitErr)
+	}
+	return pr, err
+}
