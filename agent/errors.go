@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -18,9 +19,11 @@ import (
 )
 
 // sentinels are the contracts' errors that cross the network: the agent
-// names the one its backend's error wraps (agentpb.ErrorReason in the
-// status details), the client wraps the same sentinel again, so
-// errors.Is works on a remote backend's error as on a local one's.
+// names each one its backend's error wraps (an agentpb.ErrorReason per
+// sentinel in the status details: an error may wrap several, e.g.
+// tunnel.ErrNotProven and host.ErrNotFound), the client wraps the same
+// sentinels again, so errors.Is works on a remote backend's error as on
+// a local one's.
 var sentinels = []struct {
 	name string
 	err  error
@@ -54,7 +57,8 @@ var sentinels = []struct {
 var ErrRemote = errors.New("agent: remote call failed")
 
 // toStatus turns a backend's error into a gRPC status that names its
-// sentinel; context errors keep their codes.
+// sentinels (its code is the first one's); context errors keep their
+// codes.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
@@ -65,16 +69,23 @@ func toStatus(err error) error {
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	}
+	var st *status.Status
 	for _, s := range sentinels {
-		if errors.Is(err, s.err) {
-			st, derr := status.New(s.code, err.Error()).WithDetails(&agentpb.ErrorReason{Sentinel: s.name})
-			if derr != nil {
-				return status.Error(s.code, err.Error())
-			}
-			return st.Err()
+		if !errors.Is(err, s.err) {
+			continue
+		}
+		if st == nil {
+			st = status.New(s.code, err.Error())
+		}
+		withReason, derr := st.WithDetails(&agentpb.ErrorReason{Sentinel: s.name})
+		if derr == nil {
+			st = withReason
 		}
 	}
-	return status.Error(codes.Unknown, err.Error())
+	if st == nil {
+		return status.Error(codes.Unknown, err.Error())
+	}
+	return st.Err()
 }
 
 // invalid is the status for a request that does not decode: it names
@@ -85,7 +96,8 @@ func invalid(sentinel error, format string, args ...any) error {
 }
 
 // fromStatus turns an RPC error back into a Go error wrapping ErrRemote,
-// the sentinel it names (if any) and the context's error for those codes.
+// the sentinels it names (if any) and the context's error for those
+// codes.
 func fromStatus(agentAddr, method string, err error) error {
 	if err == nil {
 		return nil
@@ -94,24 +106,40 @@ func fromStatus(agentAddr, method string, err error) error {
 	if !ok {
 		return fmt.Errorf("%w: %s %s: %w", ErrRemote, agentAddr, method, err)
 	}
-	var wrapped error
+	var wrapped []error
 	for _, d := range st.Details() {
 		if r, ok := d.(*agentpb.ErrorReason); ok {
 			for _, s := range sentinels {
 				if s.name == r.GetSentinel() {
-					wrapped = s.err
+					wrapped = append(wrapped, s.err)
 				}
 			}
 		}
 	}
 	switch st.Code() {
 	case codes.Canceled:
-		wrapped = context.Canceled
+		wrapped = append(wrapped, context.Canceled)
 	case codes.DeadlineExceeded:
-		wrapped = context.DeadlineExceeded
+		wrapped = append(wrapped, context.DeadlineExceeded)
 	}
-	if wrapped != nil {
-		return fmt.Errorf("%w: %s %s: %w: %s", ErrRemote, agentAddr, method, wrapped, st.Message())
+	if len(wrapped) == 0 {
+		return fmt.Errorf("%w: %s %s: %s: %s", ErrRemote, agentAddr, method, st.Code(), st.Message())
 	}
-	return fmt.Errorf("%w: %s %s: %s: %s", ErrRemote, agentAddr, method, st.Code(), st.Message())
+	text := st.Message()
+	for i := len(wrapped) - 1; i >= 0; i-- {
+		if w := wrapped[i].Error(); !strings.Contains(text, w) { // the backend's message names it, mostly
+			text = w + ": " + text
+		}
+	}
+	return &remoteError{msg: fmt.Sprintf("%v: %s %s: %s", ErrRemote, agentAddr, method, text), is: append([]error{ErrRemote}, wrapped...)}
 }
+
+// remoteError is a remote backend's error: its text, and ErrRemote and
+// the sentinels it wraps.
+type remoteError struct {
+	msg string
+	is  []error
+}
+
+func (e *remoteError) Error() string   { return e.msg }
+func (e *remoteError) Unwrap() []error { return e.is }
