@@ -15,6 +15,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,10 +29,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"google.golang.org/grpc"
 
 	"github.com/sealift/sealift/agent"
@@ -70,6 +75,7 @@ type remote struct {
 	agents  map[string]*agentProc // by host name: host-a, host-b, core
 	config  string                // the controller's configuration file
 	journal string
+	ctlOut  bytes.Buffer // everything the controller printed on stdout (its reports)
 	// secureDevices: the cloud's own encrypting devices (the site VPN's).
 	secureDevices []string
 }
@@ -588,6 +594,7 @@ func (w *world) migrateRemote(ctx context.Context, p migration.Plan) (*migration
 		return nil, nil, 0, err
 	}
 	run := c.wait()
+	w.rm.ctlOut.Write(c.stdout.Bytes())
 	rpcs := c.rpcs
 	if len(run.reps) == 0 {
 		return nil, rpcs, run.code, cmpErr(run.err, errors.New("sealift migrate printed no report"))
@@ -600,6 +607,101 @@ func cmpErr(err, otherwise error) error {
 		return err
 	}
 	return otherwise
+}
+
+// keyWatch collects every WireGuard private key on this machine while
+// the migrations run (the agents' devices answer on their UAPI sockets;
+// a redirect tunnel lives only part of a migration), by device name.
+type keyWatch struct {
+	mu   sync.Mutex
+	keys map[string][]byte // device -> private key
+	stop chan struct{}
+	done chan struct{}
+}
+
+func watchKeys() *keyWatch {
+	kw := &keyWatch{keys: map[string][]byte{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(kw.done)
+		c, err := wgctrl.New()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for {
+			socks, _ := filepath.Glob("/var/run/wireguard/*.sock")
+			for _, s := range socks {
+				n := strings.TrimSuffix(filepath.Base(s), ".sock")
+				kw.mu.Lock()
+				_, seen := kw.keys[n]
+				kw.mu.Unlock()
+				if seen {
+					continue
+				}
+				if d, err := c.Device(n); err == nil && d.PrivateKey != (wgtypes.Key{}) {
+					kw.mu.Lock()
+					kw.keys[n] = d.PrivateKey[:]
+					kw.mu.Unlock()
+				}
+			}
+			select {
+			case <-kw.stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	return kw
+}
+
+func (kw *keyWatch) close() { close(kw.stop); <-kw.done }
+
+// check looks for the keys seen in what the controller wrote: its log,
+// its journal, its configuration, its reports. It returns how many keys
+// it looked for and where it found any; each of the links' devices
+// (devs) must have been seen, and a key planted in a buffer must be
+// found (the search's control), or it says so.
+func (kw *keyWatch) check(w *world, devs []string) (int, []string) {
+	kw.mu.Lock()
+	defer kw.mu.Unlock()
+	var found []string
+	for _, d := range devs {
+		if _, ok := kw.keys[d]; !ok {
+			found = append(found, "the link's device "+d+": its key was never read")
+		}
+	}
+	holds := func(b, key []byte) bool {
+		for _, form := range [][]byte{key, []byte(base64.StdEncoding.EncodeToString(key)),
+			[]byte(base64.RawStdEncoding.EncodeToString(key)), []byte(hex.EncodeToString(key))} {
+			if bytes.Contains(b, form) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, k := range kw.keys {
+		if !holds([]byte("x"+base64.StdEncoding.EncodeToString(k)+"y"), k) {
+			found = append(found, "the control: a planted key was not found")
+		}
+		break
+	}
+	files := map[string][]byte{"its reports": w.rm.ctlOut.Bytes()}
+	for _, f := range []string{filepath.Join(w.dir, "ctl.log"), w.rm.journal, w.rm.config} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			found = append(found, err.Error())
+			continue
+		}
+		files[filepath.Base(f)] = b
+	}
+	for name, b := range files {
+		for dev, k := range kw.keys {
+			if holds(b, k) {
+				found = append(found, fmt.Sprintf("the key of %s in %s", dev, name))
+			}
+		}
+	}
+	return len(kw.keys), found
 }
 
 // ControllerResult is the remote lab's view of the controller.
@@ -619,6 +721,12 @@ type ControllerResult struct {
 	HoldsNothing bool     `json:"holds_nothing"`
 	// ExitCodes of `sealift migrate`, one per migration.
 	ExitCodes []int `json:"exit_codes"`
+	// KeysChecked: the WireGuard private keys on the machine (the link's
+	// ends' among them) looked for in the controller's log, journal,
+	// configuration and reports; KeysFound: where any was (or why the
+	// check could not run).
+	KeysChecked int      `json:"keys_checked"`
+	KeysFound   []string `json:"keys_found"`
 }
 
 // agentRTTs measures each agent's round trip from ctl.

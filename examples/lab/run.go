@@ -211,9 +211,12 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 	}
 
 	var m *migration.Migrator
+	var keys *keyWatch
 	if o.Remote {
 		res.Remote = true
 		res.Controller = &ControllerResult{AgentRTTMS: w.agentRTTs(ctx)}
+		keys = watchKeys()
+		defer keys.close()
 	} else {
 		w.cfg.Journal = j
 		if m, err = migration.New(w.cfg); err != nil {
@@ -311,6 +314,15 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 		c := res.Controller
 		c.HookMS = res.Migrations[0].Migration.HookMS
 		c.Devices, c.HoldsNothing = w.controllerDevices()
+		var devs []string
+		for _, m := range res.Migrations {
+			for _, l := range []*tunnel.Link{&m.rep.Link, m.rep.Redirect} {
+				if l != nil {
+					devs = append(devs, l.SecureDevice, l.RemoteDevice)
+				}
+			}
+		}
+		c.KeysChecked, c.KeysFound = keys.check(w, devs)
 		bj, err := migration.OpenBoltJournal(w.rm.journal)
 		if err != nil {
 			res.Journal = "the controller's journal: " + err.Error()

@@ -61,7 +61,7 @@ func (r *Result) judge(runErr error, o Options) {
 		add("subnet moved and redirect removed", last.SubnetMoved && last.RedirectRemoved, "moved %v removed %v", last.SubnetMoved, last.RedirectRemoved)
 		add("no ping lost removing the redirect", last.RedirectRemovalLost == 0, "%d lost", last.RedirectRemovalLost)
 	}
-	if o.Remote {
+	if o.Remote && o.Kill == "" {
 		c := r.Controller
 		add("controller holds no link device or VM", c != nil && c.HoldsNothing && len(c.Devices) > 0, "%v", func() any {
 			if c == nil {
@@ -69,6 +69,10 @@ func (r *Result) judge(runErr error, o Options) {
 			}
 			return c.Devices
 		}())
+		if c != nil {
+			add("no link key in what the controller wrote", c.KeysChecked > 0 && len(c.KeysFound) == 0,
+				"%d private keys looked for in its log, journal, configuration and reports: %v", c.KeysChecked, c.KeysFound)
+		}
 	}
 	r.Pass = true
 	for _, v := range r.Verdicts {
