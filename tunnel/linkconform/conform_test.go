@@ -12,6 +12,7 @@ import (
 	"github.com/sealift/sealift/host"
 	"github.com/sealift/sealift/internal/conform"
 	"github.com/sealift/sealift/internal/lab"
+	"github.com/sealift/sealift/internal/nsutil"
 	"github.com/sealift/sealift/tunnel"
 	"github.com/sealift/sealift/tunnel/wireguard"
 )
@@ -255,6 +256,15 @@ var mutants = []conform.Mutant[mutant]{
 				return tunnel.ErrNoLink
 			}}
 		}},
+	{Name: "Close fails once the host is gone", Caught: []string{"HostGone"},
+		Break: func(h string, e tunnel.LinkEnd) tunnel.LinkEnd {
+			return &broken{LinkEnd: e, close: func(e tunnel.LinkEnd, ctx context.Context, id string) error {
+				if err := nsutil.Check(h); err != nil {
+					return err
+				}
+				return e.Close(ctx, id)
+			}}
+		}},
 	{Name: "a second Open replaces the end", Caught: []string{"OpenRefusesBadInput"},
 		Break: func(_ string, e tunnel.LinkEnd) tunnel.LinkEnd {
 			return &broken{LinkEnd: e, open: func(e tunnel.LinkEnd, ctx context.Context, s tunnel.Spec, r tunnel.Role) (tunnel.EndState, error) {
@@ -273,7 +283,7 @@ var mutants = []conform.Mutant[mutant]{
 			}
 			return err
 		})},
-	{Name: "a missing host loses its sentinel", Caught: []string{"MissingHost"},
+	{Name: "a missing host loses its sentinel", Caught: []string{"MissingHost", "HostGone"},
 		Break: mapErr(func(err error) error {
 			if errors.Is(err, host.ErrNotFound) {
 				return errors.New(err.Error())

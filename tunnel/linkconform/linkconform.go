@@ -68,6 +68,7 @@ var checks = []conform.Check[Harness]{
 	{Name: "CloseRemovesEverything", Run: closeRemovesEverything},
 	{Name: "OpenRefusesBadInput", Run: openRefusesBadInput},
 	{Name: "MissingHost", Run: missingHost},
+	{Name: "HostGone", Run: hostGone},
 }
 
 var (
@@ -477,4 +478,29 @@ func missingHost(t testing.TB, h Harness) {
 	if assert.ErrorIs(t, err, host.ErrNotFound, "Open on a missing host") {
 		assert.ErrorContains(t, err, gone, "the error must name the host")
 	}
+}
+
+// Once an end's host (network namespace) is gone, Activate and Verify
+// there fail with an error wrapping host.ErrNotFound that names it
+// (Verify's wraps ErrNotProven too); Close still succeeds and the end is
+// no longer listed.
+func hostGone(t testing.TB, h Harness) {
+	w := newWorld(t, h)
+	ctx := t.Context()
+	s, r := w.open(t)
+	w.connect(t, s, r)
+	w.activate(t)
+	require.NoError(t, netns.DeleteNamed(w.B))
+	err := w.remote.Activate(ctx, w.spec.ID)
+	if assert.ErrorIs(t, err, host.ErrNotFound, "Activate once the host is gone") {
+		assert.ErrorContains(t, err, w.B, "the error must name the host")
+	}
+	_, err = w.remote.Verify(ctx, w.spec.ID)
+	if assert.ErrorIs(t, err, host.ErrNotFound, "Verify once the host is gone") {
+		assert.ErrorContains(t, err, w.B, "the error must name the host")
+	}
+	assert.ErrorIs(t, err, tunnel.ErrNotProven, "Verify once the host is gone")
+	assert.NoError(t, w.remote.Close(ctx, w.spec.ID), "Close once the host is gone")
+	_, ok := w.listed(t, w.remote)
+	assert.False(t, ok, "the end is still listed after Close")
 }

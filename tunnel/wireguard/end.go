@@ -18,6 +18,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/sealift/sealift/internal/arp"
+	"github.com/sealift/sealift/internal/nsutil"
 	"github.com/sealift/sealift/tunnel"
 )
 
@@ -547,7 +548,9 @@ func (e *End) Verify(ctx context.Context, id string) (tunnel.Proof, error) {
 	}
 }
 
-// Close removes what the end installed here, and its device.
+// Close removes what the end installed here, and its device; once the
+// host is gone (it took all of that with it), Close closes an embedded
+// device and forgets the end.
 func (e *End) Close(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -570,13 +573,20 @@ func (e *End) Close(ctx context.Context, id string) error {
 			drop = append(drop, p)
 		}
 	}
-	errs = append(errs, delProxy(e.host, drop), arp.DelNeighbours(e.host, o.neigh), delRules(e.host, o.table, o.rules))
-	for _, s := range o.sysctls {
-		if !e.sysctlStillNeeded(o, s) {
-			errs = append(errs, writeSysctl(e.host, s.Key, s.Old))
+	if hostGone(nsutil.Check(e.host)) {
+		// The host went away with everything the end installed there
+		// (as the Linker's Close): only an embedded device, alive in
+		// this process, is left to close.
+		errs = append(errs, e.removeDevice(o, o.st.Device))
+	} else {
+		errs = append(errs, delProxy(e.host, drop), arp.DelNeighbours(e.host, o.neigh), delRules(e.host, o.table, o.rules))
+		for _, s := range o.sysctls {
+			if !e.sysctlStillNeeded(o, s) {
+				errs = append(errs, writeSysctl(e.host, s.Key, s.Old))
+			}
 		}
+		errs = append(errs, delRoutes(e.host, o.st.Device, o.table, o.routes), e.removeDevice(o, o.st.Device))
 	}
-	errs = append(errs, delRoutes(e.host, o.st.Device, o.table, o.routes), e.removeDevice(o, o.st.Device))
 	if err := errors.Join(errs...); err != nil {
 		return err // the record stays: Close again
 	}
