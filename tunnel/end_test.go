@@ -93,6 +93,9 @@ func (f *fakeEnd) Activate(_ context.Context, id string) error {
 	if err := f.enter("Activate"); err != nil {
 		return err
 	}
+	if f.ends[id] == nil {
+		return tunnel.ErrNoLink
+	}
 	f.ends[id].st.Active = true
 	return nil
 }
