@@ -117,6 +117,34 @@ func endStateFromPB(pb *agentpb.EndState) (tunnel.EndState, error) {
 	return e, nil
 }
 
+// listedEndFromPB decodes an end as List reports it. A host can find an
+// end in its kernel with no record of its spec or public key (an agent
+// restarted without a state dir), which recovery must still be able to
+// close: its ID, kind and role must be valid; a spec or public part that
+// does not decode is left out.
+func listedEndFromPB(pb *agentpb.EndState) (tunnel.EndState, error) {
+	if e, err := endStateFromPB(pb); err == nil {
+		return e, nil
+	}
+	sp := pb.GetSpec()
+	e := tunnel.EndState{Spec: tunnel.Spec{ID: sp.GetId(), Kind: tunnel.Kind(sp.GetKind())},
+		Backend: pb.GetBackend(), Device: pb.GetDevice(), Connected: pb.GetConnected(), Active: pb.GetActive()}
+	if err := validID(e.Spec.ID); err != nil {
+		return e, err
+	}
+	if e.Spec.Kind != tunnel.WireGuard && e.Spec.Kind != tunnel.IPsec {
+		return e, invalid(tunnel.ErrInvalid, "spec.kind %q", e.Spec.Kind)
+	}
+	var err error
+	if e.Role, err = roleFromPB(pb.GetRole()); err != nil {
+		return e, err
+	}
+	if p, err := publicFromPB("public", pb.GetPublic()); err == nil {
+		e.Public = p
+	}
+	return e, nil
+}
+
 func validID(id string) error {
 	if id == "" || len(id) > 8 {
 		return invalid(tunnel.ErrInvalid, "id %q must be 1 to 8 characters", id)
@@ -260,7 +288,7 @@ func (r *remoteEnd) List(ctx context.Context) ([]tunnel.EndState, error) {
 	}
 	out := make([]tunnel.EndState, 0, len(resp.GetEnds()))
 	for _, pb := range resp.GetEnds() {
-		st, err := endStateFromPB(pb)
+		st, err := listedEndFromPB(pb)
 		if err != nil {
 			return nil, fromStatus(r.addr, "LinkEnd.List", err)
 		}

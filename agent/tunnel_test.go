@@ -211,3 +211,37 @@ func TestLinkEndRefusesBadInput(t *testing.T) {
 	}
 	assert.Empty(t, e.ends, "a refused request reached the end")
 }
+
+// TestRemoteListsEndsFoundInTheKernel: an end a host found in its kernel
+// with no record of its spec or public key (an agent restarted without a
+// state dir) is still listed over the network, by ID, kind and role, so
+// recovery can close it; an end without a valid ID still fails the list.
+func TestRemoteListsEndsFoundInTheKernel(t *testing.T) {
+	p := newPKI(t)
+	now := time.Now()
+	e := newKeyedEnd()
+	e.ends["r00abcd"] = &tunnel.EndState{Spec: tunnel.Spec{ID: "r00abcd", Kind: tunnel.IPsec}, Role: tunnel.RemoteRole,
+		Backend: "xfrm", Connected: true}
+	id, err := p.ca.Issue(agentpki.RoleAgent, "host-b", now.Add(-time.Minute), now.Add(time.Hour))
+	require.NoError(t, err)
+	addr := p.serveAs(t, id, agent.WithLinkEnd(e))
+	ccfg, err := agentpki.ClientConfig(p.ca.PEM, p.ctl.TLS, "host-b")
+	require.NoError(t, err)
+	c, err := agent.Dial(addr, ccfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	ctx := context.Background()
+	ls, err := c.LinkEnd().List(ctx)
+	require.NoError(t, err)
+	require.Len(t, ls, 1)
+	assert.Equal(t, "r00abcd", ls[0].Spec.ID)
+	assert.Equal(t, tunnel.IPsec, ls[0].Spec.Kind)
+	assert.Equal(t, tunnel.RemoteRole, ls[0].Role)
+	assert.True(t, ls[0].Connected)
+	require.NoError(t, c.LinkEnd().Close(ctx, "r00abcd"))
+	assert.Empty(t, e.ends)
+
+	e.ends["bad id!!!"] = &tunnel.EndState{Spec: tunnel.Spec{ID: "bad id!!!", Kind: tunnel.IPsec}, Role: tunnel.RemoteRole}
+	_, err = c.LinkEnd().List(ctx)
+	assert.ErrorIs(t, err, tunnel.ErrInvalid)
+}
