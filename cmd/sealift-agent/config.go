@@ -50,10 +50,12 @@ SIGINT or SIGTERM stop it gracefully (calls in flight finish). Logs are
 JSON lines on stderr.
 
 -link wireguard serves this host's WireGuard link ends (keys made here,
-only public keys leave; the controller pairs two hosts' ends). Not served
-yet: ipsec link ends. WireGuard ends are recorded under -state-dir: a
-restarted agent lists them and removes what they installed on Close (a
-wireguard-go device dies with the agent).
+only public keys leave; the controller pairs two hosts' ends); -link ipsec
+its XFRM ends (an X25519 key pair per end; each host derives the SA keys
+itself, which never leave it; the kernel needs ESP); -link wireguard,ipsec
+both. Ends are recorded under -state-dir (never a key): a restarted agent
+lists them and removes what they installed on Close (a wireguard-go device
+dies with the agent).
 
 Flags:
 `
@@ -87,7 +89,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&c.bgp.listen, "bgp-listen", "", "comma-separated `ADDRS` the speaker accepts sessions on (\"\": every address)")
 	fs.StringVar(&c.bgp.neighbors, "bgp-neighbors", "", "comma-separated `ADDR=ASN` of the speaker's peers; the speaker dials them from -netns (it runs in this process: start the agent inside the namespace, or they are passive)")
 	fs.IntVar(&c.bgp.fibMetric, "bgp-fib-metric", 0, "install the speaker's best paths in the kernel's table with this `METRIC` (0: do not; a core without zebra)")
-	fs.StringVar(&c.link, "link", "none", "link ends `BACKEND`: none or wireguard (kernel device where the kernel has one, else wireguard-go in this process)")
+	fs.StringVar(&c.link, "link", "none", "link ends `BACKENDS`: none, wireguard (kernel device where the kernel has one, else wireguard-go in this process), ipsec (XFRM; the kernel needs ESP), or wireguard,ipsec")
 	fs.StringVar(&c.stateDir, "state-dir", "/var/lib/sealift-agent", "state `DIR` (created 0700 if missing; the qemu backend's default home)")
 	fs.BoolVar(&c.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -122,7 +124,7 @@ func (c config) check() error {
 		{"fence", c.fence, []string{"none", "nft", "linkstate"}},
 		{"conn", c.conn, []string{"none", "conntrack", "sockdiag"}},
 		{"routing", c.routing, []string{"none", "netlinkroute", "gobgp"}},
-		{"link", c.link, []string{"none", "wireguard"}},
+		{"link", c.link, []string{"none", "wireguard", "ipsec", "wireguard,ipsec", "ipsec,wireguard"}},
 	} {
 		if err := oneOf(ch.flag, ch.val, ch.want...); err != nil {
 			return err

@@ -33,6 +33,7 @@ import (
 	"github.com/sealift/sealift/internal/nsutil"
 	"github.com/sealift/sealift/routing"
 	"github.com/sealift/sealift/routing/gobgp"
+	"github.com/sealift/sealift/tunnel"
 )
 
 // agentBin is the binary under test, built once by TestMain.
@@ -517,4 +518,52 @@ func TestAgentBGPDialsFromItsNamespace(t *testing.T) {
 func startIn(t *testing.T, ns string, args ...string) *proc {
 	t.Helper()
 	return start(t, append([]string{"\x00netns", ns}, args...)...)
+}
+
+// TestAgentServesBothLinkKinds: -link wireguard,ipsec serves a host's
+// WireGuard and XFRM ends side by side: each link opens on its kind's
+// end (an XFRM end installs its blocking policies: ESP itself is not
+// needed to open), both are listed, and both close.
+func TestAgentServesBothLinkKinds(t *testing.T) {
+	lab.RequireRoot(t)
+	l := lab.New(t)
+	p := newPKI(t)
+	addr := freeAddr(t)
+	a := start(t, append(p.tlsArgs(), "-listen", addr, "-netns", l.A, "-fence", "none", "-conn", "none",
+		"-link", "wireguard,ipsec", "-state-dir", t.TempDir())...)
+	assert.Equal(t, "wireguard,ipsec", a.waitLog(t, "sealift-agent started")["link"])
+	ends := p.dial(t, addr, p.ctl.TLS).LinkEnd()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, c := range []struct {
+		id   string
+		kind tunnel.Kind
+		peer string
+	}{{"w1", tunnel.WireGuard, "10.2.0.0/24"}, {"x1", tunnel.IPsec, "10.3.0.0/24"}} {
+		spec := tunnel.Spec{ID: c.id, Kind: c.kind,
+			Secure: tunnel.End{Host: "host-a", Underlay: lab.AUplink, Protected: []netip.Prefix{netip.MustParsePrefix(c.peer)}},
+			Remote: tunnel.End{Host: "host-b", Underlay: lab.BUnderlay, Protected: []netip.Prefix{netip.PrefixFrom(lab.VMAddr, 32)}}}
+		st, err := ends.Open(ctx, spec, tunnel.SecureRole)
+		require.NoError(t, err, "%s", c.kind)
+		assert.NotEmpty(t, st.Public.Key, "%s: its public key", c.kind)
+	}
+	ls, err := ends.List(ctx)
+	require.NoError(t, err)
+	kinds := map[string]tunnel.Kind{}
+	for _, e := range ls {
+		kinds[e.Spec.ID] = e.Spec.Kind
+	}
+	assert.Equal(t, map[string]tunnel.Kind{"w1": tunnel.WireGuard, "x1": tunnel.IPsec}, kinds)
+	out, err := lab.Exec(l.A, "ip", "xfrm", "policy")
+	require.NoError(t, err)
+	assert.Contains(t, string(out), "10.3.0.0/24", "the XFRM end's policies")
+	for _, id := range []string{"w1", "x1"} {
+		require.NoError(t, ends.Close(ctx, id))
+	}
+	ls, err = ends.List(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, ls)
+	out, err = lab.Exec(l.A, "ip", "xfrm", "policy")
+	require.NoError(t, err)
+	assert.NotContains(t, string(out), "10.3.0.0/24", "the XFRM end's policies after Close")
 }

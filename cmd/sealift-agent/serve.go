@@ -21,9 +21,11 @@ import (
 	"github.com/sealift/sealift/fence/nft"
 	"github.com/sealift/sealift/hypervisor/qemu"
 	"github.com/sealift/sealift/internal/nsutil"
+	"github.com/sealift/sealift/ipsec"
 	"github.com/sealift/sealift/routing"
 	"github.com/sealift/sealift/routing/gobgp"
 	"github.com/sealift/sealift/routing/netlinkroute"
+	"github.com/sealift/sealift/tunnel"
 	"github.com/sealift/sealift/tunnel/wireguard"
 )
 
@@ -138,9 +140,25 @@ func newBackends(ctx context.Context, cfg config, log *slog.Logger) (*backends, 
 	case "sockdiag":
 		b.opts = append(b.opts, agent.WithConnAuditor(sockdiag.New(sockdiag.WithHost(cfg.netns), sockdiag.WithLogger(with("sockdiag")))))
 	}
-	if cfg.link == "wireguard" {
-		b.opts = append(b.opts, agent.WithLinkEnd(wireguard.NewEnd(cfg.netns, wireguard.WithLogger(with("wireguard")),
-			wireguard.WithStateDir(filepath.Join(cfg.stateDir, "wireguard")))))
+	ends := tunnel.Kinds{}
+	for _, kind := range splitList(cfg.link) {
+		switch kind {
+		case "wireguard":
+			ends[tunnel.WireGuard] = wireguard.NewEnd(cfg.netns, wireguard.WithLogger(with("wireguard")),
+				wireguard.WithStateDir(filepath.Join(cfg.stateDir, "wireguard")))
+		case "ipsec":
+			// X25519 per end; SA keys derived on this host (HKDF), never sent.
+			ends[tunnel.IPsec] = ipsec.NewEnd(cfg.netns, ipsec.WithEndLogger(with("ipsec")),
+				ipsec.WithEndStateDir(filepath.Join(cfg.stateDir, "ipsec")))
+		}
+	}
+	switch len(ends) {
+	case 1:
+		for _, e := range ends {
+			b.opts = append(b.opts, agent.WithLinkEnd(e))
+		}
+	case 2:
+		b.opts = append(b.opts, agent.WithLinkEnd(ends))
 	}
 	switch cfg.routing {
 	case "netlinkroute":

@@ -3,7 +3,7 @@
 // over mutual TLS, with a bbolt journal, and finishes what a stopped
 // controller left (recover).
 //
-//	sealift migrate -config F -vm NAME -from ENV -to ENV -addr PREFIX[,...] -peer PREFIX[,...] [-fence MODE] [-max-downtime D]
+//	sealift migrate -config F -vm NAME -from ENV -to ENV -addr PREFIX[,...] -peer PREFIX[,...] [-link KIND] [-fence MODE] [-max-downtime D]
 //	                [-subnet PREFIX -members NAME[,...] -via ADDR [-converge-timeout D]] [-json]
 //	sealift recover -config F [-json]
 //	sealift version
@@ -118,7 +118,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "", "controller configuration `FILE` (JSON)")
 	asJSON := fs.Bool("json", false, "print the report(s) as JSON")
-	var vm, from, to, addrs, peers, fenceMode, subnet, members, via string
+	var vm, from, to, addrs, peers, fenceMode, subnet, members, via, link string
 	var maxDowntime, converge time.Duration
 	if args[0] == "migrate" {
 		fs.StringVar(&vm, "vm", "", "the VM's `NAME`")
@@ -126,6 +126,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.StringVar(&to, "to", "", "target environment")
 		fs.StringVar(&addrs, "addr", "", "the VM's addresses, comma-separated `PREFIXES` (10.1.0.10/32)")
 		fs.StringVar(&peers, "peer", "", "the secure side's prefixes it talks to, comma-separated")
+		fs.StringVar(&link, "link", string(tunnel.WireGuard), "secure link `KIND`: wireguard or ipsec (the agents' -link must serve it)")
 		fs.StringVar(&fenceMode, "fence", string(migration.FenceAtSwitchover), "fence `MODE`: at-switchover or before-copy")
 		fs.DurationVar(&maxDowntime, "max-downtime", 0, "allowed stop-and-copy time (0: the hypervisor's default)")
 		fs.StringVar(&subnet, "subnet", "", "the VM's subnet `PREFIX`: when its other VMs (-members) are at the target already, the whole subnet moves (redirect tunnel from the routing core until routes converge)")
@@ -168,7 +169,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 
-	plan := migration.Plan{VM: vm, From: from, To: to, Link: tunnel.WireGuard, FenceMode: migration.FenceMode(fenceMode), MaxDowntime: maxDowntime}
+	plan := migration.Plan{VM: vm, From: from, To: to, Link: tunnel.Kind(link), FenceMode: migration.FenceMode(fenceMode), MaxDowntime: maxDowntime}
 	if plan.Addrs, err = prefixes("-addr", addrs); err == nil {
 		plan.Peers, err = prefixes("-peer", peers)
 	}
@@ -288,7 +289,10 @@ func build(ctx context.Context, path string, log *slog.Logger, grpcOpts ...grpc.
 		}
 		mc.Environments[name] = env
 	}
-	mc.Linkers = map[tunnel.Kind]tunnel.SecureLinker{tunnel.WireGuard: tunnel.NewHosts(ends)}
+	// One composition for both kinds: each agent opens a link on its own
+	// end of the link's kind.
+	hosts := tunnel.NewHosts(ends)
+	mc.Linkers = map[tunnel.Kind]tunnel.SecureLinker{tunnel.WireGuard: hosts, tunnel.IPsec: hosts}
 	j, err := migration.OpenBoltJournal(cfg.Journal)
 	if err != nil {
 		return fail(err)
