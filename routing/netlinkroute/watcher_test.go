@@ -14,7 +14,6 @@ import (
 
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/routing"
-	"github.com/sealift/sealift/routing/internal/routetest"
 )
 
 var (
@@ -145,21 +144,6 @@ func TestWaitSeesRouteAddedAfterCall(t *testing.T) {
 	}
 }
 
-func TestWaitRouteAlreadyPresent(t *testing.T) {
-	ns := newHost(t)
-	addRoute(t, ns, subnet, siteVia, 20)
-	w := New(WithHost(ns))
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-	defer cancel()
-	c, err := w.Wait(ctx, routing.Expect{Prefix: subnet, Device: "s0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.After != 0 || c.Route.Via != siteVia {
-		t.Fatalf("got %+v, want the present route with After 0", c)
-	}
-}
-
 func TestWaitRouteNeverComesKeepsRedirect(t *testing.T) {
 	ns := newHost(t)
 	w := New(WithHost(ns))
@@ -277,12 +261,4 @@ func TestAddRedirectRejectsBadInput(t *testing.T) {
 	if err := w.RemoveRedirect(ctx, subnet); !errors.Is(err, routing.ErrNoRedirect) {
 		t.Errorf("RemoveRedirect of the operator's route = %v, want ErrNoRedirect", err)
 	}
-}
-
-// TestUnknownHost: every entry point in a host (netns) that does not
-// exist fails with host.ErrNotFound naming it.
-func TestUnknownHost(t *testing.T) {
-	lab.RequireRoot(t)
-	gone := lab.NewPrefix() + "-absent"
-	routetest.MissingHost(t, New(WithHost(gone)), gone, nil)
 }
