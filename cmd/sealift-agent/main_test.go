@@ -531,7 +531,9 @@ func TestAgentServesBothLinkKinds(t *testing.T) {
 	addr := freeAddr(t)
 	a := start(t, append(p.tlsArgs(), "-listen", addr, "-netns", l.A, "-fence", "none", "-conn", "none",
 		"-link", "wireguard,ipsec", "-state-dir", t.TempDir())...)
-	assert.Equal(t, "wireguard,ipsec", a.waitLog(t, "sealift-agent started")["link"])
+	started := a.waitLog(t, "sealift-agent started")
+	assert.Equal(t, "wireguard,ipsec", started["link"])
+	assert.EqualValues(t, 0, started["link_ends"])
 	ends := p.dial(t, addr, p.ctl.TLS).LinkEnd()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -117,6 +117,7 @@ type backends struct {
 	opts    []agent.Option
 	fencer  fence.Fencer         // nil: -fence none
 	router  routing.RouteWatcher // nil: -routing none
+	ends    tunnel.LinkEnd       // nil: -link none
 	closers []func() error
 }
 
@@ -155,10 +156,13 @@ func newBackends(ctx context.Context, cfg config, log *slog.Logger) (*backends, 
 	switch len(ends) {
 	case 1:
 		for _, e := range ends {
-			b.opts = append(b.opts, agent.WithLinkEnd(e))
+			b.ends = e
 		}
 	case 2:
-		b.opts = append(b.opts, agent.WithLinkEnd(ends))
+		b.ends = ends
+	}
+	if b.ends != nil {
+		b.opts = append(b.opts, agent.WithLinkEnd(b.ends))
 	}
 	switch cfg.routing {
 	case "netlinkroute":
@@ -235,6 +239,17 @@ func (b *backends) recover(ctx context.Context) ([]any, error) {
 			vms[i] = f.VM
 		}
 		attrs = append(attrs, "fences", len(fs), "fenced_vms", vms)
+	}
+	if b.ends != nil {
+		es, err := b.ends.List(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("listing the link ends found: %w", err)
+		}
+		ids := make([]string, len(es))
+		for i, e := range es {
+			ids[i] = e.Spec.ID
+		}
+		attrs = append(attrs, "link_ends", len(es), "links", ids)
 	}
 	if b.router != nil {
 		rs, err := b.router.Redirects(ctx)
