@@ -266,6 +266,23 @@ var mutants = []conform.Mutant[func(fence.Fencer) fence.Fencer]{
 		Break: altered(func(s *fence.Spec) { s.AllowMarks = nil })},
 	{Name: "Peers ignored", Caught: []string{"Peers"},
 		Break: altered(func(s *fence.Spec) { s.Peers = nil })},
+	{Name: "Lift drops every fence's Peers guard", Caught: []string{"Peers"},
+		Break: func(f fence.Fencer) fence.Fencer {
+			return wrap(&broken{Fencer: f, lift: func(f fence.Fencer, ctx context.Context, vm string) error {
+				if err := f.Lift(ctx, vm); err != nil {
+					return err
+				}
+				fs, err := f.List(ctx)
+				for _, fc := range fs { // the others' guards go, their fences stay
+					if len(fc.Peers) > 0 {
+						s := fc.Spec
+						s.Peers = nil
+						err = errors.Join(err, f.Fence(ctx, s))
+					}
+				}
+				return err
+			}})
+		}},
 	{Name: "AllowIPsec opens everything", Caught: []string{"AllowIPsecKeepsPlainBlocked"},
 		Break: lie(func(f fence.Fencer, ctx context.Context, s fence.Spec) error {
 			if s.AllowIPsec {

@@ -505,8 +505,9 @@ func allowMarks(t testing.TB, h Harness) {
 
 // Peers: while the fence exists, nothing addressed to the peers leaves
 // the host but through an AllowVia device, whoever sends it (the host
-// itself, or a neighbour it forwards for); through an allowed device it
-// passes; Lift ends the guard.
+// itself, or a neighbour it forwards for); the guard is host-wide (it
+// stays while any fence carries Peers); through an allowed device it
+// passes; the last Lift ends the guard.
 func peers(t testing.TB, h Harness) {
 	w := newWorld(t, h)
 	ctx := t.Context()
@@ -527,6 +528,15 @@ func peers(t testing.TB, h Harness) {
 	listed(t, "fenced with Peers", w.f, spec)
 	assert.Zero(t, reach(w.A), "the host's own packets to a peer left by a device not allowed")
 	assert.Zero(t, reach(w.Peer), "a neighbour's packets to a peer were forwarded by a device not allowed")
+	// The guard is host-wide: another VM's fence with Peers keeps it
+	// when this one is lifted.
+	other := fence.Spec{VM: "vm-other", Port: SparePort, Peers: spec.Peers}
+	require.NoError(t, w.f.Fence(ctx, other))
+	require.NoError(t, w.f.Lift(ctx, spec.VM))
+	assert.Zero(t, reach(w.A), "lifting one fence with Peers dropped the guard of another")
+	require.NoError(t, w.f.Lift(ctx, other.VM))
+	assert.Equal(t, 2, reach(w.A), "after the last Lift, the host reaches the peer")
+
 	spec.AllowVia = []string{"up0"}
 	if err := w.f.Fence(ctx, spec); errors.Is(err, fence.ErrUnsupported) {
 		t.Log("AllowVia refused: no device may carry packets to the peers on this backend")

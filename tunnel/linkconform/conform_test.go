@@ -190,6 +190,18 @@ var mutants = []conform.Mutant[mutant]{
 		Break: func(_ string, e tunnel.LinkEnd) tunnel.LinkEnd {
 			return activeLiar(e, func(tunnel.LinkEnd, context.Context, string) error { return nil })
 		}},
+	{Name: "Activate of an active end does not announce", Caught: []string{"ActivateCarriesEncrypted"},
+		Break: func(_ string, e tunnel.LinkEnd) tunnel.LinkEnd {
+			return &broken{LinkEnd: e, activate: func(e tunnel.LinkEnd, ctx context.Context, id string) error {
+				ends, _ := e.List(ctx)
+				for _, s := range ends {
+					if s.Spec.ID == id && s.Active {
+						return nil
+					}
+				}
+				return e.Activate(ctx, id)
+			}}
+		}},
 	{Name: "Activate routes in clear over the wan (and lists the end active)", Caught: []string{"ActivateCarriesEncrypted"},
 		Break: func(host string, e tunnel.LinkEnd) tunnel.LinkEnd { return activeLiar(e, plainActivate(host)) }},
 	{Name: "List forgets what an earlier end left", Caught: []string{"ListAfterRestart"},

@@ -310,8 +310,9 @@ func connectProvesTheEnds(t testing.TB, h Harness) {
 // Activated, the link carries the peer's and the VM's traffic both ways
 // (TCP, UDP, ICMP), and nothing of it crosses the wan in clear (a
 // control in clear is counted, and the link's own packets are there);
-// Activate again only announces; Verify's counters rose; List says
-// Active.
+// Activate again announces the proxied addresses (gratuitous ARP heard
+// on each LAN) and changes nothing else; Verify's counters rose; List
+// says Active.
 func activateCarriesEncrypted(t testing.TB, h Harness) {
 	w := newWorld(t, h)
 	ctx := t.Context()
@@ -325,8 +326,24 @@ func activateCarriesEncrypted(t testing.TB, h Harness) {
 	assert.Equal(t, 1, st.Marker, "frames with the marker in clear on the wan (1: the control)")
 	assert.Zero(t, st.Dropped, "the capture dropped frames")
 	assert.GreaterOrEqual(t, st.ByProto[unix.IPPROTO_UDP]+st.ByProto[50], 3*n*2, "the link's own packets on the wan")
+	// Activate again announces: the peer hears of the VM's address, the
+	// VM of the peer's (ARP), without asking.
+	var capts []*lab.Capture
+	for _, c := range []struct {
+		ns    string
+		watch netip.Prefix
+	}{{w.Peer, vmHost}, {w.vm, peerHost}} {
+		capt, err := lab.StartCaptureWith(c.ns, lab.CaptureOptions{Interface: "eth0", IngressOnly: true,
+			Classify: &lab.Classifier{Watch: []netip.Prefix{c.watch}}})
+		require.NoError(t, err)
+		capts = append(capts, capt)
+	}
 	require.NoError(t, w.secure.Activate(ctx, w.spec.ID), "Activate an active end")
 	require.NoError(t, w.remote.Activate(ctx, w.spec.ID), "Activate an active end")
+	time.Sleep(500 * time.Millisecond)
+	for i, who := range []string{"the peer heard nothing of the VM's address", "the VM heard nothing of the peer's address"} {
+		assert.Positive(t, capts[i].Stop().Watched, "Activate again: %s", who)
+	}
 	toVM, toPeer := w.reach(t, 2)
 	assert.Equal(t, 4, toVM+toPeer, "after Activate again")
 	for _, e := range []struct {
