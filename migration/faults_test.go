@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/migration"
@@ -146,4 +148,30 @@ func TestXFRMRedirectRefused(t *testing.T) {
 			checkEnd(t, s, j, rep, err, want{outcome: migration.RolledBack, host: "a", state: hypervisor.Running})
 		})
 	}
+}
+
+// TestHookActivatesBesideTheFence: in the switchover hook, the link's
+// activation does not wait for the source's fence (behind agents each is
+// a round trip to another host): here the fence returns only once the
+// activation has started.
+func TestHookActivatesBesideTheFence(t *testing.T) {
+	s := migrationtest.NewSetup()
+	started := make(chan struct{})
+	s.Linker.Faults.OnCall("Activate", 1, func() { close(started) })
+	waited := make(chan bool, 1)
+	s.Secure.Fencer.Faults.OnCall("Fence", 1, func() {
+		select {
+		case <-started:
+			waited <- true
+		case <-time.After(5 * time.Second):
+			waited <- false
+		}
+	})
+	m := newMigrator(t, s)
+	p := s.Plan()
+	p.FenceMode = migration.FenceAtSwitchover
+	rep, err := m.Run(context.Background(), p)
+	require.NoError(t, err)
+	assert.Equal(t, migration.Completed, rep.Outcome)
+	assert.True(t, <-waited, "the fence ran before the link's activation started")
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sync"
 
@@ -155,6 +156,26 @@ func (r *run) switchover(ctx context.Context) (err error) {
 	}); err != nil {
 		return err
 	}
+	// The target is fenced: the link may carry traffic from here on. Its
+	// activation depends neither on the source's fence nor on the
+	// redirect, so it runs beside them and the hook lasts the longest of
+	// them, not their sum (behind agents, each is a round trip to another
+	// host). The VM is paused: nothing of it can pass meanwhile.
+	activated := goWait(func() error { return r.linker.Activate(ctx, r.linkID) })
+	err = r.switchoverSteps(ctx)
+	if aerr := activated(); aerr != nil {
+		if err != nil {
+			return errors.Join(err, fmt.Errorf("activate the link: %w", aerr))
+		}
+		return aerr
+	}
+	return err
+}
+
+// switchoverSteps are the hook's blocks after 325: the source's fence
+// (at-switchover mode), 335 and the redirect (340).
+func (r *run) switchoverSteps(ctx context.Context) error {
+	p := r.plan
 	if p.FenceMode == FenceAtSwitchover {
 		if err := r.step(ctx, BlockFence, nil, func() error { return r.src.Fencer.Fence(ctx, r.sourceSpec()) }); err != nil {
 			return err
@@ -166,17 +187,13 @@ func (r *run) switchover(ctx context.Context) (err error) {
 	}
 	r.rep.SubnetMoved = r.subnetMoved
 	if r.subnetMoved {
-		err := r.step(ctx, BlockRedirect, nil, func() error {
+		return r.step(ctx, BlockRedirect, nil, func() error {
 			return r.src.Core.Routing.AddRedirect(ctx, routing.Redirect{
 				Prefix: p.Subnet.Prefix, Device: r.redirect.SecureDevice, Via: redirectVia(r),
 			})
 		})
-		if err != nil {
-			return err
-		}
 	}
-	// The link carries traffic from here on; the target stays fenced.
-	return r.linker.Activate(ctx, r.linkID)
+	return nil
 }
 
 func redirectVia(r *run) netip.Addr {
@@ -799,4 +816,34 @@ func specFor(name string, vm hypervisor.VM, port, field string, addrs []netip.Pr
 		s.Addrs = append(s.Addrs, a.Addr())
 	}
 	return s, s.Validate()
+}
+
+// goWait runs f in a goroutine of its own and returns the function that
+// waits for its error. f's goroutine behaves as the caller's would: a
+// panic becomes an error (as hypervisor.RunHook makes of the hook's),
+// and if f ended its goroutine (runtime.Goexit: t.FailNow, or a test's
+// simulated crash), the waiting goroutine ends too.
+func goWait(f func() error) (wait func() error) {
+	type result struct {
+		err    error
+		exited bool
+	}
+	ch := make(chan result, 1)
+	go func() {
+		res := result{exited: true}
+		defer func() {
+			if p := recover(); p != nil {
+				res = result{err: fmt.Errorf("panicked: %v", p)}
+			}
+			ch <- res
+		}()
+		res = result{err: f()}
+	}()
+	return func() error {
+		r := <-ch
+		if r.exited {
+			runtime.Goexit()
+		}
+		return r.err
+	}
 }
