@@ -34,6 +34,7 @@ func main() {
 	flag.BoolVar(&o.Subnet, "subnet", false, "move a whole subnet (two guests, redirect tunnel, BGP convergence, tunnel removal)")
 	flag.StringVar(&o.Kill, "kill", "", "with -remote: kill the source's or the target's agent (source|target) mid-migration, restart it, recover")
 	flag.StringVar(&o.KillAt, "kill-at", "", "with -kill: when (copy: while RAM is copied; switchover: in the switchover hook; default copy)")
+	flag.StringVar(&o.Logs, "logs", "", "copy the run's logs (-remote: the agents' and the controller's, its journal) to this directory")
 	flag.BoolVar(&o.Remote, "remote", false, "run sealift-agent per host and the controller (sealift migrate) in a namespace of its own, over mutual TLS")
 	flag.StringVar(&jsonPath, "json", "", "write the JSON report to this file")
 	flag.BoolVar(&verbose, "v", false, "log the backends' work")

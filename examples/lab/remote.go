@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -811,4 +812,24 @@ func (o Options) checkKill() error {
 		return fmt.Errorf("-kill-at %q: want copy or switchover", o.KillAt)
 	}
 	return nil
+}
+
+// keepLogs copies the run's logs (*.log, the controller's journal) from
+// dir to dst.
+func keepLogs(dir, dst string, log *slog.Logger) {
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		log.Warn("-logs", "err", err)
+		return
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	files = append(files, filepath.Join(dir, "ctl-journal.db"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(dst, filepath.Base(f)), b, 0o644); err != nil {
+			log.Warn("-logs", "err", err)
+		}
+	}
 }

@@ -34,6 +34,9 @@ type Options struct {
 	// SIGKILL mid-migration, at KillAt ("copy" or "switchover"), then
 	// restart it and recover (kill.go). No baselines, no figures.
 	Kill, KillAt string
+	// Logs, if set, is a directory the run's logs are copied to at its
+	// end (-remote: each agent's, the controller's, its journal).
+	Logs string
 	// Progress, if set, receives a line per migration progress event.
 	Progress func(string)
 }

@@ -108,7 +108,12 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 	if w.dir, err = os.MkdirTemp("", "sealift-lab-"); err != nil {
 		return nil, err
 	}
-	t.Cleanup(func() { os.RemoveAll(w.dir) })
+	t.Cleanup(func() {
+		if o.Logs != "" { // the agents' and the controller's logs, the controller's journal
+			keepLogs(w.dir, o.Logs, log)
+		}
+		os.RemoveAll(w.dir)
+	})
 	w.vms = []vmSpec{secureVM("vm1", lab.VMAddr)}
 	if o.Subnet {
 		w.vms = append(w.vms, secureVM("vm2", vm2Addr))
