@@ -130,17 +130,9 @@ var mutants = []conform.Mutant[func(conn.ConnAuditor) conn.ConnAuditor]{
 // TestSuiteCatchesBrokenAuditors: each check fails against an auditor
 // (conn/sockdiag, broken on purpose) that breaks the promise it checks.
 func TestSuiteCatchesBrokenAuditors(t *testing.T) {
-	conform.Covered(t, checks, mutants)
-	for _, m := range mutants {
-		for _, name := range m.Caught {
-			c := conform.Find(checks, name)
-			t.Run(m.Name+"/"+name, func(t *testing.T) {
-				t.Parallel()
-				h := Harness{Vantage: Endpoint, New: func(_ testing.TB, host string) conn.ConnAuditor {
-					return m.Break(sockdiag.New(sockdiag.WithHost(host)))
-				}}
-				conform.Catches(t, func(t testing.TB) { c.Run(t, h) })
-			})
-		}
-	}
+	conform.Mutants(t, checks, mutants, func(m conform.Mutant[func(conn.ConnAuditor) conn.ConnAuditor]) Harness {
+		return Harness{Vantage: Endpoint, New: func(_ testing.TB, host string) conn.ConnAuditor {
+			return m.Break(sockdiag.New(sockdiag.WithHost(host)))
+		}}
+	})
 }

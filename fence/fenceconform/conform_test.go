@@ -330,15 +330,7 @@ var mutants = []conform.Mutant[func(fence.Fencer) fence.Fencer]{
 // TestSuiteCatchesBrokenFencers: each check fails against a Fencer
 // (fence/nft, broken on purpose) that breaks the promise it checks.
 func TestSuiteCatchesBrokenFencers(t *testing.T) {
-	conform.Covered(t, checks, mutants)
-	for _, m := range mutants {
-		for _, name := range m.Caught {
-			c := conform.Find(checks, name)
-			t.Run(m.Name+"/"+name, func(t *testing.T) {
-				t.Parallel()
-				h := Harness{New: func(_ testing.TB, host string) fence.Fencer { return m.Break(nft.New(nft.WithHost(host))) }}
-				conform.Catches(t, func(t testing.TB) { c.Run(t, h) })
-			})
-		}
-	}
+	conform.Mutants(t, checks, mutants, func(m conform.Mutant[func(fence.Fencer) fence.Fencer]) Harness {
+		return Harness{New: func(_ testing.TB, host string) fence.Fencer { return m.Break(nft.New(nft.WithHost(host))) }}
+	})
 }

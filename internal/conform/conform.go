@@ -179,3 +179,21 @@ func Covered[H, B any](t testing.TB, checks []Check[H], mutants []Mutant[B]) {
 		}
 	}
 }
+
+// Mutants runs, as parallel subtests of t, each check that each mutant
+// must fail against the harness harness(m) builds for that mutant, and
+// asserts that the check catches it; first, Covered.
+func Mutants[H, B any](t *testing.T, checks []Check[H], mutants []Mutant[B], harness func(m Mutant[B]) H) {
+	t.Helper()
+	Covered(t, checks, mutants)
+	for _, m := range mutants {
+		for _, name := range m.Caught {
+			c := Find(checks, name)
+			t.Run(m.Name+"/"+name, func(t *testing.T) {
+				t.Parallel()
+				h := harness(m)
+				Catches(t, func(t testing.TB) { c.Run(t, h) })
+			})
+		}
+	}
+}

@@ -226,17 +226,9 @@ var mutants = []conform.Mutant[func(routing.RouteWatcher) routing.RouteWatcher]{
 // (routing/netlinkroute, broken on purpose) that breaks the promise it
 // checks.
 func TestSuiteCatchesBrokenWatchers(t *testing.T) {
-	conform.Covered(t, checks, mutants)
-	for _, m := range mutants {
-		for _, name := range m.Caught {
-			c := conform.Find(checks, name)
-			t.Run(m.Name+"/"+name, func(t *testing.T) {
-				t.Parallel()
-				h := Harness{New: func(_ testing.TB, host string) routing.RouteWatcher {
-					return m.Break(netlinkroute.New(netlinkroute.WithHost(host)))
-				}}
-				conform.Catches(t, func(t testing.TB) { c.Run(t, h) })
-			})
-		}
-	}
+	conform.Mutants(t, checks, mutants, func(m conform.Mutant[func(routing.RouteWatcher) routing.RouteWatcher]) Harness {
+		return Harness{New: func(_ testing.TB, host string) routing.RouteWatcher {
+			return m.Break(netlinkroute.New(netlinkroute.WithHost(host)))
+		}}
+	})
 }

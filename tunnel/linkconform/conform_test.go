@@ -307,26 +307,18 @@ var mutants = []conform.Mutant[mutant]{
 // TestSuiteCatchesBrokenEnds: each check fails against a LinkEnd
 // (wireguard.End, broken on purpose) that breaks the promise it checks.
 func TestSuiteCatchesBrokenEnds(t *testing.T) {
-	conform.Covered(t, checks, mutants)
-	for _, m := range mutants {
-		for _, name := range m.Caught {
-			c := conform.Find(checks, name)
-			t.Run(m.Name+"/"+name, func(t *testing.T) {
-				t.Parallel()
-				dirs := map[string]string{} // by host: a later End reads an earlier one's state
-				var mu sync.Mutex
-				h := Harness{New: func(t testing.TB, host string) tunnel.LinkEnd {
-					mu.Lock()
-					if dirs[host] == "" {
-						dirs[host] = t.TempDir()
-					}
-					dir := dirs[host]
-					mu.Unlock()
-					e := wireguard.NewEnd(host, wireguard.WithBackend(wireguard.Userspace), wireguard.WithStateDir(dir))
-					return m.Break(host, e)
-				}}
-				conform.Catches(t, func(t testing.TB) { c.Run(t, h) })
-			})
-		}
-	}
+	conform.Mutants(t, checks, mutants, func(m conform.Mutant[mutant]) Harness {
+		dirs := map[string]string{} // by host: a later End reads an earlier one's state
+		var mu sync.Mutex
+		return Harness{New: func(t testing.TB, host string) tunnel.LinkEnd {
+			mu.Lock()
+			if dirs[host] == "" {
+				dirs[host] = t.TempDir()
+			}
+			dir := dirs[host]
+			mu.Unlock()
+			e := wireguard.NewEnd(host, wireguard.WithBackend(wireguard.Userspace), wireguard.WithStateDir(dir))
+			return m.Break(host, e)
+		}}
+	})
 }
