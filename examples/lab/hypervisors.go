@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/hypervisor/libvirt"
 	"github.com/sealift/sealift/hypervisor/qemu"
+	"github.com/sealift/sealift/hypervisor/qemu/qmp"
 	"github.com/sealift/sealift/internal/guest"
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/internal/libvirtd"
@@ -101,7 +103,7 @@ func (w *world) qemuHypervisors(t lab.TB) (*hypervisors, error) {
 		return err
 	}
 	return &hypervisors{a: a, b: b, boot: boot, targetTap: func(i int) string { return fmt.Sprintf("tapb%d", i+1) },
-		baseline: w.qemuBaseline, watch: watchResume, stop: b.Stop}, nil
+		baseline: w.qemuBaseline, watch: w.watchResume, stop: b.Stop}, nil
 }
 
 // libvirtHypervisors: three real libvirt daemons (two in A's namespace,
@@ -187,7 +189,7 @@ func (w *world) libvirtHypervisors(ctx context.Context, t lab.TB) (*hypervisors,
 
 // watchResume reports when the incoming guest name on QEMU handle h
 // resumed, from QEMU's own RESUME event (its timestamp is QEMU's clock).
-func watchResume(h hypervisor.Hypervisor, name string) <-chan time.Time {
+func (w *world) watchResume(h hypervisor.Hypervisor, name string) <-chan time.Time {
 	qh, ok := h.(*qemu.Hypervisor)
 	if !ok {
 		return nil
@@ -200,23 +202,31 @@ func watchResume(h hypervisor.Hypervisor, name string) <-chan time.Time {
 	ch := make(chan time.Time, 1)
 	go func() {
 		defer unsub()
-		timeout := time.After(2 * time.Minute)
-		for {
-			select {
-			case e, ok := <-events:
-				if !ok {
-					return
-				}
-				if e.Name == "RESUME" {
-					ch <- e.Time
-					return
-				}
-			case <-timeout:
-				return
-			}
-		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		w.awaitResume(ctx, events, ch)
 	}()
 	return ch
+}
+
+// awaitResume sends on ch the time of QEMU's RESUME event among events
+// (noting the target's load on the way), unless ctx ends first.
+func (w *world) awaitResume(ctx context.Context, events <-chan qmp.Event, ch chan<- time.Time) {
+	for {
+		select {
+		case e, ok := <-events:
+			if !ok {
+				return
+			}
+			w.noteLoaded(e)
+			if e.Name == "RESUME" {
+				ch <- e.Time
+				return
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // lifecycleWatcher hears a libvirt daemon's "resumed" lifecycle events
@@ -268,4 +278,18 @@ func (w *lifecycleWatcher) wait(name string) <-chan time.Time {
 func (w *lifecycleWatcher) close() {
 	_ = w.conn.DomainEventDeregister(w.id)
 	w.conn.Close()
+}
+
+// noteLoaded records when the incoming QEMU at B said its migration had
+// completed (its MIGRATION event: the whole VM loaded, ready to resume).
+func (w *world) noteLoaded(e qmp.Event) {
+	if e.Name != "MIGRATION" {
+		return
+	}
+	var d struct {
+		Status string `json:"status"`
+	}
+	if json.Unmarshal(e.Data, &d) == nil && d.Status == "completed" {
+		w.loaded.Store(e.Time)
+	}
 }

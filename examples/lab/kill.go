@@ -214,16 +214,19 @@ func (w *world) killScenario(ctx context.Context, t lab.TB, res *Result, ps []*p
 		k.RecoverOutcomes = append(k.RecoverOutcomes, string(r.Outcome)+" "+r.Reason)
 	}
 
-	// Settle, then look.
-	time.Sleep(2 * time.Second)
+	// The recovery is done: where the VM runs now is final. Its peers
+	// reach it again once their pings find it (at most 10 s).
 	k.Final = pl.sample()
-	k.Samples, k.MaxRunning = pl.samples, pl.maxRunning
-	k.PeersReach = true
-	for _, p := range ps {
-		if _, ok := p.FirstArrivalAfter(time.Now().Add(-500 * time.Millisecond)); !ok {
-			k.PeersReach = false
+	reached := func() bool {
+		for _, p := range ps {
+			if _, ok := p.FirstArrivalAfter(time.Now().Add(-300 * time.Millisecond)); !ok {
+				return false
+			}
 		}
+		return true
 	}
+	k.PeersReach = waitFor(ctx, 10*time.Second, reached) == nil
+	k.Samples, k.MaxRunning = pl.samples, pl.maxRunning
 	for _, h := range []string{"host-a", "host-b"} {
 		cl := w.rm.agents[h].client
 		if ends, err := cl.LinkEnd().List(ctx); err == nil {

@@ -398,7 +398,7 @@ func (w *world) remoteQEMU(t lab.TB) (*hypervisors, error) {
 		return la.Detach(v.name)
 	}
 	return &hypervisors{boot: boot, targetTap: func(i int) string { return fmt.Sprintf("tapb%d", i+1) },
-		baseline: w.qemuBaseline, watch: watchResume,
+		baseline: w.qemuBaseline, watch: w.watchResume,
 		stop: func(ctx context.Context, name string) error { return killQEMU(b.qemuDir(), name) }}, nil
 }
 
@@ -430,20 +430,7 @@ func (w *world) watchRemoteResume(ctx context.Context, vm string) <-chan time.Ti
 		defer mon.Close()
 		events, unsub := mon.Subscribe()
 		defer unsub()
-		for {
-			select {
-			case e, ok := <-events:
-				if !ok {
-					return
-				}
-				if e.Name == "RESUME" {
-					ch <- e.Time
-					return
-				}
-			case <-ctx.Done():
-				return
-			}
-		}
+		w.awaitResume(ctx, events, ch)
 	}()
 	return ch
 }

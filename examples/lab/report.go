@@ -145,7 +145,13 @@ type Timeline struct {
 	// TargetResumedMS: the resume at B (QEMU's RESUME event, libvirt's
 	// resumed lifecycle event; ResumeFrom says which).
 	TargetResumedMS *float64 `json:"target_resumed_ms"`
-	ResumeFrom      string   `json:"resume_from"`
+	// MigrateReturnedMS: the end of block 330 (the controller's Migrate
+	// returned: the source said it had completed); TargetLoadedMS: the
+	// incoming QEMU at B said it had the whole VM (its MIGRATION
+	// "completed" event): the resume can follow.
+	MigrateReturnedMS *float64 `json:"migrate_returned_ms"`
+	TargetLoadedMS    *float64 `json:"target_loaded_ms"`
+	ResumeFrom        string   `json:"resume_from"`
 	// FirstFromLinkMS: the first packet out of the link's device at B
 	// (decrypted, toward the guest) after the source paused;
 	// FirstToGuestMS: the first IPv4 frame B put into the guest's tap after
@@ -378,8 +384,9 @@ func (r *Result) Text() string {
 		}
 		tl := m.Timeline
 		if !tl.SourcePaused.IsZero() {
-			fmt.Fprintf(&b, "  timeline after the source paused: hook end %s, first packet out of the link at B %s, into the guest's tap %s, target resumed %s (%s), guest's first packet at B %s, first packet into the link %s",
-				fmtMS(tl.HookEndMS), fmtMS(tl.FirstFromLinkMS), fmtMS(tl.FirstToGuestMS), fmtMS(tl.TargetResumedMS), tl.ResumeFrom, fmtMS(tl.FirstGuestPacketMS), fmtMS(tl.FirstLinkPacketMS))
+			fmt.Fprintf(&b, "  timeline after the source paused: hook end %s, first packet out of the link at B %s, into the guest's tap %s, migrate returned %s, target loaded %s, target resumed %s (%s), guest's first packet at B %s, first packet into the link %s",
+				fmtMS(tl.HookEndMS), fmtMS(tl.FirstFromLinkMS), fmtMS(tl.FirstToGuestMS), fmtMS(tl.MigrateReturnedMS), fmtMS(tl.TargetLoadedMS),
+				fmtMS(tl.TargetResumedMS), tl.ResumeFrom, fmtMS(tl.FirstGuestPacketMS), fmtMS(tl.FirstLinkPacketMS))
 			for k, v := range tl.FirstReplyMS {
 				fmt.Fprintf(&b, ", first reply at %s %s", k, fmtMS(v))
 			}

@@ -425,6 +425,12 @@ func (w *world) timeline(mr *MigrationResult, i int, capB *lab.Capture, ps []*pi
 		return msp(t.Sub(st.Switchover))
 	}
 	tl.HookEndMS = rel(st.SwitchoverDone, true)
+	if s, ok := mr.rep.Step(migration.BlockMigrate); ok {
+		tl.MigrateReturnedMS = rel(time.Unix(0, s.Start+s.Duration), true)
+	}
+	if at, ok := w.loaded.Load().(time.Time); ok && at.After(st.Switchover) {
+		tl.TargetLoadedMS = rel(at, true)
+	}
 	tl.TargetResumedMS = rel(mr.resumed, true)
 	from := mr.resumed
 	if from.IsZero() {

@@ -88,6 +88,9 @@ type world struct {
 	// current is the VM being migrated; resumes gets, once its incoming
 	// instance exists, the channel that will tell when it resumed.
 	current atomic.Value
+	// loaded is when the incoming QEMU at B last said it had the whole VM
+	// (time.Time; its MIGRATION "completed" event).
+	loaded  atomic.Value
 	resumes chan (<-chan time.Time)
 	audit   *conntrack.Auditor
 	wan     *lab.Capture // the wan, from the topology on

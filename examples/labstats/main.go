@@ -60,6 +60,8 @@ var figures = []figure{
 	{"switchover hook (ms)", path("migrations.0.migration.switchover_hook_ms")},
 	{"paused -> first packet out of the link at B (ms)", path("migrations.0.timeline.first_from_link_ms")},
 	{"paused -> first packet into the guest's tap at B (ms)", path("migrations.0.timeline.first_to_guest_ms")},
+	{"paused -> the controller's Migrate returned (ms)", path("migrations.0.timeline.migrate_returned_ms")},
+	{"paused -> target loaded (its MIGRATION completed) (ms)", path("migrations.0.timeline.target_loaded_ms")},
 	{"paused -> target resumed (ms)", path("migrations.0.timeline.target_resumed_ms")},
 	{"paused -> guest's first packet at B (ms)", path("migrations.0.timeline.first_guest_packet_ms")},
 	{"paused -> first reply at peer2 (ms)", path("migrations.0.timeline.first_reply_ms.peer2")},
