@@ -21,7 +21,7 @@ const (
 	// gone answering the other end's WireGuard with port unreachable):
 	// it carries only what the quoted packet did, ciphertext.
 	KindUnderlayICMP = "icmp-underlay"
-	KindUnknown   = "unknown"
+	KindUnknown      = "unknown"
 )
 
 // Classifier judges frames seen on an untrusted network.
