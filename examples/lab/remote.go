@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -35,8 +36,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.zx2c4.com/wireguard/wgctrl"
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"google.golang.org/grpc"
 
 	"github.com/sealift/sealift/agent"
@@ -611,24 +610,31 @@ func watchKeys() *keyWatch {
 	kw := &keyWatch{keys: map[string][]byte{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(kw.done)
-		c, err := wgctrl.New()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+		// One directory read a round, and a socket is asked once: this
+		// runs beside the migration it watches, on the same CPUs (wgctrl
+		// reads the whole directory for every device it is asked about).
+		dead := map[string]time.Time{} // sockets nobody serves, by mtime
 		for {
-			socks, _ := filepath.Glob("/var/run/wireguard/*.sock")
-			for _, s := range socks {
-				n := strings.TrimSuffix(filepath.Base(s), ".sock")
+			ents, _ := os.ReadDir(uapiDir)
+			for _, ent := range ents {
+				n, ok := strings.CutSuffix(ent.Name(), ".sock")
+				if !ok {
+					continue
+				}
 				kw.mu.Lock()
 				_, seen := kw.keys[n]
 				kw.mu.Unlock()
-				if seen {
+				info, err := ent.Info()
+				if seen || err != nil || dead[n].Equal(info.ModTime()) {
 					continue
 				}
-				if d, err := c.Device(n); err == nil && d.PrivateKey != (wgtypes.Key{}) {
+				key, err := uapiPrivateKey(filepath.Join(uapiDir, ent.Name()))
+				switch {
+				case errors.Is(err, syscall.ECONNREFUSED):
+					dead[n] = info.ModTime()
+				case err == nil && key != nil:
 					kw.mu.Lock()
-					kw.keys[n] = d.PrivateKey[:]
+					kw.keys[n] = key
 					kw.mu.Unlock()
 				}
 			}
@@ -640,6 +646,45 @@ func watchKeys() *keyWatch {
 		}
 	}()
 	return kw
+}
+
+const uapiDir = "/var/run/wireguard"
+
+// uapiPrivateKey asks a wireguard-go device for its configuration on its
+// UAPI socket and returns its private key (nil if it has none yet).
+func uapiPrivateKey(sock string) ([]byte, error) {
+	c, err := net.DialTimeout("unix", sock, time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := io.WriteString(c, "get=1\n\n"); err != nil {
+		return nil, err
+	}
+	var key []byte
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" {
+			break // the end of the answer
+		}
+		if v, ok := strings.CutPrefix(line, "private_key="); ok {
+			if key, err = hex.DecodeString(v); err != nil {
+				return nil, fmt.Errorf("%s: private_key: %w", sock, err)
+			}
+		}
+		if v, ok := strings.CutPrefix(line, "errno="); ok && v != "0" {
+			return nil, fmt.Errorf("%s: errno=%s", sock, v)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if key != nil && bytes.Equal(key, make([]byte, len(key))) {
+		key = nil
+	}
+	return key, nil
 }
 
 func (kw *keyWatch) close() { close(kw.stop); <-kw.done }

@@ -77,7 +77,9 @@ type inheritedSysctl struct {
 	save sysctlSave
 }
 
-// New returns a Linker configured by opts.
+// New returns a Linker configured by opts. It removes the UAPI sockets
+// that sealift devices of dead processes left behind (no process serves
+// them; see sweepStaleSockets).
 func New(opts ...Option) *Linker {
 	l := &Linker{
 		backend:       Auto,
@@ -90,6 +92,7 @@ func New(opts ...Option) *Linker {
 	for _, o := range opts {
 		o(l)
 	}
+	sweepStaleSockets(l.log)
 	return l
 }
 

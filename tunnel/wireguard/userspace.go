@@ -3,11 +3,15 @@ package wireguard
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/conn"
@@ -156,6 +160,45 @@ func removeIfExists(path string) error {
 		return err
 	}
 	return nil
+}
+
+// staleAfter is how old a UAPI socket nobody serves must be before
+// sweepStaleSockets removes it: a younger one may belong to a device
+// being created (bound, not yet listening).
+const staleAfter = 2 * time.Second
+
+// sweepStaleSockets removes the UAPI sockets of sealift's devices that no
+// process serves any more: a process that died without closing its
+// devices (kill -9, a crash) leaves them, and every UAPI client (wgctrl,
+// wg(8)) then lists and dials them. wg(8) drops such sockets the same
+// way: a connection refused means no listener.
+func sweepStaleSockets(log *slog.Logger) {
+	ents, err := os.ReadDir(uapiDir)
+	if err != nil {
+		return // no directory: nothing to sweep
+	}
+	var removed []string
+	for _, ent := range ents {
+		name := ent.Name()
+		if !strings.HasPrefix(name, devPrefix) || !strings.HasSuffix(name, ".sock") || ent.Type()&fs.ModeSocket == 0 {
+			continue
+		}
+		path := filepath.Join(uapiDir, name)
+		if info, err := ent.Info(); err != nil || time.Since(info.ModTime()) < staleAfter {
+			continue
+		}
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			c.Close()
+			continue
+		}
+		if errors.Is(err, syscall.ECONNREFUSED) && os.Remove(path) == nil {
+			removed = append(removed, name)
+		}
+	}
+	if len(removed) > 0 {
+		log.Info("removed the UAPI sockets of devices no process serves", "dir", uapiDir, "count", len(removed), "sockets", removed)
+	}
 }
 
 // socketLive reports whether a process serves the UAPI socket of ifname.
