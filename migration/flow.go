@@ -276,7 +276,9 @@ func (r *run) finishForward(callerCtx context.Context) error {
 	// 375-390: if the subnet moved, wait for the routing core, then
 	// remove the redirect tunnel (make-before-break: only after the real
 	// route is there).
-	_ = r.step(context.WithoutCancel(callerCtx), BlockSubnetMovedAfterEnable, map[string]string{"moved": fmt.Sprint(r.subnetMoved)}, func() error { return nil })
+	dctx, release := r.detached(callerCtx)
+	_ = r.step(dctx, BlockSubnetMovedAfterEnable, map[string]string{"moved": fmt.Sprint(r.subnetMoved)}, func() error { return nil })
+	release()
 	if r.subnetMoved {
 		r.converge(callerCtx)
 	}
@@ -442,7 +444,7 @@ func (r *run) enable(ctx context.Context) error {
 // liftSource starts lifting the source's fence in the background, once:
 // the VM has left the source.
 func (r *run) liftSource(ctx context.Context) {
-	if r.srcLift != nil {
+	if r.srcLift != nil || r.lostOwnership() {
 		return
 	}
 	lifted := make(chan error, 1)
@@ -569,7 +571,9 @@ func (r *run) converge(ctx context.Context) {
 		want.NotDevice = r.redirect.SecureDevice
 	}
 	var conv routing.Converged
-	err := r.step(context.WithoutCancel(ctx), BlockInspect, nil, func() error {
+	dctx, release := r.detached(ctx)
+	defer release()
+	err := r.step(dctx, BlockInspect, nil, func() error {
 		wctx, cancel := context.WithTimeout(ctx, s.ConvergeTimeout)
 		defer cancel()
 		var err error
@@ -598,6 +602,9 @@ func (r *run) converge(ctx context.Context) {
 // after the VM became complete only at the target): the target's full
 // fence is (re)asserted, the journal keeps the reason.
 func (r *run) stayFenced(ctx context.Context, cause error) error {
+	if r.lostOwnership() {
+		return cause // the migration is another controller's: touch nothing
+	}
 	cctx, cancel := r.cleanupCtx(ctx)
 	defer cancel()
 	// The source's lift (if started) ends before the migration does: no
@@ -617,6 +624,9 @@ func (r *run) stayFenced(ctx context.Context, cause error) error {
 
 // rollback undoes a migration that failed before the target resumed.
 func (r *run) rollback(ctx context.Context, cause error) error {
+	if r.lostOwnership() {
+		return cause // the migration is another controller's: touch nothing
+	}
 	cctx, cancel := r.cleanupCtx(ctx)
 	defer cancel()
 	// Where is the VM really? A failed Migrate may still have completed.

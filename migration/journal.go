@@ -39,8 +39,11 @@ type Entry struct {
 
 // Record is one migration in the journal.
 type Record struct {
-	ID       string
-	Plan     Plan
+	ID   string
+	Plan Plan
+	// Owner is the controller that runs the migration, in a journal
+	// several controllers share (SharedJournal); "" in the others.
+	Owner    string `json:",omitempty"`
 	Started  time.Time
 	Finished time.Time `json:",omitzero"`
 	Outcome  Outcome   `json:",omitempty"`
@@ -67,6 +70,41 @@ type Journal interface {
 
 // ErrNoRecord: the journal has no migration of that ID.
 var ErrNoRecord = errors.New("migration: no such journal record")
+
+// ErrNotOwner: a shared journal refused a write because this controller
+// does not own the migration (any more): its lease expired, or another
+// controller claimed it. A Migrator that gets it stops touching hosts.
+var ErrNotOwner = errors.New("migration: this controller does not own the migration")
+
+// SharedJournal is a Journal several controllers share (e.g.
+// migration/etcdjournal). Each unfinished migration has one owner: the
+// controller that created it (Create sets Record.Owner) or claimed it
+// since, for as long as that controller's lease lives. Append and Finish
+// hold only while the writer owns the migration (else ErrNotOwner), in
+// the same atomic write; Create's ErrBusy names the VM's owner.
+//
+// A Migrator on a SharedJournal ties every host call of a run to Owning:
+// when it ends, the run stops where it is (no rollback: the migration is
+// another controller's now), its Report is Abandoned and its error wraps
+// ErrNotOwner. Owning must end before the lease can expire on the
+// journal's side, so that a standby never claims a migration whose old
+// owner may still act.
+type SharedJournal interface {
+	Journal
+	// Claim makes this controller the owner of unfinished migration id
+	// if it has no live owner (nil if this controller owns it already;
+	// ErrBusy naming the owner if another live controller does;
+	// ErrNoRecord if there is no such unfinished migration).
+	Claim(ctx context.Context, id string) error
+	// Orphans sends the IDs of unfinished migrations that have no live
+	// owner: those there are when it is called, then each whose owner goes
+	// away, until ctx ends (then it closes the channel). An ID may come
+	// more than once; Claim decides.
+	Orphans(ctx context.Context) (<-chan string, error)
+	// Owning ends when this controller may no longer act as an owner
+	// (its lease expired, or could not be renewed in time).
+	Owning() context.Context
+}
 
 // MemJournal is an in-memory Journal (for tests and programs that accept
 // losing recovery across restarts).

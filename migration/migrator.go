@@ -1,6 +1,7 @@
 package migration
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -129,8 +130,10 @@ func (m *Migrator) Run(ctx context.Context, p Plan) (*Report, error) {
 	r := m.newRun(p)
 	m.log.Info("migration started", "id", p.ID, "vm", p.VM, "from", p.From, "to", p.To,
 		"link", p.Link, "fence", p.FenceMode)
+	ctx, release := r.owned(ctx)
+	defer release()
 	err := r.forward(ctx)
-	return r.rep, err
+	return r.rep, r.ownership(err)
 }
 
 func newID() string {
@@ -179,6 +182,12 @@ type run struct {
 	// carry holds entries written with the next journal write (block
 	// 330's end, so the target's resume waits for no fsync).
 	carry []Entry
+	// own ends when this controller stops owning the migration (a
+	// SharedJournal's Owning, or a write it refused with ErrNotOwner);
+	// nil with a journal of one controller. Every host call of the run
+	// uses a context that ends with it (owned).
+	own    context.Context
+	disown context.CancelCauseFunc
 }
 
 func (m *Migrator) newRun(p Plan) *run {
@@ -187,11 +196,65 @@ func (m *Migrator) newRun(p Plan) *run {
 		rep: &Report{ID: p.ID, VM: p.VM}}
 	r.linkID, r.redirID = linkIDs(p.ID)
 	r.log = m.log.With("id", p.ID, "vm", p.VM)
+	if sj, ok := m.cfg.Journal.(SharedJournal); ok {
+		r.own, r.disown = context.WithCancelCause(sj.Owning())
+	}
 	return r
+}
+
+// owned returns ctx, also ended (cause ErrNotOwner) when this controller
+// stops owning the migration, and the function that releases it. The
+// returned context is a child of the run's ownership, so it is done by
+// the time ownership has ended (no host call can start after); ctx's own
+// end and deadline reach it too, and its values.
+func (r *run) owned(ctx context.Context) (context.Context, context.CancelFunc) {
+	if r.own == nil {
+		c, cancel := context.WithCancelCause(ctx)
+		return c, func() { cancel(nil) }
+	}
+	c, cancel := context.WithCancelCause(r.own)
+	var cancelDeadline context.CancelFunc = func() {}
+	if d, ok := ctx.Deadline(); ok {
+		c, cancelDeadline = context.WithDeadline(c, d)
+	}
+	stop := context.AfterFunc(ctx, func() { cancel(context.Cause(ctx)) })
+	return valuesOf{c, ctx}, func() { stop(); cancelDeadline(); cancel(nil) }
+}
+
+// valuesOf is a context whose values are another's.
+type valuesOf struct {
+	context.Context
+	vals context.Context
+}
+
+func (v valuesOf) Value(key any) any { return v.vals.Value(key) }
+
+// lostOwnership reports whether this controller stopped owning the
+// migration.
+func (r *run) lostOwnership() bool { return r.own != nil && r.own.Err() != nil }
+
+// ownership turns the end of a run that lost its ownership into an
+// Abandoned report and an error wrapping ErrNotOwner: the run stopped
+// where it was, touched no host since, and could not write its outcome;
+// the journal keeps the migration for the controller that claims it.
+func (r *run) ownership(err error) error {
+	if !r.lostOwnership() {
+		return err
+	}
+	r.rep.Outcome = Abandoned
+	r.rep.Reason = "this controller lost its ownership of the migration (its lease ended): the controller that claims it finishes it"
+	r.log.Warn("ownership lost: stopped touching hosts", "cause", context.Cause(r.own), "err", err)
+	if err == nil || errors.Is(err, ErrNotOwner) {
+		return fmt.Errorf("%w: %w", ErrNotOwner, cmp.Or(err, context.Cause(r.own)))
+	}
+	return fmt.Errorf("%w: %w", ErrNotOwner, err)
 }
 
 // step journals, times and announces one block of FIG. 3.
 func (r *run) step(ctx context.Context, b Block, data map[string]string, fn func() error) error {
+	if r.lostOwnership() { // (also in the switchover hook, which journals at its end)
+		return fmt.Errorf("block %d (%s): %w: %w", b, b, ErrNotOwner, context.Cause(r.own))
+	}
 	start := time.Now()
 	if err := r.journal(ctx, Entry{Time: start, Block: b, Phase: PhaseBegin, Data: data}); err != nil {
 		return fmt.Errorf("journal %s (%d) begin: %w", b, b, err)
@@ -235,6 +298,7 @@ func (r *run) journal(ctx context.Context, e Entry) error {
 	}
 	es := append(slices.Clip(r.carry), e)
 	if err := r.j.Append(ctx, r.plan.ID, es...); err != nil {
+		r.refused(err)
 		return err // the carried entries wait for the next write
 	}
 	r.carry = nil
@@ -252,14 +316,32 @@ func (r *run) finish(ctx context.Context, o Outcome, reason string) error {
 	r.rep.Outcome, r.rep.Reason = o, reason
 	r.m.bus.emit(Finished{ID: r.plan.ID, Outcome: o, Reason: reason})
 	r.log.Info("migration finished", "outcome", o, "reason", reason)
-	return r.j.Finish(ctx, r.plan.ID, o, reason)
+	err := r.j.Finish(ctx, r.plan.ID, o, reason)
+	r.refused(err)
+	return err
+}
+
+// refused ends the run's ownership if the journal refused a write with
+// ErrNotOwner.
+func (r *run) refused(err error) {
+	if r.disown != nil && errors.Is(err, ErrNotOwner) {
+		r.disown(err)
+	}
 }
 
 // cleanupCtx is a context for work that must happen even when the
 // caller's context is done (rollback, fencing, finishing a migration
 // past the point of no return), bounded by CleanupTimeout.
 func (r *run) cleanupCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), r.m.cfg.CleanupTimeout)
+	c, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.m.cfg.CleanupTimeout)
+	oc, release := r.owned(c)
+	return oc, func() { release(); cancel() }
+}
+
+// detached is ctx without its cancellation, still ended when this
+// controller stops owning the migration.
+func (r *run) detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return r.owned(context.WithoutCancel(ctx))
 }
 
 func joinErrs(errs []error) error {

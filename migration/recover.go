@@ -24,24 +24,85 @@ func (m *Migrator) Recover(ctx context.Context) ([]*Report, error) {
 	var reps []*Report
 	var errs []error
 	for _, rec := range recs {
-		p := rec.Plan
-		if err := p.validate(&m.cfg); err != nil {
-			errs = append(errs, fmt.Errorf("migration %s: plan no longer fits this Migrator: %w", rec.ID, err))
+		rep, err := m.recoverOne(ctx, rec)
+		if errors.Is(err, errSkipped) {
 			continue
 		}
-		if !m.lock(p.VM) {
-			continue // being run right now by this process
+		if rep != nil {
+			reps = append(reps, rep)
 		}
-		r := m.newRun(p)
-		r.log.Info("recovering migration", "started", rec.Started)
-		err := r.recover(ctx)
-		m.unlock(p.VM)
-		reps = append(reps, r.rep)
 		if err != nil && !errors.Is(err, ErrRolledBack) {
 			errs = append(errs, fmt.Errorf("migration %s: %w", rec.ID, err))
 		}
 	}
 	return reps, errors.Join(errs...)
+}
+
+// errSkipped: recoverOne left the migration to the one running it.
+var errSkipped = errors.New("migration: run elsewhere")
+
+// recoverOne recovers one unfinished migration. With a SharedJournal it
+// first claims it: one another live controller owns is skipped.
+func (m *Migrator) recoverOne(ctx context.Context, rec Record) (*Report, error) {
+	p := rec.Plan
+	if err := p.validate(&m.cfg); err != nil {
+		return nil, fmt.Errorf("plan no longer fits this Migrator: %w", err)
+	}
+	if !m.lock(p.VM) {
+		return nil, errSkipped // being run right now by this process
+	}
+	defer m.unlock(p.VM)
+	if sj, ok := m.cfg.Journal.(SharedJournal); ok {
+		if err := sj.Claim(ctx, rec.ID); errors.Is(err, ErrBusy) || errors.Is(err, ErrNoRecord) {
+			return nil, errSkipped // a live controller owns it, or it ended meanwhile
+		} else if err != nil {
+			return nil, fmt.Errorf("claim: %w", err)
+		}
+	}
+	r := m.newRun(p)
+	r.log.Info("recovering migration", "started", rec.Started, "owner", rec.Owner)
+	ctx, release := r.owned(ctx)
+	defer release()
+	err := r.ownership(r.recover(ctx))
+	return r.rep, err
+}
+
+// Standby makes this Migrator a standby controller on a SharedJournal:
+// until ctx ends, it claims every migration whose owner is gone (its
+// lease expired) and finishes it as Recover does (roll back before the
+// target resumed, forward after), calling done with each report (which
+// may be nil) and error (nil when it completed or rolled back, as
+// Recover's). It returns ctx's error, or at once an error if
+// the journal is not shared.
+func (m *Migrator) Standby(ctx context.Context, done func(*Report, error)) error {
+	sj, ok := m.cfg.Journal.(SharedJournal)
+	if !ok {
+		return fmt.Errorf("%w: Standby needs a SharedJournal (Config.Journal is %T)", ErrInvalidPlan, m.cfg.Journal)
+	}
+	ids, err := sj.Orphans(ctx)
+	if err != nil {
+		return fmt.Errorf("watch the journal for orphans: %w", err)
+	}
+	for id := range ids {
+		rec, _, err := m.cfg.Journal.Load(ctx, id)
+		if err != nil || rec.Done() {
+			continue // gone or ended meanwhile
+		}
+		rep, err := m.recoverOne(ctx, rec)
+		if errors.Is(err, errSkipped) {
+			continue
+		}
+		if errors.Is(err, ErrRolledBack) {
+			err = nil // an end Recover reports without error too
+		} else if err != nil {
+			err = fmt.Errorf("migration %s: %w", id, err)
+		}
+		m.log.Info("standby took over a migration", "id", id, "vm", rec.Plan.VM, "from_owner", rec.Owner, "err", err)
+		if done != nil {
+			done(rep, err)
+		}
+	}
+	return ctx.Err()
 }
 
 func (r *run) recover(ctx context.Context) error {

@@ -23,6 +23,9 @@ type Call struct {
 	Fake   string // "hv:a", "fence:b", "link", "audit:b", "routing"
 	Method string
 	Arg    string
+	// CtxDone: the caller's context had ended when the call came (before
+	// any OnCall function ran); the fake refused it and changed nothing.
+	CtxDone bool
 }
 
 func (c Call) String() string { return c.Fake + "." + c.Method + "(" + c.Arg + ")" }
@@ -145,7 +148,7 @@ func (f *Faults) match(method string, n int, kind faultKind) *fault {
 // enter records a call, runs its OnCall function, applies the faults
 // injected before the call and then the context.
 func (f *Faults) enter(ctx context.Context, method, arg string) error {
-	f.log.add(Call{Fake: f.name, Method: method, Arg: arg})
+	f.log.add(Call{Fake: f.name, Method: method, Arg: arg, CtxDone: ctx.Err() != nil})
 	f.mu.Lock()
 	if f.counts == nil {
 		f.counts = map[string]int{}
