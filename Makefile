@@ -2,7 +2,7 @@
 GO ?= go
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: lab test deps quickstart bench proto
+.PHONY: lab test deps quickstart bench proto crash
 
 ## lab: the end-to-end lab (installs what a fresh machine lacks, then runs it);
 ## exits non-zero when any verdict fails
@@ -15,6 +15,12 @@ lab: deps
 test: deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 60m ./...
+
+## crash: the controller's crash matrix (issue 13): one remote lab run per
+## point of FIG. 3, the controller killed there with SIGKILL and another
+## finishing the migration; crash-report.json; non-zero if a point fails
+crash: deps
+	$(GO) run ./examples/lab -crash all -json crash-report.json $(LABFLAGS)
 
 deps:
 	@bash scripts/install-deps.sh

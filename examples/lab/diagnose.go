@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/internal/lab"
 )
 
@@ -14,8 +15,18 @@ import (
 // neighbours, rules, routes and firewall.
 func (w *world) diagnose(ctx context.Context) map[string]string {
 	d := map[string]string{}
+	var hvB hypervisor.Hypervisor
+	if w.hv != nil {
+		hvB = w.hv.b
+	}
+	if w.rm != nil && w.rm.agents["host-b"] != nil && w.rm.agents["host-b"].client != nil {
+		hvB = w.rm.agents["host-b"].client.Hypervisor() // remote: B's agent's
+	}
 	for _, v := range w.vms {
-		vm, err := w.hv.b.Lookup(ctx, v.name)
+		if hvB == nil {
+			break
+		}
+		vm, err := hvB.Lookup(ctx, v.name)
 		d["hypervisor_b_"+v.name] = string(vm.State)
 		if err != nil {
 			d["hypervisor_b_"+v.name] = err.Error()

@@ -26,8 +26,24 @@ import (
 
 // KillResult is what the crash scenario saw.
 type KillResult struct {
-	Agent string `json:"agent"` // the killed agent's host
-	At    string `json:"at"`    // copy or switchover
+	Agent string `json:"agent"` // the killed agent's host, or "controller"
+	At    string `json:"at"`    // copy or switchover; a crash point for the controller
+	// The controller's crash (crash.go): Point, the line it printed
+	// last before the kill, the journal ("bolt": `sealift recover` after
+	// the kill), the outcome the recovery reported, the time from the
+	// kill to the recovery's end, the peers' blackout (no reply
+	// arriving, from the migration's start to the end), where the VM is
+	// active at the end and what the hosts hold that its end does not
+	// explain.
+	Point         string   `json:"point,omitempty"`
+	LastLine      string   `json:"last_line,omitempty"`
+	Journal       string   `json:"journal,omitempty"`
+	Outcome       string   `json:"outcome,omitempty"`
+	TakeoverMS    float64  `json:"takeover_ms,omitempty"`
+	BlackoutMS    float64  `json:"blackout_ms,omitempty"`
+	VMActiveCount int      `json:"vm_active_count"`
+	VMRunningAt   []string `json:"vm_running_at,omitempty"`
+	Leftovers     []string `json:"leftovers"`
 	// KilledAfterMS: from the controller's report of the trigger block
 	// starting (330 for copy, 320 for switchover) to the kill.
 	KilledAfterMS  float64 `json:"killed_after_ms"`
@@ -136,11 +152,18 @@ func (p *placement) close() {
 }
 
 // killScenario runs the crash scenario on the first guest.
-func (w *world) killScenario(ctx context.Context, t lab.TB, res *Result, ps []*pinger) error {
+func (w *world) killScenario(ctx context.Context, t lab.TB, res *Result, pingers map[string][]*pinger) error {
+	ps := pingers[w.vms[0].name]
 	o := w.opts
-	k := &KillResult{Agent: map[string]string{"source": "host-a", "target": "host-b"}[o.Kill], At: o.KillAt}
+	k := &KillResult{Agent: map[string]string{"source": "host-a", "target": "host-b", "controller": "controller"}[o.Kill], At: o.KillAt}
 	res.Kill = k
 	fail := func(err error) error { k.Error = err.Error(); return err }
+	if o.Kill == "controller" {
+		if err := w.controllerKill(ctx, t, res, k, pingers); err != nil {
+			return fail(err)
+		}
+		return nil
+	}
 	v := w.vms[0]
 	plan := migration.Plan{VM: v.name, From: "secure", To: "cloud", Link: o.Link, FenceMode: o.Fence, MaxDowntime: maxDowntime,
 		Addrs: w.planAddrs(v), Peers: w.planPeers()}
@@ -258,8 +281,13 @@ func (r *Result) judgeKill(add func(string, bool, string, ...any)) {
 		add("crash scenario ran", false, "no result")
 		return
 	}
-	add("the kill landed mid-migration", k.KilledAfterMS > 0 && k.MigrateOutcome != string(migration.Completed),
-		"killed %s %.0f ms after the trigger; sealift migrate: exit %d, %s %s", k.Agent, k.KilledAfterMS, k.MigrateExit, k.MigrateOutcome, k.MigrateError)
+	if k.Agent == "controller" {
+		add("the kill landed at the point", k.LastLine != "" && k.MigrateExit == -1,
+			"point %s, last line %q, sealift migrate's exit %d (-1: killed)", k.Point, k.LastLine, k.MigrateExit)
+	} else {
+		add("the kill landed mid-migration", k.KilledAfterMS > 0 && k.MigrateOutcome != string(migration.Completed),
+			"killed %s %.0f ms after the trigger; sealift migrate: exit %d, %s %s", k.Agent, k.KilledAfterMS, k.MigrateExit, k.MigrateOutcome, k.MigrateError)
+	}
 	add("never running in two places", k.Samples > 0 && k.MaxRunning <= 1, "%d samples, at most %d running at once", k.Samples, k.MaxRunning)
 	var where []string
 	running := 0
@@ -273,13 +301,19 @@ func (r *Result) judgeKill(add func(string, bool, string, ...any)) {
 	}
 	add("ends in exactly one place, running", len(where) == 1 && running == 1, "%v", k.Final)
 	fenced := k.RecoverExit == exitStayedFenced
-	add("recover finished it", k.RecoverExit == 0 || k.RecoverExit == exitRolledBack || fenced,
-		"exit %d: %v", k.RecoverExit, k.RecoverOutcomes)
+	if k.Agent == "controller" {
+		add("recovered: completed or rolled back", k.Outcome == string(migration.Completed) || k.Outcome == string(migration.RolledBack),
+			"exit %d: %v", k.RecoverExit, k.RecoverOutcomes)
+		add("nothing left over", len(k.Leftovers) == 0, "%v", k.Leftovers)
+	} else {
+		add("recover finished it", k.RecoverExit == 0 || k.RecoverExit == exitRolledBack || fenced,
+			"exit %d: %v", k.RecoverExit, k.RecoverOutcomes)
+	}
 	add("journal: nothing unfinished", k.JournalUnfinished == 0, "%d unfinished", k.JournalUnfinished)
 	if !fenced {
 		add("peers reach the VM after", k.PeersReach, "")
 	}
-	if k.Final["host-a"] == "running" && k.Final["host-b"] == "none" {
+	if k.Agent != "controller" && k.Final["host-a"] == "running" && k.Final["host-b"] == "none" {
 		add("rolled back clean: no link end, no fence left", k.LinkEnds == 0 && k.Fences == 0, "%d link ends, %d fences", k.LinkEnds, k.Fences)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/sealift/sealift/migration"
@@ -26,21 +27,22 @@ import (
 
 func main() {
 	var o Options
-	var link, fence, jsonPath string
+	var link, fence, jsonPath, crash string
 	var verbose bool
 	flag.StringVar(&o.Hypervisor, "hypervisor", "qemu", "hypervisor backend: qemu")
 	flag.StringVar(&link, "link", "wireguard", "secure link: wireguard or ipsec (ipsec needs a kernel with ESP)")
 	flag.StringVar(&fence, "fence", "at-switchover", "fence mode: at-switchover or before-copy")
 	flag.BoolVar(&o.Subnet, "subnet", false, "move a whole subnet (two guests, redirect tunnel, BGP convergence, tunnel removal)")
-	flag.StringVar(&o.Kill, "kill", "", "with -remote: kill the source's or the target's agent (source|target) mid-migration, restart it, recover")
-	flag.StringVar(&o.KillAt, "kill-at", "", "with -kill: when (copy: while RAM is copied; switchover: in the switchover hook; default copy)")
+	flag.StringVar(&o.Kill, "kill", "", "with -remote: kill the source's or the target's agent (source|target) mid-migration, restart it, recover; or the controller (controller) at -kill-at, and recover")
+	flag.StringVar(&o.KillAt, "kill-at", "", "with -kill: when (an agent: copy, while RAM is copied, or switchover, in the switchover hook; default copy. The controller: a crash point, after-310 ... after-390)")
 	flag.StringVar(&o.Logs, "logs", "", "copy the run's logs (-remote: the agents' and the controller's, its journal) to this directory")
 	flag.BoolVar(&o.Remote, "remote", false, "run sealift-agent per host and the controller (sealift migrate) in a namespace of its own, over mutual TLS")
 	flag.StringVar(&jsonPath, "json", "", "write the JSON report to this file")
+	flag.StringVar(&crash, "crash", "", "the controller's crash matrix: one remote lab run per `POINT` (all, or some of "+strings.Join(pointNames(), ",")+"), the controller killed there and another finishing; JSON crash[]")
 	flag.BoolVar(&verbose, "v", false, "log the backends' work")
 	flag.Parse()
 	o.Link, o.Fence = tunnel.Kind(link), migration.FenceMode(fence)
-	if o.Kill != "" && o.KillAt == "" {
+	if (o.Kill == "source" || o.Kill == "target") && o.KillAt == "" {
 		o.KillAt = "copy"
 	}
 	o.Progress = func(s string) { fmt.Println(s) }
@@ -55,6 +57,11 @@ func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if crash != "" {
+		code := matrixMain(ctx, o, crash, jsonPath, log)
+		stop()
+		os.Exit(code)
+	}
 
 	res, err := runProgram(ctx, o, log)
 	if res != nil {

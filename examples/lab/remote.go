@@ -835,13 +835,23 @@ func (o Options) checkKill() error {
 		return nil
 	}
 	if !o.Remote {
-		return fmt.Errorf("-kill %q: only with -remote (it kills an agent process)", o.Kill)
+		return fmt.Errorf("-kill %q: only with -remote (it kills an agent's or the controller's process)", o.Kill)
 	}
-	if o.Kill != "source" && o.Kill != "target" {
-		return fmt.Errorf("-kill %q: want source or target", o.Kill)
-	}
-	if o.KillAt != "copy" && o.KillAt != "switchover" {
-		return fmt.Errorf("-kill-at %q: want copy or switchover", o.KillAt)
+	switch o.Kill {
+	case "source", "target":
+		if o.KillAt != "copy" && o.KillAt != "switchover" {
+			return fmt.Errorf("-kill-at %q: want copy or switchover", o.KillAt)
+		}
+	case "controller":
+		pt, ok := findPoint(o.KillAt)
+		if !ok {
+			return fmt.Errorf("-kill-at %q: want one of %s", o.KillAt, strings.Join(pointNames(), ", "))
+		}
+		if pt.subnet && !o.Subnet {
+			return fmt.Errorf("-kill-at %q: only with -subnet (the block runs when the subnet moves)", o.KillAt)
+		}
+	default:
+		return fmt.Errorf("-kill %q: want source, target or controller", o.Kill)
 	}
 	return nil
 }

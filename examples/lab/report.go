@@ -205,7 +205,11 @@ func scenario(o Options) string {
 		s += ", remote (an agent per host)"
 	}
 	if o.Kill != "" {
-		s += fmt.Sprintf(", %s agent killed at %s", o.Kill, o.KillAt)
+		if o.Kill == "controller" {
+			s += fmt.Sprintf(", controller killed at %s", o.KillAt)
+		} else {
+			s += fmt.Sprintf(", %s agent killed at %s", o.Kill, o.KillAt)
+		}
 	}
 	return s
 }
@@ -424,7 +428,14 @@ func (r *Result) Text() string {
 			fmt.Fprintf(&b, "  wan frame: %s\n", s)
 		}
 	}
-	if k := r.Kill; k != nil {
+	if k := r.Kill; k != nil && k.Agent == "controller" {
+		fmt.Fprintf(&b, "crash: the controller killed (SIGKILL) at %s (its last line %q), sealift migrate exit %d; then %s journal, sealift recover exit %d %v, %.0f ms after the kill; placement (the lab's monitors, %d samples): at most %d running at once, finally %v; left over: %v; peers' blackout %.0f ms, reach the VM after: %v; journal unfinished: %d\n",
+			k.Point, k.LastLine, k.MigrateExit, k.Journal, k.RecoverExit, k.RecoverOutcomes, k.TakeoverMS,
+			k.Samples, k.MaxRunning, k.Final, k.Leftovers, k.BlackoutMS, k.PeersReach, k.JournalUnfinished)
+		if k.Error != "" {
+			fmt.Fprintf(&b, "crash scenario error: %s\n", k.Error)
+		}
+	} else if k != nil {
 		fmt.Fprintf(&b, "crash: %s's agent killed (SIGKILL) %.0f ms after the %s began; sealift migrate exit %d (%s %s); agent restarted, sealift recover exit %d %v; placement (the lab's monitors, %d samples): at most %d running at once, finally %v; %d link ends and %d fences left; peers reach the VM: %v; journal unfinished: %d\n",
 			k.Agent, k.KilledAfterMS, k.At, k.MigrateExit, k.MigrateOutcome, k.MigrateError, k.RecoverExit, k.RecoverOutcomes,
 			k.Samples, k.MaxRunning, k.Final, k.LinkEnds, k.Fences, k.PeersReach, k.JournalUnfinished)

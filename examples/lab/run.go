@@ -185,7 +185,7 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 
 	if o.Kill != "" { // the crash scenario instead of the measurements
 		res.Remote = true
-		if err := w.killScenario(ctx, t, res, pingers[w.vms[0].name]); err != nil {
+		if err := w.killScenario(ctx, t, res, pingers); err != nil {
 			return err
 		}
 		for _, ps := range pingers {
@@ -236,8 +236,7 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 		p := migration.Plan{VM: v.name, From: "secure", To: "cloud", Link: o.Link, FenceMode: o.Fence, MaxDowntime: maxDowntime,
 			Addrs: w.planAddrs(v), Peers: w.planPeers()}
 		if o.Subnet {
-			p.Subnet = &migration.Subnet{Prefix: lab.VMSubnet, Members: []string{"vm1", "vm2"}, Via: bSite,
-				ConvergeTimeout: 60 * time.Second}
+			p.Subnet = w.subnetPlan()
 		}
 		w.current.Store(v.name)
 		select {
@@ -347,6 +346,12 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 }
 
 // planAddrs are guest v's addresses for its plan.
+// subnetPlan: the guests' subnet moves once both are at B.
+func (w *world) subnetPlan() *migration.Subnet {
+	return &migration.Subnet{Prefix: lab.VMSubnet, Members: []string{"vm1", "vm2"}, Via: bSite,
+		ConvergeTimeout: 60 * time.Second}
+}
+
 func (w *world) planAddrs(v vmSpec) []netip.Prefix {
 	return []netip.Prefix{netip.PrefixFrom(v.addr, 32)}
 }
