@@ -9,8 +9,19 @@ import (
 )
 
 // Event is something a subscriber hears about a migration: one of
-// StepStarted, StepFinished, MigrationProgress, Finished.
+// Started, StepStarted, StepFinished, MigrationProgress, Finished. Every
+// run (Run, and each migration Recover or Standby takes on) has exactly
+// one Started first and one Finished last.
 type Event interface{ MigrationID() string }
+
+// Started: a run began (Run once the journal holds the migration;
+// Recovery: Recover or Standby took an unfinished one on).
+type Started struct {
+	ID       string
+	Plan     Plan
+	Recovery bool
+	At       time.Time
+}
 
 // StepStarted: a block of FIG. 3 began.
 type StepStarted struct {
@@ -33,13 +44,18 @@ type MigrationProgress struct {
 	hypervisor.Progress
 }
 
-// Finished: the migration ended with this outcome.
+// Finished: the run ended with this outcome (Abandoned also when the
+// controller lost its ownership: the journal then keeps the migration for
+// another). Report is the run's report (shared: read it, do not change
+// it).
 type Finished struct {
 	ID      string
 	Outcome Outcome
 	Reason  string
+	Report  *Report
 }
 
+func (e Started) MigrationID() string           { return e.ID }
 func (e StepStarted) MigrationID() string       { return e.ID }
 func (e StepFinished) MigrationID() string      { return e.ID }
 func (e MigrationProgress) MigrationID() string { return e.ID }

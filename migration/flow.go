@@ -669,7 +669,6 @@ func (r *run) rollback(ctx context.Context, cause error) error {
 // say a human must look, and what is left.
 func (r *run) abandonUnfinished(err, cause error) error {
 	r.rep.Outcome, r.rep.Reason = Abandoned, fmt.Sprintf("rollback incomplete: %v (after: %v)", err, cause)
-	r.m.bus.emit(Finished{ID: r.plan.ID, Outcome: Abandoned, Reason: r.rep.Reason})
 	r.log.Error("rollback incomplete", "err", err, "cause", cause)
 	return fmt.Errorf("%w: %w (after: %w)", ErrRollbackFailed, err, cause)
 }

@@ -132,8 +132,19 @@ func (m *Migrator) Run(ctx context.Context, p Plan) (*Report, error) {
 		"link", p.Link, "fence", p.FenceMode)
 	ctx, release := r.owned(ctx)
 	defer release()
-	err := r.forward(ctx)
-	return r.rep, r.ownership(err)
+	r.started(false)
+	err := r.ownership(r.forward(ctx))
+	r.finished()
+	return r.rep, err
+}
+
+// started and finished announce the run's beginning and end.
+func (r *run) started(recovery bool) {
+	r.m.bus.emit(Started{ID: r.plan.ID, Plan: r.plan, Recovery: recovery, At: time.Now()})
+}
+
+func (r *run) finished() {
+	r.m.bus.emit(Finished{ID: r.plan.ID, Outcome: r.rep.Outcome, Reason: r.rep.Reason, Report: r.rep})
 }
 
 func newID() string {
@@ -314,7 +325,6 @@ func (r *run) finish(ctx context.Context, o Outcome, reason string) error {
 		r.carry = nil
 	}
 	r.rep.Outcome, r.rep.Reason = o, reason
-	r.m.bus.emit(Finished{ID: r.plan.ID, Outcome: o, Reason: reason})
 	r.log.Info("migration finished", "outcome", o, "reason", reason)
 	err := r.j.Finish(ctx, r.plan.ID, o, reason)
 	r.refused(err)

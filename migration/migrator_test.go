@@ -173,8 +173,11 @@ func TestEventsAndJournal(t *testing.T) {
 	cancel()
 	require.NoError(t, err)
 	var started, finished, progress int
-	var last migration.Event
+	var first, last migration.Event
 	for e := range ev {
+		if first == nil {
+			first = e
+		}
 		switch e.(type) {
 		case migration.StepStarted:
 			started++
@@ -188,8 +191,13 @@ func TestEventsAndJournal(t *testing.T) {
 	assert.Equal(t, len(rep.Steps), started, "StepStarted events")
 	assert.Equal(t, len(rep.Steps), finished, "StepFinished events")
 	assert.NotZero(t, progress, "MigrationProgress events")
+	if assert.IsType(t, migration.Started{}, first) {
+		assert.Equal(t, rep.ID, first.(migration.Started).ID)
+		assert.Equal(t, "vm1", first.(migration.Started).Plan.VM)
+	}
 	if assert.IsType(t, migration.Finished{}, last) {
 		assert.Equal(t, migration.Completed, last.(migration.Finished).Outcome)
+		assert.Same(t, rep, last.(migration.Finished).Report)
 	}
 	assert.Zero(t, m.Dropped())
 	// Every step is journaled before and after, and the record is done.

@@ -63,7 +63,9 @@ func (m *Migrator) recoverOne(ctx context.Context, rec Record) (*Report, error) 
 	r.log.Info("recovering migration", "started", rec.Started, "owner", rec.Owner)
 	ctx, release := r.owned(ctx)
 	defer release()
+	r.started(true)
 	err := r.ownership(r.recover(ctx))
+	r.finished()
 	return r.rep, err
 }
 

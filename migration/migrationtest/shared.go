@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/sealift/sealift/migration"
 )
@@ -157,7 +158,7 @@ func (j *SharedJournal) Finish(_ context.Context, id string, o migration.Outcome
 		return err
 	}
 	r := s.recs[id]
-	r.Outcome, r.Reason = o, reason
+	r.Outcome, r.Reason, r.Finished = o, reason, time.Now()
 	return nil
 }
 
