@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -112,7 +113,14 @@ func (j *BoltJournal) Load(_ context.Context, id string) (r Record, es []Entry, 
 	return r, es, err
 }
 
-func (j *BoltJournal) Unfinished(context.Context) ([]Record, error) {
+func (j *BoltJournal) Unfinished(ctx context.Context) ([]Record, error) {
+	all, err := j.List(ctx)
+	out := slices.DeleteFunc(all, Record.Done)
+	return out, err
+}
+
+// List returns every record, oldest first.
+func (j *BoltJournal) List(context.Context) ([]Record, error) {
 	var out []Record
 	err := j.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketRecords).ForEach(func(_, v []byte) error {
@@ -120,9 +128,7 @@ func (j *BoltJournal) Unfinished(context.Context) ([]Record, error) {
 			if err := json.Unmarshal(v, &r); err != nil {
 				return err
 			}
-			if !r.Done() {
-				out = append(out, r)
-			}
+			out = append(out, r)
 			return nil
 		})
 	})

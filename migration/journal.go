@@ -68,6 +68,13 @@ type Journal interface {
 	Close() error
 }
 
+// Lister is a Journal that lists all its records, finished ones too,
+// oldest first (for status views; MemJournal, BoltJournal and
+// etcdjournal implement it).
+type Lister interface {
+	List(ctx context.Context) ([]Record, error)
+}
+
 // ErrNoRecord: the journal has no migration of that ID.
 var ErrNoRecord = errors.New("migration: no such journal record")
 
@@ -170,6 +177,17 @@ func (j *MemJournal) Unfinished(context.Context) ([]Record, error) {
 		if r := j.recs[id]; !r.Done() {
 			out = append(out, *r)
 		}
+	}
+	return out, nil
+}
+
+// List returns every record, oldest first.
+func (j *MemJournal) List(context.Context) ([]Record, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	out := make([]Record, 0, len(j.order))
+	for _, id := range j.order {
+		out = append(out, *j.recs[id])
 	}
 	return out, nil
 }

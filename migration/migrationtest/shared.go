@@ -45,7 +45,10 @@ type SharedJournal struct {
 	end    context.CancelCauseFunc
 }
 
-var _ migration.SharedJournal = (*SharedJournal)(nil)
+var (
+	_ migration.SharedJournal = (*SharedJournal)(nil)
+	_ migration.Lister        = (*SharedJournal)(nil)
+)
 
 // Name is the controller's name (Record.Owner of what it owns).
 func (j *SharedJournal) Name() string { return j.name }
@@ -146,6 +149,18 @@ func (j *SharedJournal) Unfinished(context.Context) ([]migration.Record, error) 
 		if r := s.recs[id]; !r.Done() {
 			out = append(out, *r)
 		}
+	}
+	return out, nil
+}
+
+// List returns every record, oldest first.
+func (j *SharedJournal) List(context.Context) ([]migration.Record, error) {
+	s := j.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]migration.Record, 0, len(s.order))
+	for _, id := range s.order {
+		out = append(out, *s.recs[id])
 	}
 	return out, nil
 }
