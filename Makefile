@@ -17,10 +17,13 @@ test: deps
 	$(GO) test -race -count=1 -timeout 60m ./...
 
 ## crash: the controller's crash matrix (issue 13): one remote lab run per
-## point of FIG. 3, the controller killed there with SIGKILL and another
-## finishing the migration; crash-report.json; non-zero if a point fails
+## point of FIG. 3, the owning controller killed there with SIGKILL and a
+## standby finishing the migration (etcd journal: crash-report.json), then
+## the same with one controller restarted on its bbolt journal
+## (crash-report-bolt.json); non-zero if a point fails
 crash: deps
-	$(GO) run ./examples/lab -crash all -json crash-report.json $(LABFLAGS)
+	$(GO) run ./examples/lab -crash all -standby -json crash-report.json $(LABFLAGS)
+	$(GO) run ./examples/lab -crash all -json crash-report-bolt.json $(LABFLAGS)
 
 deps:
 	@bash scripts/install-deps.sh

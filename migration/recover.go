@@ -74,13 +74,20 @@ func (m *Migrator) recoverOne(ctx context.Context, rec Record) (*Report, error) 
 // lease expired) and finishes it as Recover does (roll back before the
 // target resumed, forward after), calling done with each report (which
 // may be nil) and error (nil when it completed or rolled back, as
-// Recover's). It returns ctx's error, or at once an error if
-// the journal is not shared.
+// Recover's). It returns ctx's error; an error wrapping ErrNotOwner once
+// this controller's own ownership ends (its lease: a standby that cannot
+// own cannot take anything over; make a new journal and Migrator); or at
+// once an error if the journal is not shared.
 func (m *Migrator) Standby(ctx context.Context, done func(*Report, error)) error {
 	sj, ok := m.cfg.Journal.(SharedJournal)
 	if !ok {
 		return fmt.Errorf("%w: Standby needs a SharedJournal (Config.Journal is %T)", ErrInvalidPlan, m.cfg.Journal)
 	}
+	own := sj.Owning()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(own, func() { cancel(fmt.Errorf("%w: %w", ErrNotOwner, context.Cause(own))) })
+	defer stop()
 	ids, err := sj.Orphans(ctx)
 	if err != nil {
 		return fmt.Errorf("watch the journal for orphans: %w", err)
@@ -104,7 +111,10 @@ func (m *Migrator) Standby(ctx context.Context, done func(*Report, error)) error
 			done(rep, err)
 		}
 	}
-	return ctx.Err()
+	if own.Err() != nil {
+		return fmt.Errorf("%w: %w", ErrNotOwner, context.Cause(own))
+	}
+	return context.Cause(ctx)
 }
 
 func (r *run) recover(ctx context.Context) error {

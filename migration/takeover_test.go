@@ -138,6 +138,17 @@ func TestStandbyLeavesLiveOwners(t *testing.T) {
 	assert.Zero(t, took, "Standby took a migration whose owner lives")
 	assert.Equal(t, hypervisor.Paused, s.State("b", "vm1"), "untouched: still paused at b")
 
+	// A standby whose own lease ends stops: it could claim nothing.
+	done := make(chan error, 1)
+	go func() { done <- mb.Standby(ctx, nil) }()
+	b.Expire()
+	select {
+	case err := <-done:
+		assert.ErrorIs(t, err, migration.ErrNotOwner)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Standby went on after its lease ended")
+	}
+
 	s.Config.Journal = migration.NewMemJournal()
 	assert.Error(t, newMigrator(t, s).Standby(ctx, nil), "Standby on a journal of one controller")
 }

@@ -1,18 +1,23 @@
 // Command sealift is a minimal controller: it migrates a VM between
 // environments whose hosts each run a sealift agent (cmd/sealift-agent),
 // over mutual TLS, with a bbolt journal, and finishes what a stopped
-// controller left (recover).
+// controller left (recover). With an etcd journal instead of the bbolt
+// file, several controllers share the journal: each migration is owned by
+// the one running it, and a standby (sealift controller) finishes those
+// whose owner died once its lease expired.
 //
 //	sealift migrate -config F -vm NAME -from ENV -to ENV -addr PREFIX[,...] -peer PREFIX[,...] [-link KIND] [-fence MODE] [-max-downtime D]
-//	                [-subnet PREFIX -members NAME[,...] -via ADDR [-converge-timeout D]] [-json]
-//	sealift recover -config F [-json]
+//	                [-subnet PREFIX -members NAME[,...] -via ADDR [-converge-timeout D]] [-name N] [-json]
+//	sealift recover -config F [-name N] [-json]
+//	sealift controller -config F [-name N] [-json]   (standby, until SIGINT/SIGTERM; etcd journal only)
 //	sealift version
 //
 // Exit codes: 0 completed (recover: every unfinished migration
 // finished), 1 an error before or outside a migration, 2 bad usage or a
 // refused plan (nothing touched), 3 rolled back (the VM runs at the
 // source), 4 stayed fenced (the VM is fenced at the target: look at the
-// reason), 5 abandoned (the journal keeps it for recover).
+// reason), 5 abandoned (the journal keeps it for recover; also: this
+// controller lost its ownership of the migration to another).
 package main
 
 import (
@@ -20,7 +25,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -49,8 +53,10 @@ type Config struct {
 		Cert string `json:"cert"`
 		Key  string `json:"key"`
 	} `json:"tls"`
-	// Journal is the bbolt journal's path.
-	Journal string `json:"journal"`
+	// Journal is the bbolt journal's path; or Etcd, a journal several
+	// controllers share.
+	Journal string      `json:"journal,omitempty"`
+	Etcd    *EtcdConfig `json:"etcd,omitempty"`
 	// Environments by name.
 	Environments map[string]EnvConfig `json:"environments"`
 }
@@ -100,50 +106,54 @@ func version() string {
 
 // run is the command; it returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	original := stderr
 	stderr = &lockedWriter{w: stderr} // logs and progress lines come from several goroutines
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: sealift migrate|recover|version [flags] (sealift CMD -h)")
+		fmt.Fprintln(stderr, "usage: sealift "+strings.Join(commands, "|")+" [flags] (sealift CMD -h)")
 		return exitUsage
 	}
 	switch args[0] {
 	case "version":
 		fmt.Fprintln(stdout, "sealift", version())
 		return exitOK
-	case "migrate", "recover":
+	case "completion":
+		if len(args) != 2 || args[1] != "bash" {
+			fmt.Fprintln(stderr, "usage: sealift completion bash   (then: source <(sealift completion bash))")
+			return exitUsage
+		}
+		printCompletion(stdout)
+		return exitOK
+	case "migrate", "recover", "controller", "status", "inspect":
 	default:
-		fmt.Fprintf(stderr, "sealift: unknown command %q (want migrate, recover or version)\n", args[0])
+		fmt.Fprintf(stderr, "sealift: unknown command %q (want one of %s)\n", args[0], strings.Join(commands, ", "))
 		return exitUsage
 	}
-	fs := flag.NewFlagSet("sealift "+args[0], flag.ContinueOnError)
+	fs, f := newFlags(args[0])
 	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", "", "controller configuration `FILE` (JSON)")
-	asJSON := fs.Bool("json", false, "print the report(s) as JSON")
-	var vm, from, to, addrs, peers, fenceMode, subnet, members, via, link string
-	var maxDowntime, converge time.Duration
-	if args[0] == "migrate" {
-		fs.StringVar(&vm, "vm", "", "the VM's `NAME`")
-		fs.StringVar(&from, "from", "", "source environment")
-		fs.StringVar(&to, "to", "", "target environment")
-		fs.StringVar(&addrs, "addr", "", "the VM's addresses, comma-separated `PREFIXES` (10.1.0.10/32)")
-		fs.StringVar(&peers, "peer", "", "the secure side's prefixes it talks to, comma-separated")
-		fs.StringVar(&link, "link", string(tunnel.WireGuard), "secure link `KIND`: wireguard or ipsec (the agents' -link must serve it)")
-		fs.StringVar(&fenceMode, "fence", string(migration.FenceAtSwitchover), "fence `MODE`: at-switchover or before-copy")
-		fs.DurationVar(&maxDowntime, "max-downtime", 0, "allowed stop-and-copy time (0: the hypervisor's default)")
-		fs.StringVar(&subnet, "subnet", "", "the VM's subnet `PREFIX`: when its other VMs (-members) are at the target already, the whole subnet moves (redirect tunnel from the routing core until routes converge)")
-		fs.StringVar(&members, "members", "", "the subnet's other VMs, comma-separated `NAMES` (with -subnet)")
-		fs.StringVar(&via, "via", "", "the next hop `ADDR` at the routing core that proves the subnet's new place (with -subnet)")
-		fs.DurationVar(&converge, "converge-timeout", 0, "how long to wait for the routing core to converge (with -subnet; 0: 5 minutes)")
-	}
+	cfgPath, asJSON, name := f.config, f.asJSON, f.name
 	if err := fs.Parse(args[1:]); err != nil {
 		return exitUsage
 	}
+	vm, from, to, addrs, peers, fenceMode := f.vm, f.from, f.to, f.addrs, f.peers, f.fence
+	subnet, members, via, link := f.subnet, f.members, f.via, f.link
+	maxDowntime, converge := f.maxDowntime, f.converge
 	if *cfgPath == "" {
 		fmt.Fprintln(stderr, "sealift: -config is required")
 		return exitUsage
 	}
+	switch args[0] {
+	case "inspect":
+		return runInspect(ctx, *cfgPath, fs.Args(), *asJSON, stdout, stderr)
+	case "status":
+		return runStatus(ctx, *cfgPath, *name, *asJSON, stdout, stderr)
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "sealift %s: unexpected argument %q\n", args[0], fs.Arg(0))
+		return exitUsage
+	}
 	log := slog.New(slog.NewJSONHandler(stderr, nil))
 	calls := &rpcLog{}
-	m, closeAll, err := build(ctx, *cfgPath, log, grpc.WithChainUnaryInterceptor(calls.intercept))
+	m, closeAll, err := build(ctx, *cfgPath, *name, log, grpc.WithChainUnaryInterceptor(calls.intercept))
 	if err != nil {
 		fmt.Fprintf(stderr, "sealift: %v\n", err)
 		if errors.Is(err, errConfig) {
@@ -153,8 +163,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	defer closeAll()
 
+	if args[0] == "controller" {
+		return standby(ctx, m, stdout, stderr, *asJSON)
+	}
 	if args[0] == "recover" {
+		events, unsub := m.Subscribe(64)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for ev := range events {
+				printEvent(stderr, ev)
+			}
+		}()
 		reps, err := m.Recover(ctx)
+		unsub()
+		<-done
 		for _, r := range reps {
 			printReport(stdout, r, *asJSON)
 		}
@@ -187,8 +210,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		ep := newEventPrinter(stderr, original)
 		for ev := range events {
-			printEvent(stderr, ev)
+			ep.print(ev)
 		}
 	}()
 	rep, err := m.Run(ctx, plan)
@@ -211,21 +235,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 var errConfig = errors.New("configuration")
 
-// build reads the configuration, dials every agent and returns the
-// Migrator and a function that closes it all.
-func build(ctx context.Context, path string, log *slog.Logger, grpcOpts ...grpc.DialOption) (*migration.Migrator, func(), error) {
+// loadConfig reads the configuration file (unknown fields refused).
+func loadConfig(path string) (Config, error) {
+	var cfg Config
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: -config: %w", errConfig, err)
+		return cfg, fmt.Errorf("%w: -config: %w", errConfig, err)
 	}
-	var cfg Config
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&cfg); err != nil {
-		return nil, nil, fmt.Errorf("%w: %s: %w", errConfig, path, err)
+		return cfg, fmt.Errorf("%w: %s: %w", errConfig, path, err)
 	}
-	if cfg.Journal == "" {
-		return nil, nil, fmt.Errorf("%w: %s: journal is empty", errConfig, path)
+	return cfg, nil
+}
+
+// build reads the configuration, dials every agent and returns the
+// Migrator and a function that closes it all.
+func build(ctx context.Context, path, name string, log *slog.Logger, grpcOpts ...grpc.DialOption) (*migration.Migrator, func(), error) {
+	cfg, err := loadConfig(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cfg.Journal == "" && cfg.Etcd == nil {
+		return nil, nil, fmt.Errorf("%w: %s: journal is empty (a bbolt file), and there is no etcd", errConfig, path)
 	}
 	caPEM, cert, err := agentpki.LoadFiles(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key)
 	if err != nil {
@@ -293,7 +326,7 @@ func build(ctx context.Context, path string, log *slog.Logger, grpcOpts ...grpc.
 	// end of the link's kind.
 	hosts := tunnel.NewHosts(ends)
 	mc.Linkers = map[tunnel.Kind]tunnel.SecureLinker{tunnel.WireGuard: hosts, tunnel.IPsec: hosts}
-	j, err := migration.OpenBoltJournal(cfg.Journal)
+	j, err := openJournal(ctx, cfg, path, name, log)
 	if err != nil {
 		return fail(err)
 	}
@@ -305,6 +338,38 @@ func build(ctx context.Context, path string, log *slog.Logger, grpcOpts ...grpc.
 		return fail(fmt.Errorf("%w: %w", errConfig, err))
 	}
 	return m, func() { m.Close(); closeAll() }, nil
+}
+
+// standby is `sealift controller`: it takes over the migrations whose
+// owner died until ctx ends (SIGINT, SIGTERM), printing each report.
+func standby(ctx context.Context, m *migration.Migrator, stdout, stderr io.Writer, asJSON bool) int {
+	events, unsub := m.Subscribe(64)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ev := range events {
+			printEvent(stderr, ev)
+		}
+	}()
+	defer func() { unsub(); <-done }()
+	fmt.Fprintln(stderr, "standby: watching the journal for migrations whose owner is gone")
+	err := m.Standby(ctx, func(rep *migration.Report, err error) {
+		if rep != nil {
+			fmt.Fprintf(stderr, "took over %s (VM %s): %s %s\n", rep.ID, rep.VM, rep.Outcome, rep.Reason)
+			printReport(stdout, rep, asJSON)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "sealift: takeover: %v\n", err)
+		}
+	})
+	if errors.Is(err, context.Canceled) {
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "sealift: controller: %v\n", err)
+	if errors.Is(err, migration.ErrInvalidPlan) {
+		return exitUsage
+	}
+	return exitError
 }
 
 // subnetFlags is the plan's Subnet from -subnet, -members, -via and
@@ -367,8 +432,58 @@ func outcomeCode(o migration.Outcome) int {
 	}
 }
 
+// eventPrinter prints the Migrator's events: a line each, or, on a
+// terminal, the hypervisor's progress as one line rewritten in place.
+type eventPrinter struct {
+	w     io.Writer
+	tty   bool
+	block migration.Block
+	open  bool // a progress line is on the terminal, unterminated
+}
+
+func newEventPrinter(w io.Writer, original io.Writer) *eventPrinter {
+	p := &eventPrinter{w: w}
+	if f, ok := original.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil {
+			p.tty = fi.Mode()&os.ModeCharDevice != 0
+		}
+	}
+	return p
+}
+
+func (p *eventPrinter) print(ev migration.Event) {
+	if pr, ok := ev.(migration.MigrationProgress); ok && p.tty {
+		pct := 0.0
+		if pr.Total > 0 && pr.Remaining <= pr.Total {
+			pct = 100 * float64(pr.Total-pr.Remaining) / float64(pr.Total)
+		}
+		rate := 0.0
+		if s := pr.Elapsed.Seconds(); s > 0 {
+			rate = float64(pr.Transferred) / (1 << 20) / s
+		}
+		fmt.Fprintf(p.w, "\r\033[K[block %d %s] %3.0f%%  %.1f MiB sent, %.1f MiB left, pass %d, %.1f MiB/s",
+			int(p.block), p.block, pct, float64(pr.Transferred)/(1<<20), float64(pr.Remaining)/(1<<20), pr.Pass, rate)
+		p.open = true
+		return
+	}
+	if p.open {
+		fmt.Fprintln(p.w)
+		p.open = false
+	}
+	if s, ok := ev.(migration.StepStarted); ok {
+		p.block = s.Block
+	}
+	printEvent(p.w, ev)
+}
+
 func printEvent(w io.Writer, ev migration.Event) {
 	switch e := ev.(type) {
+	case migration.Started:
+		what := "migration"
+		if e.Recovery {
+			what = "recovery"
+		}
+		fmt.Fprintf(w, "started: %s %s of VM %s, %s -> %s\n", what, e.ID, e.Plan.VM, e.Plan.From, e.Plan.To)
 	case migration.StepStarted:
 		fmt.Fprintf(w, "block %d %s ...\n", int(e.Block), e.Block)
 	case migration.StepFinished:

@@ -94,6 +94,46 @@ func TestMigrateThroughAgents(t *testing.T) {
 	assert.Equal(t, exitOK, run(ctx, []string{"recover", "-config", path}, &out, &errs), "%s", errs.String())
 	assert.Empty(t, strings.TrimSpace(out.String()), "nothing left to recover")
 
+	// status: the migration, from the journal.
+	out.Reset()
+	require.Equal(t, exitOK, run(ctx, []string{"status", "-config", path, "-json"}, &out, &errs), "%s", errs.String())
+	var sts []MigrationStatus
+	require.NoError(t, json.Unmarshal(out.Bytes(), &sts), "%s", out.String())
+	if assert.Len(t, sts, 1) {
+		assert.Equal(t, "vm1", sts[0].VM)
+		assert.Equal(t, "completed", sts[0].State)
+		assert.Equal(t, "secure", sts[0].From)
+	}
+	// inspect: what each host's agent holds after the move — B: the
+	// VM's fence, open to its link's device, and the link's remote end;
+	// A: the secure end, no fence.
+	ins := func(host string) HostState {
+		t.Helper()
+		out.Reset()
+		require.Equal(t, exitOK, run(ctx, []string{"inspect", "-config", path, "-json", host}, &out, &errs), "%s", errs.String())
+		var st HostState
+		require.NoError(t, json.Unmarshal(out.Bytes(), &st), "%s", out.String())
+		return st
+	}
+	stB, stA := ins("host-b"), ins("host-a")
+	if assert.Len(t, stB.Fences, 1) && assert.Len(t, stB.Links, 1) {
+		assert.Equal(t, "vm1", stB.Fences[0].VM)
+		assert.Equal(t, []string{stB.Links[0].Device}, stB.Fences[0].AllowVia, "B's fence is open to the link only")
+		assert.Equal(t, "remote", stB.Links[0].Role)
+		assert.True(t, stB.Links[0].Active)
+	}
+	assert.Empty(t, stA.Fences, "A's fence was lifted")
+	if assert.Len(t, stA.Links, 1) {
+		assert.Equal(t, "secure", stA.Links[0].Role)
+		assert.Equal(t, stB.Links[0].ID, stA.Links[0].ID)
+	}
+	out.Reset()
+	require.Equal(t, exitOK, run(ctx, []string{"inspect", "-config", path, "host-b"}, &out, &errs), "%s", errs.String())
+	assert.Regexp(t, `(?m)^vm1 +\S+ +`+stB.Links[0].Device, out.String(), "the fence table")
+	out.Reset()
+	require.Equal(t, exitOK, run(ctx, []string{"completion", "bash"}, &out, &errs))
+	assert.Contains(t, out.String(), "complete -F _sealift sealift")
+
 	for _, c := range []struct {
 		args []string
 		want string
@@ -105,6 +145,10 @@ func TestMigrateThroughAgents(t *testing.T) {
 		{[]string{"migrate", "-config", path, "-vm", "vm1", "-from", "cloud", "-to", "secure", "-addr", "10.1.0.10/32", "-members", "vm2"}, `-members "vm2": only with -subnet`},
 		{[]string{"migrate", "-config", path, "-vm", "vm1", "-from", "cloud", "-to", "secure", "-addr", "10.1.0.10/32", "-subnet", "10.1.0.0/24", "-via", "10.9.9"}, `-via "10.9.9"`},
 		{[]string{"teleport"}, `unknown command "teleport"`},
+		{[]string{"inspect", "-config", path, "host-z"}, `host "host-z" is not in the configuration (hosts: host-a, host-b)`},
+		{[]string{"inspect", "-config", path}, "usage: sealift inspect"},
+		{[]string{"recover", "-config", path, "extra"}, `unexpected argument "extra"`},
+		{[]string{"completion", "zsh"}, "usage: sealift completion bash"},
 	} {
 		errs.Reset()
 		assert.Equal(t, exitUsage, run(ctx, c.args, &out, &errs), "%v", c.args)

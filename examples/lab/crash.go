@@ -71,6 +71,18 @@ func (w *world) controllerKill(ctx context.Context, t lab.TB, res *Result, k *Ki
 	o := w.opts
 	pt, _ := findPoint(o.KillAt)
 	k.Point, k.Journal = pt.name, "bolt"
+	var sb *standbyProc
+	if o.Standby {
+		k.Journal = "etcd"
+		if err := w.startEtcd(t); err != nil {
+			return err
+		}
+		var err error
+		if sb, err = w.startStandby(ctx); err != nil {
+			return err
+		}
+		defer sb.stop()
+	}
 	plan := func(i int) migration.Plan {
 		v := w.vms[i]
 		p := migration.Plan{VM: v.name, From: "secure", To: "cloud", Link: o.Link, FenceMode: o.Fence, MaxDowntime: maxDowntime,
@@ -92,7 +104,7 @@ func (w *world) controllerKill(ctx context.Context, t lab.TB, res *Result, k *Ki
 	pl := w.watchPlacement(v.name)
 	defer pl.close()
 	start := time.Now()
-	c, err := w.startController(ctx, migrateArgs(plan(last))...)
+	c, err := w.startController(ctx, append(migrateArgs(plan(last)), "-name", "owner")...)
 	if err != nil {
 		return err
 	}
@@ -118,23 +130,43 @@ func (w *world) controllerKill(ctx context.Context, t lab.TB, res *Result, k *Ki
 	k.KilledAfterMS = ms(time.Since(t0))
 	w.log.Info("controller killed", "point", pt.name, "line", k.LastLine)
 
-	// The controller's restart: `sealift recover` on its journal.
-	rc, err := w.startController(ctx, "recover")
-	if err != nil {
-		return err
-	}
-	rr := rc.wait()
-	k.TakeoverMS = ms(time.Since(t0))
-	k.RecoverExit = rr.code
-	k.RecoverOutcomes = []string{}
-	for _, r := range rr.reps {
-		k.RecoverOutcomes = append(k.RecoverOutcomes, string(r.Outcome)+" "+r.Reason)
-		if k.Outcome == "" {
-			k.Outcome = string(r.Outcome)
+	if sb != nil {
+		// The standby claims it once the owner's lease has expired.
+		outcome, line, err := w.standbyTakeover(ctx, sb, 2*time.Minute)
+		k.RecoveredMS = ms(time.Since(t0))
+		if err != nil {
+			return err
 		}
-	}
-	if rr.code != 0 && rr.code != exitRolledBack && rr.code != exitStayedFenced {
-		k.Error = fmt.Sprintf("sealift recover exited %d: %v; its last lines: %s", rr.code, rr.err, strings.Join(rc.tail, " | "))
+		select {
+		case at := <-sb.claimed:
+			k.TakeoverMS = ms(at.Sub(t0))
+		default:
+			return fmt.Errorf("the standby took the migration over without saying it started recovering it")
+		}
+		k.Outcome = outcome
+		k.RecoverOutcomes = []string{line}
+	} else {
+		// The controller's restart: `sealift recover` on its journal.
+		rc, err := w.startController(ctx, "recover")
+		if err != nil {
+			return err
+		}
+		rr := rc.wait()
+		k.RecoveredMS = ms(time.Since(t0))
+		if !rc.recoveryAt.IsZero() {
+			k.TakeoverMS = ms(rc.recoveryAt.Sub(t0))
+		}
+		k.RecoverExit = rr.code
+		k.RecoverOutcomes = []string{}
+		for _, r := range rr.reps {
+			k.RecoverOutcomes = append(k.RecoverOutcomes, string(r.Outcome)+" "+r.Reason)
+			if k.Outcome == "" {
+				k.Outcome = string(r.Outcome)
+			}
+		}
+		if rr.code != 0 && rr.code != exitRolledBack && rr.code != exitStayedFenced {
+			k.Error = fmt.Sprintf("sealift recover exited %d: %v; its last lines: %s", rr.code, rr.err, strings.Join(rc.tail, " | "))
+		}
 	}
 	k.Final = pl.sample()
 	reached := func() bool {
@@ -147,7 +179,13 @@ func (w *world) controllerKill(ctx context.Context, t lab.TB, res *Result, k *Ki
 	}
 	k.PeersReach = waitFor(ctx, 10*time.Second, reached) == nil
 	k.Samples, k.MaxRunning = pl.samples, pl.maxRunning
-	k.BlackoutMS = blackout(ps, start, time.Now()).MS
+	end := time.Now()
+	k.BlackoutMS = blackout(ps, start, end).MS
+	for _, p := range ps { // where the worst gap began, from the kill
+		if s := p.Between(start, end); ms(s.Blackout) == k.BlackoutMS {
+			k.BlackoutFromKillMS = ms(s.BlackoutStart.Sub(t0))
+		}
+	}
 	for h, st := range k.Final {
 		if st != "none" {
 			k.VMActiveCount++
@@ -156,16 +194,11 @@ func (w *world) controllerKill(ctx context.Context, t lab.TB, res *Result, k *Ki
 	}
 	slices.Sort(k.VMRunningAt)
 	k.Leftovers = w.leftovers(ctx, k.Final["host-b"] == "running", v.name)
-	bj, err := migration.OpenBoltJournal(w.rm.journal)
-	if err != nil {
-		return fmt.Errorf("the controller's journal: %w", err)
-	}
-	defer bj.Close()
-	un, err := bj.Unfinished(ctx)
+	un, err := w.journalUnfinished(ctx)
 	if err != nil {
 		return err
 	}
-	k.JournalUnfinished = len(un)
+	k.JournalUnfinished = un
 	return nil
 }
 

@@ -35,15 +35,22 @@ type KillResult struct {
 	// arriving, from the migration's start to the end), where the VM is
 	// active at the end and what the hosts hold that its end does not
 	// explain.
-	Point         string   `json:"point,omitempty"`
-	LastLine      string   `json:"last_line,omitempty"`
-	Journal       string   `json:"journal,omitempty"`
-	Outcome       string   `json:"outcome,omitempty"`
-	TakeoverMS    float64  `json:"takeover_ms,omitempty"`
-	BlackoutMS    float64  `json:"blackout_ms,omitempty"`
-	VMActiveCount int      `json:"vm_active_count"`
-	VMRunningAt   []string `json:"vm_running_at,omitempty"`
-	Leftovers     []string `json:"leftovers"`
+	Point    string `json:"point,omitempty"`
+	LastLine string `json:"last_line,omitempty"`
+	Journal  string `json:"journal,omitempty"`
+	Outcome  string `json:"outcome,omitempty"`
+	// TakeoverMS: from the kill to the recovering controller's start on
+	// the migration (the standby: once it claimed it); RecoveredMS: to
+	// the end of the recovery.
+	TakeoverMS  float64 `json:"takeover_ms,omitempty"`
+	RecoveredMS float64 `json:"recovered_ms,omitempty"`
+	BlackoutMS  float64 `json:"blackout_ms,omitempty"`
+	// BlackoutFromKillMS: when the longest gap began, from the kill
+	// (negative: before it, in the migration's own switchover).
+	BlackoutFromKillMS float64  `json:"blackout_from_kill_ms"`
+	VMActiveCount      int      `json:"vm_active_count"`
+	VMRunningAt        []string `json:"vm_running_at,omitempty"`
+	Leftovers          []string `json:"leftovers"`
 	// KilledAfterMS: from the controller's report of the trigger block
 	// starting (330 for copy, 320 for switchover) to the kill.
 	KilledAfterMS  float64 `json:"killed_after_ms"`

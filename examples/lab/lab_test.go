@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -179,11 +180,13 @@ func toJSON(v any) string {
 // TestLabControllerCrash: the controller (sealift migrate) is killed with
 // SIGKILL at three points of FIG. 3 — in the switchover hook before the
 // source's fence, once QEMU has finished (330), between the audit and
-// the reset (355-365) — and `sealift recover` on its bbolt journal
-// finishes the migration: rolled back before the target resumed,
+// the reset (355-365) — and another finishes the migration: `sealift
+// recover` on its bbolt journal, or (etcd) a standby controller once the
+// owner's lease expired. Rolled back before the target resumed,
 // completed after; the VM never runs in two places and ends active in
 // exactly one, no host keeps anything its end does not explain, nothing
-// crosses the wan in clear. The whole matrix: make crash.
+// crosses the wan in clear; the standby claims within the lease's TTL
+// and a second. The whole matrix: make crash.
 func TestLabControllerCrash(t *testing.T) {
 	lab.RequireRoot(t)
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
@@ -198,27 +201,41 @@ func TestLabControllerCrash(t *testing.T) {
 		{"after-330", migration.Completed, "host-b running"},
 		{"355-365", migration.Completed, "host-b running"},
 	} {
-		t.Run(c.point, func(t *testing.T) {
-			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			o := Options{Hypervisor: "qemu", Link: tunnel.WireGuard, Fence: migration.FenceAtSwitchover, Remote: true, Kill: "controller", KillAt: c.point}
-			res, err := Run(t.Context(), t, o, log)
-			require.NotNil(t, res, "no report: %v", err)
-			t.Log("\n" + res.Text())
-			assert.NoError(t, err)
-			for _, v := range res.Verdicts {
-				assert.True(t, v.OK, "verdict %q: %v", v.Name, v.Detail)
+		for _, standby := range []bool{false, true} {
+			name := c.point + "/bolt"
+			if standby {
+				name = c.point + "/etcd"
 			}
-			assert.True(t, res.Pass)
-			assert.Zero(t, res.WAN.PlaintextByAddress, "plaintext by address")
-			assert.Equal(t, 1, res.WAN.ControlByAddress, "the control leak, by address")
-			k := res.Kill
-			require.NotNil(t, k)
-			assert.Equal(t, c.point, k.Point)
-			assert.Equal(t, string(c.outcome), k.Outcome)
-			assert.Equal(t, 1, k.VMActiveCount)
-			assert.Equal(t, []string{c.at}, k.VMRunningAt)
-			assert.Empty(t, k.Leftovers)
-			assert.LessOrEqual(t, k.MaxRunning, 1)
-		})
+			t.Run(name, func(t *testing.T) { controllerCrash(t, c.point, c.outcome, c.at, standby) })
+		}
+	}
+}
+
+func controllerCrash(t *testing.T, point string, outcome migration.Outcome, at string, standby bool) {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	o := Options{Hypervisor: "qemu", Link: tunnel.WireGuard, Fence: migration.FenceAtSwitchover, Remote: true,
+		Kill: "controller", KillAt: point, Standby: standby}
+	res, err := Run(t.Context(), t, o, log)
+	require.NotNil(t, res, "no report: %v", err)
+	t.Log("\n" + res.Text())
+	assert.NoError(t, err)
+	for _, v := range res.Verdicts {
+		assert.True(t, v.OK, "verdict %q: %v", v.Name, v.Detail)
+	}
+	assert.True(t, res.Pass)
+	assert.Zero(t, res.WAN.PlaintextByAddress, "plaintext by address")
+	assert.Equal(t, 1, res.WAN.ControlByAddress, "the control leak, by address")
+	k := res.Kill
+	require.NotNil(t, k)
+	assert.Equal(t, point, k.Point)
+	assert.Equal(t, string(outcome), k.Outcome)
+	assert.Equal(t, 1, k.VMActiveCount)
+	assert.Equal(t, []string{at}, k.VMRunningAt)
+	assert.Empty(t, k.Leftovers)
+	assert.LessOrEqual(t, k.MaxRunning, 1)
+	assert.Positive(t, k.TakeoverMS, "the recovering controller said when it started")
+	if standby {
+		assert.Equal(t, "etcd", k.Journal)
+		assert.LessOrEqual(t, k.TakeoverMS, float64((leaseTTL+time.Second)/time.Millisecond), "takeover within the lease's TTL and a second")
 	}
 }

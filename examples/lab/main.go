@@ -35,6 +35,7 @@ func main() {
 	flag.BoolVar(&o.Subnet, "subnet", false, "move a whole subnet (two guests, redirect tunnel, BGP convergence, tunnel removal)")
 	flag.StringVar(&o.Kill, "kill", "", "with -remote: kill the source's or the target's agent (source|target) mid-migration, restart it, recover; or the controller (controller) at -kill-at, and recover")
 	flag.StringVar(&o.KillAt, "kill-at", "", "with -kill: when (an agent: copy, while RAM is copied, or switchover, in the switchover hook; default copy. The controller: a crash point, after-310 ... after-390)")
+	flag.BoolVar(&o.Standby, "standby", false, "with -kill controller or -crash: the controllers share an etcd journal (3 members) and a standby controller finishes the killed one's migration (else sealift recover on its bbolt journal)")
 	flag.StringVar(&o.Logs, "logs", "", "copy the run's logs (-remote: the agents' and the controller's, its journal) to this directory")
 	flag.BoolVar(&o.Remote, "remote", false, "run sealift-agent per host and the controller (sealift migrate) in a namespace of its own, over mutual TLS")
 	flag.StringVar(&jsonPath, "json", "", "write the JSON report to this file")

@@ -27,6 +27,7 @@ type CrashRow struct {
 	PlaintextFramesOnWAN int      `json:"plaintext_frames_on_wan"`
 	BlackoutMS           float64  `json:"blackout_ms"`
 	TakeoverMS           float64  `json:"takeover_ms"`
+	RecoveredMS          float64  `json:"recovered_ms"`
 	LastLine             string   `json:"last_line"`
 	Pass                 bool     `json:"pass"`
 	Failed               []string `json:"failed,omitempty"`
@@ -73,6 +74,7 @@ func runMatrix(ctx context.Context, base Options, points []crashPoint, log *slog
 			if k := res.Kill; k != nil {
 				row.Journal, row.Outcome, row.VMRunningAt, row.VMActiveCount = k.Journal, k.Outcome, k.VMRunningAt, k.VMActiveCount
 				row.MaxRunning, row.BlackoutMS, row.TakeoverMS, row.LastLine = k.MaxRunning, k.BlackoutMS, k.TakeoverMS, k.LastLine
+				row.RecoveredMS = k.RecoveredMS
 				if k.Leftovers != nil {
 					row.Leftovers = k.Leftovers
 				}
@@ -99,14 +101,14 @@ func runMatrix(ctx context.Context, base Options, points []crashPoint, log *slog
 // Text is the matrix as a table.
 func (m *CrashMatrix) Text() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-16s %-7s %-12s %-16s %6s %9s %11s %11s  %s\n", "point", "journal", "outcome", "VM at", "clear", "blackout", "takeover", "leftovers", "verdicts")
+	fmt.Fprintf(&b, "%-16s %-7s %-12s %-16s %6s %9s %9s %10s %9s  %s\n", "point", "journal", "outcome", "VM at", "clear", "blackout", "takeover", "recovered", "leftovers", "verdicts")
 	for _, r := range m.Crash {
 		verdict := "pass"
 		if !r.Pass {
 			verdict = "FAIL " + strings.Join(r.Failed, "; ") + r.Error
 		}
-		fmt.Fprintf(&b, "%-16s %-7s %-12s %-16s %6d %7.0fms %9.0fms %11d  %s\n", r.Point, r.Journal, r.Outcome,
-			strings.Join(r.VMRunningAt, ","), r.PlaintextFramesOnWAN, r.BlackoutMS, r.TakeoverMS, len(r.Leftovers), verdict)
+		fmt.Fprintf(&b, "%-16s %-7s %-12s %-16s %6d %7.0fms %7.0fms %8.0fms %9d  %s\n", r.Point, r.Journal, r.Outcome,
+			strings.Join(r.VMRunningAt, ","), r.PlaintextFramesOnWAN, r.BlackoutMS, r.TakeoverMS, r.RecoveredMS, len(r.Leftovers), verdict)
 	}
 	return b.String()
 }

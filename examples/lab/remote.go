@@ -75,6 +75,7 @@ type remote struct {
 	agents  map[string]*agentProc // by host name: host-a, host-b, core
 	config  string                // the controller's configuration file
 	journal string
+	etcd    []string     // -standby: the etcd cluster's endpoints (else the bbolt journal)
 	ctlOut  bytes.Buffer // everything the controller printed on stdout (its reports)
 	// secureDevices: the cloud's own encrypting devices (the site VPN's).
 	secureDevices []string
@@ -162,7 +163,8 @@ type controllerConfig struct {
 		Cert string `json:"cert"`
 		Key  string `json:"key"`
 	} `json:"tls"`
-	Journal      string                    `json:"journal"`
+	Journal      string                    `json:"journal,omitempty"`
+	Etcd         map[string]any            `json:"etcd,omitempty"`
 	Environments map[string]map[string]any `json:"environments"`
 }
 
@@ -171,6 +173,9 @@ func (w *world) writeControllerConfig() error {
 	var c controllerConfig
 	c.TLS.CA, c.TLS.Cert, c.TLS.Key = filepath.Join(r.pki, "ca.pem"), filepath.Join(r.pki, "ctl.pem"), filepath.Join(r.pki, "ctl-key.pem")
 	c.Journal = r.journal
+	if r.etcd != nil { // -standby: a journal the controllers share
+		c.Journal, c.Etcd = "", map[string]any{"endpoints": r.etcd, "ttl": leaseTTL.String()}
+	}
 	a, b, core := r.agents["host-a"], r.agents["host-b"], r.agents["core"]
 	c.Environments = map[string]map[string]any{
 		"secure": {"agent": a.listen(), "host": a.name, "underlay": lab.AUplink.String(),
@@ -486,6 +491,9 @@ type ctlProc struct {
 	tail   []string // its last words, for the error
 	// rpcs: its "switchover rpc:" lines (the calls its hook made).
 	rpcs []string
+	// recoveryAt: when it first said it started recovering a migration
+	// (read after done).
+	recoveryAt time.Time
 }
 
 // startController starts `sealift ARGS -config C -json` in ctl.
@@ -521,6 +529,9 @@ func (w *world) startController(ctx context.Context, args ...string) (*ctlProc, 
 			}
 			if r, ok := strings.CutPrefix(line, "switchover rpc: "); ok {
 				c.rpcs = append(c.rpcs, r)
+			}
+			if strings.HasPrefix(line, "started: recovery ") && c.recoveryAt.IsZero() {
+				c.recoveryAt = time.Now()
 			}
 			w.ctlLine(line)
 			if w.opts.Progress != nil {
@@ -832,7 +843,13 @@ func (o Options) checkKill() error {
 		if o.KillAt != "" {
 			return fmt.Errorf("-kill-at %q: only with -kill", o.KillAt)
 		}
+		if o.Standby {
+			return fmt.Errorf("-standby: only with -kill controller (or -crash)")
+		}
 		return nil
+	}
+	if o.Standby && o.Kill != "controller" {
+		return fmt.Errorf("-standby: only with -kill controller, not -kill %q", o.Kill)
 	}
 	if !o.Remote {
 		return fmt.Errorf("-kill %q: only with -remote (it kills an agent's or the controller's process)", o.Kill)
@@ -843,6 +860,9 @@ func (o Options) checkKill() error {
 			return fmt.Errorf("-kill-at %q: want copy or switchover", o.KillAt)
 		}
 	case "controller":
+		if o.Standby && !o.Remote {
+			return fmt.Errorf("-standby: only with -remote")
+		}
 		pt, ok := findPoint(o.KillAt)
 		if !ok {
 			return fmt.Errorf("-kill-at %q: want one of %s", o.KillAt, strings.Join(pointNames(), ", "))

@@ -205,7 +205,9 @@ func scenario(o Options) string {
 		s += ", remote (an agent per host)"
 	}
 	if o.Kill != "" {
-		if o.Kill == "controller" {
+		if o.Kill == "controller" && o.Standby {
+			s += fmt.Sprintf(", owning controller killed at %s, a standby takes over (etcd journal)", o.KillAt)
+		} else if o.Kill == "controller" {
 			s += fmt.Sprintf(", controller killed at %s", o.KillAt)
 		} else {
 			s += fmt.Sprintf(", %s agent killed at %s", o.Kill, o.KillAt)
@@ -429,9 +431,9 @@ func (r *Result) Text() string {
 		}
 	}
 	if k := r.Kill; k != nil && k.Agent == "controller" {
-		fmt.Fprintf(&b, "crash: the controller killed (SIGKILL) at %s (its last line %q), sealift migrate exit %d; then %s journal, sealift recover exit %d %v, %.0f ms after the kill; placement (the lab's monitors, %d samples): at most %d running at once, finally %v; left over: %v; peers' blackout %.0f ms, reach the VM after: %v; journal unfinished: %d\n",
-			k.Point, k.LastLine, k.MigrateExit, k.Journal, k.RecoverExit, k.RecoverOutcomes, k.TakeoverMS,
-			k.Samples, k.MaxRunning, k.Final, k.Leftovers, k.BlackoutMS, k.PeersReach, k.JournalUnfinished)
+		fmt.Fprintf(&b, "crash: the controller killed (SIGKILL) at %s (its last line %q), sealift migrate exit %d; then %s journal: recovery exit %d %v, taken over %.0f ms and done %.0f ms after the kill; placement (the lab's monitors, %d samples): at most %d running at once, finally %v; left over: %v; peers' blackout %.0f ms (from %.0f ms after the kill), reach the VM after: %v; journal unfinished: %d\n",
+			k.Point, k.LastLine, k.MigrateExit, k.Journal, k.RecoverExit, k.RecoverOutcomes, k.TakeoverMS, k.RecoveredMS,
+			k.Samples, k.MaxRunning, k.Final, k.Leftovers, k.BlackoutMS, k.BlackoutFromKillMS, k.PeersReach, k.JournalUnfinished)
 		if k.Error != "" {
 			fmt.Fprintf(&b, "crash scenario error: %s\n", k.Error)
 		}

@@ -32,8 +32,14 @@ type Options struct {
 	Remote bool
 	// Kill (remote only): "source" or "target": kill that agent with
 	// SIGKILL mid-migration, at KillAt ("copy" or "switchover"), then
-	// restart it and recover (kill.go). No baselines, no figures.
+	// restart it and recover (kill.go); "controller": kill sealift
+	// migrate at the crash point KillAt (crash.go). No baselines, no
+	// figures.
 	Kill, KillAt string
+	// Standby (with Kill "controller"): the controllers share an etcd
+	// journal and a standby finishes the killed owner's migration
+	// (standby.go); else `sealift recover` on the bbolt journal does.
+	Standby bool
 	// Logs, if set, is a directory the run's logs are copied to at its
 	// end (-remote: each agent's, the controller's, its journal).
 	Logs string
