@@ -26,6 +26,7 @@ type CrashRow struct {
 	// clear, on every wan interface, over the whole run.
 	PlaintextFramesOnWAN int      `json:"plaintext_frames_on_wan"`
 	BlackoutMS           float64  `json:"blackout_ms"`
+	BlackoutFromKillMS   float64  `json:"blackout_from_kill_ms"`
 	TakeoverMS           float64  `json:"takeover_ms"`
 	RecoveredMS          float64  `json:"recovered_ms"`
 	LastLine             string   `json:"last_line"`
@@ -74,7 +75,7 @@ func runMatrix(ctx context.Context, base Options, points []crashPoint, log *slog
 			if k := res.Kill; k != nil {
 				row.Journal, row.Outcome, row.VMRunningAt, row.VMActiveCount = k.Journal, k.Outcome, k.VMRunningAt, k.VMActiveCount
 				row.MaxRunning, row.BlackoutMS, row.TakeoverMS, row.LastLine = k.MaxRunning, k.BlackoutMS, k.TakeoverMS, k.LastLine
-				row.RecoveredMS = k.RecoveredMS
+				row.RecoveredMS, row.BlackoutFromKillMS = k.RecoveredMS, k.BlackoutFromKillMS
 				if k.Leftovers != nil {
 					row.Leftovers = k.Leftovers
 				}
