@@ -75,6 +75,13 @@ func main() {
 				os.Exit(1)
 			}
 			fmt.Println("report written to", jsonPath)
+			pngPath := strings.TrimSuffix(jsonPath, ".json") + ".png"
+			if err := writeTimelinePNG(res, pngPath); err != nil {
+				fmt.Fprintln(os.Stderr, "lab: timeline picture:", err)
+				os.Exit(1)
+			} else if len(res.Migrations) > 0 {
+				fmt.Println("timeline picture written to", pngPath)
+			}
 		}
 	}
 	if err != nil {

@@ -58,6 +58,8 @@ type Verdict struct {
 type Blackout struct {
 	// MS: the longest time in which no reply arrived, minus one interval.
 	MS float64 `json:"ms"`
+	// From: when that longest silence began (the worst pinger's).
+	From time.Time `json:"from,omitzero"`
 	// LateReplies answered after more than 20 ms; MaxRTTMS the longest.
 	LateReplies int     `json:"late_replies"`
 	MaxRTTMS    float64 `json:"max_rtt_ms"`
@@ -76,12 +78,13 @@ type BaselineResult struct {
 	FirstGuestPacketMS   *float64 `json:"first_guest_packet_ms"`
 }
 
-// Step is one block of FIG. 3 with its duration.
+// Step is one block of FIG. 3 with its start and duration.
 type Step struct {
-	Block int     `json:"block"`
-	Name  string  `json:"name"`
-	MS    float64 `json:"ms"`
-	Err   string  `json:"err,omitempty"`
+	Block int       `json:"block"`
+	Name  string    `json:"name"`
+	Start time.Time `json:"start"`
+	MS    float64   `json:"ms"`
+	Err   string    `json:"err,omitempty"`
 }
 
 // Stats are the hypervisor's numbers for one migration.
@@ -236,7 +239,8 @@ func migrationResult(rep *migration.Report, err error) MigrationResult {
 		mr.Error = err.Error()
 	}
 	for _, s := range rep.Steps {
-		mr.Steps = append(mr.Steps, Step{Block: int(s.Block), Name: s.Name, MS: ms(time.Duration(s.Duration)), Err: s.Err})
+		mr.Steps = append(mr.Steps, Step{Block: int(s.Block), Name: s.Name, Start: time.Unix(0, s.Start).UTC(),
+			MS: ms(time.Duration(s.Duration)), Err: s.Err})
 	}
 	for _, v := range rep.Audit.Kept {
 		mr.kept = append(mr.kept, fmt.Sprintf("%s (%s)", v.Conn, v.Reason))
@@ -267,7 +271,9 @@ func blackout(ps []*pinger, from, to time.Time) Blackout {
 	var b Blackout
 	for _, p := range ps {
 		s := p.Between(from, to)
-		b.MS = max(b.MS, ms(s.Blackout))
+		if ms(s.Blackout) >= b.MS {
+			b.MS, b.From = ms(s.Blackout), s.BlackoutStart
+		}
 		b.LateReplies += s.Late
 		b.MaxRTTMS = max(b.MaxRTTMS, ms(s.MaxRTT))
 		b.Lost += s.Sent - s.Answered
