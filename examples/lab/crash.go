@@ -129,6 +129,11 @@ func (w *world) controllerKill(ctx context.Context, t lab.TB, res *Result, k *Ki
 	k.MigrateExit = run.code
 	k.KilledAfterMS = ms(time.Since(t0))
 	w.log.Info("controller killed", "point", pt.name, "line", k.LastLine)
+	// What an operator sees right after the kill (the migration's
+	// fences and link ends, if it got that far).
+	if k.InspectAfterKill, err = w.inspectHosts(ctx); err != nil {
+		return err
+	}
 
 	if sb != nil {
 		// The standby claims it once the owner's lease has expired.
@@ -194,6 +199,12 @@ func (w *world) controllerKill(ctx context.Context, t lab.TB, res *Result, k *Ki
 	}
 	slices.Sort(k.VMRunningAt)
 	k.Leftovers = w.leftovers(ctx, k.Final["host-b"] == "running", v.name)
+	if k.InspectAfterRecovery, err = w.inspectHosts(ctx); err != nil {
+		return err
+	}
+	if k.AgentsHold, err = w.agentsHold(ctx); err != nil {
+		return err
+	}
 	un, err := w.journalUnfinished(ctx)
 	if err != nil {
 		return err

@@ -13,6 +13,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"strings"
 	"sync"
@@ -51,6 +52,11 @@ type KillResult struct {
 	VMActiveCount      int      `json:"vm_active_count"`
 	VMRunningAt        []string `json:"vm_running_at,omitempty"`
 	Leftovers          []string `json:"leftovers"`
+	// What `sealift inspect` showed of A and B right after the kill and
+	// after the recovery, and what the agents' lists held then.
+	InspectAfterKill     map[string]inspected `json:"inspect_after_kill,omitempty"`
+	InspectAfterRecovery map[string]inspected `json:"inspect_after_recovery,omitempty"`
+	AgentsHold           map[string]inspected `json:"agents_hold,omitempty"`
 	// KilledAfterMS: from the controller's report of the trigger block
 	// starting (330 for copy, 320 for switchover) to the kill.
 	KilledAfterMS  float64 `json:"killed_after_ms"`
@@ -312,6 +318,13 @@ func (r *Result) judgeKill(add func(string, bool, string, ...any)) {
 		add("recovered: completed or rolled back", k.Outcome == string(migration.Completed) || k.Outcome == string(migration.RolledBack),
 			"exit %d: %v", k.RecoverExit, k.RecoverOutcomes)
 		add("nothing left over", len(k.Leftovers) == 0, "%v", k.Leftovers)
+		want := map[string]inspected{"host-a": {}, "host-b": {}}
+		if k.Outcome == string(migration.Completed) { // the VM's link, and B's fence open to it
+			want = map[string]inspected{"host-a": {Links: 1}, "host-b": {Fences: 1, Links: 1}}
+		}
+		add("sealift inspect after the recovery shows what the agents hold, and only the end's",
+			maps.Equal(k.InspectAfterRecovery, k.AgentsHold) && maps.Equal(k.InspectAfterRecovery, want),
+			"inspect %v, agents %v, want %v (after the kill: %v)", k.InspectAfterRecovery, k.AgentsHold, want, k.InspectAfterKill)
 	} else {
 		add("recover finished it", k.RecoverExit == 0 || k.RecoverExit == exitRolledBack || fenced,
 			"exit %d: %v", k.RecoverExit, k.RecoverOutcomes)

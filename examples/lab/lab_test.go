@@ -234,6 +234,11 @@ func controllerCrash(t *testing.T, point string, outcome migration.Outcome, at s
 	assert.Empty(t, k.Leftovers)
 	assert.LessOrEqual(t, k.MaxRunning, 1)
 	assert.Positive(t, k.TakeoverMS, "the recovering controller said when it started")
+	// sealift inspect, as an operator: the link's ends (and fences) left
+	// by the killed controller, then only what the end explains.
+	assert.Positive(t, k.InspectAfterKill["host-a"].Links, "sealift inspect host-a after the kill: %v", k.InspectAfterKill)
+	assert.Positive(t, k.InspectAfterKill["host-b"].Links+k.InspectAfterKill["host-b"].Fences, "sealift inspect host-b after the kill: %v", k.InspectAfterKill)
+	assert.Equal(t, k.AgentsHold, k.InspectAfterRecovery, "sealift inspect after the recovery = the agents' lists")
 	if standby {
 		assert.Equal(t, "etcd", k.Journal)
 		assert.LessOrEqual(t, k.TakeoverMS, float64((leaseTTL+time.Second)/time.Millisecond), "takeover within the lease's TTL and a second")

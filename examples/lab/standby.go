@@ -145,3 +145,56 @@ func (w *world) journalUnfinished(ctx context.Context) (int, error) {
 	}
 	return n, nil
 }
+
+// inspected is what `sealift inspect HOST -json` shows of a host.
+type inspected struct {
+	Fences int `json:"fences"`
+	Links  int `json:"link_ends"`
+}
+
+// inspectHosts runs `sealift inspect` (as an operator would) on A and B.
+func (w *world) inspectHosts(ctx context.Context) (map[string]inspected, error) {
+	out := map[string]inspected{}
+	for _, h := range []string{"host-a", "host-b"} {
+		c, err := w.startController(ctx, "inspect", h)
+		if err != nil {
+			return nil, err
+		}
+		<-c.done
+		if err := c.cmd.Wait(); err != nil {
+			return nil, fmt.Errorf("sealift inspect %s: %w: %s", h, err, strings.Join(c.tail, " | "))
+		}
+		var st struct {
+			Fences []json.RawMessage `json:"fences"`
+			Links  []json.RawMessage `json:"links"`
+		}
+		if err := json.Unmarshal(c.stdout.Bytes(), &st); err != nil {
+			return nil, fmt.Errorf("sealift inspect %s -json: %w", h, err)
+		}
+		out[h] = inspected{Fences: len(st.Fences), Links: len(st.Links)}
+	}
+	return out, nil
+}
+
+// agentsHold is what the agents' own lists hold on A and B (the lab's
+// clients), for comparing with what sealift inspect shows.
+func (w *world) agentsHold(ctx context.Context) (map[string]inspected, error) {
+	out := map[string]inspected{}
+	for _, h := range []string{"host-a", "host-b"} {
+		cl := w.rm.agents[h].client
+		es, err := cl.LinkEnd().List(ctx)
+		if err != nil {
+			return nil, err
+		}
+		f, err := cl.Fencer(ctx)
+		if err != nil {
+			return nil, err
+		}
+		fs, err := f.List(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out[h] = inspected{Fences: len(fs), Links: len(es)}
+	}
+	return out, nil
+}
