@@ -174,15 +174,7 @@ func (w *world) controllerKill(ctx context.Context, t lab.TB, res *Result, k *Ki
 		}
 	}
 	k.Final = pl.sample()
-	reached := func() bool {
-		for _, p := range ps {
-			if _, ok := p.FirstArrivalAfter(time.Now().Add(-300 * time.Millisecond)); !ok {
-				return false
-			}
-		}
-		return true
-	}
-	k.PeersReach = waitFor(ctx, 10*time.Second, reached) == nil
+	k.PeersReach = peersReach(ctx, ps)
 	k.Samples, k.MaxRunning = pl.samples, pl.maxRunning
 	end := time.Now()
 	k.BlackoutMS = blackout(ps, start, end).MS

@@ -253,15 +253,7 @@ func (w *world) killScenario(ctx context.Context, t lab.TB, res *Result, pingers
 	// The recovery is done: where the VM runs now is final. Its peers
 	// reach it again once their pings find it (at most 10 s).
 	k.Final = pl.sample()
-	reached := func() bool {
-		for _, p := range ps {
-			if _, ok := p.FirstArrivalAfter(time.Now().Add(-300 * time.Millisecond)); !ok {
-				return false
-			}
-		}
-		return true
-	}
-	k.PeersReach = waitFor(ctx, 10*time.Second, reached) == nil
+	k.PeersReach = peersReach(ctx, ps)
 	k.Samples, k.MaxRunning = pl.samples, pl.maxRunning
 	for _, h := range []string{"host-a", "host-b"} {
 		cl := w.rm.agents[h].client
@@ -285,6 +277,20 @@ func (w *world) killScenario(ctx context.Context, t lab.TB, res *Result, pingers
 	}
 	k.JournalUnfinished = len(un)
 	return nil
+}
+
+// peersReach waits (at most 10 s) until every pinger's replies arrive
+// again.
+func peersReach(ctx context.Context, ps []*pinger) bool {
+	reached := func() bool {
+		for _, p := range ps {
+			if _, ok := p.FirstArrivalAfter(time.Now().Add(-300 * time.Millisecond)); !ok {
+				return false
+			}
+		}
+		return true
+	}
+	return waitFor(ctx, 10*time.Second, reached) == nil
 }
 
 // judgeKill adds the crash scenario's verdicts.
