@@ -2,10 +2,12 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/internal/nshv"
+	"github.com/sealift/sealift/metrics"
 	"github.com/sealift/sealift/migration"
 	"github.com/sealift/sealift/tunnel"
 	"github.com/sealift/sealift/tunnel/wireguard"
@@ -28,7 +31,8 @@ import (
 // between the hosts' bridges). The controller holds no key and no
 // device. The VM ends at B only, its peer at A reaches it through the
 // link, nothing of the VM's subnet crosses the wan in clear (a control
-// leak proves the capture counts), and the source keeps no fence.
+// leak proves the capture counts), and the source keeps no fence. The
+// controller's and the agents' metrics, scraped over HTTP, say so too.
 func TestMigratorOverAgentsRealBackends(t *testing.T) {
 	lab.RequireRoot(t)
 	l := lab.New(t)
@@ -45,16 +49,20 @@ func TestMigratorOverAgentsRealBackends(t *testing.T) {
 	now := time.Now()
 	ctx := context.Background()
 	clients := map[string]*agent.Client{}
+	agentMetrics := map[string]string{} // each agent's /metrics URL
 	for name, host := range map[string]struct {
 		ns string
 		hv hypervisor.Hypervisor
 	}{"host-a": {l.A, a}, "host-b": {l.B, b}} {
 		id, err := p.ca.Issue(agentpki.RoleAgent, name, now.Add(-time.Minute), now.Add(time.Hour))
 		require.NoError(t, err)
+		reg := prometheus.NewPedanticRegistry()
 		addr := p.serveAs(t, id, agent.WithHypervisor(host.hv), agent.WithFencer(nft.New(nft.WithHost(host.ns))),
 			agent.WithConnAuditor(conntrack.New(conntrack.WithHost(host.ns))),
-			agent.WithLinkEnd(wireguard.NewEnd(host.ns, wireguard.WithBackend(wireguard.Userspace))))
+			agent.WithLinkEnd(wireguard.NewEnd(host.ns, wireguard.WithBackend(wireguard.Userspace))),
+			agent.WithMetrics(reg))
 		clients[name] = p.dialAs(t, addr, p.ctl.TLS, name)
+		agentMetrics[name] = serveMetrics(t, reg)
 	}
 	env := func(name, host string, underlay netip.Addr) migration.Environment {
 		c := clients[name]
@@ -71,6 +79,12 @@ func TestMigratorOverAgentsRealBackends(t *testing.T) {
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { m.Close() })
+	creg := prometheus.NewPedanticRegistry()
+	ctl, err := metrics.New(creg)
+	require.NoError(t, err)
+	wctx, stopWatch := context.WithCancel(ctx)
+	watched := ctl.Watch(wctx, m)
+	ctlMetrics := serveMetrics(t, creg)
 
 	wan, err := lab.StartCaptureWith(l.WAN, lab.CaptureOptions{IngressOnly: true, Classify: &lab.Classifier{
 		Watch:    []netip.Prefix{lab.VMSubnet},
@@ -108,4 +122,35 @@ func TestMigratorOverAgentsRealBackends(t *testing.T) {
 	assert.Empty(t, fs, "the source keeps a fence")
 	t.Logf("switchover hook %v, downtime %v, link %s/%s", rep.Migration.SwitchoverDone.Sub(rep.Migration.Switchover),
 		rep.Migration.Downtime, rep.Link.SecureDevice, rep.Link.RemoteDevice)
+
+	// The metrics, scraped over HTTP as Prometheus would: the controller's
+	// (every event observed once the watch has drained) and each agent's.
+	stopWatch()
+	<-watched
+	c := scrapeMetrics(t, ctlMetrics)
+	assert.Equal(t, 1.0, val(t, c, `sealift_migrations_total{fence_mode="at-switchover",link="wireguard",outcome="completed"}`))
+	assert.Equal(t, 0.0, val(t, c, `sealift_migrations_in_progress`))
+	assert.Equal(t, 1.0, val(t, c, `sealift_migration_downtime_seconds_count`))
+	assert.InDelta(t, rep.Migration.Downtime.Seconds(), val(t, c, `sealift_migration_downtime_seconds_sum`), 1e-9, "the hypervisor's downtime")
+	assert.InDelta(t, rep.Migration.SwitchoverDone.Sub(rep.Migration.Switchover).Seconds(),
+		val(t, c, `sealift_migration_switchover_hook_seconds_sum`), 1e-9, "the hook")
+	assert.Equal(t, float64(rep.Migration.Bytes), val(t, c, `sealift_migration_bytes_total`))
+	assert.Equal(t, 0.0, val(t, c, `sealift_migration_remaining_bytes`))
+	for _, st := range rep.Steps {
+		assert.Equal(t, 1.0, val(t, c, fmt.Sprintf(`sealift_step_duration_seconds_count{block="%d",step="%s"}`, st.Block, st.Name)), "block %d", st.Block)
+	}
+	assert.Equal(t, float64(len(rep.Audit.Kept)), val(t, c, `sealift_connections_kept_total`))
+	sa, sb := scrapeMetrics(t, agentMetrics["host-a"]), scrapeMetrics(t, agentMetrics["host-b"])
+	assert.Equal(t, 1.0, val(t, sa, `sealift_agent_rpc_duration_seconds_count{code="OK",method="/sealift.agent.v1.Hypervisor/Migrate"}`), "A's migration stream")
+	assert.Equal(t, 0.0, val(t, sb, `sealift_agent_rpc_duration_seconds_count{code="OK",method="/sealift.agent.v1.Hypervisor/Migrate"}`))
+	assert.Equal(t, 0.0, val(t, sa, `sealift_agent_fences`), "A lifted its fence")
+	assert.Equal(t, 1.0, val(t, sb, `sealift_agent_fences`), "B keeps the VM fenced, open via the link")
+	assert.Equal(t, 1.0, val(t, sa, `sealift_agent_link_ends{active="true",kind="wireguard",role="secure"}`))
+	assert.Equal(t, 1.0, val(t, sb, `sealift_agent_link_ends{active="true",kind="wireguard",role="remote"}`))
+	for _, dir := range []string{"rx", "tx"} {
+		k := fmt.Sprintf(`sealift_agent_link_bytes_total{direction="%s",kind="wireguard",link="%s"}`, dir, rep.Link.ID)
+		assert.Greater(t, val(t, sb, k), 5*84.0, "B's end: the pings crossed it (%s)", k)
+	}
+	assert.InDelta(t, float64(time.Now().Unix()), val(t, sb, fmt.Sprintf(`sealift_agent_link_last_handshake_timestamp_seconds{link="%s"}`, rep.Link.ID)),
+		float64(time.Since(now)/time.Second)+2, "B's end: a handshake during the test")
 }

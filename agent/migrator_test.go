@@ -24,7 +24,11 @@ import (
 func remoteSetup(t *testing.T, s *migrationtest.Setup) { remoteSetupB(t, s) }
 
 // remoteSetupB is remoteSetup for tests and benchmarks.
-func remoteSetupB(t testing.TB, s *migrationtest.Setup) {
+func remoteSetupB(t testing.TB, s *migrationtest.Setup) { remoteSetupWith(t, s, nil) }
+
+// remoteSetupWith is remoteSetup with extra options for the agent of
+// each host ("host-a", "host-b", "core"), if extra is not nil.
+func remoteSetupWith(t testing.TB, s *migrationtest.Setup, extra func(name string) []agent.Option) {
 	t.Helper()
 	p := newPKI(t)
 	ctx := context.Background()
@@ -32,6 +36,9 @@ func remoteSetupB(t testing.TB, s *migrationtest.Setup) {
 	client := func(name string, opts ...agent.Option) *agent.Client {
 		id, err := p.ca.Issue(agentpki.RoleAgent, name, now.Add(-time.Minute), now.Add(time.Hour))
 		require.NoError(t, err)
+		if extra != nil {
+			opts = append(opts, extra(name)...)
+		}
 		return p.dialAs(t, p.serveAs(t, id, opts...), p.ctl.TLS, name)
 	}
 	for env, local := range map[string]migrationtest.Env{"secure": s.Secure, "cloud": s.Cloud} {

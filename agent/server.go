@@ -15,6 +15,10 @@
 // the controller, which runs its hook and answers; and the LinkEnd
 // (tunnel.Pair composes two hosts' ends into a SecureLinker; no key
 // crosses). The link backends' LinkEnds follow (issue 12).
+//
+// WithMetrics adds Prometheus metrics: each call's latency by method and
+// code, and, read at scrape time, the host's fences and link ends with
+// their counters (package metrics serves a registry over HTTP).
 package agent
 
 import (
@@ -26,6 +30,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -49,6 +54,8 @@ type Server struct {
 	router  routing.RouteWatcher
 	hv      hypervisor.Hypervisor
 	ends    tunnel.LinkEnd
+	// metricsReg receives the agent's metrics (WithMetrics; nil: none).
+	metricsReg prometheus.Registerer
 }
 
 // Option configures a Server.
@@ -75,7 +82,17 @@ func NewServer(tlsConf *tls.Config, opts ...Option) (*Server, error) {
 	for _, o := range opts {
 		o(s)
 	}
-	s.g = grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.UnaryInterceptor(s.logCall))
+	m, err := s.setupMetrics()
+	if err != nil {
+		return nil, err
+	}
+	unary := []grpc.UnaryServerInterceptor{s.logCall}
+	var stream []grpc.StreamServerInterceptor
+	if m != nil {
+		unary, stream = append(unary, m.unary), append(stream, m.stream)
+	}
+	s.g = grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...))
 	if s.fencer != nil {
 		agentpb.RegisterFencerServer(s.g, &fencerServer{f: s.fencer})
 	}
@@ -90,6 +107,9 @@ func NewServer(tlsConf *tls.Config, opts ...Option) (*Server, error) {
 	}
 	if s.router != nil {
 		agentpb.RegisterRouteWatcherServer(s.g, &routingServer{r: s.router})
+	}
+	if m != nil {
+		m.initMethods(s.g)
 	}
 	return s, nil
 }

@@ -3,10 +3,12 @@ package agent_test
 import (
 	"bytes"
 	"context"
+	"net/http/httptest"
 	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/vishvananda/netns"
@@ -17,6 +19,7 @@ import (
 	"github.com/sealift/sealift/agent/agentpki"
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/internal/nsutil"
+	"github.com/sealift/sealift/metrics"
 	"github.com/sealift/sealift/tunnel"
 	"github.com/sealift/sealift/tunnel/wireguard"
 )
@@ -25,7 +28,9 @@ import (
 // behind its agent, composed by tunnel.Pair at the controller: the VM at
 // B and its peer at A talk through the link, and neither device's
 // private key appears in any RPC the controller made (read back from the
-// devices themselves), in any form.
+// devices themselves), in any form, nor in the agents' metrics, which
+// report each active end with its counters and handshake, and drop its
+// series once it is closed.
 func TestRemoteWireGuardEnds(t *testing.T) {
 	lab.RequireRoot(t)
 	l := lab.New(t)
@@ -45,10 +50,13 @@ func TestRemoteWireGuardEnds(t *testing.T) {
 	rec := &recorder{}
 	now := time.Now()
 	ends := map[string]tunnel.LinkEnd{}
+	regs := map[string]*prometheus.Registry{}
 	for name, host := range map[string]string{"host-a": l.A, "host-b": l.B} {
 		id, err := p.ca.Issue(agentpki.RoleAgent, name, now.Add(-time.Minute), now.Add(time.Hour))
 		require.NoError(t, err)
-		addr := p.serveAs(t, id, agent.WithLinkEnd(wireguard.NewEnd(host, wireguard.WithBackend(wireguard.Userspace))))
+		regs[name] = prometheus.NewPedanticRegistry()
+		addr := p.serveAs(t, id, agent.WithLinkEnd(wireguard.NewEnd(host, wireguard.WithBackend(wireguard.Userspace))),
+			agent.WithMetrics(regs[name]))
 		ccfg, err := agentpki.ClientConfig(p.ca.PEM, p.ctl.TLS, name)
 		require.NoError(t, err)
 		c, err := agent.Dial(addr, ccfg, grpc.WithUnaryInterceptor(rec.intercept))
@@ -73,6 +81,19 @@ func TestRemoteWireGuardEnds(t *testing.T) {
 	assert.Equal(t, 5, n, "and back")
 	_, err = pair.Verify(ctx, spec.ID)
 	require.NoError(t, err)
+	// Each agent's metrics: its active end, its counters (each end sent
+	// and received ten 84-byte ICMP packets, encrypted), a handshake since
+	// the start.
+	for name, reg := range regs {
+		role := map[string]string{"host-a": "secure", "host-b": "remote"}[name]
+		assert.Equal(t, 1.0, series(t, reg, agent.MetricLinkEnds)[`active="true",kind="wireguard",role="`+role+`"`].value, name)
+		b := series(t, reg, agent.MetricLinkBytes)
+		for _, dir := range []string{"rx", "tx"} {
+			assert.Greater(t, b[`direction="`+dir+`",kind="wireguard",link="rw1"`].value, 10*84.0, "%s: %s bytes", name, dir)
+		}
+		hs := series(t, reg, agent.MetricLinkHandshake)[`link="rw1"`].value
+		assert.InDelta(t, float64(time.Now().Unix()), hs, float64(time.Since(now)/time.Second)+2, "%s: last handshake", name)
+	}
 
 	var privs [][]byte
 	for _, e := range []struct{ host, dev string }{{l.A, link.SecureDevice}, {l.B, link.RemoteDevice}} {
@@ -90,7 +111,23 @@ func TestRemoteWireGuardEnds(t *testing.T) {
 			return nil
 		}))
 	}
+	var exposed [][]byte // what a scrape of each agent serves
+	for _, reg := range regs {
+		w := httptest.NewRecorder()
+		metrics.Handler(reg).ServeHTTP(w, httptest.NewRequest("GET", metrics.Path, nil))
+		require.Equal(t, 200, w.Code)
+		require.Contains(t, w.Body.String(), agent.MetricLinkBytes, "the scrape read something")
+		exposed = append(exposed, w.Body.Bytes())
+	}
 	require.NoError(t, pair.Close(ctx, spec.ID))
+	for name, reg := range regs {
+		assert.Empty(t, series(t, reg, agent.MetricLinkBytes), "%s: the closed link's series", name)
+	}
+	for _, k := range privs {
+		for _, m := range exposed {
+			assert.False(t, bytes.Contains(m, k), "a device's private key in the metrics")
+		}
+	}
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	require.NotEmpty(t, rec.msgs)

@@ -15,6 +15,7 @@ import (
 // config is what the flags say.
 type config struct {
 	listen                    string
+	metricsListen             string // "": no metrics
 	caFile, certFile, keyFile string
 	netns                     string
 	hypervisor                string // none, qemu, libvirt
@@ -57,6 +58,11 @@ both. Ends are recorded under -state-dir (never a key): a restarted agent
 lists them and removes what they installed on Close (a wireguard-go device
 dies with the agent).
 
+-metrics-listen serves Prometheus metrics at /metrics over plain HTTP:
+call latency by method, fences, link ends, each active end's byte counters
+and last handshake, and the Go runtime's. They hold no key or secret, but
+they describe this host: bind a management address.
+
 Flags:
 `
 
@@ -72,6 +78,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&c.listen, "listen", "", "`ADDR` (HOST:PORT) the agent listens on for the controller (required)")
+	fs.StringVar(&c.metricsListen, "metrics-listen", "", "`ADDR` (HOST:PORT) to serve Prometheus metrics on, at /metrics, over plain HTTP (\"\": off; no secrets, but bind a management address)")
 	fs.StringVar(&c.caFile, "ca", "", "PEM `FILE` of the CA that signs controller certificates (required)")
 	fs.StringVar(&c.certFile, "cert", "", "PEM `FILE` of the agent's certificate (role agent; required)")
 	fs.StringVar(&c.keyFile, "key", "", "PEM `FILE` of the agent certificate's private key (required)")
@@ -113,8 +120,16 @@ func (c config) check() error {
 			return usagef("-%s is required (mutual TLS only: -listen, -ca, -cert and -key)", r.flag)
 		}
 	}
-	if err := checkListen(c.listen); err != nil {
+	if err := checkListen("listen", c.listen); err != nil {
 		return err
+	}
+	if c.metricsListen != "" {
+		if err := checkListen("metrics-listen", c.metricsListen); err != nil {
+			return err
+		}
+		if c.metricsListen == c.listen {
+			return usagef("-metrics-listen %q: the same address as -listen (metrics are plain HTTP, the agent mutual TLS)", c.metricsListen)
+		}
 	}
 	for _, ch := range []struct {
 		flag, val string
@@ -162,14 +177,15 @@ func (c config) check() error {
 	return nil
 }
 
-// checkListen wants HOST:PORT (HOST may be empty: every address).
-func checkListen(addr string) error {
+// checkListen wants HOST:PORT (HOST may be empty: every address) for
+// the flag -name.
+func checkListen(name, addr string) error {
 	_, port, err := net.SplitHostPort(addr)
 	if err == nil {
 		_, err = strconv.ParseUint(port, 10, 16)
 	}
 	if err != nil {
-		return usagef("-listen %q: want HOST:PORT", addr)
+		return usagef("-%s %q: want HOST:PORT", name, addr)
 	}
 	return nil
 }

@@ -9,12 +9,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,8 +27,12 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/sealift/sealift/agent"
+	"github.com/sealift/sealift/agent/agentpb"
 	"github.com/sealift/sealift/agent/agentpki"
 	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/fence"
@@ -397,6 +404,8 @@ func TestBadInvocations(t *testing.T) {
 		{"bad -conn", with("-conn", "pcap"), 2, []string{`-conn "pcap": want none, conntrack or sockdiag`}},
 		{"bad -hypervisor", with("-hypervisor", "xen"), 2, []string{`-hypervisor "xen": want none, qemu or libvirt`}},
 		{"bad -listen", append(without("-listen"), "-listen", "localhost"), 2, []string{`-listen "localhost": want HOST:PORT`}},
+		{"bad -metrics-listen", with("-metrics-listen", "9090"), 2, []string{`-metrics-listen "9090": want HOST:PORT`}},
+		{"-metrics-listen on -listen", with("-metrics-listen", "127.0.0.1:1"), 2, []string{`-metrics-listen "127.0.0.1:1": the same address as -listen`}},
 		{"missing -cert", without("-cert"), 2, []string{"-cert is required"}},
 		{"missing -listen", without("-listen"), 2, []string{"-listen is required"}},
 		{"unknown flag", with("-plaintext"), 2, []string{"-plaintext"}},
@@ -568,4 +577,99 @@ func TestAgentServesBothLinkKinds(t *testing.T) {
 	out, err = lab.Exec(l.A, "ip", "xfrm", "policy")
 	require.NoError(t, err)
 	assert.NotContains(t, string(out), "10.3.0.0/24", "the XFRM end's policies after Close")
+}
+
+// scrape GETs the agent's /metrics and returns its samples by series
+// ("name{labels}" as exposed) and the text.
+func scrape(t *testing.T, addr string) (map[string]float64, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		require.Positive(t, i, "line %q", line)
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		require.NoError(t, err, "line %q", line)
+		out[line[:i]] = v
+	}
+	return out, string(body)
+}
+
+// TestAgentServesMetrics: with -metrics-listen the agent serves
+// Prometheus metrics over plain HTTP (its start line names the address):
+// a fence set and a link end opened through the agent, and a call it
+// refused, are there with their values, next to the Go runtime's; other
+// paths are 404; the server stops with the agent.
+func TestAgentServesMetrics(t *testing.T) {
+	lab.RequireRoot(t)
+	l := lab.New(t)
+	p := newPKI(t)
+	addr, maddr := freeAddr(t), freeAddr(t)
+	a := start(t, append(p.tlsArgs(), "-listen", addr, "-metrics-listen", maddr, "-netns", l.A, "-fence", "nft", "-conn", "none",
+		"-link", "wireguard", "-state-dir", t.TempDir())...)
+	assert.Equal(t, maddr, a.waitLog(t, "sealift-agent started")["metrics_listen"])
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := p.dial(t, addr, p.ctl.TLS)
+	f, err := c.Fencer(ctx)
+	require.NoError(t, err)
+	spec := fence.Spec{VM: "vm-1", Port: "vm0", Addrs: []netip.Addr{lab.VMAddr}}
+	require.NoError(t, f.Fence(ctx, spec))
+	t.Cleanup(func() { _ = f.Lift(context.Background(), spec.VM) })
+	link := tunnel.Spec{ID: "m1", Kind: tunnel.WireGuard,
+		Secure: tunnel.End{Host: "host-a", Underlay: lab.AUplink, Protected: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24")}},
+		Remote: tunnel.End{Host: "host-b", Underlay: lab.BUnderlay, Protected: []netip.Prefix{netip.PrefixFrom(lab.VMAddr, 32)}}}
+	ends := c.LinkEnd()
+	_, err = ends.Open(ctx, link, tunnel.SecureRole)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ends.Close(context.Background(), link.ID) })
+	ccfg, err := agentpki.ClientConfig(p.ca.PEM, p.ctl.TLS, "host-a")
+	require.NoError(t, err)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(ccfg)))
+	require.NoError(t, err)
+	defer cc.Close()
+	_, err = agentpb.NewFencerClient(cc).Lift(ctx, &agentpb.LiftRequest{}) // no VM: refused
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+
+	got, text := scrape(t, maddr)
+	for series, want := range map[string]float64{
+		`sealift_agent_fences`: 1,
+		`sealift_agent_link_ends{active="false",kind="wireguard",role="secure"}`:                                  1,
+		`sealift_agent_link_ends{active="true",kind="wireguard",role="secure"}`:                                   0,
+		`sealift_agent_rpc_duration_seconds_count{code="OK",method="/sealift.agent.v1.Fencer/Fence"}`:             1,
+		`sealift_agent_rpc_duration_seconds_count{code="OK",method="/sealift.agent.v1.LinkEnd/Open"}`:             1,
+		`sealift_agent_rpc_duration_seconds_count{code="InvalidArgument",method="/sealift.agent.v1.Fencer/Lift"}`: 1,
+		`sealift_agent_rpc_duration_seconds_count{code="OK",method="/sealift.agent.v1.Fencer/Lift"}`:              0,
+		`sealift_agent_collector_success{collector="fences"}`:                                                     1,
+		`sealift_agent_collector_success{collector="link_ends"}`:                                                  1,
+	} {
+		v, ok := got[series]
+		if assert.True(t, ok, "no series %s in:\n%s", series, text) {
+			assert.Equal(t, want, v, series)
+		}
+	}
+	assert.Contains(t, text, "go_goroutines ")
+	assert.Contains(t, text, "process_start_time_seconds ")
+	assert.NotContains(t, text, "sealift_agent_link_bytes_total", "no active end: no counters")
+	resp, err := http.Get("http://" + maddr + "/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusNotFound, resp.StatusCode)
+
+	require.NoError(t, f.Lift(ctx, spec.VM))
+	require.NoError(t, ends.Close(ctx, link.ID))
+	got, _ = scrape(t, maddr)
+	assert.Equal(t, 0.0, got["sealift_agent_fences"], "after the lift")
+	assert.Equal(t, 0.0, got[`sealift_agent_link_ends{active="false",kind="wireguard",role="secure"}`], "after the close")
+	assert.Equal(t, 0, a.stop(t, syscall.SIGTERM))
+	_, err = http.Get("http://" + maddr + "/metrics")
+	assert.Error(t, err, "the metrics server outlived the agent")
 }

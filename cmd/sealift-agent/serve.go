@@ -12,6 +12,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
 	"github.com/sealift/sealift/agent"
 	"github.com/sealift/sealift/agent/agentpki"
 	"github.com/sealift/sealift/conn/conntrack"
@@ -22,6 +25,7 @@ import (
 	"github.com/sealift/sealift/hypervisor/qemu"
 	"github.com/sealift/sealift/internal/nsutil"
 	"github.com/sealift/sealift/ipsec"
+	"github.com/sealift/sealift/metrics"
 	"github.com/sealift/sealift/routing"
 	"github.com/sealift/sealift/routing/gobgp"
 	"github.com/sealift/sealift/routing/netlinkroute"
@@ -54,7 +58,15 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv, err := agent.NewServer(tlsConf, append(b.opts, agent.WithLogger(log))...)
+	opts := append(b.opts, agent.WithLogger(log))
+	var reg *prometheus.Registry
+	if cfg.metricsListen != "" {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+			collectors.NewBuildInfoCollector())
+		opts = append(opts, agent.WithMetrics(reg))
+	}
+	srv, err := agent.NewServer(tlsConf, opts...)
 	if err != nil {
 		return err
 	}
@@ -65,19 +77,46 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	attrs := []any{"version", version(), "listen", l.Addr().String(), "identity", identity,
 		"netns", cfg.netns, "state_dir", cfg.stateDir,
 		"hypervisor", cfg.hypervisor, "fence", cfg.fence, "conn", cfg.conn, "routing", cfg.routing, "link", cfg.link}
+	// Metrics: plain HTTP, no secrets (see the usage); they stop with the
+	// agent.
+	mctx, stopMetrics := context.WithCancel(ctx)
+	defer stopMetrics()
+	var merrc chan error // nil: no metrics server (never ready)
+	if reg != nil {
+		merrc = make(chan error, 1)
+		ml, err := net.Listen("tcp", cfg.metricsListen)
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("-metrics-listen: %w", err)
+		}
+		attrs = append(attrs, "metrics_listen", ml.Addr().String())
+		go func() { merrc <- metrics.ServeListener(mctx, ml, reg) }()
+	}
 	log.Info("sealift-agent started", append(attrs, found...)...)
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
-	select {
-	case <-ctx.Done():
-		log.Info("sealift-agent stopping")
-		srv.Stop()
-		<-errc
-		log.Info("sealift-agent stopped")
-		return nil
-	case err := <-errc:
-		return fmt.Errorf("serve %s: %w", l.Addr(), err)
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("sealift-agent stopping")
+			srv.Stop()
+			<-errc
+			stopMetrics()
+			if merrc != nil {
+				if err := <-merrc; err != nil {
+					log.Warn("stopping the metrics server", "err", err)
+				}
+			}
+			log.Info("sealift-agent stopped")
+			return nil
+		case err := <-errc:
+			return fmt.Errorf("serve %s: %w", l.Addr(), err)
+		case err := <-merrc:
+			// Migrations matter more than their metrics: serve on.
+			log.Error("the metrics server failed: serving on without metrics", "err", err)
+			merrc = nil
+		}
 	}
 }
 

@@ -20,8 +20,9 @@ var commands = []string{"migrate", "recover", "controller", "status", "inspect",
 
 // flags are a command's flags (the migrate ones stay zero for others).
 type flags struct {
-	config, name                                                  *string
+	config, name, metricsListen                                   *string
 	asJSON                                                        *bool
+	metricsLinger                                                 time.Duration
 	vm, from, to, addrs, peers, fence, subnet, members, via, link string
 	maxDowntime, converge                                         time.Duration
 }
@@ -33,6 +34,13 @@ func newFlags(cmd string) (*flag.FlagSet, *flags) {
 	f.config = fs.String("config", "", "controller configuration `FILE` (JSON)")
 	f.asJSON = fs.Bool("json", false, "print the report(s) as JSON")
 	f.name = fs.String("name", "", "this controller's `NAME` in an etcd journal (default: etcd.name, else host name and PID)")
+	f.metricsListen = new(string)
+	if cmd == "migrate" || cmd == "recover" || cmd == "controller" {
+		fs.StringVar(f.metricsListen, "metrics-listen", "", "serve Prometheus metrics at http://`ADDR`/metrics (a management address; plain HTTP, no secrets)")
+	}
+	if cmd == "migrate" || cmd == "recover" {
+		fs.DurationVar(&f.metricsLinger, "metrics-linger", 0, "with -metrics-listen: go on serving this long after the command's work is done, for a last scrape")
+	}
 	if cmd != "migrate" {
 		return fs, f
 	}

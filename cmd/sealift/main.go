@@ -162,6 +162,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitError
 	}
 	defer closeAll()
+	if *f.metricsListen != "" {
+		stopMetrics, err := serveMetrics(ctx, m, *f.metricsListen, f.metricsLinger, stderr)
+		if err != nil {
+			fmt.Fprintf(stderr, "sealift: %v\n", err)
+			return exitUsage
+		}
+		defer stopMetrics()
+	}
 
 	if args[0] == "controller" {
 		return standby(ctx, m, stdout, stderr, *asJSON)

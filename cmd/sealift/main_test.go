@@ -31,46 +31,8 @@ import (
 // `sealift recover` then finds nothing to do. Bad input exits 2 naming it.
 func TestMigrateThroughAgents(t *testing.T) {
 	lab.RequireRoot(t)
-	l := lab.New(t)
-	nb := l.Prefix + "-nbb"
-	require.NoError(t, l.AddHost(nb))
-	require.NoError(t, l.Endpoint(nb, l.B, "nb0", "br0", "10.1.0.30/24", lab.Gateway))
-	hv := nshv.New("vm1", l.VM, "eth0")
-	a, b := hv.Host(l.A, "vm0", "br0"), hv.Host(l.B, "vmb0", "br0")
-	require.NoError(t, hv.Start(a))
-
-	dir := t.TempDir()
-	ca, err := agentpki.NewCA("test", time.Hour)
-	require.NoError(t, err)
-	now := time.Now()
-	ctl, err := ca.Issue(agentpki.RoleController, "ctl", now.Add(-time.Minute), now.Add(time.Hour))
-	require.NoError(t, err)
-	require.NoError(t, ca.WriteFiles(dir, ctl))
-	cfg := Config{Journal: filepath.Join(dir, "journal.db"), Environments: map[string]EnvConfig{}}
-	cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key = filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ctl.pem"), filepath.Join(dir, "ctl-key.pem")
-	for _, h := range []struct {
-		env, name, ns string
-		hv            hypervisor.Hypervisor
-		underlay      string
-	}{{"secure", "host-a", l.A, a, lab.AUplink.String()}, {"cloud", "host-b", l.B, b, lab.BUnderlay.String()}} {
-		id, err := ca.Issue(agentpki.RoleAgent, h.name, now.Add(-time.Minute), now.Add(time.Hour))
-		require.NoError(t, err)
-		scfg, err := agentpki.ServerConfig(ca.PEM, id.TLS)
-		require.NoError(t, err)
-		s, err := agent.NewServer(scfg, agent.WithHypervisor(h.hv), agent.WithFencer(nft.New(nft.WithHost(h.ns))),
-			agent.WithConnAuditor(conntrack.New(conntrack.WithHost(h.ns))),
-			agent.WithLinkEnd(wireguard.NewEnd(h.ns, wireguard.WithBackend(wireguard.Userspace))))
-		require.NoError(t, err)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		go func() { _ = s.Serve(ln) }()
-		t.Cleanup(s.Stop)
-		cfg.Environments[h.env] = EnvConfig{Agent: ln.Addr().String(), Host: h.name, Underlay: h.underlay}
-	}
-	path := filepath.Join(dir, "sealift.json")
-	b2, err := json.Marshal(cfg)
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(path, b2, 0o600))
+	w := newAgentsWorld(t, nil)
+	l, hv, path := w.l, w.hv, w.path
 
 	ctx := context.Background()
 	var out, errs bytes.Buffer
@@ -157,4 +119,62 @@ func TestMigrateThroughAgents(t *testing.T) {
 	out.Reset()
 	assert.Equal(t, exitOK, run(ctx, []string{"version"}, &out, &errs))
 	assert.True(t, strings.HasPrefix(out.String(), "sealift "))
+}
+
+// agentsWorld: two environments (A, B), each an agent in this process
+// over mutual TLS on loopback with real nft, conntrack and WireGuard
+// ends, nshv's namespace VM at A, an idle neighbour at B, and the
+// controller's configuration file.
+type agentsWorld struct {
+	l    *lab.Lab
+	hv   *nshv.Cluster
+	path string
+}
+
+func newAgentsWorld(t *testing.T, agentOpts func(host string) []agent.Option) *agentsWorld {
+	l := lab.New(t)
+	nb := l.Prefix + "-nbb"
+	require.NoError(t, l.AddHost(nb))
+	require.NoError(t, l.Endpoint(nb, l.B, "nb0", "br0", "10.1.0.30/24", lab.Gateway))
+	hv := nshv.New("vm1", l.VM, "eth0")
+	a, b := hv.Host(l.A, "vm0", "br0"), hv.Host(l.B, "vmb0", "br0")
+	require.NoError(t, hv.Start(a))
+
+	dir := t.TempDir()
+	ca, err := agentpki.NewCA("test", time.Hour)
+	require.NoError(t, err)
+	now := time.Now()
+	ctl, err := ca.Issue(agentpki.RoleController, "ctl", now.Add(-time.Minute), now.Add(time.Hour))
+	require.NoError(t, err)
+	require.NoError(t, ca.WriteFiles(dir, ctl))
+	cfg := Config{Journal: filepath.Join(dir, "journal.db"), Environments: map[string]EnvConfig{}}
+	cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key = filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ctl.pem"), filepath.Join(dir, "ctl-key.pem")
+	for _, h := range []struct {
+		env, name, ns string
+		hv            hypervisor.Hypervisor
+		underlay      string
+	}{{"secure", "host-a", l.A, a, lab.AUplink.String()}, {"cloud", "host-b", l.B, b, lab.BUnderlay.String()}} {
+		id, err := ca.Issue(agentpki.RoleAgent, h.name, now.Add(-time.Minute), now.Add(time.Hour))
+		require.NoError(t, err)
+		scfg, err := agentpki.ServerConfig(ca.PEM, id.TLS)
+		require.NoError(t, err)
+		opts := []agent.Option{agent.WithHypervisor(h.hv), agent.WithFencer(nft.New(nft.WithHost(h.ns))),
+			agent.WithConnAuditor(conntrack.New(conntrack.WithHost(h.ns))),
+			agent.WithLinkEnd(wireguard.NewEnd(h.ns, wireguard.WithBackend(wireguard.Userspace)))}
+		if agentOpts != nil {
+			opts = append(opts, agentOpts(h.name)...)
+		}
+		s, err := agent.NewServer(scfg, opts...)
+		require.NoError(t, err)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		go func() { _ = s.Serve(ln) }()
+		t.Cleanup(s.Stop)
+		cfg.Environments[h.env] = EnvConfig{Agent: ln.Addr().String(), Host: h.name, Underlay: h.underlay}
+	}
+	path := filepath.Join(dir, "sealift.json")
+	b2, err := json.Marshal(cfg)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(path, b2, 0o600))
+	return &agentsWorld{l: l, hv: hv, path: path}
 }
