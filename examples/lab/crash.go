@@ -94,7 +94,7 @@ func (w *world) controllerKill(ctx context.Context, t lab.TB, res *Result, k *Ki
 	}
 	last := len(w.vms) - 1
 	for i := range last {
-		rep, _, code, err := w.migrateRemote(ctx, plan(i))
+		rep, _, code, _, err := w.migrateRemote(ctx, plan(i), false)
 		if err != nil || rep.Outcome != migration.Completed {
 			return fmt.Errorf("migrate %s before the crash: exit %d: %v", w.vms[i].name, code, err)
 		}

@@ -196,7 +196,7 @@ func (w *world) agentArgs(p *agentProc) []string {
 	r := w.rm
 	args := []string{"-listen", p.listen(), "-ca", filepath.Join(r.pki, "ca.pem"),
 		"-cert", filepath.Join(r.pki, p.name+".pem"), "-key", filepath.Join(r.pki, p.name+"-key.pem"),
-		"-state-dir", p.dir, "-link", "wireguard"}
+		"-state-dir", p.dir, "-link", "wireguard", "-metrics-listen", p.metricsAddr()}
 	switch p.name {
 	case "host-a":
 		return append(args, "-hypervisor", "qemu", "-qemu-dir", p.qemuDir(), "-qemu-tls", w.tlsDirA,
@@ -585,19 +585,37 @@ func migrateArgs(p migration.Plan) []string {
 }
 
 // migrateRemote runs `sealift migrate` for plan p and returns its report
-// and the calls its switchover hook made, as it timed them.
-func (w *world) migrateRemote(ctx context.Context, p migration.Plan) (*migration.Report, []string, int, error) {
-	c, err := w.startController(ctx, migrateArgs(p)...)
+// and the calls its switchover hook made, as it timed them. With scrape,
+// the controller serves its metrics and lingers after the migration; the
+// lab scrapes it and the agents then (MetricsResult), and stops it.
+func (w *world) migrateRemote(ctx context.Context, p migration.Plan, scrape bool) (*migration.Report, []string, int, *MetricsResult, error) {
+	args := migrateArgs(p)
+	if scrape {
+		args = append(args, "-metrics-listen", ctlMetricsAddr, "-metrics-linger", "2m")
+	}
+	c, err := w.startController(ctx, args...)
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, nil, 0, nil, err
+	}
+	var mr *MetricsResult
+	for scrape && mr == nil {
+		select {
+		case line := <-c.lines:
+			if strings.HasPrefix(line, "metrics: serving") { // its migration is over
+				mr = w.scrapeAll(ctx)
+				_ = c.cmd.Process.Signal(syscall.SIGTERM) // ends the linger
+			}
+		case <-c.done:
+			mr = &MetricsResult{ScrapeErrors: []string{"the controller ended before it served its last metrics"}}
+		}
 	}
 	run := c.wait()
 	w.rm.ctlOut.Write(c.stdout.Bytes())
 	rpcs := c.rpcs
 	if len(run.reps) == 0 {
-		return nil, rpcs, run.code, cmpErr(run.err, errors.New("sealift migrate printed no report"))
+		return nil, rpcs, run.code, mr, cmpErr(run.err, errors.New("sealift migrate printed no report"))
 	}
-	return run.reps[0], rpcs, run.code, run.err
+	return run.reps[0], rpcs, run.code, mr, run.err
 }
 
 func cmpErr(err, otherwise error) error {
@@ -771,6 +789,9 @@ type ControllerResult struct {
 	// check could not run).
 	KeysChecked int      `json:"keys_checked"`
 	KeysFound   []string `json:"keys_found"`
+	// Metrics: the controller's and the agents' /metrics after the
+	// first migration.
+	Metrics *MetricsResult `json:"metrics,omitempty"`
 }
 
 // agentRTTs measures each agent's round trip from ctl.

@@ -255,10 +255,11 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 			w.resumes <- w.watchRemoteResume(ctx, v.name)
 			var code int
 			var rpcs []string
-			rep, rpcs, code, err = w.migrateRemote(ctx, p)
+			var mr *MetricsResult
+			rep, rpcs, code, mr, err = w.migrateRemote(ctx, p, i == 0)
 			res.Controller.ExitCodes = append(res.Controller.ExitCodes, code)
 			if i == 0 {
-				res.Controller.HookRPCs = rpcs
+				res.Controller.HookRPCs, res.Controller.Metrics = rpcs, mr
 			}
 		} else {
 			rep, err = m.Run(ctx, p)

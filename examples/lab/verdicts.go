@@ -62,6 +62,7 @@ func (r *Result) judge(runErr error, o Options) {
 		add("no ping lost removing the redirect", last.RedirectRemovalLost == 0, "%d lost", last.RedirectRemovalLost)
 	}
 	if o.Remote && o.Kill == "" {
+		r.judgeMetrics(add)
 		c := r.Controller
 		add("controller holds no link device or VM", c != nil && c.HoldsNothing && len(c.Devices) > 0, "%v", func() any {
 			if c == nil {
