@@ -175,7 +175,7 @@ func (w *world) controllerKill(ctx context.Context, t lab.TB, res *Result, k *Ki
 	}
 	k.Final = pl.sample()
 	k.PeersReach = peersReach(ctx, ps)
-	k.Samples, k.MaxRunning = pl.samples, pl.maxRunning
+	k.Samples, k.MaxRunning = pl.counts()
 	end := time.Now()
 	k.BlackoutMS = blackout(ps, start, end).MS
 	for _, p := range ps { // where the worst gap began, from the kill

@@ -154,6 +154,14 @@ func (p *placement) sample() map[string]string {
 	return st
 }
 
+// counts are how many samples were taken and the most QEMU instances
+// running at once.
+func (p *placement) counts() (samples, maxRunning int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.samples, p.maxRunning
+}
+
 func (p *placement) close() {
 	close(p.stop)
 	<-p.done
@@ -254,7 +262,7 @@ func (w *world) killScenario(ctx context.Context, t lab.TB, res *Result, pingers
 	// reach it again once their pings find it (at most 10 s).
 	k.Final = pl.sample()
 	k.PeersReach = peersReach(ctx, ps)
-	k.Samples, k.MaxRunning = pl.samples, pl.maxRunning
+	k.Samples, k.MaxRunning = pl.counts()
 	for _, h := range []string{"host-a", "host-b"} {
 		cl := w.rm.agents[h].client
 		if ends, err := cl.LinkEnd().List(ctx); err == nil {
