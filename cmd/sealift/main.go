@@ -13,11 +13,13 @@
 //	sealift version
 //
 // Exit codes: 0 completed (recover: every unfinished migration
-// finished), 1 an error before or outside a migration, 2 bad usage or a
-// refused plan (nothing touched), 3 rolled back (the VM runs at the
-// source), 4 stayed fenced (the VM is fenced at the target: look at the
-// reason), 5 abandoned (the journal keeps it for recover; also: this
-// controller lost its ownership of the migration to another).
+// finished), 1 an error before or outside a migration, 2 bad usage (a
+// flag, the configuration), 3 rolled back (the VM runs at the source), 4
+// stayed fenced (the VM is fenced at the target: look at the reason), 5
+// abandoned (the journal keeps it for recover; also: this controller lost
+// its ownership of the migration to another), 6 plan refused (the
+// Migrator's validation, or the VM is being migrated already: nothing
+// touched). Errors name the field and the value.
 package main
 
 import (
@@ -89,6 +91,7 @@ const (
 	exitRolledBack
 	exitStayedFenced
 	exitAbandoned
+	exitRefused
 )
 
 func main() {
@@ -207,12 +210,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		plan.Subnet, err = subnetFlags(subnet, members, via, converge)
 	}
-	if err == nil {
-		err = m.Validate(plan)
-	}
 	if err != nil {
 		fmt.Fprintf(stderr, "sealift: %v\n", err)
 		return exitUsage
+	}
+	if err := m.Validate(plan); err != nil {
+		fmt.Fprintf(stderr, "sealift: plan refused: %v\n", err)
+		return exitRefused
 	}
 	events, unsub := m.Subscribe(64)
 	done := make(chan struct{})
@@ -229,7 +233,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if rep == nil {
 		fmt.Fprintf(stderr, "sealift: %v\n", err)
 		if errors.Is(err, migration.ErrInvalidPlan) {
-			return exitUsage
+			return exitRefused
+		}
+		if errors.Is(err, migration.ErrBusy) {
+			return exitRefused // another migration of the VM runs: nothing touched
 		}
 		return exitError
 	}

@@ -96,14 +96,21 @@ func TestMigrateThroughAgents(t *testing.T) {
 	require.Equal(t, exitOK, run(ctx, []string{"completion", "bash"}, &out, &errs))
 	assert.Contains(t, out.String(), "complete -F _sealift sealift")
 
+	errs.Reset()
+	assert.Equal(t, exitRefused, run(ctx, []string{"migrate", "-config", path, "-vm", "vm1", "-from", "cloud", "-to", "nowhere",
+		"-addr", "10.1.0.10/32", "-peer", "10.1.0.20/32"}, &out, &errs), "a plan the Migrator refuses")
+	assert.Contains(t, errs.String(), `plan refused`)
+	assert.Contains(t, errs.String(), `"nowhere"`)
+	errs.Reset()
+	assert.Equal(t, exitRefused, run(ctx, []string{"migrate", "-config", path, "-vm", "vm1", "-from", "cloud", "-to", "secure",
+		"-addr", "10.1.0.10/32", "-peer", "10.2.0.0/24", "-link", "gre"}, &out, &errs), "a link kind the Migrator has no linker for")
+	assert.Contains(t, errs.String(), `"gre"`)
 	for _, c := range []struct {
 		args []string
 		want string
 	}{
-		{[]string{"migrate", "-config", path, "-vm", "vm1", "-from", "cloud", "-to", "nowhere", "-addr", "10.1.0.10/32", "-peer", "10.1.0.20/32"}, "nowhere"},
 		{[]string{"migrate", "-config", path, "-vm", "vm1", "-from", "cloud", "-to", "secure", "-addr", "10.1.0.x/32"}, `-addr "10.1.0.x/32"`},
 		{[]string{"migrate", "-vm", "vm1"}, "-config is required"},
-		{[]string{"migrate", "-config", path, "-vm", "vm1", "-from", "cloud", "-to", "secure", "-addr", "10.1.0.10/32", "-peer", "10.2.0.0/24", "-link", "gre"}, `"gre"`},
 		{[]string{"migrate", "-config", path, "-vm", "vm1", "-from", "cloud", "-to", "secure", "-addr", "10.1.0.10/32", "-members", "vm2"}, `-members "vm2": only with -subnet`},
 		{[]string{"migrate", "-config", path, "-vm", "vm1", "-from", "cloud", "-to", "secure", "-addr", "10.1.0.10/32", "-subnet", "10.1.0.0/24", "-via", "10.9.9"}, `-via "10.9.9"`},
 		{[]string{"teleport"}, `unknown command "teleport"`},
