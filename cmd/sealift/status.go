@@ -17,9 +17,10 @@ type MigrationStatus struct {
 	VM   string `json:"vm"`
 	From string `json:"from"`
 	To   string `json:"to"`
-	// State: "unfinished" (running now, or left by a controller that
-	// stopped: Owner says whose, recover or a standby finishes it) or
-	// the outcome.
+	// State: the outcome, or, unfinished: "running" (a shared journal:
+	// its owner's lease lives), "orphaned" (a shared journal: its owner
+	// is gone; a standby claims it) or "unfinished" (a journal of one
+	// controller: running now, or left for recover).
 	State    string    `json:"state"`
 	Reason   string    `json:"reason,omitempty"`
 	Owner    string    `json:"owner,omitempty"`
@@ -28,6 +29,12 @@ type MigrationStatus struct {
 	// Last is the last journal entry of an unfinished migration (block,
 	// phase).
 	Last string `json:"last,omitempty"`
+}
+
+// ownerAliver is a shared journal that tells whether a migration's owner
+// lives (etcdjournal, migrationtest.SharedStore).
+type ownerAliver interface {
+	OwnerAlive(ctx context.Context, id string) (bool, error)
 }
 
 // status lists the journal's migrations, oldest first.
@@ -46,7 +53,17 @@ func status(ctx context.Context, j migration.Journal) ([]MigrationStatus, error)
 			Reason: r.Reason, Owner: r.Owner, Started: r.Started, Finished: r.Finished}
 		if r.Done() {
 			st.State = string(r.Outcome)
-		} else if _, es, err := j.Load(ctx, r.ID); err == nil && len(es) > 0 {
+			out = append(out, st)
+			continue
+		}
+		if oa, ok := j.(ownerAliver); ok {
+			alive, err := oa.OwnerAlive(ctx, r.ID)
+			if err != nil {
+				return nil, err
+			}
+			st.State = map[bool]string{true: "running", false: "orphaned"}[alive]
+		}
+		if _, es, err := j.Load(ctx, r.ID); err == nil && len(es) > 0 {
 			e := es[len(es)-1]
 			st.Last = fmt.Sprintf("%d %s %s", int(e.Block), e.Block, e.Phase)
 		}

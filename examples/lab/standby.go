@@ -139,7 +139,8 @@ func (w *world) journalUnfinished(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, s := range sts {
-		if s.State == "unfinished" {
+		switch s.State {
+		case "unfinished", "running", "orphaned": // (bbolt; etcd: by its owner's lease)
 			n++
 		}
 	}

@@ -83,3 +83,20 @@ func TestNewRefuses(t *testing.T) {
 		}
 	}
 }
+
+// OwnerAlive: true while the owner's lease lives, false once it is gone.
+func TestOwnerAlive(t *testing.T) {
+	c := etcdlab.Start(t, 3)
+	cli := c.Client(t)
+	p := prefix()
+	a, b := open(t, cli, "ctl-a", WithTTL(testTTL), p), open(t, cli, "ctl-b", WithTTL(testTTL), p)
+	ctx := t.Context()
+	require.NoError(t, a.Create(ctx, record("m1", "vm1")))
+	alive, err := b.OwnerAlive(ctx, "m1")
+	require.NoError(t, err)
+	assert.True(t, alive, "ctl-a's lease lives")
+	expire(t, cli, a)
+	alive, err = b.OwnerAlive(ctx, "m1")
+	require.NoError(t, err)
+	assert.False(t, alive, "ctl-a's lease is gone")
+}

@@ -256,3 +256,18 @@ func (j *Journal) finished(ctx context.Context, id string) bool {
 	})
 	return err == nil && done
 }
+
+// OwnerAlive reports whether unfinished migration id has an owner whose
+// lease lives (false: an orphan, which a standby will claim).
+func (j *Journal) OwnerAlive(ctx context.Context, id string) (bool, error) {
+	var alive bool
+	err := j.read(ctx, func(ctx context.Context) error {
+		resp, err := j.cli.Get(ctx, j.ownKey(id), clientv3.WithCountOnly())
+		if err != nil {
+			return err
+		}
+		alive = resp.Count > 0
+		return nil
+	})
+	return alive, err
+}

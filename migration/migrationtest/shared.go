@@ -246,3 +246,15 @@ func (j *SharedJournal) Orphans(ctx context.Context) (<-chan string, error) {
 }
 
 func (j *SharedJournal) Owning() context.Context { return j.owning }
+
+// OwnerAlive reports whether migration id has an owner whose lease lives.
+func (j *SharedJournal) OwnerAlive(_ context.Context, id string) (bool, error) {
+	s := j.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.recs[id]
+	if !ok {
+		return false, fmt.Errorf("%w: %q", migration.ErrNoRecord, id)
+	}
+	return !r.Done() && s.alive[r.Owner], nil
+}
