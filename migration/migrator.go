@@ -132,10 +132,19 @@ func (m *Migrator) Run(ctx context.Context, p Plan) (*Report, error) {
 		"link", p.Link, "fence", p.FenceMode)
 	ctx, release := r.owned(ctx)
 	defer release()
+	defer r.done()
 	r.started(false)
 	err := r.ownership(r.forward(ctx))
 	r.finished()
 	return r.rep, err
+}
+
+// done releases what the run holds of its journal's ownership context
+// (a long-lived controller runs many).
+func (r *run) done() {
+	if r.disown != nil {
+		r.disown(nil)
+	}
 }
 
 // started and finished announce the run's beginning and end.
