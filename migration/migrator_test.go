@@ -133,7 +133,9 @@ func TestBusy(t *testing.T) {
 	s := migrationtest.NewSetup()
 	p := s.Plan()
 	s.Cloud.Auditor.SetConns()
-	entered, release := make(chan struct{}), make(chan struct{})
+	// entered has room for the first Verify's word: it may come before
+	// this goroutine waits for it (it did, under -race, and hung).
+	entered, release := make(chan struct{}, 1), make(chan struct{})
 	s.Config.Linkers[tunnel.WireGuard] = blockingLinker{s.Linker, entered, release}
 	m := newMigrator(t, s)
 	done := make(chan error)
