@@ -266,6 +266,15 @@ func (f *Fencer) LiftAll(ctx context.Context, vms []string) error {
 		}
 	}
 	setGuard(c, installed, after)
+	var lifted []fence.Spec
+	for vm, fc := range installed {
+		if lift[chainID(vm)] {
+			lifted = append(lifted, fc.Spec)
+		}
+	}
+	if err := dropPending(f.host, lifted); err != nil { // while the peers guard still holds
+		return fmt.Errorf("nft: lift %s on %q: %w", strings.Join(vms, ","), f.host, err)
+	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("nft: lift %s on %q: %w", strings.Join(vms, ","), f.host, err)
 	}
