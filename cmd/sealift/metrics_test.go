@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -14,14 +13,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/sealift/sealift/agent"
 	"github.com/sealift/sealift/internal/lab"
+	"github.com/sealift/sealift/internal/promtest"
 	"github.com/sealift/sealift/metrics"
 	"github.com/sealift/sealift/migration"
 )
@@ -62,7 +59,7 @@ func TestMetricsThroughAgents(t *testing.T) {
 			"-metrics-listen", addr, "-metrics-linger", "2m", "-json"}, &out, errs)
 	}()
 	ctl := "http://" + addr + metrics.Path
-	var fams map[string]*dto.MetricFamily
+	var fams promtest.Families
 	require.Eventually(t, func() bool {
 		if !strings.Contains(errs.String(), "metrics: serving") { // the run is over, lingering
 			return false
@@ -119,7 +116,7 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
-func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
+func scrape(t *testing.T, url string) promtest.Families {
 	t.Helper()
 	resp, err := http.Get(url)
 	require.NoError(t, err)
@@ -127,63 +124,23 @@ func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	fams, err := promtest.Parse(bytes.NewReader(body))
 	require.NoError(t, err)
 	return fams
 }
 
-// matching returns the family's metrics whose labels include want.
-func matching(fams map[string]*dto.MetricFamily, name string, want ...map[string]string) []*dto.Metric {
-	f := fams[name]
-	if f == nil {
-		return nil
-	}
-	var out []*dto.Metric
-	for _, m := range f.GetMetric() {
-		ok := true
-		for _, w := range want {
-			for k, v := range w {
-				found := false
-				for _, lp := range m.GetLabel() {
-					found = found || lp.GetName() == k && lp.GetValue() == v
-				}
-				ok = ok && found
-			}
-		}
-		if ok {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-func numeric(m *dto.Metric) float64 {
-	switch {
-	case m.Counter != nil:
-		return m.GetCounter().GetValue()
-	case m.Gauge != nil:
-		return m.GetGauge().GetValue()
-	case m.Untyped != nil:
-		return m.GetUntyped().GetValue()
-	}
-	panic(fmt.Sprintf("not a counter or gauge: %v", m))
-}
-
-func value(fams map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
-	var v float64
-	for _, m := range matching(fams, name, want) {
-		v += numeric(m)
-	}
+func value(fams promtest.Families, name string, want map[string]string) float64 {
+	v, _ := fams.Sum(name, want)
 	return v
 }
 
-func total(fams map[string]*dto.MetricFamily, name string) float64 { return value(fams, name, nil) }
+func total(fams promtest.Families, name string) float64 { return value(fams, name, nil) }
 
-func count(fams map[string]*dto.MetricFamily, name string, want ...map[string]string) uint64 {
-	var n uint64
-	for _, m := range matching(fams, name, want...) {
-		n += m.GetHistogram().GetSampleCount()
+func count(fams promtest.Families, name string, want ...map[string]string) uint64 {
+	var w map[string]string
+	if len(want) > 0 {
+		w = want[0]
 	}
+	_, n := fams.Sum(name, w)
 	return n
 }

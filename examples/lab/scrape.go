@@ -16,10 +16,7 @@ import (
 	"net/netip"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
+	"github.com/sealift/sealift/internal/promtest"
 	"github.com/sealift/sealift/migration"
 )
 
@@ -53,7 +50,7 @@ type MetricsResult struct {
 }
 
 // scrapeFrom fetches url's metrics from inside namespace ns.
-func scrapeFrom(ctx context.Context, ns, url string) (map[string]*dto.MetricFamily, error) {
+func scrapeFrom(ctx context.Context, ns, url string) (promtest.Families, error) {
 	dial := nsDialer(ns)
 	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) }}}
@@ -73,39 +70,7 @@ func scrapeFrom(ctx context.Context, ns, url string) (map[string]*dto.MetricFami
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("%s: %s: %s", url, resp.Status, body)
 	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	return p.TextToMetricFamilies(bytes.NewReader(body))
-}
-
-// sumOf adds up the counters/gauges of name whose labels include want;
-// histograms give their sample count (n) and sum.
-func sumOf(fams map[string]*dto.MetricFamily, name string, want map[string]string) (v float64, n uint64) {
-	f := fams[name]
-	if f == nil {
-		return 0, 0
-	}
-next:
-	for _, m := range f.GetMetric() {
-		for k, wv := range want {
-			found := false
-			for _, lp := range m.GetLabel() {
-				found = found || lp.GetName() == k && lp.GetValue() == wv
-			}
-			if !found {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			v += m.GetCounter().GetValue()
-		case m.Gauge != nil:
-			v += m.GetGauge().GetValue()
-		case m.Histogram != nil:
-			v += m.GetHistogram().GetSampleSum()
-			n += m.GetHistogram().GetSampleCount()
-		}
-	}
-	return v, n
+	return promtest.Parse(bytes.NewReader(body))
 }
 
 // scrapeAll reads the lingering controller's and every agent's metrics.
@@ -116,14 +81,14 @@ func (w *world) scrapeAll(ctx context.Context) *MetricsResult {
 	if err != nil {
 		fail(fmt.Errorf("controller: %w", err))
 	} else {
-		r.MigrationsCompleted, _ = sumOf(ctl, "sealift_migrations_total", map[string]string{"outcome": string(migration.Completed)})
-		r.MigrationsAll, _ = sumOf(ctl, "sealift_migrations_total", nil)
-		r.InProgress, _ = sumOf(ctl, "sealift_migrations_in_progress", nil)
-		r.DowntimeSum, r.DowntimeCount = sumOf(ctl, "sealift_migration_downtime_seconds", nil)
-		_, r.HookCount = sumOf(ctl, "sealift_migration_switchover_hook_seconds", nil)
-		r.Bytes, _ = sumOf(ctl, "sealift_migration_bytes_total", nil)
-		r.ConnsReset, _ = sumOf(ctl, "sealift_connections_reset_total", nil)
-		_, r.Step330Count = sumOf(ctl, "sealift_step_duration_seconds", map[string]string{"block": "330"})
+		r.MigrationsCompleted, _ = ctl.Sum("sealift_migrations_total", map[string]string{"outcome": string(migration.Completed)})
+		r.MigrationsAll, _ = ctl.Sum("sealift_migrations_total", nil)
+		r.InProgress, _ = ctl.Sum("sealift_migrations_in_progress", nil)
+		r.DowntimeSum, r.DowntimeCount = ctl.Sum("sealift_migration_downtime_seconds", nil)
+		_, r.HookCount = ctl.Sum("sealift_migration_switchover_hook_seconds", nil)
+		r.Bytes, _ = ctl.Sum("sealift_migration_bytes_total", nil)
+		r.ConnsReset, _ = ctl.Sum("sealift_connections_reset_total", nil)
+		_, r.Step330Count = ctl.Sum("sealift_step_duration_seconds", map[string]string{"block": "330"})
 	}
 	for _, h := range []string{"host-a", "host-b"} {
 		fams, err := scrapeFrom(ctx, w.rm.ctl, "http://"+w.rm.agents[h].metricsAddr()+"/metrics")
@@ -131,10 +96,10 @@ func (w *world) scrapeAll(ctx context.Context) *MetricsResult {
 			fail(fmt.Errorf("agent %s: %w", h, err))
 			continue
 		}
-		r.AgentFences[h], _ = sumOf(fams, "sealift_agent_fences", nil)
-		r.AgentActive[h], _ = sumOf(fams, "sealift_agent_link_ends", map[string]string{"active": "true"})
+		r.AgentFences[h], _ = fams.Sum("sealift_agent_fences", nil)
+		r.AgentActive[h], _ = fams.Sum("sealift_agent_link_ends", map[string]string{"active": "true"})
 		if h == "host-a" {
-			_, r.AFenceCalls = sumOf(fams, "sealift_agent_rpc_duration_seconds", map[string]string{"method": "/sealift.agent.v1.Fencer/Fence", "code": "OK"})
+			_, r.AFenceCalls = fams.Sum("sealift_agent_rpc_duration_seconds", map[string]string{"method": "/sealift.agent.v1.Fencer/Fence", "code": "OK"})
 		}
 	}
 	return r
