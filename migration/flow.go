@@ -81,7 +81,10 @@ func (r *run) beforeResume(ctx context.Context) error {
 			return err
 		}
 		r.rep.Link = r.link
-		if r.subnetMoved {
+		if r.plan.Batch != "" && r.redirect == nil {
+			return fmt.Errorf("batch %q: its redirect tunnel %s is not there", r.plan.Batch, r.redirID)
+		}
+		if r.subnetMoved && r.plan.Batch == "" {
 			red, err := r.linker.Prepare(ctx, r.redirectSpec())
 			if err != nil {
 				return fmt.Errorf("redirect tunnel: %w", err)
@@ -187,13 +190,49 @@ func (r *run) switchoverSteps(ctx context.Context) error {
 	}
 	r.rep.SubnetMoved = r.subnetMoved
 	if r.subnetMoved {
-		return r.step(ctx, BlockRedirect, nil, func() error {
-			return r.src.Core.Routing.AddRedirect(ctx, routing.Redirect{
-				Prefix: p.Subnet.Prefix, Device: r.redirect.SecureDevice, Via: redirectVia(r),
-			})
-		})
+		return r.step(ctx, BlockRedirect, nil, func() error { return r.addRedirects(ctx) })
 	}
 	return nil
+}
+
+// redirectPrefixes are what the routing core sends into the redirect
+// tunnel: the subnet's prefix for a lone migration; for a batch, each
+// member's own addresses (a member's, or all of them for the batch's
+// record), as it leaves: a prefix route would take the members still at
+// the source away from them.
+func (r *run) redirectPrefixes() []netip.Prefix {
+	if r.plan.Batch == "" {
+		return []netip.Prefix{r.plan.Subnet.Prefix}
+	}
+	ps := make([]netip.Prefix, 0, len(r.plan.Addrs))
+	for _, a := range r.plan.Addrs {
+		ps = append(ps, a.Masked())
+	}
+	return ps
+}
+
+// addRedirects routes redirectPrefixes into the redirect tunnel.
+func (r *run) addRedirects(ctx context.Context) error {
+	for _, pfx := range r.redirectPrefixes() {
+		if err := r.src.Core.Routing.AddRedirect(ctx, routing.Redirect{
+			Prefix: pfx, Device: r.redirect.SecureDevice, Via: redirectVia(r),
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// removeRedirects removes the routes of redirectPrefixes (those not
+// there count as removed).
+func (r *run) removeRedirects(ctx context.Context) error {
+	var errs []error
+	for _, pfx := range r.redirectPrefixes() {
+		if err := r.src.Core.Routing.RemoveRedirect(ctx, pfx); err != nil && !errors.Is(err, routing.ErrNoRedirect) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func redirectVia(r *run) netip.Addr {
@@ -279,7 +318,7 @@ func (r *run) finishForward(callerCtx context.Context) error {
 	dctx, release := r.detached(callerCtx)
 	_ = r.step(dctx, BlockSubnetMovedAfterEnable, map[string]string{"moved": fmt.Sprint(r.subnetMoved)}, func() error { return nil })
 	release()
-	if r.subnetMoved {
+	if r.subnetMoved && r.plan.Batch == "" { // a batch waits for all its members
 		r.converge(callerCtx)
 	}
 	// 395: the VM must still run at the target. A hypervisor can report
@@ -588,7 +627,7 @@ func (r *run) converge(ctx context.Context) {
 	cctx, cancel := r.cleanupCtx(ctx)
 	defer cancel()
 	err = r.step(cctx, BlockRemoveTunnel, nil, func() error {
-		if err := r.src.Core.Routing.RemoveRedirect(cctx, s.Prefix); err != nil && !errors.Is(err, routing.ErrNoRedirect) {
+		if err := r.removeRedirects(cctx); err != nil {
 			return err
 		}
 		return r.linker.Close(cctx, r.redirID)
@@ -680,10 +719,10 @@ func (r *run) undo(ctx context.Context) []error {
 	var errs []error
 	errs = append(errs, r.src.Hypervisor.Abort(ctx, p.VM), r.dst.Hypervisor.Abort(ctx, p.VM))
 	if p.Subnet != nil && r.src.Core != nil && r.src.Core.Routing != nil {
-		if err := r.src.Core.Routing.RemoveRedirect(ctx, p.Subnet.Prefix); err != nil && !errors.Is(err, routing.ErrNoRedirect) {
-			errs = append(errs, err)
+		errs = append(errs, r.removeRedirects(ctx))
+		if p.Batch == "" { // a batch's tunnel is the batch's to close
+			errs = append(errs, r.linker.Close(ctx, r.redirID))
 		}
-		errs = append(errs, r.linker.Close(ctx, r.redirID))
 	}
 	errs = append(errs, r.linker.Close(ctx, r.linkID))
 	errs = append(errs, ignoreNotFenced(r.dst.Fencer.Lift(ctx, p.VM)), ignoreNotFenced(r.src.Fencer.Lift(ctx, p.VM)))

@@ -117,6 +117,9 @@ func (m *Migrator) Run(ctx context.Context, p Plan) (*Report, error) {
 	if err := p.validate(&m.cfg); err != nil {
 		return nil, err
 	}
+	if p.Batch != "" {
+		return nil, fmt.Errorf("%w: Batch %q is set: RunBatch sets it for its members", ErrInvalidPlan, p.Batch)
+	}
 	if p.ID == "" {
 		p.ID = newID()
 	}
@@ -124,10 +127,20 @@ func (m *Migrator) Run(ctx context.Context, p Plan) (*Report, error) {
 		return nil, fmt.Errorf("%w: VM %q is being migrated by this Migrator", ErrBusy, p.VM)
 	}
 	defer m.unlock(p.VM)
+	return m.runLocked(ctx, p, nil)
+}
+
+// runLocked runs a validated plan whose VM this Migrator has locked;
+// redirect is a batch's redirect tunnel (members only).
+func (m *Migrator) runLocked(ctx context.Context, p Plan, redirect *tunnel.Link) (*Report, error) {
 	if err := m.cfg.Journal.Create(ctx, Record{ID: p.ID, Plan: p, Started: time.Now()}); err != nil {
 		return nil, err
 	}
 	r := m.newRun(p)
+	if redirect != nil {
+		r.redirect = redirect
+		r.rep.Redirect = redirect
+	}
 	m.log.Info("migration started", "id", p.ID, "vm", p.VM, "from", p.From, "to", p.To,
 		"link", p.Link, "fence", p.FenceMode)
 	ctx, release := r.owned(ctx)
@@ -208,6 +221,9 @@ type run struct {
 	// uses a context that ends with it (owned).
 	own    context.Context
 	disown context.CancelCauseFunc
+	// quiet: a batch's own record, whose steps are not a migration's
+	// (no events).
+	quiet bool
 }
 
 func (m *Migrator) newRun(p Plan) *run {
@@ -215,6 +231,9 @@ func (m *Migrator) newRun(p Plan) *run {
 		dst: m.cfg.Environments[p.To], linker: m.cfg.Linkers[p.Link],
 		rep: &Report{ID: p.ID, VM: p.VM}}
 	r.linkID, r.redirID = linkIDs(p.ID)
+	if p.Batch != "" { // the batch's one redirect tunnel
+		_, r.redirID = linkIDs(p.Batch)
+	}
 	r.log = m.log.With("id", p.ID, "vm", p.VM)
 	if sj, ok := m.cfg.Journal.(SharedJournal); ok {
 		r.own, r.disown = context.WithCancelCause(sj.Owning())
@@ -279,7 +298,9 @@ func (r *run) step(ctx context.Context, b Block, data map[string]string, fn func
 	if err := r.journal(ctx, Entry{Time: start, Block: b, Phase: PhaseBegin, Data: data}); err != nil {
 		return fmt.Errorf("journal %s (%d) begin: %w", b, b, err)
 	}
-	r.m.bus.emit(StepStarted{ID: r.plan.ID, Block: b, At: start})
+	if !r.quiet {
+		r.m.bus.emit(StepStarted{ID: r.plan.ID, Block: b, At: start})
+	}
 	err := fn()
 	d := time.Since(start)
 	e := Entry{Time: time.Now(), Block: b, Phase: PhaseDone}
@@ -288,7 +309,9 @@ func (r *run) step(ctx context.Context, b Block, data map[string]string, fn func
 		e.Phase, e.Err, st.Err = PhaseFail, err.Error(), err.Error()
 	}
 	r.rep.Steps = append(r.rep.Steps, st)
-	r.m.bus.emit(StepFinished{ID: r.plan.ID, Block: b, Duration: d, Err: err})
+	if !r.quiet {
+		r.m.bus.emit(StepFinished{ID: r.plan.ID, Block: b, Duration: d, Err: err})
+	}
 	if err != nil {
 		r.log.Warn("step failed", "block", int(b), "step", b.String(), "ms", d.Milliseconds(), "err", err)
 	} else {

@@ -83,6 +83,12 @@ type Plan struct {
 	// MaxDowntime is the stop-and-copy time the hypervisor may take at
 	// switchover (0: its default, 300 ms for QEMU).
 	MaxDowntime time.Duration
+	// Batch is the ID of the batch (Migrator.RunBatch) this plan is a
+	// member of; RunBatch sets it, Run refuses a plan that has it. A
+	// member's subnet has moved by definition: its switchover routes its
+	// own addresses into the batch's one redirect tunnel, and the batch
+	// waits for the routing core.
+	Batch string `json:",omitempty"`
 }
 
 func (p *Plan) defaults() {

@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/sealift/sealift/hypervisor"
-	"github.com/sealift/sealift/routing"
 )
 
 // Recover finishes the migrations a stopped controller left unfinished in
@@ -23,6 +23,9 @@ func (m *Migrator) Recover(ctx context.Context) ([]*Report, error) {
 	}
 	var reps []*Report
 	var errs []error
+	// Batches last: their members first, as ordinary migrations.
+	batches := slices.DeleteFunc(slices.Clone(recs), func(r Record) bool { return !isBatch(r) })
+	recs = slices.DeleteFunc(recs, isBatch)
 	for _, rec := range recs {
 		rep, err := m.recoverOne(ctx, rec)
 		if errors.Is(err, errSkipped) {
@@ -33,6 +36,13 @@ func (m *Migrator) Recover(ctx context.Context) ([]*Report, error) {
 		}
 		if err != nil && !errors.Is(err, ErrRolledBack) {
 			errs = append(errs, fmt.Errorf("migration %s: %w", rec.ID, err))
+		}
+	}
+	for _, rec := range batches {
+		_, mreps, err := m.recoverBatch(ctx, rec)
+		reps = append(reps, mreps...)
+		if err != nil && !errors.Is(err, errSkipped) && !errors.Is(err, ErrRolledBack) {
+			errs = append(errs, fmt.Errorf("batch %s: %w", rec.ID, err))
 		}
 	}
 	return reps, errors.Join(errs...)
@@ -98,7 +108,18 @@ func (m *Migrator) Standby(ctx context.Context, done func(*Report, error)) error
 		if err != nil || rec.Done() {
 			continue // gone or ended meanwhile
 		}
-		rep, err := m.recoverOne(ctx, rec)
+		var rep *Report
+		if isBatch(rec) {
+			var mreps []*Report
+			_, mreps, err = m.recoverBatch(ctx, rec)
+			if done != nil {
+				for _, r := range mreps {
+					done(r, nil)
+				}
+			}
+		} else {
+			rep, err = m.recoverOne(ctx, rec)
+		}
 		if errors.Is(err, errSkipped) {
 			continue
 		}
@@ -163,9 +184,7 @@ func (r *run) recover(ctx context.Context) error {
 			return r.stayFenced(ctx, fmt.Errorf("activate secure link: %w", err))
 		}
 		if r.subnetMoved {
-			err := r.src.Core.Routing.AddRedirect(ctx, routing.Redirect{
-				Prefix: p.Subnet.Prefix, Device: r.redirect.SecureDevice, Via: redirectVia(r)})
-			if err != nil {
+			if err := r.addRedirects(ctx); err != nil {
 				return r.stayFenced(ctx, fmt.Errorf("redirect: %w", err))
 			}
 			r.rep.SubnetMoved = true
