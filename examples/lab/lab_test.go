@@ -80,6 +80,49 @@ func TestLab(t *testing.T) {
 	}
 }
 
+// TestLabBatch runs the batch scenario with two guests (`-subnet -vms
+// 2`): the subnet's guests one by one in a lab of their own, then both at
+// once in one RunBatch; every verdict of both phases must hold, and the
+// report must carry what it measured (no figure is judged here: goals
+// live in BENCHMARKS.md).
+func TestLabBatch(t *testing.T) {
+	lab.RequireRoot(t)
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		lab.Missing(t, "qemu-system-x86_64 (apt: qemu-system-x86)")
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	o := Options{Hypervisor: "qemu", Link: tunnel.WireGuard, Fence: migration.FenceAtSwitchover, Subnet: true, VMs: 2}
+	res, err := Run(t.Context(), t, o, log)
+	require.NotNil(t, res, "no report: %v", err)
+	t.Log("\n" + res.Text())
+	assert.NoError(t, err)
+	data, err := json.Marshal(res)
+	require.NoError(t, err)
+	var got map[string]any
+	require.NoError(t, json.Unmarshal(data, &got))
+	for _, v := range got["verdicts"].([]any) {
+		v := v.(map[string]any)
+		assert.True(t, v["ok"].(bool), "verdict %q: %v", v["name"], v["detail"])
+	}
+	assert.Equal(t, true, got["pass"])
+	wan := got["wan"].(map[string]any)
+	assert.EqualValues(t, 0, wan["plaintext_by_address"], "plaintext by address")
+	assert.EqualValues(t, 1, wan["control_by_address"], "the control leak, by address")
+	assert.Equal(t, "ok", got["journal"])
+	b := got["batch"].(map[string]any)
+	for _, phase := range []string{"one_by_one", "concurrent"} {
+		ph, ok := b[phase].(map[string]any)
+		require.True(t, ok, "no %s phase", phase)
+		assert.Equal(t, "completed", ph["outcome"], "%s: %v", phase, ph["reason"])
+		assert.Equal(t, true, ph["redirect_removed"], phase)
+		assert.Equal(t, true, ph["pass"], "%s: %v", phase, ph["failed"])
+		assert.Len(t, ph["blackouts"], 2, phase)
+		assert.Len(t, ph["member_ms"], 2, phase)
+	}
+	assert.EqualValues(t, 1, b["one_by_one"].(map[string]any)["parallel"])
+	assert.EqualValues(t, 2, b["concurrent"].(map[string]any)["parallel"])
+}
+
 // TestLabAgentCrash runs the remote lab's crash scenario: the source's,
 // then the target's agent killed with SIGKILL while RAM is copied and in
 // the switchover hook; the agent restarted and `sealift recover` run.

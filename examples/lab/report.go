@@ -22,6 +22,8 @@ type Result struct {
 	Controller *ControllerResult `json:"controller,omitempty"`
 	// Kill: the crash scenario's result (-kill).
 	Kill *KillResult `json:"kill,omitempty"`
+	// Batch: the batch scenario's (-subnet -vms N).
+	Batch *BatchResult `json:"batch,omitempty"`
 	// Pass is true when every verdict holds.
 	Pass     bool      `json:"pass"`
 	Verdicts []Verdict `json:"verdicts"`
@@ -204,6 +206,9 @@ func scenario(o Options) string {
 	if o.Subnet {
 		s += ", whole subnet"
 	}
+	if o.VMs > 0 {
+		s += fmt.Sprintf(", %d guests in one batch (parallel %d)", o.VMs, o.parallel)
+	}
 	if o.Remote {
 		s += ", remote (an agent per host)"
 	}
@@ -349,8 +354,12 @@ func relay(events <-chan migration.Event, o Options, w *world) {
 				default:
 				}
 			}
+		case migration.Finished:
+			if o.VMs > 0 {
+				w.batchFinished(e)
+			}
 		case migration.StepStarted:
-			if e.Block == migration.BlockInspect && w.bgpB != nil {
+			if e.Block == migration.BlockInspect && w.bgpB != nil && o.VMs == 0 {
 				go func() {
 					if err := w.bgpB.Announce(context.Background(), lab.VMSubnet, bSite); err != nil {
 						w.log.Error("B: announce the subnet", "err", err)
@@ -416,6 +425,22 @@ func (r *Result) Text() string {
 	}
 	if r.BaselineBlackoutMS > 0 {
 		fmt.Fprintf(&b, "blackout ratio (secure / baseline with TLS): %.2f\n", r.BlackoutRatio)
+	}
+	if bt := r.Batch; bt != nil {
+		for _, ph := range []*BatchPhase{bt.OneByOne, bt.Concurrent} {
+			if ph == nil {
+				continue
+			}
+			fmt.Fprintf(&b, "batch of %d, parallel %d: %s; members done %.0f ms after the start (each member %v ms, median %.0f), whole batch %.0f ms (core converged %s); blackouts %v, max %.1f ms, median %.1f ms; redirect removed %v, %d pings lost removing it",
+				bt.VMs, ph.Parallel, ph.Outcome, ph.MembersMS, ph.MemberMS, ph.MedianMemberMS, ph.TotalMS, fmtMS(ph.ConvergedMS),
+				ph.Blackouts, ph.MaxBlackoutMS, ph.MedianBlackoutMS, ph.RedirectRemoved, ph.RedirectRemovalLost)
+			if ph.Reason != "" {
+				fmt.Fprintf(&b, " (%s)", ph.Reason)
+			}
+			fmt.Fprintln(&b)
+		}
+		fmt.Fprintf(&b, "batch: concurrent members' time / one guest's alone %.2f (goal <= 2), worst concurrent blackout / median alone %.2f (goal <= 1.5)\n",
+			bt.TimeRatio, bt.BlackoutRatio)
 	}
 	if r.Kill == nil {
 		fmt.Fprintf(&b, "audit: kept %v, reset %v\ncame back secure (by path at B: %d packets via the link, %d by another way): %v (%s)\n",

@@ -27,6 +27,11 @@ type Options struct {
 	Link       tunnel.Kind
 	Fence      migration.FenceMode
 	Subnet     bool // two guests; the second move takes the whole subnet
+	// VMs (with Subnet): the subnet's N guests move in one RunBatch, all
+	// at once, compared in the same run with the same N moved one by one
+	// (batch.go).
+	VMs      int
+	parallel int // the batch phase's (0: both phases)
 	// Remote: an agent process per host, the controller (`sealift
 	// migrate`) in a namespace of its own (remote.go).
 	Remote bool
@@ -69,6 +74,18 @@ func (o Options) validate() error {
 	default:
 		return fmt.Errorf("-fence %q: want at-switchover or before-copy", o.Fence)
 	}
+	if o.VMs != 0 {
+		switch {
+		case !o.Subnet:
+			return fmt.Errorf("-vms %d: needs -subnet (a batch moves a subnet)", o.VMs)
+		case o.VMs < 2 || o.VMs > maxBatchVMs:
+			return fmt.Errorf("-vms %d: want 2 to %d", o.VMs, maxBatchVMs)
+		case o.Remote || o.Kill != "":
+			return fmt.Errorf("-vms %d: the batch scenario runs in process only (no -remote, -kill)", o.VMs)
+		case o.Hypervisor != "qemu":
+			return fmt.Errorf("-vms %d: -hypervisor %q: the batch scenario runs qemu only", o.VMs, o.Hypervisor)
+		}
+	}
 	return o.checkRemote()
 }
 
@@ -88,6 +105,9 @@ const maxDowntime = 30 * time.Millisecond
 func Run(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*Result, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
+	}
+	if o.VMs > 0 && o.parallel == 0 {
+		return runBatchScenario(ctx, t, o, log)
 	}
 	res := &Result{Scenario: scenario(o), Journal: "not checked"}
 	w, err := build(ctx, t, o, log)
@@ -203,20 +223,22 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 		return nil
 	}
 
-	// The baselines: the same QEMU backend moving an identical guest from
-	// A to B, with a TLS stream (a) and without (b), nothing of sealift.
-	for i, b := range []struct {
-		name     string
-		v        vmSpec
-		from, to hypervisor.Hypervisor
-		tap      string
-	}{{o.Hypervisor + " A->B, TLS stream (a)", baseTLS, w.btA, w.btB, w.btTap},
-		{o.Hypervisor + " A->B, plain stream (b)", basePlain, w.bpA, w.bpB, w.bpTap}} {
-		br, err := w.baseline(ctx, b.name, b.v, b.from, b.to, uint16(0x5200+i*16), capB, b.tap)
-		if err != nil {
-			return fmt.Errorf("baseline %s: %w", b.name, err)
+	if o.VMs == 0 {
+		// The baselines: the same QEMU backend moving an identical guest from
+		// A to B, with a TLS stream (a) and without (b), nothing of sealift.
+		for i, b := range []struct {
+			name     string
+			v        vmSpec
+			from, to hypervisor.Hypervisor
+			tap      string
+		}{{o.Hypervisor + " A->B, TLS stream (a)", baseTLS, w.btA, w.btB, w.btTap},
+			{o.Hypervisor + " A->B, plain stream (b)", basePlain, w.bpA, w.bpB, w.bpTap}} {
+			br, err := w.baseline(ctx, b.name, b.v, b.from, b.to, uint16(0x5200+i*16), capB, b.tap)
+			if err != nil {
+				return fmt.Errorf("baseline %s: %w", b.name, err)
+			}
+			res.Baselines = append(res.Baselines, br)
 		}
-		res.Baselines = append(res.Baselines, br)
 	}
 
 	var m *migration.Migrator
@@ -238,60 +260,66 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 
 	// The secure migrations.
 	var reps []*migration.Report
-	for i, v := range w.vms {
-		p := migration.Plan{VM: v.name, From: "secure", To: "cloud", Link: o.Link, FenceMode: o.Fence, MaxDowntime: maxDowntime,
-			Addrs: w.planAddrs(v), Peers: w.planPeers()}
-		if o.Subnet {
-			p.Subnet = w.subnetPlan()
+	if o.VMs > 0 {
+		if reps, err = w.batchMigrations(ctx, res, m, pingers); err != nil {
+			return err
 		}
-		w.current.Store(v.name)
-		select {
-		case <-w.resumes: // a previous migration's, unused
-		default:
-		}
-		t0 := time.Now()
-		var rep *migration.Report
-		if o.Remote {
-			w.resumes <- w.watchRemoteResume(ctx, v.name)
-			var code int
-			var rpcs []string
-			var mr *MetricsResult
-			rep, rpcs, code, mr, err = w.migrateRemote(ctx, p, i == 0)
-			res.Controller.ExitCodes = append(res.Controller.ExitCodes, code)
-			if i == 0 {
-				res.Controller.HookRPCs, res.Controller.Metrics = rpcs, mr
+	} else {
+		for i, v := range w.vms {
+			p := migration.Plan{VM: v.name, From: "secure", To: "cloud", Link: o.Link, FenceMode: o.Fence, MaxDowntime: maxDowntime,
+				Addrs: w.planAddrs(v), Peers: w.planPeers()}
+			if o.Subnet {
+				p.Subnet = w.subnetPlan()
 			}
-		} else {
-			rep, err = m.Run(ctx, p)
-		}
-		if rep == nil {
-			return fmt.Errorf("migrate %s: %w", v.name, err)
-		}
-		reps = append(reps, rep)
-		time.Sleep(300 * time.Millisecond) // replies in flight, and an outage still running shows
-		mr := migrationResult(rep, err)
-		mr.Blackout = blackout(pingers[v.name], t0, time.Now())
-		mr.resumed, mr.Timeline.ResumeFrom = w.resumeTime(rep)
-		if !mr.resumed.IsZero() {
-			mr.TrafficAfterResumeMS = trafficAfter(pingers[v.name], mr.resumed)
-		}
-		w.timeline(&mr, i, capB, pingers[v.name], peers)
-		if o.Subnet && rep.SubnetMoved {
-			mr.RedirectRemovalLost = lostDuring(allPingers(pingers), rep, migration.BlockRemoveTunnel)
-		}
-		res.Migrations = append(res.Migrations, mr)
-		if i == 0 {
-			res.BlackoutMS, res.TrafficAfterResumeMS = mr.Blackout.MS, mr.TrafficAfterResumeMS
-			res.Audit.Kept, res.Audit.Reset = nonNil(mr.kept), nonNil(mr.reset)
-			if len(res.Baselines) > 0 {
-				res.BaselineBlackoutMS = res.Baselines[0].Blackout.MS
-				if res.BaselineBlackoutMS > 0 {
-					res.BlackoutRatio = res.BlackoutMS / res.BaselineBlackoutMS
+			w.current.Store(v.name)
+			select {
+			case <-w.resumes: // a previous migration's, unused
+			default:
+			}
+			t0 := time.Now()
+			var rep *migration.Report
+			if o.Remote {
+				w.resumes <- w.watchRemoteResume(ctx, v.name)
+				var code int
+				var rpcs []string
+				var mr *MetricsResult
+				rep, rpcs, code, mr, err = w.migrateRemote(ctx, p, i == 0)
+				res.Controller.ExitCodes = append(res.Controller.ExitCodes, code)
+				if i == 0 {
+					res.Controller.HookRPCs, res.Controller.Metrics = rpcs, mr
+				}
+			} else {
+				rep, err = m.Run(ctx, p)
+			}
+			if rep == nil {
+				return fmt.Errorf("migrate %s: %w", v.name, err)
+			}
+			reps = append(reps, rep)
+			time.Sleep(300 * time.Millisecond) // replies in flight, and an outage still running shows
+			mr := migrationResult(rep, err)
+			mr.Blackout = blackout(pingers[v.name], t0, time.Now())
+			mr.resumed, mr.Timeline.ResumeFrom = w.resumeTime(rep)
+			if !mr.resumed.IsZero() {
+				mr.TrafficAfterResumeMS = trafficAfter(pingers[v.name], mr.resumed)
+			}
+			w.timeline(&mr, i, capB, pingers[v.name], peers)
+			if o.Subnet && rep.SubnetMoved {
+				mr.RedirectRemovalLost = lostDuring(allPingers(pingers), rep, migration.BlockRemoveTunnel)
+			}
+			res.Migrations = append(res.Migrations, mr)
+			if i == 0 {
+				res.BlackoutMS, res.TrafficAfterResumeMS = mr.Blackout.MS, mr.TrafficAfterResumeMS
+				res.Audit.Kept, res.Audit.Reset = nonNil(mr.kept), nonNil(mr.reset)
+				if len(res.Baselines) > 0 {
+					res.BaselineBlackoutMS = res.Baselines[0].Blackout.MS
+					if res.BaselineBlackoutMS > 0 {
+						res.BlackoutRatio = res.BlackoutMS / res.BaselineBlackoutMS
+					}
 				}
 			}
-		}
-		if err != nil {
-			return fmt.Errorf("migrate %s: %w", v.name, err)
+			if err != nil {
+				return fmt.Errorf("migrate %s: %w", v.name, err)
+			}
 		}
 	}
 
@@ -572,38 +600,64 @@ func journalCheck(ctx context.Context, j migration.Journal, reps []*migration.Re
 		return fmt.Sprintf("%d unfinished records", len(un))
 	}
 	var bad []string
+	batches := map[string]bool{}
 	for _, rep := range reps {
 		rec, entries, err := j.Load(ctx, rep.ID)
 		if err != nil {
 			return err.Error()
 		}
+		if rec.Plan.Batch != "" {
+			batches[rec.Plan.Batch] = true
+		}
 		if rec.Outcome != migration.Completed {
 			bad = append(bad, fmt.Sprintf("%s: outcome %q", rep.VM, rec.Outcome))
-		}
-		phases := map[migration.Block]map[migration.Phase]bool{}
-		for _, e := range entries {
-			if phases[e.Block] == nil {
-				phases[e.Block] = map[migration.Phase]bool{}
-			}
-			phases[e.Block][e.Phase] = true
 		}
 		need := []migration.Block{310, 315, 320, 325, 330, 335, 345, 355, 360, 370, 375, 395}
 		for _, s := range rep.Steps {
 			need = append(need, s.Block)
 		}
 		if rep.SubnetMoved {
-			need = append(need, 340, 380, 390)
-		}
-		for _, b := range need {
-			if !phases[b][migration.PhaseBegin] || !phases[b][migration.PhaseDone] {
-				bad = append(bad, fmt.Sprintf("%s: block %d lacks a begin or done entry", rep.VM, b))
+			need = append(need, 340)
+			if rec.Plan.Batch == "" { // a batch member's 380-390 are the batch's
+				need = append(need, 380, 390)
 			}
 		}
+		bad = append(bad, lacking(rep.VM, entries, need)...)
+	}
+	// A batch's own record: its redirect tunnel (315), the decision once
+	// all had moved (375), the core's watch and the tunnel's removal.
+	for id := range batches {
+		rec, entries, err := j.Load(ctx, id)
+		if err != nil {
+			return err.Error()
+		}
+		if rec.Outcome != migration.Completed {
+			bad = append(bad, fmt.Sprintf("batch %s: outcome %q", id, rec.Outcome))
+		}
+		bad = append(bad, lacking("batch "+id, entries, []migration.Block{315, 375, 380, 390})...)
 	}
 	if len(bad) > 0 {
 		return strings.Join(slices.Compact(bad), "; ")
 	}
 	return "ok"
+}
+
+// lacking names the blocks of need without a begin and a done entry.
+func lacking(who string, entries []migration.Entry, need []migration.Block) []string {
+	phases := map[migration.Block]map[migration.Phase]bool{}
+	for _, e := range entries {
+		if phases[e.Block] == nil {
+			phases[e.Block] = map[migration.Phase]bool{}
+		}
+		phases[e.Block][e.Phase] = true
+	}
+	var bad []string
+	for _, b := range need {
+		if !phases[b][migration.PhaseBegin] || !phases[b][migration.PhaseDone] {
+			bad = append(bad, fmt.Sprintf("%s: block %d lacks a begin or done entry", who, b))
+		}
+	}
+	return bad
 }
 
 func waitFor(ctx context.Context, d time.Duration, ok func() bool) error {

@@ -41,11 +41,16 @@ func (r *Result) judge(runErr error, o Options) {
 	if o.Subnet {
 		want = 2
 	}
+	if o.VMs > 0 {
+		want = o.VMs
+	}
 	add("every migration ran", len(r.Migrations) == want, "%d of %d", len(r.Migrations), want)
 	for _, m := range r.Migrations {
 		add("outcome "+m.VM, m.Outcome == string(migration.Completed), "%s %s", m.Outcome, m.Error)
 	}
-	add("baselines ran", len(r.Baselines) == 2, "%d of 2", len(r.Baselines))
+	if o.VMs == 0 {
+		add("baselines ran", len(r.Baselines) == 2, "%d of 2", len(r.Baselines))
+	}
 	add("VM reachable after, at B only", r.VMReachableAfter, "")
 	add("every peer reaches every guest", r.PeersReachAll, "unreachable: %v", r.Unreachable)
 	add("guest counter continued", r.CounterContinued, "")
@@ -56,7 +61,25 @@ func (r *Result) judge(runErr error, o Options) {
 	add("plaintext session reset", sessionReset, "reset %v", r.Audit.Reset)
 	add("came back secure, by path", r.Audit.ReestablishedSecure, "%s", r.Audit.Reestablished)
 	add("journal complete", r.Journal == "ok", "%s", r.Journal)
-	if o.Subnet && len(r.Migrations) == want {
+	if b := r.Batch; o.VMs > 0 {
+		ph := (*BatchPhase)(nil)
+		if b != nil {
+			ph = b.Concurrent
+		}
+		add("batch completed", ph != nil && ph.Outcome == string(migration.Completed), "%v", func() any {
+			if ph == nil {
+				return "no batch report"
+			}
+			return ph.Outcome + " " + ph.Reason
+		}())
+		add("subnet moved and redirect removed", ph != nil && ph.RedirectRemoved, "the core's kernel has no redirect route, the tunnel is closed, the core converged")
+		add("no ping lost removing the redirect", ph != nil && ph.RedirectRemovalLost == 0, "%d lost", func() int {
+			if ph == nil {
+				return -1
+			}
+			return ph.RedirectRemovalLost
+		}())
+	} else if o.Subnet && len(r.Migrations) == want {
 		last := r.Migrations[want-1]
 		add("subnet moved and redirect removed", last.SubnetMoved && last.RedirectRemoved, "moved %v removed %v", last.SubnetMoved, last.RedirectRemoved)
 		add("no ping lost removing the redirect", last.RedirectRemovalLost == 0, "%d lost", last.RedirectRemovalLost)

@@ -30,7 +30,7 @@ import (
 // Lab addresses beyond internal/lab's reference topology.
 var (
 	vm2Addr    = netip.MustParseAddr("10.1.0.11")
-	unusedAddr = netip.MustParseAddr("10.1.0.12")  // in the moved subnet, no VM
+	unusedAddr = netip.MustParseAddr("10.1.0.99")  // in the moved subnet, no VM
 	coreSite   = netip.MustParseAddr("100.64.0.1") // core's end of the operator's site link
 	bSite      = netip.MustParseAddr("100.64.0.2") // B's end: the proper route's next hop
 	siteLinkID = "site"
@@ -100,6 +100,8 @@ type world struct {
 	bgpB    *gobgp.Watcher // B's speaker
 	cfg     migration.Config
 	rm      *remote // -remote: the agents and the controller's namespace
+	// batchLeft: batch members yet to complete (-vms).
+	batchLeft atomic.Int32
 }
 
 // build makes the topology, starts the wan capture, boots the guests at
@@ -120,6 +122,9 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 	w.vms = []vmSpec{secureVM("vm1", lab.VMAddr)}
 	if o.Subnet {
 		w.vms = append(w.vms, secureVM("vm2", vm2Addr))
+	}
+	if o.VMs > 0 {
+		w.vms = batchVMs(o.VMs)
 	}
 	log.Info("building the guest image (Debian kernel + busybox + agent)")
 	if w.img, err = guest.Build(ctx, guest.WithLogger(log)); err != nil {
@@ -184,7 +189,7 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 		}
 	}
 	baselines := []vmSpec{baseTLS, basePlain}
-	if o.Kill != "" { // the crash scenario measures no blackout
+	if o.Kill != "" || o.VMs > 0 { // the crash scenario measures no blackout; a batch compares with itself
 		baselines = nil
 	} else {
 		if w.btA, w.btB, w.btTap, err = w.hv.baseline(ctx, t, baseTLS, true); err != nil {
