@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -275,4 +276,54 @@ func TestRecoverBatch(t *testing.T) {
 	reps, err = m2.Recover(ctx)
 	assert.NoError(t, err)
 	assert.Empty(t, reps)
+}
+
+// Controller a's lease ends while its batch waits for the routing core
+// (every member completed): a stops touching hosts, the batch's record
+// stays unfinished; standby b claims it and ends it (the core's watch,
+// the redirects and the tunnel removed).
+func TestStandbyTakesOverBatch(t *testing.T) {
+	ctx := context.Background()
+	store := migrationtest.NewSharedStore()
+	a, b := store.Controller("ctl-a"), store.Controller("ctl-b")
+	s, bt := batchSetup(3)
+	s.Config.Journal = a
+	s.Router.OnCall("Wait", 1, a.Expire)
+	ma := newMigrator(t, s)
+	rep, err := ma.RunBatch(ctx, bt)
+	require.ErrorIs(t, err, migration.ErrNotOwner)
+	assert.Equal(t, migration.Abandoned, rep.Outcome, rep.Reason)
+	for _, r := range rep.Reports {
+		assert.Equal(t, migration.Completed, r.Outcome)
+	}
+	un, err := b.Unfinished(ctx)
+	require.NoError(t, err)
+	require.Len(t, un, 1)
+	assert.Equal(t, rep.ID, un[0].ID)
+	rd, err := s.Router.Redirects(ctx)
+	require.NoError(t, err)
+	assert.Len(t, rd, 3, "a left the members' routes")
+
+	s.Router.ClearFaults()
+	s.Config.Journal = b
+	mb := newMigrator(t, s)
+	sctx, stop := context.WithTimeout(ctx, 10*time.Second)
+	defer stop()
+	took := 0
+	err = mb.Standby(sctx, func(r *migration.Report, err error) {
+		took++
+		assert.NoError(t, err)
+		stop()
+	})
+	require.ErrorIs(t, err, context.Canceled, "the standby took nothing over in 10 s")
+	assert.Equal(t, 1, took)
+	rec, _, err := b.Load(ctx, rep.ID)
+	require.NoError(t, err)
+	assert.Equal(t, migration.Completed, rec.Outcome, rec.Reason)
+	assert.Equal(t, "ctl-b", rec.Owner)
+	rd, err = s.Router.Redirects(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, rd)
+	assert.Contains(t, callStrings(s), "link.Close("+rep.Redirect.ID+")")
+	assert.Empty(t, s.Violations())
 }
