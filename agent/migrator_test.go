@@ -2,6 +2,8 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/migration"
 	"github.com/sealift/sealift/migration/migrationtest"
+	"github.com/sealift/sealift/routing"
 )
 
 // remoteSetup puts every host's backends of a migrationtest.Setup (the
@@ -119,4 +122,38 @@ func TestMigratorOverAgentsHookFails(t *testing.T) {
 	assert.False(t, fenced)
 	_, fenced = s.Cloud.Fencer.Fenced("vm1")
 	assert.False(t, fenced)
+}
+
+// TestBatchOverAgents: RunBatch, unchanged, moves three VMs of a subnet
+// at once through the agents (concurrent switchover hooks over the
+// network): all at the target, the members' routes in the core's agent
+// gone after convergence.
+func TestBatchOverAgents(t *testing.T) {
+	ctx := context.Background()
+	s := migrationtest.NewSetup()
+	b := migration.Batch{From: "secure", To: "cloud",
+		Subnet: migration.Subnet{Prefix: migrationtest.Subnet, Via: migrationtest.SiteVia}}
+	for i, vm := range []string{"vm1", "vm2", "vm3"} {
+		if i > 0 {
+			s.World.AddVM("a", vm, "tap-"+vm, fmt.Sprintf("52:54:00:00:00:%02x", i+1))
+		}
+		b.Plans = append(b.Plans, migration.Plan{VM: vm, Peers: migrationtest.Peers[1:],
+			Addrs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, 0, byte(10 + i)}), 32)}})
+	}
+	s.Router.AnnounceOnRedirect(routing.Route{Prefix: migrationtest.Subnet, Via: migrationtest.SiteVia, Device: "site0", Protocol: "bgp"})
+	remoteSetup(t, s)
+	m, err := migration.New(s.Config)
+	require.NoError(t, err)
+	rep, err := m.RunBatch(ctx, b)
+	require.NoError(t, err)
+	assert.Equal(t, migration.Completed, rep.Outcome, rep.Reason)
+	for _, r := range rep.Reports {
+		assert.Equal(t, migration.Completed, r.Outcome, r.Reason)
+		assert.Equal(t, []string{"b"}, s.World.Where(r.VM))
+	}
+	assert.NotNil(t, rep.Converged, "the core's agent saw the route")
+	rd, err := s.Router.Redirects(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, rd)
+	assert.Empty(t, s.World.Violations())
 }
