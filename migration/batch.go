@@ -363,27 +363,11 @@ func (m *Migrator) recoverBatch(ctx context.Context, rec Record) (*BatchReport, 
 		return nil, nil, fmt.Errorf("%w: batch %s: no %q linker or no routing core at %q", ErrInvalidPlan, rec.ID, bp.Link, bp.From)
 	}
 	// The members first: each is an ordinary unfinished migration.
-	var reps []*Report
-	var errs []error
 	unfinished, err := m.cfg.Journal.Unfinished(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read journal: %w", err)
 	}
-	for _, mr := range unfinished {
-		if mr.Plan.Batch != rec.ID || isBatch(mr) {
-			continue
-		}
-		r, err := m.recoverOne(ctx, mr)
-		if errors.Is(err, errSkipped) {
-			continue
-		}
-		if r != nil {
-			reps = append(reps, r)
-		}
-		if err != nil && !errors.Is(err, ErrRolledBack) {
-			errs = append(errs, fmt.Errorf("migration %s: %w", mr.ID, err))
-		}
-	}
+	reps, errs := m.recoverEach(ctx, slices.DeleteFunc(unfinished, func(mr Record) bool { return mr.Plan.Batch != rec.ID || isBatch(mr) }))
 	if !m.lock(bp.VM) {
 		return nil, reps, errSkipped
 	}

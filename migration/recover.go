@@ -21,11 +21,23 @@ func (m *Migrator) Recover(ctx context.Context) ([]*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read journal: %w", err)
 	}
-	var reps []*Report
-	var errs []error
 	// Batches last: their members first, as ordinary migrations.
 	batches := slices.DeleteFunc(slices.Clone(recs), func(r Record) bool { return !isBatch(r) })
-	recs = slices.DeleteFunc(recs, isBatch)
+	reps, errs := m.recoverEach(ctx, slices.DeleteFunc(recs, isBatch))
+	for _, rec := range batches {
+		_, mreps, err := m.recoverBatch(ctx, rec)
+		reps = append(reps, mreps...)
+		if err != nil && !errors.Is(err, errSkipped) && !errors.Is(err, ErrRolledBack) {
+			errs = append(errs, fmt.Errorf("batch %s: %w", rec.ID, err))
+		}
+	}
+	return reps, errors.Join(errs...)
+}
+
+// recoverEach recovers recs one after the other: the reports of those
+// it handled, the errors of those that did not end Completed or
+// RolledBack.
+func (m *Migrator) recoverEach(ctx context.Context, recs []Record) (reps []*Report, errs []error) {
 	for _, rec := range recs {
 		rep, err := m.recoverOne(ctx, rec)
 		if errors.Is(err, errSkipped) {
@@ -38,14 +50,7 @@ func (m *Migrator) Recover(ctx context.Context) ([]*Report, error) {
 			errs = append(errs, fmt.Errorf("migration %s: %w", rec.ID, err))
 		}
 	}
-	for _, rec := range batches {
-		_, mreps, err := m.recoverBatch(ctx, rec)
-		reps = append(reps, mreps...)
-		if err != nil && !errors.Is(err, errSkipped) && !errors.Is(err, ErrRolledBack) {
-			errs = append(errs, fmt.Errorf("batch %s: %w", rec.ID, err))
-		}
-	}
-	return reps, errors.Join(errs...)
+	return reps, errs
 }
 
 // errSkipped: recoverOne left the migration to the one running it.

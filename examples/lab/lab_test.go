@@ -92,22 +92,7 @@ func TestLabBatch(t *testing.T) {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	o := Options{Hypervisor: "qemu", Link: tunnel.WireGuard, Fence: migration.FenceAtSwitchover, Subnet: true, VMs: 2}
-	res, err := Run(t.Context(), t, o, log)
-	require.NotNil(t, res, "no report: %v", err)
-	t.Log("\n" + res.Text())
-	assert.NoError(t, err)
-	data, err := json.Marshal(res)
-	require.NoError(t, err)
-	var got map[string]any
-	require.NoError(t, json.Unmarshal(data, &got))
-	for _, v := range got["verdicts"].([]any) {
-		v := v.(map[string]any)
-		assert.True(t, v["ok"].(bool), "verdict %q: %v", v["name"], v["detail"])
-	}
-	assert.Equal(t, true, got["pass"])
-	wan := got["wan"].(map[string]any)
-	assert.EqualValues(t, 0, wan["plaintext_by_address"], "plaintext by address")
-	assert.EqualValues(t, 1, wan["control_by_address"], "the control leak, by address")
+	got := runJudged(t, o, log)
 	assert.Equal(t, "ok", got["journal"])
 	b := got["batch"].(map[string]any)
 	for _, phase := range []string{"one_by_one", "concurrent"} {
@@ -139,22 +124,7 @@ func TestLabAgentCrash(t *testing.T) {
 			t.Run(kill+"-"+at, func(t *testing.T) {
 				log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 				o := Options{Hypervisor: "qemu", Link: tunnel.WireGuard, Fence: migration.FenceAtSwitchover, Remote: true, Kill: kill, KillAt: at}
-				res, err := Run(t.Context(), t, o, log)
-				require.NotNil(t, res, "no report: %v", err)
-				t.Log("\n" + res.Text())
-				assert.NoError(t, err)
-				data, err := json.Marshal(res)
-				require.NoError(t, err)
-				var got map[string]any
-				require.NoError(t, json.Unmarshal(data, &got))
-				for _, v := range got["verdicts"].([]any) {
-					v := v.(map[string]any)
-					assert.True(t, v["ok"].(bool), "verdict %q: %v", v["name"], v["detail"])
-				}
-				assert.Equal(t, true, got["pass"])
-				wan := got["wan"].(map[string]any)
-				assert.EqualValues(t, 0, wan["plaintext_by_address"], "plaintext by address")
-				assert.EqualValues(t, 1, wan["control_by_address"], "the control leak, by address")
+				got := runJudged(t, o, log)
 				k := got["kill"].(map[string]any)
 				assert.LessOrEqual(t, k["max_running_at_once"], 1.0)
 				assert.Greater(t, k["placement_samples"], 10.0)
@@ -213,6 +183,30 @@ func checkReport(t *testing.T, r map[string]any, subnet bool) {
 		assert.EqualValues(t, 0, last["redirect_removal_lost"])
 	}
 	assert.False(t, strings.Contains(toJSON(r["diagnostics"]), "Kernel panic"), "a guest kernel panicked")
+}
+
+// runJudged runs the lab scenario o and returns its JSON report, having
+// asserted that every verdict held, the run passed, and the wan counted
+// the control leak and no plaintext by address.
+func runJudged(t *testing.T, o Options, log *slog.Logger) map[string]any {
+	t.Helper()
+	res, err := Run(t.Context(), t, o, log)
+	require.NotNil(t, res, "no report: %v", err)
+	t.Log("\n" + res.Text())
+	assert.NoError(t, err)
+	data, err := json.Marshal(res)
+	require.NoError(t, err)
+	var got map[string]any
+	require.NoError(t, json.Unmarshal(data, &got))
+	for _, v := range got["verdicts"].([]any) {
+		v := v.(map[string]any)
+		assert.True(t, v["ok"].(bool), "verdict %q: %v", v["name"], v["detail"])
+	}
+	assert.Equal(t, true, got["pass"])
+	wan := got["wan"].(map[string]any)
+	assert.EqualValues(t, 0, wan["plaintext_by_address"], "plaintext by address")
+	assert.EqualValues(t, 1, wan["control_by_address"], "the control leak, by address")
+	return got
 }
 
 func toJSON(v any) string {
