@@ -16,7 +16,7 @@ import (
 )
 
 // commands are sealift's commands, in the order usage lists them.
-var commands = []string{"migrate", "recover", "controller", "status", "inspect", "version", "completion"}
+var commands = []string{"migrate", "batch", "recover", "controller", "status", "inspect", "version", "completion"}
 
 // flags are a command's flags (the migrate ones stay zero for others).
 type flags struct {
@@ -25,7 +25,16 @@ type flags struct {
 	metricsLinger                                                 time.Duration
 	vm, from, to, addrs, peers, fence, subnet, members, via, link string
 	maxDowntime, converge                                         time.Duration
+	// batch
+	vms      vmFlags
+	parallel int
 }
+
+// vmFlags are batch's repeated -vm NAME=PREFIXES.
+type vmFlags []string
+
+func (v *vmFlags) String() string     { return strings.Join(*v, " ") }
+func (v *vmFlags) Set(s string) error { *v = append(*v, s); return nil }
 
 // newFlags is command cmd's flag set.
 func newFlags(cmd string) (*flag.FlagSet, *flags) {
@@ -35,25 +44,31 @@ func newFlags(cmd string) (*flag.FlagSet, *flags) {
 	f.asJSON = fs.Bool("json", false, "print the report(s) as JSON")
 	f.name = fs.String("name", "", "this controller's `NAME` in an etcd journal (default: etcd.name, else host name and PID)")
 	f.metricsListen = new(string)
-	if cmd == "migrate" || cmd == "recover" || cmd == "controller" {
+	if cmd == "migrate" || cmd == "batch" || cmd == "recover" || cmd == "controller" {
 		fs.StringVar(f.metricsListen, "metrics-listen", "", "serve Prometheus metrics at http://`ADDR`/metrics (a management address; plain HTTP, no secrets)")
 	}
-	if cmd == "migrate" || cmd == "recover" {
+	if cmd == "migrate" || cmd == "batch" || cmd == "recover" {
 		fs.DurationVar(&f.metricsLinger, "metrics-linger", 0, "with -metrics-listen: go on serving this long after the command's work is done, for a last scrape")
 	}
-	if cmd != "migrate" {
+	if cmd != "migrate" && cmd != "batch" {
 		return fs, f
 	}
-	fs.StringVar(&f.vm, "vm", "", "the VM's `NAME`")
+	if cmd == "migrate" {
+		fs.StringVar(&f.vm, "vm", "", "the VM's `NAME`")
+		fs.StringVar(&f.addrs, "addr", "", "the VM's addresses, comma-separated `PREFIXES` (10.1.0.10/32)")
+		fs.StringVar(&f.members, "members", "", "the subnet's other VMs, comma-separated `NAMES` (with -subnet)")
+		fs.StringVar(&f.subnet, "subnet", "", "the VM's subnet `PREFIX`: when its other VMs (-members) are at the target already, the whole subnet moves (redirect tunnel from the routing core until routes converge)")
+	} else {
+		fs.Var(&f.vms, "vm", "a member: `NAME=PREFIXES` (its addresses, comma-separated); once per VM")
+		fs.IntVar(&f.parallel, "parallel", 0, "how many members migrate at once (0: all)")
+		fs.StringVar(&f.subnet, "subnet", "", "the members' subnet `PREFIX` (required): one redirect tunnel from the routing core carries each member's addresses from its switchover until routes converge")
+	}
 	fs.StringVar(&f.from, "from", "", "source environment")
 	fs.StringVar(&f.to, "to", "", "target environment")
-	fs.StringVar(&f.addrs, "addr", "", "the VM's addresses, comma-separated `PREFIXES` (10.1.0.10/32)")
 	fs.StringVar(&f.peers, "peer", "", "the secure side's prefixes it talks to, comma-separated")
 	fs.StringVar(&f.link, "link", string(tunnel.WireGuard), "secure link `KIND`: wireguard or ipsec (the agents' -link must serve it)")
 	fs.StringVar(&f.fence, "fence", string(migration.FenceAtSwitchover), "fence `MODE`: at-switchover or before-copy")
 	fs.DurationVar(&f.maxDowntime, "max-downtime", 0, "allowed stop-and-copy time (0: the hypervisor's default)")
-	fs.StringVar(&f.subnet, "subnet", "", "the VM's subnet `PREFIX`: when its other VMs (-members) are at the target already, the whole subnet moves (redirect tunnel from the routing core until routes converge)")
-	fs.StringVar(&f.members, "members", "", "the subnet's other VMs, comma-separated `NAMES` (with -subnet)")
 	fs.StringVar(&f.via, "via", "", "the next hop `ADDR` at the routing core that proves the subnet's new place (with -subnet)")
 	fs.DurationVar(&f.converge, "converge-timeout", 0, "how long to wait for the routing core to converge (with -subnet; 0: 5 minutes)")
 	return fs, f

@@ -8,6 +8,9 @@
 //
 //	sealift migrate -config F -vm NAME -from ENV -to ENV -addr PREFIX[,...] -peer PREFIX[,...] [-link KIND] [-fence MODE] [-max-downtime D]
 //	                [-subnet PREFIX -members NAME[,...] -via ADDR [-converge-timeout D]] [-name N] [-json]
+//	sealift batch -config F -from ENV -to ENV -subnet PREFIX -vm NAME=PREFIX[,...] [-vm ...] -peer PREFIX[,...] [-parallel N]
+//	                [-via ADDR] [-converge-timeout D] [-link KIND] [-fence MODE] [-max-downtime D] [-name N] [-json]
+//	                (a subnet's VMs at once, migration.Migrator.RunBatch; exit code: the worst member's)
 //	sealift recover -config F [-name N] [-json]
 //	sealift controller -config F [-name N] [-json]   (standby, until SIGINT/SIGTERM; etcd journal only)
 //	sealift version
@@ -126,7 +129,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		printCompletion(stdout)
 		return exitOK
-	case "migrate", "recover", "controller", "status", "inspect":
+	case "migrate", "batch", "recover", "controller", "status", "inspect":
 	default:
 		fmt.Fprintf(stderr, "sealift: unknown command %q (want one of %s)\n", args[0], strings.Join(commands, ", "))
 		return exitUsage
@@ -203,6 +206,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 
+	if args[0] == "batch" {
+		return runBatch(ctx, m, f, stdout, stderr, *asJSON)
+	}
 	plan := migration.Plan{VM: vm, From: from, To: to, Link: tunnel.Kind(link), FenceMode: migration.FenceMode(fenceMode), MaxDowntime: maxDowntime}
 	if plan.Addrs, err = prefixes("-addr", addrs); err == nil {
 		plan.Peers, err = prefixes("-peer", peers)

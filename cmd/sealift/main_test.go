@@ -105,10 +105,21 @@ func TestMigrateThroughAgents(t *testing.T) {
 	assert.Equal(t, exitRefused, run(ctx, []string{"migrate", "-config", path, "-vm", "vm1", "-from", "cloud", "-to", "secure",
 		"-addr", "10.1.0.10/32", "-peer", "10.2.0.0/24", "-link", "gre"}, &out, &errs), "a link kind the Migrator has no linker for")
 	assert.Contains(t, errs.String(), `"gre"`)
+	// batch: a batch needs the source's routing core, which this
+	// configuration lacks: refused before anything is touched.
+	errs.Reset()
+	assert.Equal(t, exitRefused, run(ctx, []string{"batch", "-config", path, "-from", "cloud", "-to", "secure", "-subnet", "10.1.0.0/24",
+		"-vm", "vm1=10.1.0.10/32", "-vm", "vm9=10.1.0.19/32", "-peer", "10.2.0.0/24"}, &out, &errs), "a batch without a routing core")
+	assert.Contains(t, errs.String(), `batch refused`)
+	assert.Contains(t, errs.String(), `no routing Core`)
 	for _, c := range []struct {
 		args []string
 		want string
 	}{
+		{[]string{"batch", "-config", path, "-from", "cloud", "-to", "secure", "-vm", "vm1=10.1.0.10/32"}, "-subnet is required"},
+		{[]string{"batch", "-config", path, "-from", "cloud", "-to", "secure", "-subnet", "10.1.0.0/24", "-vm", "vm1"}, `-vm "vm1": want NAME=PREFIXES`},
+		{[]string{"batch", "-config", path, "-from", "cloud", "-to", "secure", "-subnet", "10.1.0.0/24", "-vm", "vm1=10.1.0.x"}, `-vm vm1 "10.1.0.x"`},
+		{[]string{"batch", "-config", path, "-from", "cloud", "-to", "secure", "-subnet", "10.1.0.0/24"}, "-vm NAME=PREFIXES is required"},
 		{[]string{"migrate", "-config", path, "-vm", "vm1", "-from", "cloud", "-to", "secure", "-addr", "10.1.0.x/32"}, `-addr "10.1.0.x/32"`},
 		{[]string{"migrate", "-vm", "vm1"}, "-config is required"},
 		{[]string{"migrate", "-config", path, "-vm", "vm1", "-from", "cloud", "-to", "secure", "-addr", "10.1.0.10/32", "-members", "vm2"}, `-members "vm2": only with -subnet`},
