@@ -173,12 +173,25 @@ func (w *world) exchange(t testing.TB, payload []byte) {
 // exchangeWith is exchange with the VM in netns vm at vmAddr.
 func (w *world) exchangeWith(t testing.TB, vm string, vmAddr netip.Addr, payload []byte) {
 	t.Helper()
+	w.exchangeAt(t, vm, vmAddr, lab.PeerAddr, payload)
+}
+
+// exchange6 is exchange over IPv6 (the dual-stack world's addresses).
+func (w *world) exchange6(t testing.TB, payload []byte) {
+	t.Helper()
+	w.exchangeAt(t, w.vm, vmAddr6, peerAddr6, payload)
+}
+
+// exchangeAt is exchange with the VM in netns vm at vmAddr and the peer
+// at peerAddr.
+func (w *world) exchangeAt(t testing.TB, vm string, vmAddr, peerAddr netip.Addr, payload []byte) {
+	t.Helper()
 	const n = 10
 	peer := w.l.Peer
 	for _, d := range []struct {
 		from, to string
 		addr     netip.Addr
-	}{{peer, vm, vmAddr}, {vm, peer, lab.PeerAddr}} {
+	}{{peer, vm, vmAddr}, {vm, peer, peerAddr}} {
 		tcp, err := lab.StartTCPEcho(d.to, netip.AddrPortFrom(d.addr, 7001).String())
 		if err != nil {
 			t.Fatal(err)
