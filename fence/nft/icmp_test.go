@@ -149,7 +149,9 @@ func timeExceeded6(t *testing.T, ns string, n int) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IPV6, syscall.IPV6_UNICAST_HOPS, 2) })
+	raw.Control(func(fd uintptr) {
+		_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IPV6, syscall.IPV6_UNICAST_HOPS, 2)
+	})
 	for i := 0; i < n; i++ {
 		if _, err := udp.Write([]byte("SEALIFT-ICMP6-QUOTE")); err != nil {
 			t.Fatal(err)
