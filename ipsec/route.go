@@ -32,7 +32,9 @@ const maxProxyAddrs = 256
 // prefixes: through the gateway and device the other end's Underlay is
 // reached by, with the link's MTU (Spec.MTU, or the underlay device's MTU
 // minus 80 for the ESP overhead) so senders learn the inner path MTU. A
-// peer underlay that is not reachable is an error.
+// prefix of the other address family than the underlay gets an on-link
+// route through the device alone. A peer underlay that is not reachable
+// is an error.
 func (es ends) routePlan(mtu int) ([2][]routeEntry, error) {
 	var plan [2][]routeEntry
 	for i, e := range es {
@@ -61,16 +63,26 @@ func (e *end) routePlan(mtu int) ([]routeEntry, error) {
 	}
 	var plan []routeEntry
 	for _, p := range e.peer.Protected {
-		plan = append(plan, routeEntry{netlink.Route{
-			Dst: ipNet(p), Gw: rs[0].Gw, LinkIndex: rs[0].LinkIndex, Protocol: RouteProtocol, MTU: m,
-		}})
+		r := netlink.Route{Dst: ipNet(p), Gw: rs[0].Gw, LinkIndex: rs[0].LinkIndex, Protocol: RouteProtocol, MTU: m}
+		if gw, ok := netip.AddrFromSlice(rs[0].Gw); ok && gw.Unmap().Is4() != p.Addr().Is4() {
+			// A prefix of the other family than the underlay (IPv4 hosts
+			// over an IPv6 underlay, or the reverse) cannot name the
+			// underlay's gateway: it leaves by the underlay device, on
+			// link, and its out policy transforms it there (the outer
+			// packet is routed by the underlay's own route).
+			r.Gw, r.Scope = nil, netlink.SCOPE_LINK
+		}
+		plan = append(plan, routeEntry{r})
 	}
 	return plan, nil
 }
 
 // espOverhead is what the tunnel takes off the underlay MTU by default
 // (the contract's "underlay MTU minus 80"; ESP tunnel mode with AES-GCM
-// needs 20+8+8+16+2..17 bytes over IPv4).
+// needs 20+8+8+16+2..5 bytes over IPv4, 40+8+8+16+2..5 over IPv6; CBC
+// with HMAC-SHA256 needs 20+8+16+16+2..17 over IPv4, but up to 97 over
+// IPv6, more than 80: with that algorithm on an IPv6 underlay set
+// Spec.MTU).
 const espOverhead = 80
 
 // proxyPlan computes, per end, the proxy ARP entries for the other end's
