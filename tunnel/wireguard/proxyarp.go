@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -14,6 +15,7 @@ import (
 	"github.com/sealift/sealift/internal/arp"
 
 	"github.com/sealift/sealift/internal/nsutil"
+	"github.com/sealift/sealift/tunnel"
 )
 
 // proxyEntry is a proxy neighbour entry (`ip neigh add proxy Addr dev
@@ -90,6 +92,27 @@ func planProxy(host, linkDev string, prefixes []netip.Prefix) (proxyPlan, error)
 		}
 	}
 	return plan, nil
+}
+
+// proxyNDPReady checks, for a link that proxies others at host, that
+// host forwards IPv6 if any of others is IPv6: the kernel answers proxy
+// NDP only on a forwarding host (and would not route the link's traffic
+// either), so without it the link's IPv6 hosts would be silently
+// unreachable. The link sets proxy_ndp itself, never forwarding.
+func proxyNDPReady(host string, others []netip.Prefix) error {
+	if !slices.ContainsFunc(others, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
+		return nil
+	}
+	const key = "net/ipv6/conf/all/forwarding"
+	v, err := readSysctl(host, key)
+	if err != nil {
+		return err
+	}
+	if v != "1" {
+		return fmt.Errorf("%w: ProxyARP for IPv6 hosts needs %s=1 at %s (it is %s): the kernel answers proxy NDP only when forwarding",
+			tunnel.ErrInvalid, strings.ReplaceAll(key, "/", "."), hostName(host), v)
+	}
+	return nil
 }
 
 func neighFamily(a netip.Addr) int {
