@@ -152,10 +152,18 @@ func TestActivateAnnouncesProxiesIPv6(t *testing.T) {
 	}
 	closeOnCleanup(t, lk, spec.ID)
 	const stale = "02:00:00:00:00:99"
+	// An anycast link-local gateway, as IPv6 hosts route by their
+	// router's link-local address: both hosts hold fe80::1.
+	for _, ns := range []string{w.l.A, w.l.B} {
+		if err := lab.AddAddr(ns, "br0", "fe80::1/64"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cases := []struct{ ns, addr, proxy string }{
 		{w.l.Peer, vmAddr6.String(), w.l.A},
 		{w.vm, peerAddr6.String(), w.l.B},
 		{w.vm, gateway6.String(), w.l.B},
+		{w.vm, "fe80::1", w.l.B},
 	}
 	for _, c := range cases {
 		if out, err := lab.Exec(c.ns, "ip", "-6", "neigh", "replace", c.addr, "lladdr", stale, "dev", "eth0", "nud", "reachable"); err != nil {
