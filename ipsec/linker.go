@@ -16,9 +16,12 @@
 //   - after Activate, a route for each of the other end's Protected
 //     prefixes toward the underlay (the gateway the other end's Underlay
 //     is reached through; MTU Spec.MTU or underlay MTU - 80), and with
-//     Spec.ProxyARP a proxy ARP entry for each of those addresses on the
-//     LAN interface whose subnet holds them, announced once by gratuitous
-//     ARP so neighbours with a stale entry (the VM's old MAC) switch at once.
+//     Spec.ProxyARP a proxy ARP (IPv6: proxy NDP) entry for each of those
+//     addresses on the LAN interface whose subnet holds them, announced
+//     once by gratuitous ARP (IPv6: unsolicited neighbour advertisement)
+//     so neighbours with a stale entry (the VM's old MAC) switch at once.
+//     Proxy NDP needs proxy_ndp and forwarding on that interface; this
+//     backend changes no sysctl and refuses the spec without them.
 //
 // Prepare installs the policies with action "block" first, then the SAs:
 // a prepared link carries nothing and anything matching its selectors is

@@ -4,12 +4,23 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/sealift/sealift/internal/arp"
+	"github.com/sealift/sealift/internal/nsutil"
 )
+
+// family is a's netlink address family.
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
+}
 
 // RouteProtocol tags the routes a link installs (rtm_protocol), so Close
 // finds them: a route with this protocol to one of the other end's
@@ -19,20 +30,24 @@ const RouteProtocol netlink.RouteProtocol = 83
 // routeEntry is a route to the other end's Protected prefix.
 type routeEntry struct{ r netlink.Route }
 
-// proxyEntry is a proxy ARP entry for one address on the LAN interface.
+// proxyEntry is a proxy ARP (IPv4) or NDP (IPv6) entry for one address
+// on the LAN interface.
 type proxyEntry struct {
 	linkIndex int
 	ip        netip.Addr
 }
 
-// maxProxyAddrs bounds the addresses of one prefix answered by proxy ARP.
+// maxProxyAddrs bounds the addresses of one prefix answered by proxy
+// ARP or NDP.
 const maxProxyAddrs = 256
 
 // routePlan computes, per end, the routes for the other end's Protected
 // prefixes: through the gateway and device the other end's Underlay is
 // reached by, with the link's MTU (Spec.MTU, or the underlay device's MTU
 // minus 80 for the ESP overhead) so senders learn the inner path MTU. A
-// peer underlay that is not reachable is an error.
+// prefix of the other address family than the underlay gets an on-link
+// route through the device alone. A peer underlay that is not reachable
+// is an error.
 func (es ends) routePlan(mtu int) ([2][]routeEntry, error) {
 	var plan [2][]routeEntry
 	for i, e := range es {
@@ -61,21 +76,32 @@ func (e *end) routePlan(mtu int) ([]routeEntry, error) {
 	}
 	var plan []routeEntry
 	for _, p := range e.peer.Protected {
-		plan = append(plan, routeEntry{netlink.Route{
-			Dst: ipNet(p), Gw: rs[0].Gw, LinkIndex: rs[0].LinkIndex, Protocol: RouteProtocol, MTU: m,
-		}})
+		r := netlink.Route{Dst: ipNet(p), Gw: rs[0].Gw, LinkIndex: rs[0].LinkIndex, Protocol: RouteProtocol, MTU: m}
+		if gw, ok := netip.AddrFromSlice(rs[0].Gw); ok && gw.Unmap().Is4() != p.Addr().Is4() {
+			// A prefix of the other family than the underlay (IPv4 hosts
+			// over an IPv6 underlay, or the reverse) cannot name the
+			// underlay's gateway: it leaves by the underlay device, on
+			// link, and its out policy transforms it there (the outer
+			// packet is routed by the underlay's own route).
+			r.Gw, r.Scope = nil, netlink.SCOPE_LINK
+		}
+		plan = append(plan, routeEntry{r})
 	}
 	return plan, nil
 }
 
 // espOverhead is what the tunnel takes off the underlay MTU by default
 // (the contract's "underlay MTU minus 80"; ESP tunnel mode with AES-GCM
-// needs 20+8+8+16+2..17 bytes over IPv4).
+// needs 20+8+8+16+2..5 bytes over IPv4, 40+8+8+16+2..5 over IPv6; CBC
+// with HMAC-SHA256 needs 20+8+16+16+2..17 over IPv4, but up to 97 over
+// IPv6, more than 80: with that algorithm on an IPv6 underlay set
+// Spec.MTU).
 const espOverhead = 80
 
-// proxyPlan computes, per end, the proxy ARP entries for the other end's
-// Protected addresses: on the interface (not the underlay's) whose IPv4
-// subnet contains them.
+// proxyPlan computes, per end, the proxy entries for the other end's
+// Protected addresses: on the interface (not the underlay's) whose subnet
+// of the address's family contains them; proxy ARP for IPv4, proxy NDP
+// for IPv6.
 func (es ends) proxyPlan() ([2][]proxyEntry, error) {
 	var plan [2][]proxyEntry
 	for i, e := range es {
@@ -88,28 +114,30 @@ func (es ends) proxyPlan() ([2][]proxyEntry, error) {
 	return plan, nil
 }
 
-// proxyPlan is proxyPlan at this end.
+// proxyPlan is proxyPlan at this end. The kernel answers neighbour
+// solicitations for a proxy NDP entry only on an interface with
+// proxy_ndp and forwarding on; this backend changes no sysctl, so an
+// IPv6 address on an interface without them is refused (ErrInvalid,
+// naming the setting) rather than silently never answered.
 func (e *end) proxyPlan() ([]proxyEntry, error) {
 	rs, err := e.h.RouteGet(ipOf(e.peer.Underlay))
 	if err != nil || len(rs) == 0 {
 		return nil, fmt.Errorf("%w: host %q has no route to the other end's Underlay %s: %v", errInvalid, e.host, e.peer.Underlay, err)
 	}
-	addrs, err := e.h.AddrList(nil, netlink.FAMILY_V4)
+	addrs, err := e.h.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("ipsec: host %q: list addresses: %w", e.host, err)
 	}
 	var plan []proxyEntry
 	for _, p := range e.peer.Protected {
-		if !p.Addr().Is4() {
-			return nil, fmt.Errorf("%w: ProxyARP: %s is not IPv4 (proxy NDP is not supported)", errInvalid, p)
-		}
-		if p.Bits() < 32-8 {
+		if p.Bits() < p.Addr().BitLen()-8 {
 			return nil, fmt.Errorf("%w: ProxyARP: %s holds more than %d addresses", errInvalid, p, maxProxyAddrs)
 		}
 		lan := -1
 		for _, a := range addrs {
 			sub, ok := prefixOf(a.IPNet)
-			if ok && a.LinkIndex != rs[0].LinkIndex && sub.Contains(p.Addr()) && sub.Bits() <= p.Bits() {
+			if ok && a.LinkIndex != rs[0].LinkIndex && sub.Addr().Is4() == p.Addr().Is4() && !sub.Addr().IsLinkLocalUnicast() &&
+				sub.Contains(p.Addr()) && sub.Bits() <= p.Bits() {
 				lan = a.LinkIndex
 				break
 			}
@@ -117,11 +145,53 @@ func (e *end) proxyPlan() ([]proxyEntry, error) {
 		if lan < 0 {
 			return nil, fmt.Errorf("%w: ProxyARP: host %q has no LAN interface whose subnet holds %s", errInvalid, e.host, p)
 		}
+		if p.Addr().Is6() {
+			if err := e.proxyNDPReady(lan, p); err != nil {
+				return nil, err
+			}
+		}
 		for a := p.Masked().Addr(); p.Contains(a); a = a.Next() {
 			plan = append(plan, proxyEntry{lan, a})
 		}
 	}
 	return plan, nil
+}
+
+// proxyNDPReady checks that the kernel will answer proxy NDP for p on
+// interface lan: proxy_ndp on (the interface's or all's) and forwarding
+// on the interface.
+func (e *end) proxyNDPReady(lan int, p netip.Prefix) error {
+	l, err := e.h.LinkByIndex(lan)
+	if err != nil {
+		return fmt.Errorf("ipsec: host %q: interface %d: %w", e.host, lan, err)
+	}
+	dev := l.Attrs().Name
+	var proxyDev, proxyAll, fwd string
+	err = nsutil.Do(e.host, func() error {
+		for _, x := range []struct {
+			key string
+			v   *string
+		}{{"net/ipv6/conf/" + dev + "/proxy_ndp", &proxyDev}, {"net/ipv6/conf/all/proxy_ndp", &proxyAll}, {"net/ipv6/conf/" + dev + "/forwarding", &fwd}} {
+			b, err := os.ReadFile("/proc/sys/" + x.key)
+			if err != nil {
+				return err
+			}
+			*x.v = strings.TrimSpace(string(b))
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("ipsec: host %q: proxy NDP settings of %s: %w", e.host, dev, err)
+	}
+	if proxyDev != "1" && proxyAll != "1" {
+		return fmt.Errorf("%w: ProxyARP: %s is IPv6 and host %q answers proxy NDP on %s only with net.ipv6.conf.%s.proxy_ndp=1 (it is %s)",
+			errInvalid, p, e.host, dev, dev, proxyDev)
+	}
+	if fwd != "1" {
+		return fmt.Errorf("%w: ProxyARP: %s is IPv6 and host %q answers proxy NDP on %s only with net.ipv6.conf.%s.forwarding=1 (it is %s)",
+			errInvalid, p, e.host, dev, dev, fwd)
+	}
+	return nil
 }
 
 // addRoutes installs routes and proxy entries and records them in l.
@@ -170,9 +240,9 @@ func (e *end) addRoutes(l *link, i int) error {
 		l.routes[i] = append(l.routes[i], routeEntry{r})
 	}
 	for _, p := range proxies {
-		n := &netlink.Neigh{LinkIndex: p.linkIndex, Family: netlink.FAMILY_V4, Flags: netlink.NTF_PROXY, IP: ipOf(p.ip)}
+		n := &netlink.Neigh{LinkIndex: p.linkIndex, Family: family(p.ip), Flags: netlink.NTF_PROXY, IP: ipOf(p.ip)}
 		if err := e.h.NeighAdd(n); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("ipsec: host %q: add proxy ARP for %s: %w", e.host, p.ip, err)
+			return fmt.Errorf("ipsec: host %q: add proxy entry for %s: %w", e.host, p.ip, err)
 		}
 		l.proxies[i] = append(l.proxies[i], p)
 	}
@@ -206,9 +276,13 @@ func (e *end) removeRoutes(dsts []netip.Prefix) error {
 			}
 		}
 	}
-	ns, err := retryDump(func() ([]netlink.Neigh, error) { return e.h.NeighProxyList(0, netlink.FAMILY_V4) })
-	if err != nil {
-		return errors.Join(append(errs, fmt.Errorf("ipsec: host %q: list proxy ARP: %w", e.host, err))...)
+	var ns []netlink.Neigh
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		got, err := retryDump(func() ([]netlink.Neigh, error) { return e.h.NeighProxyList(0, fam) })
+		if err != nil {
+			return errors.Join(append(errs, fmt.Errorf("ipsec: host %q: list proxy entries: %w", e.host, err))...)
+		}
+		ns = append(ns, got...)
 	}
 	for _, n := range ns {
 		a := addrOf(n.IP)
@@ -217,7 +291,7 @@ func (e *end) removeRoutes(dsts []netip.Prefix) error {
 				n := n
 				n.Flags |= netlink.NTF_PROXY
 				if err := ignoreGone(e.h.NeighDel(&n)); err != nil {
-					errs = append(errs, fmt.Errorf("ipsec: host %q: delete proxy ARP %s: %w", e.host, a, err))
+					errs = append(errs, fmt.Errorf("ipsec: host %q: delete proxy entry %s: %w", e.host, a, err))
 				}
 				break
 			}
@@ -235,7 +309,8 @@ func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool {
 	return false
 }
 
-// announce sends a gratuitous ARP for every proxy entry of the link.
+// announce announces every proxy entry of the link (gratuitous ARP, or
+// an unsolicited neighbour advertisement for IPv6).
 func (es ends) announce(l *link) error {
 	for i, e := range es {
 		if err := e.announce(l.proxies[i]); err != nil {
@@ -245,7 +320,7 @@ func (es ends) announce(l *link) error {
 	return nil
 }
 
-// announce sends a gratuitous ARP for each of proxies at this end.
+// announce announces each of proxies at this end.
 func (e *end) announce(proxies []proxyEntry) error {
 	for _, p := range proxies {
 		if err := arp.Announce(e.host, p.linkIndex, p.ip); err != nil {

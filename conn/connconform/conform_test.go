@@ -80,7 +80,9 @@ var mutants = []conform.Mutant[func(conn.ConnAuditor) conn.ConnAuditor]{
 		}},
 	{Name: "List leaves UDP out", Caught: []string{"ListFindsUDP"},
 		Break: filtered(func(_ conn.Selector, c conn.Conn) bool { return c.Proto == conn.UDP })},
-	{Name: "List leaves IPv6 out", Caught: []string{"ListFindsIPv6"},
+	{Name: "List leaves IPv6 UDP out", Caught: []string{"ListFindsIPv6UDP"},
+		Break: filtered(func(_ conn.Selector, c conn.Conn) bool { return c.Proto == conn.UDP && c.Local.Addr().Is6() })},
+	{Name: "List leaves IPv6 out", Caught: []string{"ListFindsIPv6", "ListFindsIPv6UDP"},
 		Break: filtered(func(_ conn.Selector, c conn.Conn) bool { return c.Local.Addr().Is6() })},
 	{Name: "Reset resets nothing (and counts it reset)", Caught: []string{"ResetResetsAndCounts", "ListFindsIPv6"},
 		Break: withReset(func(_ conn.ConnAuditor, _ context.Context, _ conn.Selector, cs []conn.Conn) (conn.ResetResult, error) {

@@ -72,6 +72,7 @@ var checks = []conform.Check[Harness]{
 	{Name: "ListFindsTCP", Run: listFindsTCP},
 	{Name: "ListFindsUDP", Run: listFindsUDP},
 	{Name: "ListFindsIPv6", Run: listFindsIPv6},
+	{Name: "ListFindsIPv6UDP", Run: listFindsIPv6UDP},
 	{Name: "ResetResetsAndCounts", Run: resetResetsAndCounts},
 	{Name: "InvalidInputTouchesNothing", Run: invalidInputTouchesNothing},
 	{Name: "MissingHost", Run: missingHost},
@@ -203,6 +204,22 @@ func listFindsIPv6(t testing.TB, h Harness) {
 	if assertReset(t, c, "the VM's IPv6 socket") {
 		assert.ErrorIs(t, srv.EndOf(t, c.LocalAddr().String()), syscall.ECONNRESET, "the server's IPv6 socket")
 	}
+}
+
+// List finds an IPv6 UDP session by the VM's IPv6 address, the VM's end
+// as Local.
+func listFindsIPv6UDP(t testing.TB, h Harness) {
+	w := newWorld(t, h)
+	conntest.AddIPv6(t, w.Lab)
+	udpServer := netip.AddrPortFrom(server6.Addr(), 5353)
+	stop, err := lab.ServeUDPEcho(w.Peer2, udpServer.String())
+	require.NoError(t, err)
+	t.Cleanup(stop)
+	c := conntest.DialIn(t, w.VM, "udp6", udpServer.String())
+	require.NoError(t, conntest.Echo(c, "hello udp v6"))
+	sel := conn.Selector{Addrs: []netip.Prefix{netip.PrefixFrom(vm6, 128)}}
+	got := find(t, list(t, w.a, sel), conn.UDP, addrPort(t, c.LocalAddr()), udpServer, "an IPv6 UDP session")
+	assert.Equal(t, addrPort(t, c.LocalAddr()), got.Local, "Local is the VM's end")
 }
 
 // assertReset fails t unless c's next read, within 10 s, fails as a

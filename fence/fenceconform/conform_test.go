@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 	"testing"
@@ -266,6 +267,10 @@ var mutants = []conform.Mutant[func(fence.Fencer) fence.Fencer]{
 		Break: altered(func(s *fence.Spec) { s.AllowMarks = nil })},
 	{Name: "Peers ignored", Caught: []string{"Peers"},
 		Break: altered(func(s *fence.Spec) { s.Peers = nil })},
+	{Name: "IPv6 Peers ignored", Caught: []string{"PeersIPv6"},
+		Break: altered(func(s *fence.Spec) {
+			s.Peers = slices.DeleteFunc(slices.Clone(s.Peers), func(p netip.Prefix) bool { return p.Addr().Is6() })
+		})},
 	{Name: "Lift drops every fence's Peers guard", Caught: []string{"Peers"},
 		Break: func(f fence.Fencer) fence.Fencer {
 			return wrap(&broken{Fencer: f, lift: func(f fence.Fencer, ctx context.Context, vm string) error {

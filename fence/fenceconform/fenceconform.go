@@ -46,6 +46,7 @@ import (
 	"github.com/sealift/sealift/host"
 	"github.com/sealift/sealift/internal/conform"
 	"github.com/sealift/sealift/internal/lab"
+	"github.com/sealift/sealift/internal/nsutil"
 )
 
 // Harness is what the suite needs of a backend.
@@ -82,6 +83,7 @@ var checks = []conform.Check[Harness]{
 	{Name: "ResetMark", Run: resetMark},
 	{Name: "AllowMarks", Run: allowMarks},
 	{Name: "Peers", Run: peers},
+	{Name: "PeersIPv6", Run: peersIPv6},
 	{Name: "AllowIPsecKeepsPlainBlocked", Run: allowIPsecKeepsPlainBlocked},
 	{Name: "Hold", Run: hold},
 	{Name: "MissingHost", Run: missingHost},
@@ -547,6 +549,113 @@ func peers(t testing.TB, h Harness) {
 	require.NoError(t, w.f.Lift(ctx, spec.VM))
 	assert.Equal(t, 2, reach(w.A), "after Lift, the host reaches the peer")
 	assert.Equal(t, 2, reach(w.Peer), "after Lift, the neighbour reaches the peer")
+}
+
+// peer2v6 is peer2's IPv6 address once routeV6 gave the lab IPv6 routes.
+var peer2v6 = netip.MustParseAddr("fd00:2::20")
+
+// routeV6 gives the path peer - A - core - peer2 IPv6 addresses and routes.
+func (w *world) routeV6(t testing.TB) {
+	t.Helper()
+	for _, a := range []struct{ ns, dev, addr string }{
+		{w.A, "br0", "fd00:1::1/64"}, {w.A, "up0", "fd00:ff::1/64"},
+		{w.Core, "a0", "fd00:ff::2/64"}, {w.Core, "p2", "fd00:2::1/64"}, {w.Peer2, "eth0", "fd00:2::20/64"},
+	} {
+		require.NoError(t, lab.AddAddr(a.ns, a.dev, a.addr))
+	}
+	for _, r := range []struct{ ns, dst, gw string }{
+		{w.A, "::/0", "fd00:ff::2"}, {w.Core, "fd00:1::/64", "fd00:ff::1"},
+		{w.Peer2, "::/0", "fd00:2::1"}, {w.Peer, "::/0", "fd00:1::1"},
+	} {
+		require.NoError(t, lab.AddRoute(r.ns, r.dst, r.gw, ""))
+	}
+	for _, ns := range []string{w.A, w.Core} {
+		require.NoError(t, lab.Sysctl(ns, "net/ipv6/conf/all/forwarding", "1"))
+	}
+	// No rate limit on A's ICMPv6 errors: the check draws several.
+	require.NoError(t, lab.Sysctl(w.A, "net/ipv6/icmp/ratelimit", "0"))
+	require.NoError(t, lab.WaitReachable(w.Peer, peer2v6, 10*time.Second))
+}
+
+// hopsExpired sends n UDP datagrams with hop limit 2 from peer2 to the
+// LAN peer's IPv6 address (they expire at A: core, then A) and counts
+// the ICMPv6 time-exceeded errors, quoting them, that come back to peer2.
+func (w *world) hopsExpired(t testing.TB, n int) int {
+	t.Helper()
+	var icmp net.PacketConn
+	var udp *net.UDPConn
+	dst := netip.MustParseAddr("fd00:1::20")
+	require.NoError(t, nsutil.Do(w.Peer2, func() (err error) {
+		if icmp, err = net.ListenPacket("ip6:ipv6-icmp", "::"); err != nil {
+			return err
+		}
+		udp, err = net.DialUDP("udp6", nil, &net.UDPAddr{IP: dst.AsSlice(), Port: 9})
+		return err
+	}))
+	defer icmp.Close()
+	defer udp.Close()
+	raw, err := udp.SyscallConn()
+	require.NoError(t, err)
+	require.NoError(t, raw.Control(func(fd uintptr) {
+		_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IPV6, syscall.IPV6_UNICAST_HOPS, 2)
+	}))
+	for range n {
+		_, err := udp.Write([]byte("SEALIFT-PEERS-V6"))
+		require.NoError(t, err)
+	}
+	got := 0
+	buf := make([]byte, 1500)
+	for {
+		_ = icmp.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		m, _, err := icmp.ReadFrom(buf)
+		if err != nil {
+			return got
+		}
+		// Time exceeded (3); the quoted IPv6 header at +8, destination at +24.
+		if m >= 8+40 && buf[0] == 3 && netip.AddrFrom16([16]byte(buf[8+24:8+40])) == dst {
+			got++
+		}
+	}
+}
+
+// Peers guards IPv6 peers as it guards IPv4 ones: with an IPv6 prefix
+// in Peers, neither the host's own packets, nor what it forwards, nor
+// its own ICMPv6 errors quoting a peer's packet (time exceeded) leave
+// for a peer but through an allowed device.
+func peersIPv6(t testing.TB, h Harness) {
+	w := newWorld(t, h)
+	w.routeV6(t)
+	ctx := t.Context()
+	reach := func(from string) int {
+		n, err := lab.Ping(from, peer2v6, 2, time.Second)
+		if !errors.Is(err, syscall.EPERM) { // the host's own packet, dropped on its way out
+			require.NoError(t, err)
+		}
+		return n
+	}
+	require.Equal(t, 2, reach(w.Peer), "control: the peer reaches peer2 over IPv6")
+	require.Equal(t, 2, reach(w.A), "control: the host reaches peer2 over IPv6")
+	require.NotZero(t, w.hopsExpired(t, 3), "control: the host's ICMPv6 errors reach peer2")
+	spec := w.Spec()
+	spec.Peers = []netip.Prefix{netip.MustParsePrefix("fd00:2::/64")}
+	if unsupported(t, w.f.Fence(ctx, spec), "Peers") {
+		w.untouched(t, "after Peers was refused")
+		return
+	}
+	assert.Zero(t, reach(w.A), "the host's own IPv6 packets to a peer left by a device not allowed")
+	assert.Zero(t, reach(w.Peer), "a neighbour's IPv6 packets to a peer were forwarded by a device not allowed")
+	assert.Zero(t, w.hopsExpired(t, 3), "the host's ICMPv6 errors quoting a peer's packet left by a device not allowed")
+
+	spec.AllowVia = []string{"up0"}
+	if err := w.f.Fence(ctx, spec); errors.Is(err, fence.ErrUnsupported) {
+		t.Log("AllowVia refused: no device may carry packets to the peers on this backend")
+	} else {
+		require.NoError(t, err)
+		assert.Equal(t, 2, reach(w.Peer), "IPv6 packets to a peer through the allowed device")
+		assert.NotZero(t, w.hopsExpired(t, 3), "ICMPv6 errors to a peer through the allowed device")
+	}
+	require.NoError(t, w.f.Lift(ctx, spec.VM))
+	assert.Equal(t, 2, reach(w.A), "after Lift, the host reaches the peer over IPv6")
 }
 
 // AllowIPsec lets through only what IPsec protects: plain traffic of the

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/fence/internal/fencetest"
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/internal/nsutil"
 )
@@ -85,6 +86,88 @@ func timeExceeded(t *testing.T, ns string, n int) int {
 		// type 11, quoted IPv4 header at +8: destination at +16.
 		if m >= 28 && buf[0] == 11 && netip.AddrFrom4([4]byte(buf[24:28])) == lab.VMAddr &&
 			binary.BigEndian.Uint16(buf[8+20+2:]) == 9 {
+			got++
+		}
+	}
+}
+
+// TestFenceDropsICMPv6ErrorsQuotingTheVM is the IPv6 case: peer2's
+// datagrams to the VM's IPv6 address expire at A (hop limit 2: core,
+// then A), and A's "time exceeded", quoting them, goes back to peer2
+// unfenced, nowhere fenced, and through an AllowVia device only.
+func TestFenceDropsICMPv6ErrorsQuotingTheVM(t *testing.T) {
+	w := newWorld(t, false)
+	routeV6(t, w)
+	// No rate limit on A's ICMPv6 errors (the test draws 15 to peer2);
+	// the path resolved before the control counts.
+	fencetest.Must(t, lab.Sysctl(w.A, "net/ipv6/icmp/ratelimit", "0"))
+	fencetest.Must(t, lab.WaitReachable(w.Peer2, fencetest.VM6, 10*time.Second))
+	f := New(WithHost(w.A))
+	spec := w.Spec()
+	ctx := context.Background()
+	if n := timeExceeded6(t, w.Peer2, 5); n == 0 {
+		t.Fatal("control: no ICMPv6 time-exceeded came back unfenced; the check below would prove nothing")
+	}
+	if err := f.Fence(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if n := timeExceeded6(t, w.Peer2, 5); n != 0 {
+		t.Fatalf("fenced: %d ICMPv6 errors quoting the VM's traffic left the host", n)
+	}
+	if d := dropped(t, f, spec.VM); d == 0 {
+		t.Error("fenced: the fence counted no drop (was the error made?)")
+	}
+	spec.AllowVia = []string{"up0"}
+	if err := f.Fence(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if n := timeExceeded6(t, w.Peer2, 5); n == 0 {
+		t.Fatal("AllowVia up0: the errors should pass through the allowed device")
+	}
+}
+
+// timeExceeded6 sends n UDP datagrams with hop limit 2 from ns to the
+// VM's IPv6 address and counts the ICMPv6 time-exceeded messages that
+// quote them.
+func timeExceeded6(t *testing.T, ns string, n int) int {
+	t.Helper()
+	var icmp net.PacketConn
+	var udp *net.UDPConn
+	err := nsutil.Do(ns, func() (err error) {
+		if icmp, err = net.ListenPacket("ip6:ipv6-icmp", "::"); err != nil {
+			return err
+		}
+		udp, err = net.DialUDP("udp6", nil, &net.UDPAddr{IP: fencetest.VM6.AsSlice(), Port: 9})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer icmp.Close()
+	defer udp.Close()
+	raw, err := udp.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Control(func(fd uintptr) {
+		_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IPV6, syscall.IPV6_UNICAST_HOPS, 2)
+	})
+	for i := 0; i < n; i++ {
+		if _, err := udp.Write([]byte("SEALIFT-ICMP6-QUOTE")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := 0
+	buf := make([]byte, 1500)
+	for {
+		icmp.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		m, _, err := icmp.ReadFrom(buf)
+		if err != nil {
+			return got
+		}
+		// type 3, quoted IPv6 header at +8: destination at +24, UDP at +40.
+		if m >= 8+40+8 && buf[0] == 3 && netip.AddrFrom16([16]byte(buf[8+24:8+40])) == fencetest.VM6 &&
+			binary.BigEndian.Uint16(buf[8+40+2:]) == 9 {
 			got++
 		}
 	}

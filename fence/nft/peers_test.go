@@ -25,7 +25,7 @@ import (
 //	peer2 10.2.0.20 ── core ── wan ── B (wan0 203.0.113.1, fd01::1)
 //	                      └─ bsl 192.0.2.2 ── sl0 192.0.2.1 (B's "secure link"; fd02::/64)
 //
-// B's br0: mv0 (the fenced VM's port, 10.1.0.10, the guest down), nb0 (an unfenced
+// B's br0: mv0 (the fenced VM's port, 10.1.0.10 / fd00:1::10, the guest down), nb0 (an unfenced
 // neighbour, 10.1.0.30 / fd00:1::30). 10.1.0.12 and fd00:1::12 are unused
 // addresses of the moved subnet that peer2 (IPv4) and the wan (holding
 // the peer address fd00:2::20, IPv6) send to.
@@ -34,6 +34,7 @@ var (
 	peers   = []netip.Prefix{lab.Peer2Net, netip.MustParsePrefix("fd00:2::/64")}
 	unused4 = netip.MustParseAddr("10.1.0.12")
 	unused6 = netip.MustParseAddr("fd00:1::12")
+	vmV6    = netip.MustParseAddr("fd00:1::10") // the fenced VM's IPv6 address
 )
 
 type peersLab struct {
@@ -151,6 +152,16 @@ var leakKinds = []struct {
 		_, err := lab.Ping(w.Peer2, lab.VMAddr, 1, 0)
 		require.NoError(t, err)
 	}, true},
+	{"icmpv6-address-unreachable-to-peer", func(t *testing.T, w *peersLab) {
+		// The peer's datagram to an unused address of the moved subnet:
+		// B's neighbour discovery fails and B answers "address
+		// unreachable", quoting the datagram, to the peer.
+		sendUDP(t, w.WAN, peerV6, netip.AddrPortFrom(unused6, 9), 0)
+	}, false},
+	{"icmpv6-address-unreachable-for-down-guest", func(t *testing.T, w *peersLab) {
+		// The same for the moved guest's own IPv6 address while it is down.
+		sendUDP(t, w.WAN, peerV6, netip.AddrPortFrom(vmV6, 9), 0)
+	}, true},
 	{"icmpv6-time-exceeded-to-peer", func(t *testing.T, w *peersLab) {
 		// A datagram from the peer's address with hop limit 1 expires at B.
 		sendUDP(t, w.WAN, peerV6, netip.AddrPortFrom(unused6, 9), 1)
@@ -251,7 +262,7 @@ func peersGuard(t *testing.T, brnf bool) {
 	w := newPeersLab(t, brnf)
 	ctx := context.Background()
 	f := New(WithHost(w.B))
-	spec := fence.Spec{VM: "vm-1", Port: "mv0", Addrs: []netip.Addr{lab.VMAddr}, AllowVia: []string{"sl0"}, Peers: peers}
+	spec := fence.Spec{VM: "vm-1", Port: "mv0", Addrs: []netip.Addr{lab.VMAddr, vmV6}, AllowVia: []string{"sl0"}, Peers: peers}
 
 	t.Run("control-unfenced", func(t *testing.T) { w.probe(t, f, leaks) })
 
@@ -261,7 +272,7 @@ func peersGuard(t *testing.T, brnf bool) {
 	// A second VM's fence with the same peers; the first one is lifted:
 	// the guard stays.
 	spec2 := spec
-	spec2.VM, spec2.Port, spec2.Addrs = "vm-2", "mv2", []netip.Addr{netip.MustParseAddr("10.1.0.11")}
+	spec2.VM, spec2.Port, spec2.Addrs = "vm-2", "mv2", []netip.Addr{netip.MustParseAddr("10.1.0.11"), netip.MustParseAddr("fd00:1::11")}
 	require.NoError(t, f.Fence(ctx, spec2))
 	require.NoError(t, f.Lift(ctx, "vm-1"))
 	t.Run("one-of-two-lifted", func(t *testing.T) { w.probe(t, f, guarded) })

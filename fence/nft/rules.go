@@ -416,9 +416,14 @@ func loadNotIn(off, n uint32, addrs []netip.Addr) []expr.Any {
 }
 
 // ndReturn lets ICMPv6 router/neighbour solicitations and advertisements
-// (types 133-136) through.
+// (types 133-136) through, as neighbour discovery is: hop limit 255
+// (RFC 4861 drops any other), so never routed (a forwarded packet's hop
+// limit is already decremented in the forward hook). Without that, a
+// fenced VM's data in ICMPv6 of those types, addressed off-link, would be
+// forwarded by any device, in clear.
 func ndReturn() []expr.Any {
 	return cat(metaEq(expr.MetaKeyL4PROTO, []byte{unix.IPPROTO_ICMPV6}),
+		loadEq(expr.PayloadBaseNetworkHeader, 7, []byte{255}),
 		[]expr.Any{
 			&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
 			&expr.Cmp{Op: expr.CmpOpGte, Register: reg, Data: []byte{133}},

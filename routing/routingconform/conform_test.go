@@ -211,6 +211,15 @@ var mutants = []conform.Mutant[func(routing.RouteWatcher) routing.RouteWatcher]{
 		}},
 	{Name: "IPv6 redirects are not installed", Caught: []string{"IPv6Redirect"},
 		Break: lyingAdd(func(r *routing.Redirect) bool { return r.Prefix.Addr().Is4() })},
+	{Name: "Wait for an IPv6 prefix ignores NotDevice and Via", Caught: []string{"IPv6Convergence"},
+		Break: func(w routing.RouteWatcher) routing.RouteWatcher {
+			return &broken{RouteWatcher: w, wait: func(w routing.RouteWatcher, ctx context.Context, e routing.Expect) (routing.Converged, error) {
+				if e.Prefix.Addr().Is6() {
+					e = routing.Expect{Prefix: e.Prefix, Device: e.Device}
+				}
+				return w.Wait(ctx, e)
+			}}
+		}},
 	{Name: "a missing host loses its sentinel", Caught: []string{"MissingHost"},
 		Break: func(w routing.RouteWatcher) routing.RouteWatcher {
 			return mapErr(w, func(err error) error {

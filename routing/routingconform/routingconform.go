@@ -56,12 +56,13 @@ const (
 
 var (
 	// Subnet is the moved subnet the checks redirect and wait for.
-	Subnet  = netip.MustParsePrefix("10.1.0.0/24")
-	Subnet6 = netip.MustParsePrefix("fd00:1::/64")
-	siteVia = netip.MustParseAddr("100.64.0.2") // the proper route's next hop
-	tunVia  = netip.MustParseAddr("100.64.1.2") // the tunnel's far end
-	tunVia6 = netip.MustParseAddr("fd00:fe::2")
-	inside  = netip.MustParseAddr("10.1.0.5") // an address of Subnet
+	Subnet   = netip.MustParsePrefix("10.1.0.0/24")
+	Subnet6  = netip.MustParsePrefix("fd00:1::/64")
+	siteVia  = netip.MustParseAddr("100.64.0.2") // the proper route's next hop
+	tunVia   = netip.MustParseAddr("100.64.1.2") // the tunnel's far end
+	tunVia6  = netip.MustParseAddr("fd00:fe::2")
+	siteVia6 = netip.MustParseAddr("fd00:ff::2")
+	inside   = netip.MustParseAddr("10.1.0.5") // an address of Subnet
 )
 
 // waitLong bounds the waits that must succeed.
@@ -82,6 +83,7 @@ var checks = []conform.Check[Harness]{
 	{Name: "RemoveRedirect", Run: removeRedirect},
 	{Name: "InvalidInputTouchesNothing", Run: invalidInputTouchesNothing},
 	{Name: "IPv6Redirect", Run: ipv6Redirect},
+	{Name: "IPv6Convergence", Run: ipv6Convergence},
 	{Name: "MissingHost", Run: missingHost},
 }
 
@@ -420,6 +422,36 @@ func ipv6Redirect(t testing.TB, h Harness) {
 	assert.Equal(t, tunVia6, c.Route.Via)
 	require.NoError(t, w.w.RemoveRedirect(ctx, Subnet6))
 	assert.Empty(t, w.routes(t, Subnet6))
+}
+
+// A moved IPv6 subnet converges as an IPv4 one does: with its redirect
+// in place, Wait for the real route (not through the tunnel device)
+// ignores the redirect and returns once the real route comes; the kernel
+// then sends by it, and RemoveRedirect leaves it alone.
+func ipv6Convergence(t testing.TB, h Harness) {
+	w := newWorld(t, h)
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	require.NoError(t, w.w.AddRedirect(ctx, routing.Redirect{Prefix: Subnet6, Device: TunnelDevice, Via: tunVia6}))
+	res := startWait(ctx, w.w, routing.Expect{Prefix: Subnet6, Via: siteVia6, NotDevice: TunnelDevice})
+	select {
+	case r := <-res:
+		t.Fatalf("Wait returned on the redirect: %+v, %v", r.c, r.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	w.addRoute(t, Subnet6, siteVia6, 20)
+	select {
+	case r := <-res:
+		require.NoError(t, r.err)
+		assert.Equal(t, routing.Route{Prefix: Subnet6, Via: siteVia6, Device: SiteDevice, Protocol: r.c.Route.Protocol}, r.c.Route)
+	case <-time.After(waitLong):
+		t.Fatal("Wait did not return on the real IPv6 route")
+	}
+	assert.Equal(t, SiteDevice, w.chosen(t, netip.MustParseAddr("fd00:1::5")), "the real IPv6 route must win over the redirect")
+	require.NoError(t, w.w.RemoveRedirect(ctx, Subnet6))
+	assert.Equal(t, []kernelRoute{{Device: SiteDevice, Via: siteVia6, Metric: 20, Proto: unix.RTPROT_STATIC}}, w.routes(t, Subnet6),
+		"after RemoveRedirect, the real IPv6 route alone")
+	assert.Empty(t, redirects(t, w.w), "Redirects after RemoveRedirect")
 }
 
 // A watcher of a host that does not exist: every method fails with an

@@ -3,6 +3,8 @@ package linkconform
 import (
 	"context"
 	"errors"
+	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -190,7 +192,7 @@ var mutants = []conform.Mutant[mutant]{
 		Break: func(_ string, e tunnel.LinkEnd) tunnel.LinkEnd {
 			return activeLiar(e, func(tunnel.LinkEnd, context.Context, string) error { return nil })
 		}},
-	{Name: "Activate of an active end does not announce", Caught: []string{"ActivateCarriesEncrypted"},
+	{Name: "Activate of an active end does not announce", Caught: []string{"ActivateCarriesEncrypted", "DualStackOverIPv6Underlay"},
 		Break: func(_ string, e tunnel.LinkEnd) tunnel.LinkEnd {
 			return &broken{LinkEnd: e, activate: func(e tunnel.LinkEnd, ctx context.Context, id string) error {
 				ends, _ := e.List(ctx)
@@ -204,6 +206,15 @@ var mutants = []conform.Mutant[mutant]{
 		}},
 	{Name: "Activate routes in clear over the wan (and lists the end active)", Caught: []string{"ActivateCarriesEncrypted"},
 		Break: func(host string, e tunnel.LinkEnd) tunnel.LinkEnd { return activeLiar(e, plainActivate(host)) }},
+	{Name: "Open drops the IPv6 protected prefixes", Caught: []string{"DualStackOverIPv6Underlay"},
+		Break: func(_ string, e tunnel.LinkEnd) tunnel.LinkEnd {
+			return &broken{LinkEnd: e, open: func(e tunnel.LinkEnd, ctx context.Context, s tunnel.Spec, r tunnel.Role) (tunnel.EndState, error) {
+				for _, ps := range []*[]netip.Prefix{&s.Secure.Protected, &s.Remote.Protected} {
+					*ps = slices.DeleteFunc(slices.Clone(*ps), func(p netip.Prefix) bool { return p.Addr().Is6() })
+				}
+				return e.Open(ctx, s, r)
+			}}
+		}},
 	{Name: "List forgets what an earlier end left", Caught: []string{"ListAfterRestart"},
 		Break: func(_ string, e tunnel.LinkEnd) tunnel.LinkEnd {
 			var mu sync.Mutex

@@ -24,8 +24,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -38,6 +40,7 @@ import (
 	"github.com/sealift/sealift/host"
 	"github.com/sealift/sealift/internal/conform"
 	"github.com/sealift/sealift/internal/lab"
+	"github.com/sealift/sealift/internal/nsutil"
 	"github.com/sealift/sealift/tunnel"
 )
 
@@ -67,6 +70,7 @@ var checks = []conform.Check[Harness]{
 	{Name: "ListAfterRestart", Run: listAfterRestart},
 	{Name: "CloseRemovesEverything", Run: closeRemovesEverything},
 	{Name: "OpenRefusesBadInput", Run: openRefusesBadInput},
+	{Name: "DualStackOverIPv6Underlay", Run: dualStackOverIPv6Underlay},
 	{Name: "MissingHost", Run: missingHost},
 	{Name: "HostGone", Run: hostGone},
 }
@@ -144,7 +148,7 @@ func (w *world) open(t testing.TB) (s, r tunnel.EndState) {
 		st       tunnel.EndState
 		role     tunnel.Role
 		underlay netip.Addr
-	}{{s, tunnel.SecureRole, lab.AUplink}, {r, tunnel.RemoteRole, lab.BUnderlay}} {
+	}{{s, tunnel.SecureRole, w.spec.Secure.Underlay}, {r, tunnel.RemoteRole, w.spec.Remote.Underlay}} {
 		assert.Equal(t, w.spec.ID, e.st.Spec.ID, "%s end: Spec.ID", e.role)
 		assert.Equal(t, e.role, e.st.Role, "%s end: Role", e.role)
 		assert.NotEmpty(t, e.st.Backend, "%s end: Backend", e.role)
@@ -520,4 +524,152 @@ func hostGone(t testing.TB, h Harness) {
 	assert.NoError(t, w.remote.Close(ctx, w.spec.ID), "Close once the host is gone")
 	_, ok := w.listed(t, w.remote)
 	assert.False(t, ok, "the end is still listed after Close")
+}
+
+// The dual-stack world's IPv6 addresses: the VM's LAN fd00:1::/64 (VM
+// ::10 at B, peer ::20 at A, both hosts' br0 ::1) and a v6-only wan
+// between A's underlay fd00:ff::1 and B's fd01:2::1.
+var (
+	vm6         = netip.MustParseAddr("fd00:1::10")
+	peer6       = netip.MustParseAddr("fd00:1::20")
+	aUnderlay6  = netip.MustParseAddr("fd00:ff::1")
+	bUnderlay6  = netip.MustParseAddr("fd01:2::1")
+	vmHost6     = netip.PrefixFrom(vm6, 128)
+	peerHost6   = netip.PrefixFrom(peer6, 128)
+	protected46 = []netip.Prefix{vmHost, vmHost6, peerHost, peerHost6}
+)
+
+// dualStack gives the world IPv6 on the VM's LAN and an IPv6-only wan:
+// IPv6 underlay addresses and routes A - core - wan - B, and no IPv4
+// route across the wan (the wan's route to 10.0.0.0/8 and B's default
+// go). The spec's ends use the IPv6 underlay and protect both families.
+func (w *world) dualStack(t testing.TB) {
+	t.Helper()
+	for _, a := range []struct{ ns, dev, addr string }{
+		{w.A, "br0", "fd00:1::1/64"}, {w.B, "br0", "fd00:1::1/64"},
+		{w.vm, "eth0", "fd00:1::10/64"}, {w.Peer, "eth0", "fd00:1::20/64"},
+		{w.A, "up0", "fd00:ff::1/64"}, {w.Core, "a0", "fd00:ff::2/64"},
+		{w.Core, "wan0", "fd01:1::1/64"}, {w.WAN, "c0", "fd01:1::2/64"},
+		{w.WAN, "b0", "fd01:2::2/64"}, {w.B, "wan0", "fd01:2::1/64"},
+	} {
+		require.NoError(t, lab.AddAddr(a.ns, a.dev, a.addr))
+	}
+	for _, r := range []struct{ ns, dst, gw string }{
+		{w.vm, "::/0", "fd00:1::1"}, {w.Peer, "::/0", "fd00:1::1"},
+		{w.A, "fd01::/16", "fd00:ff::2"}, {w.Core, "fd01:2::/64", "fd01:1::2"},
+		{w.WAN, "fd00:ff::/64", "fd01:1::1"}, {w.B, "fd00:ff::/64", "fd01:2::2"}, {w.B, "fd01:1::/64", "fd01:2::2"},
+	} {
+		require.NoError(t, lab.AddRoute(r.ns, r.dst, r.gw, ""))
+	}
+	for _, ns := range []string{w.A, w.Core, w.WAN, w.B} {
+		require.NoError(t, lab.Sysctl(ns, "net/ipv6/conf/all/forwarding", "1"))
+	}
+	for _, c := range []struct{ ns, dst string }{{w.WAN, "10.0.0.0/8"}, {w.B, "default"}} {
+		out, err := lab.Exec(c.ns, "ip", "route", "del", c.dst)
+		require.NoError(t, err, "%s", out)
+	}
+	require.NoError(t, lab.WaitReachable(w.B, aUnderlay6, 10*time.Second), "B reaches A's IPv6 underlay")
+	w.spec.Secure.Underlay, w.spec.Remote.Underlay = aUnderlay6, bUnderlay6
+	w.spec.Secure.Protected = []netip.Prefix{peerHost, peerHost6}
+	w.spec.Remote.Protected = []netip.Prefix{vmHost, vmHost6}
+}
+
+// A link whose ends reach each other only over IPv6 carries the
+// protected hosts of both families, both ways, encrypted: nothing
+// addressed to a protected address leaves the wan namespace on either
+// side (a clear packet of each family, sent from the wan on purpose, is
+// counted first), and none of the marker in clear. Activate again
+// announces the IPv6 addresses too (unsolicited neighbour
+// advertisements): the peer's and the VM's stale IPv6 entries switch to
+// the proxying hosts.
+func dualStackOverIPv6Underlay(t testing.TB, h Harness) {
+	w := newWorld(t, h)
+	w.dualStack(t)
+	ctx := t.Context()
+	addrCapture := func() func() int {
+		var cs []*lab.AddrCapture
+		for _, dev := range []string{"c0", "b0"} {
+			c, err := lab.StartAddrCapture(w.WAN, dev, protected46...)
+			require.NoError(t, err)
+			cs = append(cs, c)
+		}
+		return func() int {
+			n := 0
+			for _, c := range cs {
+				a, _ := c.Stop()
+				n += a
+			}
+			return n
+		}
+	}
+	// Control: the capture counts a clear packet of each family.
+	stop := addrCapture()
+	for _, r := range []struct{ dst, gw string }{{"10.1.0.10/32", "203.0.113.1"}, {"fd00:1::10/128", "fd01:2::1"}} {
+		require.NoError(t, lab.AddRoute(w.WAN, r.dst, r.gw, ""))
+	}
+	for _, dst := range []netip.Addr{lab.VMAddr, vm6} {
+		require.NoError(t, sendUDP(w.WAN, netip.AddrPortFrom(dst, 9), marker))
+	}
+	time.Sleep(100 * time.Millisecond)
+	require.GreaterOrEqual(t, stop(), 2, "control: the wan capture missed clear packets to the VM; its zero would prove nothing")
+	for _, dst := range []string{"10.1.0.10/32", "fd00:1::10/128"} {
+		out, err := lab.Exec(w.WAN, "ip", "route", "del", dst)
+		require.NoError(t, err, "%s", out)
+	}
+
+	s, r := w.open(t)
+	w.connect(t, s, r)
+	w.activate(t)
+	clear := addrCapture()
+	capt, err := lab.StartCapture(w.WAN, "b0", marker)
+	require.NoError(t, err)
+	require.NoError(t, lab.WaitReachable(w.Peer, vm6, 10*time.Second), "the peer reaches the VM over IPv6 through the link")
+	const n = 3
+	payload := append([]byte("payload "), marker...)
+	for _, d := range []struct {
+		from, to string
+		addr     netip.Addr
+	}{{w.Peer, w.vm, lab.VMAddr}, {w.vm, w.Peer, lab.PeerAddr}, {w.Peer, w.vm, vm6}, {w.vm, w.Peer, peer6}} {
+		udp, err := lab.StartUDPEcho(d.to, netip.AddrPortFrom(d.addr, 7002).String())
+		require.NoError(t, err)
+		got, _ := lab.SendUDP(d.from, netip.AddrPortFrom(d.addr, 7002).String(), payload, n)
+		udp.Close()
+		pings, _ := lab.Ping(d.from, d.addr, n, 2*time.Second)
+		assert.Equal(t, 2*n, got+pings, "%s -> %s through the link (UDP and ICMP)", d.from, d.addr)
+	}
+	st := capt.Stop()
+	assert.Zero(t, clear(), "frames addressed to protected addresses crossed the wan in clear")
+	assert.Zero(t, st.Marker, "frames with the marker in clear on the wan")
+	assert.Positive(t, st.ByProto[unix.IPPROTO_UDP]+st.ByProto[50], "the link's own packets on the wan")
+
+	// Activate again announces the IPv6 addresses.
+	const stale = "02:00:00:00:00:99"
+	cases := []struct{ ns, addr, proxy string }{{w.Peer, vm6.String(), w.A}, {w.vm, peer6.String(), w.B}}
+	for _, c := range cases {
+		out, err := lab.Exec(c.ns, "ip", "-6", "neigh", "replace", c.addr, "lladdr", stale, "dev", "eth0", "nud", "reachable")
+		require.NoError(t, err, "%s", out)
+	}
+	require.NoError(t, w.secure.Activate(ctx, w.spec.ID), "Activate an active end")
+	require.NoError(t, w.remote.Activate(ctx, w.spec.ID), "Activate an active end")
+	for _, c := range cases {
+		require.Eventually(t, func() bool {
+			out, err := lab.Exec(c.ns, "ip", "-6", "neigh", "show", c.addr, "dev", "eth0")
+			return err == nil && !strings.Contains(string(out), stale) && strings.Contains(string(out), "lladdr")
+		}, 2*time.Second, 20*time.Millisecond, "Activate again: %s's entry for %s still at the stale MAC", c.ns, c.addr)
+	}
+	n6, _ := lab.Ping(w.Peer, vm6, 2, time.Second)
+	assert.Equal(t, 2, n6, "the peer reaches the VM over IPv6 after the announcement")
+}
+
+// sendUDP sends one datagram from ns to dst.
+func sendUDP(ns string, dst netip.AddrPort, payload []byte) error {
+	return nsutil.Do(ns, func() error {
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write(payload)
+		return err
+	})
 }

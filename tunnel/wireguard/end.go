@@ -186,6 +186,11 @@ func (e *End) Open(ctx context.Context, spec tunnel.Spec, role tunnel.Role) (tun
 		return tunnel.EndState{}, err
 	}
 	me, other, r := mine(spec, role)
+	if spec.ProxyARP {
+		if err := proxyNDPReady(e.host, other.Protected); err != nil {
+			return tunnel.EndState{}, err
+		}
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if _, ok := e.ends[spec.ID]; ok {

@@ -123,6 +123,13 @@ func (l *Linker) check(spec tunnel.Spec) error {
 			return fmt.Errorf("%w: %s.Host %q: %w", tunnel.ErrInvalid, e.name, e.end.Host, err)
 		}
 	}
+	if spec.ProxyARP {
+		for _, e := range []struct{ host, other tunnel.End }{{spec.Secure, spec.Remote}, {spec.Remote, spec.Secure}} {
+			if err := proxyNDPReady(e.host.Host, e.other.Protected); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -14,6 +15,7 @@ import (
 	"github.com/sealift/sealift/internal/arp"
 
 	"github.com/sealift/sealift/internal/nsutil"
+	"github.com/sealift/sealift/tunnel"
 )
 
 // proxyEntry is a proxy neighbour entry (`ip neigh add proxy Addr dev
@@ -90,6 +92,27 @@ func planProxy(host, linkDev string, prefixes []netip.Prefix) (proxyPlan, error)
 		}
 	}
 	return plan, nil
+}
+
+// proxyNDPReady checks, for a link that proxies others at host, that
+// host forwards IPv6 if any of others is IPv6: the kernel answers proxy
+// NDP only on a forwarding host (and would not route the link's traffic
+// either), so without it the link's IPv6 hosts would be silently
+// unreachable. The link sets proxy_ndp itself, never forwarding.
+func proxyNDPReady(host string, others []netip.Prefix) error {
+	if !slices.ContainsFunc(others, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
+		return nil
+	}
+	const key = "net/ipv6/conf/all/forwarding"
+	v, err := readSysctl(host, key)
+	if err != nil {
+		return err
+	}
+	if v != "1" {
+		return fmt.Errorf("%w: ProxyARP for IPv6 hosts needs %s=1 at %s (it is %s): the kernel answers proxy NDP only when forwarding",
+			tunnel.ErrInvalid, strings.ReplaceAll(key, "/", "."), hostName(host), v)
+	}
+	return nil
 }
 
 func neighFamily(a netip.Addr) int {
@@ -205,8 +228,9 @@ func writeSysctl(host, key, val string) error {
 	return nil
 }
 
-// announceProxies sends a gratuitous ARP for every IPv4 proxy entry of
-// the link's ends, so neighbours that cached an address's old owner (the
+// announceProxies announces every proxy entry of the link's ends
+// (gratuitous ARP for IPv4, unsolicited neighbour advertisement for
+// IPv6), so neighbours that cached an address's old owner (the
 // VM's MAC at the secure end, a peer's MAC inside the moved VM) switch to
 // the proxy now instead of when their entry expires; and for the remote
 // end's own LAN addresses (End.MAC), so the moved VM's cached gateway MAC
@@ -216,7 +240,7 @@ func announceProxies(ends []endState) error {
 	for _, st := range ends {
 		all := make([]arp.Own, 0, len(st.Proxy)+len(st.Own))
 		for _, e := range st.Proxy {
-			all = append(all, arp.Own{Dev: e.Dev, Addr: e.Addr}) // IPv6: proxy NDP answers solicitations only
+			all = append(all, arp.Own{Dev: e.Dev, Addr: e.Addr})
 		}
 		errs = append(errs, arp.AnnounceAll(st.Host, append(all, st.Own...)))
 	}

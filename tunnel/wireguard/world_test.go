@@ -173,12 +173,25 @@ func (w *world) exchange(t testing.TB, payload []byte) {
 // exchangeWith is exchange with the VM in netns vm at vmAddr.
 func (w *world) exchangeWith(t testing.TB, vm string, vmAddr netip.Addr, payload []byte) {
 	t.Helper()
+	w.exchangeAt(t, vm, vmAddr, lab.PeerAddr, payload)
+}
+
+// exchange6 is exchange over IPv6 (the dual-stack world's addresses).
+func (w *world) exchange6(t testing.TB, payload []byte) {
+	t.Helper()
+	w.exchangeAt(t, w.vm, vmAddr6, peerAddr6, payload)
+}
+
+// exchangeAt is exchange with the VM in netns vm at vmAddr and the peer
+// at peerAddr.
+func (w *world) exchangeAt(t testing.TB, vm string, vmAddr, peerAddr netip.Addr, payload []byte) {
+	t.Helper()
 	const n = 10
 	peer := w.l.Peer
 	for _, d := range []struct {
 		from, to string
 		addr     netip.Addr
-	}{{peer, vm, vmAddr}, {vm, peer, lab.PeerAddr}} {
+	}{{peer, vm, vmAddr}, {vm, peer, peerAddr}} {
 		tcp, err := lab.StartTCPEcho(d.to, netip.AddrPortFrom(d.addr, 7001).String())
 		if err != nil {
 			t.Fatal(err)
@@ -327,3 +340,48 @@ func devState(t testing.TB, host, dev string) (up bool, routes []string, mtu int
 }
 
 func delNS(name string) error { return netns.DeleteNamed(name) }
+
+// IPv6 addresses of the dual-stack world: the VM and its peer share
+// fd00:1::/64 as they share 10.1.0.0/24; both hosts' br0 hold its gateway.
+var (
+	vmAddr6   = netip.MustParseAddr("fd00:1::10")
+	peerAddr6 = netip.MustParseAddr("fd00:1::20")
+	gateway6  = netip.MustParseAddr("fd00:1::1")
+	vmHost6   = netip.PrefixFrom(vmAddr6, 128)
+	peerHost6 = netip.PrefixFrom(peerAddr6, 128)
+)
+
+// dualStack gives the world IPv6 on the VM's LAN (fd00:1::/64 on both
+// hosts' br0, the VM and the peer, default routes via fd00:1::1) and
+// turns IPv6 forwarding on at A and B, as ip_forward is for IPv4 (the
+// kernel answers proxy NDP only on a forwarding interface).
+func (w *world) dualStack(t testing.TB) {
+	t.Helper()
+	l := w.l
+	for _, a := range []struct{ ns, dev, addr string }{
+		{l.A, "br0", "fd00:1::1/64"}, {l.B, "br0", "fd00:1::1/64"},
+		{w.vm, "eth0", "fd00:1::10/64"}, {l.Peer, "eth0", "fd00:1::20/64"},
+	} {
+		if err := lab.AddAddr(a.ns, a.dev, a.addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ns := range []string{w.vm, l.Peer} {
+		if err := lab.AddRoute(ns, "::/0", gateway6.String(), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ns := range []string{l.A, l.B} {
+		if err := lab.Sysctl(ns, "net/ipv6/conf/all/forwarding", "1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// spec6 is spec with both ends' IPv6 hosts protected too.
+func (w *world) spec6() tunnel.Spec {
+	s := w.spec()
+	s.Secure.Protected = append(s.Secure.Protected, peerHost6)
+	s.Remote.Protected = append(s.Remote.Protected, vmHost6)
+	return s
+}
