@@ -87,25 +87,18 @@ func Missing(t testing.TB, what string) {
 }
 
 // NewPrefix returns a short unique prefix "sl" + 6 hex digits.
-func NewPrefix() string { return NewPrefixFrom("sl") }
-
-// NewPrefixFrom returns a short unique prefix: base + 6 hex digits.
-func NewPrefixFrom(base string) string {
+func NewPrefix() string {
 	b := make([]byte, 3)
 	if _, err := rand.Read(b); err != nil {
 		panic(err)
 	}
-	return base + hex.EncodeToString(b)
+	return "sl" + hex.EncodeToString(b)
 }
 
 // New builds the reference topology; t.Cleanup removes it.
-func New(t TB) *Lab { return NewWithPrefix(t, NewPrefix()) }
-
-// NewWithPrefix builds the reference topology with namespaces named
-// p-a, p-core...; t.Cleanup removes it. p must be unique on the machine
-// (NewPrefixFrom makes one).
-func NewWithPrefix(t TB, p string) *Lab {
+func New(t TB) *Lab {
 	t.Helper()
+	p := NewPrefix()
 	l := &Lab{Prefix: p, A: p + "-a", Core: p + "-core", WAN: p + "-wan", B: p + "-b",
 		VM: p + "-vm", Peer: p + "-peer", Peer2: p + "-peer2"}
 	t.Cleanup(l.Close)
