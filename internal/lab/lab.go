@@ -86,13 +86,19 @@ func Missing(t testing.TB, what string) {
 	t.Skipf("missing dependency: %s", what)
 }
 
-// NewPrefix returns a short unique prefix "sl" + 6 hex digits.
+// NewPrefix returns a short unique prefix: $SEALIFT_LAB_PREFIX (at most
+// 4 characters; "sl" when unset or longer) + 6 hex digits, so sessions
+// sharing a machine can tell their namespaces apart.
 func NewPrefix() string {
 	b := make([]byte, 3)
 	if _, err := rand.Read(b); err != nil {
 		panic(err)
 	}
-	return "sl" + hex.EncodeToString(b)
+	p := os.Getenv("SEALIFT_LAB_PREFIX")
+	if p == "" || len(p) > 4 {
+		p = "sl"
+	}
+	return p + hex.EncodeToString(b)
 }
 
 // New builds the reference topology; t.Cleanup removes it.
