@@ -1,6 +1,7 @@
-// Package arp sends gratuitous ARP announcements from a host's LAN
-// interface: the secure-link backends use it so neighbours with a stale
-// entry switch to a proxy ARP answer at once.
+// Package arp sends gratuitous ARP announcements (IPv4) and unsolicited
+// neighbour advertisements (IPv6) from a host's LAN interface: the
+// secure-link backends use it so neighbours with a stale entry switch to
+// a proxy's answer at once.
 package arp
 
 import (
@@ -16,10 +17,11 @@ import (
 	"github.com/sealift/sealift/internal/nsutil"
 )
 
-// Announce sends a gratuitous ARP request for ip from the LAN interface
-// ifindex of host, so neighbours with a stale entry (the VM's old MAC at
-// the secure end, the peers' MACs inside the moved VM) switch to this
-// host's proxy at once instead of after their ARP entry expires.
+// Announce sends a gratuitous ARP request for ip (IPv4), or an unsolicited
+// neighbour advertisement with the Override flag (IPv6), from the LAN
+// interface ifindex of host, so neighbours with a stale entry (the VM's
+// old MAC at the secure end, the peers' MACs inside the moved VM) switch
+// to this host's proxy at once instead of after their entry expires.
 func Announce(host string, ifindex int, ip netip.Addr) error {
 	return nsutil.Do(host, func() error {
 		ifi, err := net.InterfaceByIndex(ifindex)
@@ -30,9 +32,10 @@ func Announce(host string, ifindex int, ip netip.Addr) error {
 	})
 }
 
-// announceOn sends a gratuitous ARP for ips[i] from ifis[i] (in the
-// calling thread's namespace) through one packet socket; interfaces that
-// are not Ethernet are skipped. It tries every pair.
+// announceOn announces ips[i] from ifis[i] (in the calling thread's
+// namespace) through one packet socket: a gratuitous ARP for an IPv4
+// address, an unsolicited neighbour advertisement for an IPv6 one;
+// interfaces that are not Ethernet are skipped. It tries every pair.
 func announceOn(host string, ifis []*net.Interface, ips []netip.Addr) error {
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -47,22 +50,31 @@ func announceOn(host string, ifis []*net.Interface, ips []netip.Addr) error {
 		if len(ifi.HardwareAddr) != 6 {
 			continue // not Ethernet: nothing to announce
 		}
-		f := garpFrame(ifi.HardwareAddr, ips[i])
-		to := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Protocol: htons(unix.ETH_P_ARP), Halen: 6}
+		ip := ips[i].Unmap()
+		var f []byte
+		proto, what := uint16(unix.ETH_P_ARP), "gratuitous ARP"
+		if ip.Is6() {
+			f = naFrame(ifi.HardwareAddr, naSource(ifi, ip), ip, ownRouter(ifi, ip))
+			proto, what = unix.ETH_P_IPV6, "unsolicited neighbour advertisement"
+		} else {
+			f = garpFrame(ifi.HardwareAddr, ip)
+		}
+		to := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Protocol: htons(proto), Halen: 6}
 		copy(to.Addr[:], f[0:6])
 		if err := unix.Sendto(fd, f, 0, to); err != nil {
-			errs = append(errs, fmt.Errorf("arp: host %q: gratuitous ARP for %s on %s: %w", host, ips[i], ifi.Name, err))
+			errs = append(errs, fmt.Errorf("arp: host %q: %s for %s on %s: %w", host, what, ip, ifi.Name, err))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// AnnounceAll sends a gratuitous ARP for each IPv4 address of addrs from
-// its interface of host, with one namespace switch and one socket;
-// IPv6 addresses are skipped. It tries every address and returns the
+// AnnounceAll announces each address of addrs from its interface of host
+// as Announce does (gratuitous ARP for IPv4, unsolicited neighbour
+// advertisement for IPv6), with one namespace switch and one socket.
+// Invalid addresses are skipped. It tries every address and returns the
 // errors joined.
 func AnnounceAll(host string, addrs []Own) error {
-	if !slices.ContainsFunc(addrs, func(o Own) bool { return o.Addr.Is4() }) {
+	if !slices.ContainsFunc(addrs, func(o Own) bool { return o.Addr.IsValid() }) {
 		return nil
 	}
 	return nsutil.Do(host, func() error {
@@ -70,7 +82,7 @@ func AnnounceAll(host string, addrs []Own) error {
 		var ips []netip.Addr
 		var errs []error
 		for _, o := range addrs {
-			if !o.Addr.Is4() {
+			if !o.Addr.IsValid() {
 				continue
 			}
 			ifi, err := net.InterfaceByName(o.Dev)
@@ -84,7 +96,7 @@ func AnnounceAll(host string, addrs []Own) error {
 	})
 }
 
-// garpFrame is a broadcast ARP request with sender = target = ip.
+// garpFrame is a broadcast ARP request with sender = target = ip (IPv4).
 func garpFrame(mac net.HardwareAddr, ip netip.Addr) []byte {
 	f := make([]byte, 14+28)
 	copy(f[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})

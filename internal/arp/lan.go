@@ -47,7 +47,8 @@ type Own struct {
 // PlanLAN finds, for each single-address prefix of addrs, the interface
 // host reaches it on-link by (not skip, the link's own device, and not
 // loopback), and returns a neighbour entry for it at mac there, and the
-// host's own IPv4 addresses on that interface whose subnet holds it.
+// host's own addresses of its family on that interface whose subnet holds
+// it (announced by gratuitous ARP or unsolicited neighbour advertisement).
 // Addresses reached through a gateway, or not at all, are skipped: the
 // VM does not live on this host's LAN.
 func PlanLAN(host, skip string, addrs []netip.Prefix, mac net.HardwareAddr) (neigh []Neighbour, own []Own, err error) {
@@ -75,10 +76,11 @@ func PlanLAN(host, skip string, addrs []netip.Prefix, mac net.HardwareAddr) (nei
 			continue
 		}
 		neigh = append(neigh, Neighbour{Dev: dev, Addr: a, MAC: mac.String()})
-		if !a.Is4() {
-			continue // IPv6: unsolicited neighbour advertisements are not sent yet
+		fam := netlink.FAMILY_V4
+		if a.Is6() {
+			fam = netlink.FAMILY_V6
 		}
-		list, err := h.AddrList(l, netlink.FAMILY_V4)
+		list, err := h.AddrList(l, fam)
 		if err != nil {
 			return nil, nil, fmt.Errorf("arp: host %q: addresses of %s: %w", host, dev, err)
 		}
