@@ -2,8 +2,10 @@ package wireguard
 
 import (
 	"context"
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sealift/sealift/internal/lab"
 )
@@ -129,5 +131,55 @@ func TestActivateReadiesTargetLAN(t *testing.T) {
 		// The VM's own traffic may have confirmed it (REACHABLE): then it
 		// is the kernel's, learnt, not ours.
 		t.Errorf("after Close B still has %q", got)
+	}
+}
+
+// TestActivateAnnouncesProxiesIPv6: with IPv6 hosts protected, Activate
+// sends unsolicited neighbour advertisements for the proxied addresses
+// (proxy NDP alone only answers solicitations): the peer's entry for the
+// VM's old MAC and the moved VM's entries for the peer and for its
+// gateway switch to the proxying hosts' MACs at once; then ICMPv6 flows
+// peer <-> VM through the link.
+func TestActivateAnnouncesProxiesIPv6(t *testing.T) {
+	w := newWorld(t)
+	w.dualStack(t)
+	lk := testLinker(t, nil, WithBackend(Userspace))
+	spec := w.spec6()
+	spec.Remote.MAC = macOf(t, w.vm, "eth0")
+	ctx := context.Background()
+	if _, err := lk.Prepare(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	closeOnCleanup(t, lk, spec.ID)
+	const stale = "02:00:00:00:00:99"
+	cases := []struct{ ns, addr, proxy string }{
+		{w.l.Peer, vmAddr6.String(), w.l.A},
+		{w.vm, peerAddr6.String(), w.l.B},
+		{w.vm, gateway6.String(), w.l.B},
+	}
+	for _, c := range cases {
+		if out, err := lab.Exec(c.ns, "ip", "-6", "neigh", "replace", c.addr, "lladdr", stale, "dev", "eth0", "nud", "reachable"); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+	}
+	if err := lk.Activate(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		out, err := lab.Exec(c.ns, "ip", "-6", "neigh", "show", c.addr, "dev", "eth0")
+		if err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		if mac := macOf(t, c.proxy, "br0"); !strings.Contains(string(out), mac) {
+			t.Errorf("after Activate %s's entry for %s is %q, want %s's br0 MAC %s", c.ns, c.addr, strings.TrimSpace(string(out)), c.proxy, mac)
+		}
+	}
+	for _, d := range []struct {
+		from string
+		to   netip.Addr
+	}{{w.l.Peer, vmAddr6}, {w.vm, peerAddr6}} {
+		if n, err := lab.Ping(d.from, d.to, 5, 2*time.Second); n != 5 {
+			t.Errorf("ping6 %s -> %s through the link: %d/5 (%v)", d.from, d.to, n, err)
+		}
 	}
 }

@@ -243,8 +243,9 @@ func writeSysctl(host, key, val string) error {
 	return nil
 }
 
-// announceProxies sends a gratuitous ARP for every IPv4 proxy entry of
-// the link's ends, so neighbours that cached an address's old owner (the
+// announceProxies announces every proxy entry of the link's ends
+// (gratuitous ARP for IPv4, unsolicited neighbour advertisement for
+// IPv6), so neighbours that cached an address's old owner (the
 // VM's MAC at the secure end, a peer's MAC inside the moved VM) switch to
 // the proxy now instead of when their entry expires; and for the remote
 // end's own LAN addresses (End.MAC), so the moved VM's cached gateway MAC
@@ -254,7 +255,7 @@ func announceProxies(ends []endState) error {
 	for _, st := range ends {
 		all := make([]arp.Own, 0, len(st.Proxy)+len(st.Own))
 		for _, e := range st.Proxy {
-			all = append(all, arp.Own{Dev: e.Dev, Addr: e.Addr}) // IPv6: proxy NDP answers solicitations only
+			all = append(all, arp.Own{Dev: e.Dev, Addr: e.Addr})
 		}
 		errs = append(errs, arp.AnnounceAll(st.Host, append(all, st.Own...)))
 	}

@@ -327,3 +327,48 @@ func devState(t testing.TB, host, dev string) (up bool, routes []string, mtu int
 }
 
 func delNS(name string) error { return netns.DeleteNamed(name) }
+
+// IPv6 addresses of the dual-stack world: the VM and its peer share
+// fd00:1::/64 as they share 10.1.0.0/24; both hosts' br0 hold its gateway.
+var (
+	vmAddr6   = netip.MustParseAddr("fd00:1::10")
+	peerAddr6 = netip.MustParseAddr("fd00:1::20")
+	gateway6  = netip.MustParseAddr("fd00:1::1")
+	vmHost6   = netip.PrefixFrom(vmAddr6, 128)
+	peerHost6 = netip.PrefixFrom(peerAddr6, 128)
+)
+
+// dualStack gives the world IPv6 on the VM's LAN (fd00:1::/64 on both
+// hosts' br0, the VM and the peer, default routes via fd00:1::1) and
+// turns IPv6 forwarding on at A and B, as ip_forward is for IPv4 (the
+// kernel answers proxy NDP only on a forwarding interface).
+func (w *world) dualStack(t testing.TB) {
+	t.Helper()
+	l := w.l
+	for _, a := range []struct{ ns, dev, addr string }{
+		{l.A, "br0", "fd00:1::1/64"}, {l.B, "br0", "fd00:1::1/64"},
+		{w.vm, "eth0", "fd00:1::10/64"}, {l.Peer, "eth0", "fd00:1::20/64"},
+	} {
+		if err := lab.AddAddr(a.ns, a.dev, a.addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ns := range []string{w.vm, l.Peer} {
+		if err := lab.AddRoute(ns, "::/0", gateway6.String(), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ns := range []string{l.A, l.B} {
+		if err := lab.Sysctl(ns, "net/ipv6/conf/all/forwarding", "1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// spec6 is spec with both ends' IPv6 hosts protected too.
+func (w *world) spec6() tunnel.Spec {
+	s := w.spec()
+	s.Secure.Protected = append(s.Secure.Protected, peerHost6)
+	s.Remote.Protected = append(s.Remote.Protected, vmHost6)
+	return s
+}
