@@ -31,6 +31,9 @@ type Result struct {
 	BaselineBlackoutMS   float64  `json:"baseline_blackout_ms"`
 	BlackoutRatio        float64  `json:"blackout_ratio"`
 	TrafficAfterResumeMS *float64 `json:"traffic_after_resume_ms"`
+	// BlackoutV6MS: the first migration's blackout seen by the peers'
+	// IPv6 pings (-ipv6), measured as BlackoutMS is.
+	BlackoutV6MS *float64 `json:"blackout_v6_ms,omitempty"`
 
 	Baselines  []BaselineResult  `json:"baselines"`
 	Migrations []MigrationResult `json:"migrations"`
@@ -42,9 +45,37 @@ type Result struct {
 	Unreachable      []string `json:"unreachable,omitempty"`
 	CounterContinued bool     `json:"counter_continued"`
 	Journal          string   `json:"journal"` // "ok" or what is wrong
+	// IPv6 (-ipv6): what the peers saw of the guests over IPv6.
+	IPv6 *IPv6Result `json:"ipv6,omitempty"`
 	// Diagnostics, when something failed: what B's hypervisor, kernel and
 	// the guests' consoles say.
 	Diagnostics map[string]string `json:"diagnostics,omitempty"`
+}
+
+// IPv6Result is the dual-stack run's IPv6 side, measured as the IPv4
+// one is.
+type IPv6Result struct {
+	// PeersReachAll: every peer's IPv6 pings to every guest were answered
+	// in the last 300 ms after the migrations.
+	PeersReachAll bool     `json:"peers_reach_all"`
+	Unreachable   []string `json:"unreachable,omitempty"`
+	// Paths: per peer, its IPv6 echoes with the moved guest, counted for
+	// a second after the migrations at B's forward hook by the way they
+	// took (through the link's device, or any secure device of B's, or
+	// not).
+	Paths []EchoPath `json:"paths"`
+	// Audit: the IPv6 plaintext session's new connection after the reset,
+	// judged by its path at B.
+	Audit *AuditResult `json:"audit,omitempty"`
+}
+
+// EchoPath is one peer's IPv6 pings to the moved guest at B.
+type EchoPath struct {
+	Peer    string `json:"peer"`
+	ViaLink uint64 `json:"via_link_packets"`
+	Other   uint64 `json:"other_path_packets"`
+	Secure  bool   `json:"secure"`
+	Detail  string `json:"detail,omitempty"`
 }
 
 // Verdict is one check of the run.
@@ -116,8 +147,10 @@ type WANResult struct {
 	// After the control: frames with a guest's or a peer subnet's address
 	// in any IP header, with the marker, of no expected kind.
 	PlaintextByAddress int `json:"plaintext_by_address"`
-	PlaintextByMarker  int `json:"plaintext_by_marker"`
-	Unknown            int `json:"unknown"`
+	// PlaintextByAddressV6: those of them whose watched address is IPv6.
+	PlaintextByAddressV6 int `json:"plaintext_by_address_v6"`
+	PlaintextByMarker    int `json:"plaintext_by_marker"`
+	Unknown              int `json:"unknown"`
 	Dropped            int `json:"dropped"`
 	// Control: one marked packet from a peer's address sent in clear
 	// across the wan on purpose before any link exists; both counts must
@@ -184,6 +217,10 @@ type MigrationResult struct {
 	RedirectRemoved     bool     `json:"redirect_removed"`
 	RedirectRemovalLost int      `json:"redirect_removal_lost"`
 	Blackout            Blackout `json:"blackout"`
+	// Blackout6 and TrafficAfterResume6MS: the same, by the peers' IPv6
+	// pings (-ipv6).
+	Blackout6             *Blackout `json:"blackout_v6,omitempty"`
+	TrafficAfterResume6MS *float64  `json:"traffic_after_resume_v6_ms,omitempty"`
 	// ReleasedPackets: packets A's fence held during the switchover and
 	// sent on through the link (migration.Report.Released).
 	ReleasedPackets int `json:"released_packets"`
@@ -206,6 +243,12 @@ func scenario(o Options) string {
 	}
 	if o.Remote {
 		s += ", remote (an agent per host)"
+	}
+	if o.IPv6 {
+		s += ", dual-stack"
+	}
+	if o.WAN6 {
+		s += ", IPv6-only wan"
 	}
 	if o.Kill != "" {
 		if o.Kill == "controller" && o.Standby {
@@ -391,6 +434,10 @@ func (r *Result) Text() string {
 			m.Migration.TotalMS, m.Migration.DowntimeMS, m.Migration.HookMS, mib(m.Migration.Bytes))
 		fmt.Fprintf(&b, "  peers: blackout %.1f ms (no reply arriving), %d late replies (max RTT %.1f ms), %d of %d lost; traffic %s after resume\n",
 			m.Blackout.MS, m.Blackout.LateReplies, m.Blackout.MaxRTTMS, m.Blackout.Lost, m.Blackout.Sent, fmtMS(m.TrafficAfterResumeMS))
+		if b6 := m.Blackout6; b6 != nil {
+			fmt.Fprintf(&b, "  peers over IPv6: blackout %.1f ms (no reply arriving), %d late replies (max RTT %.1f ms), %d of %d lost; traffic %s after resume\n",
+				b6.MS, b6.LateReplies, b6.MaxRTTMS, b6.Lost, b6.Sent, fmtMS(m.TrafficAfterResume6MS))
+		}
 		if m.ReleasedPackets > 0 {
 			fmt.Fprintf(&b, "  %d packets to the VM held at A during the switchover, sent on through the link\n", m.ReleasedPackets)
 		}
@@ -421,9 +468,20 @@ func (r *Result) Text() string {
 		fmt.Fprintf(&b, "audit: kept %v, reset %v\ncame back secure (by path at B: %d packets via the link, %d by another way): %v (%s)\n",
 			r.Audit.Kept, r.Audit.Reset, r.Audit.ViaLinkPackets, r.Audit.OtherPackets, r.Audit.ReestablishedSecure, r.Audit.Reestablished)
 	}
+	if v := r.IPv6; v != nil {
+		fmt.Fprintf(&b, "IPv6: every peer reaches every guest: %v %v\n", v.PeersReachAll, v.Unreachable)
+		for _, p := range v.Paths {
+			fmt.Fprintf(&b, "  IPv6 echoes %s <-> the moved guest at B: %d packets via the link, %d by another way (%s)\n", p.Peer, p.ViaLink, p.Other, p.Detail)
+		}
+		if a := v.Audit; a != nil {
+			fmt.Fprintf(&b, "  IPv6 session came back secure (by path at B: %d packets via the link, %d by another way): %v (%s)\n",
+				a.ViaLinkPackets, a.OtherPackets, a.ReestablishedSecure, a.Reestablished)
+		}
+	}
 	wn := r.WAN
-	fmt.Fprintf(&b, "wan: %d frames %v; control seen by address %d, by marker %d; after it: plaintext by address %d, by marker %d, unknown %d; dropped %d\n",
-		wn.Frames, wn.ByKind, wn.ControlByAddress, wn.ControlByMarker, wn.PlaintextByAddress, wn.PlaintextByMarker, wn.Unknown, wn.Dropped)
+	fmt.Fprintf(&b, "wan: %d frames %v; control seen by address %d, by marker %d; after it: plaintext by address %d (IPv4 %d, IPv6 %d), by marker %d, unknown %d; dropped %d\n",
+		wn.Frames, wn.ByKind, wn.ControlByAddress, wn.ControlByMarker, wn.PlaintextByAddress, wn.PlaintextByAddress-wn.PlaintextByAddressV6, wn.PlaintextByAddressV6,
+		wn.PlaintextByMarker, wn.Unknown, wn.Dropped)
 	if wn.Error != "" {
 		fmt.Fprintf(&b, "wan capture: %s\n", wn.Error)
 	}

@@ -61,6 +61,9 @@ func (r *Result) judge(runErr error, o Options) {
 		add("subnet moved and redirect removed", last.SubnetMoved && last.RedirectRemoved, "moved %v removed %v", last.SubnetMoved, last.RedirectRemoved)
 		add("no ping lost removing the redirect", last.RedirectRemovalLost == 0, "%d lost", last.RedirectRemovalLost)
 	}
+	if o.IPv6 {
+		r.judgeIPv6(add)
+	}
 	if o.Remote && o.Kill == "" {
 		r.judgeMetrics(add)
 		c := r.Controller
@@ -79,4 +82,42 @@ func (r *Result) judge(runErr error, o Options) {
 	for _, v := range r.Verdicts {
 		r.Pass = r.Pass && v.OK
 	}
+}
+
+// judgeIPv6 adds the dual-stack run's IPv6 verdicts, judged as the IPv4
+// ones are: by replies that arrived, by the path packets took at B, by
+// frames on the wan.
+func (r *Result) judgeIPv6(add func(string, bool, string, ...any)) {
+	add("no plaintext by address, IPv6", r.WAN.PlaintextByAddressV6 == 0, "%d frames with a guest's or peer's IPv6 address in clear", r.WAN.PlaintextByAddressV6)
+	for _, m := range r.Migrations {
+		b := m.Blackout6
+		add("IPv6 pings measured "+m.VM, b != nil && b.Sent > 0 && b.Sent > b.Lost, "%v", func() any {
+			if b == nil {
+				return "no IPv6 pinger"
+			}
+			return fmt.Sprintf("%d sent, %d lost", b.Sent, b.Lost)
+		}())
+	}
+	v := r.IPv6
+	if v == nil {
+		add("IPv6 judged", false, "the run did not get as far as judging IPv6")
+		return
+	}
+	add("every peer reaches every guest by IPv6", v.PeersReachAll, "unreachable: %v", v.Unreachable)
+	add("IPv6 paths judged", len(v.Paths) > 0, "%d peers", len(v.Paths))
+	for _, p := range v.Paths {
+		add("IPv6 from "+p.Peer+" over the link, by path", p.Secure, "%d packets via the link, %d by another way: %s", p.ViaLink, p.Other, p.Detail)
+	}
+	var reset bool
+	for _, c := range r.Audit.Reset {
+		reset = reset || strings.HasPrefix(c, "tcp [fd00:1::10]:7777->")
+	}
+	add("IPv6 plaintext session reset", reset, "reset %v", r.Audit.Reset)
+	a := v.Audit
+	add("IPv6 session came back secure, by path", a != nil && a.ReestablishedSecure, "%v", func() any {
+		if a == nil {
+			return "no IPv6 session"
+		}
+		return a.Reestablished
+	}())
 }

@@ -31,6 +31,7 @@ import (
 var (
 	vm2Addr    = netip.MustParseAddr("10.1.0.11")
 	unusedAddr = netip.MustParseAddr("10.1.0.12")  // in the moved subnet, no VM
+	vm2Addr6   = netip.MustParseAddr("fd00:1::11")
 	coreSite   = netip.MustParseAddr("100.64.0.1") // core's end of the operator's site link
 	bSite      = netip.MustParseAddr("100.64.0.2") // B's end: the proper route's next hop
 	siteLinkID = "site"
@@ -46,8 +47,8 @@ var (
 	basePeer   = netip.MustParseAddr("10.9.0.20")
 	baseUnderA = netip.MustParseAddr("10.254.1.1")
 	baseUnderB = netip.MustParseAddr("10.254.2.1")
-	baseTLS    = vmSpec{"basetls", netip.MustParseAddr("10.9.0.10"), baseNet, baseGW, "br9"}
-	basePlain  = vmSpec{"baseplain", netip.MustParseAddr("10.9.0.11"), baseNet, baseGW, "br9"}
+	baseTLS    = vmSpec{name: "basetls", addr: netip.MustParseAddr("10.9.0.10"), subnet: baseNet, gw: baseGW, bridge: "br9"}
+	basePlain  = vmSpec{name: "baseplain", addr: netip.MustParseAddr("10.9.0.11"), subnet: baseNet, gw: baseGW, bridge: "br9"}
 )
 
 // vmSpec is one guest of the lab.
@@ -57,14 +58,46 @@ type vmSpec struct {
 	subnet netip.Prefix
 	gw     netip.Addr
 	bridge string
+	// addr6: the guest's IPv6 address in lab.VMSubnet6 (dual-stack
+	// guests, -ipv6), gateway lab.Gateway6; invalid for IPv4 only.
+	addr6 netip.Addr
 }
 
-func secureVM(name string, a netip.Addr) vmSpec {
-	return vmSpec{name, a, lab.VMSubnet, lab.Gateway, "br0"}
+// secureVM is a guest on br0; a6 is its IPv6 address (invalid: IPv4 only).
+func secureVM(name string, a, a6 netip.Addr) vmSpec {
+	return vmSpec{name: name, addr: a, subnet: lab.VMSubnet, gw: lab.Gateway, bridge: "br0", addr6: a6}
 }
 
 func (v vmSpec) net(tap string) guest.Net {
-	return guest.Net{Addr: netip.PrefixFrom(v.addr, v.subnet.Bits()), Gateway: v.gw, MAC: guest.MAC(v.addr), Tap: tap, Bridge: v.bridge}
+	n := guest.Net{Addr: netip.PrefixFrom(v.addr, v.subnet.Bits()), Gateway: v.gw, MAC: guest.MAC(v.addr), Tap: tap, Bridge: v.bridge}
+	if v.addr6.IsValid() {
+		n.Addr6, n.Gateway6 = netip.PrefixFrom(v.addr6, lab.VMSubnet6.Bits()), lab.Gateway6
+	}
+	return n
+}
+
+// underA, underCore and underB are A's, the core's and B's underlay
+// addresses: the link's endpoints and the migration stream's (IPv6 with
+// -wan6, the wan being IPv6 only).
+func (w *world) underA() netip.Addr {
+	if w.opts.WAN6 {
+		return lab.AUplink6
+	}
+	return lab.AUplink
+}
+
+func (w *world) underCore() netip.Addr {
+	if w.opts.WAN6 {
+		return lab.CoreWAN6
+	}
+	return lab.CoreWAN
+}
+
+func (w *world) underB() netip.Addr {
+	if w.opts.WAN6 {
+		return lab.BUnderlay6
+	}
+	return lab.BUnderlay
 }
 
 // world is the built lab: topology, guests and the real backends.
@@ -117,15 +150,29 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 		}
 		os.RemoveAll(w.dir)
 	})
-	w.vms = []vmSpec{secureVM("vm1", lab.VMAddr)}
+	var a6, a62 netip.Addr
+	if o.IPv6 {
+		a6, a62 = lab.VMAddr6, vm2Addr6
+	}
+	w.vms = []vmSpec{secureVM("vm1", lab.VMAddr, a6)}
 	if o.Subnet {
-		w.vms = append(w.vms, secureVM("vm2", vm2Addr))
+		w.vms = append(w.vms, secureVM("vm2", vm2Addr, a62))
 	}
 	log.Info("building the guest image (Debian kernel + busybox + agent)")
 	if w.img, err = guest.Build(ctx, guest.WithLogger(log)); err != nil {
 		return nil, err
 	}
-	w.l = lab.New(t)
+	base := o.NSPrefix
+	if base == "" {
+		base = "sl"
+	}
+	w.l = lab.NewWithPrefix(t, lab.NewPrefixFrom(base))
+	if o.NSPrefix != "" && o.NSPrefix != "sl" {
+		// The site VPN's WireGuard devices are named after its link ID,
+		// and their UAPI sockets are host-wide: another lab on the machine
+		// must not share them.
+		siteLinkID = w.l.Prefix
+	}
 	// The guests replace the reference topology's stand-in VM endpoint.
 	if err := netns.DeleteNamed(w.l.VM); err != nil {
 		return nil, err
@@ -133,14 +180,19 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 	if err := w.topology(); err != nil {
 		return nil, err
 	}
+	if o.IPv6 || o.WAN6 {
+		if err := w.l.DualStack(o.WAN6); err != nil {
+			return nil, fmt.Errorf("dual-stack topology: %w", err)
+		}
+	}
 	if err := w.baselineNet(); err != nil {
 		return nil, fmt.Errorf("baseline network: %w", err)
 	}
 	// The wan, every interface, from here to the end of the run: each
 	// packet counted once, where it entered the untrusted network.
 	if w.wan, err = lab.StartCaptureWith(w.l.WAN, lab.CaptureOptions{IngressOnly: true, Marker: marker,
-		Classify: &lab.Classifier{Watch: []netip.Prefix{lab.VMSubnet, lab.Peer2Net},
-			Underlay: []netip.Addr{lab.AUplink, lab.CoreWAN, lab.BUnderlay}}}); err != nil {
+		Classify: &lab.Classifier{Watch: []netip.Prefix{lab.VMSubnet, lab.Peer2Net, lab.VMSubnet6, lab.Peer2Net6},
+			Underlay: []netip.Addr{lab.AUplink, lab.CoreWAN, lab.BUnderlay, lab.AUplink6, lab.CoreWAN6, lab.BUnderlay6}}}); err != nil {
 		return nil, err
 	}
 	t.Cleanup(func() { w.wan.Stop() })
@@ -148,7 +200,7 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 	// libvirt's daemons share one directory; QEMU hosts get credentials
 	// of their own (one CA), so each target accepts the stream from the
 	// source host alone (hypervisor.VM.Identity, QEMU's tls-authz).
-	migAddrs := []netip.Addr{lab.AUplink, lab.BUnderlay, baseUnderA, baseUnderB}
+	migAddrs := []netip.Addr{lab.AUplink, lab.BUnderlay, baseUnderA, baseUnderB, lab.AUplink6, lab.BUnderlay6}
 	w.tlsDir = filepath.Join(w.dir, "tls")
 	if err := migtls.NewDir(w.tlsDir, migAddrs); err != nil {
 		return w, err
@@ -308,11 +360,11 @@ func (w *world) backends(ctx context.Context, t lab.TB) error {
 	w.audit = conntrack.New(conntrack.WithHost(l.B), conntrack.WithLogger(w.log))
 	secure := migration.Environment{
 		Hypervisor: w.hv.a, Fencer: nft.New(nft.WithHost(l.A), nft.WithLogger(w.log)),
-		Auditor: conntrack.New(conntrack.WithHost(l.A)), Host: l.A, Underlay: lab.AUplink,
+		Auditor: conntrack.New(conntrack.WithHost(l.A)), Host: l.A, Underlay: w.underA(),
 	}
 	cloud := migration.Environment{
 		Hypervisor: w.hv.b, Fencer: nft.New(nft.WithHost(l.B), nft.WithLogger(w.log)),
-		Auditor: w.audit, Host: l.B, Underlay: lab.BUnderlay,
+		Auditor: w.audit, Host: l.B, Underlay: w.underB(),
 	}
 	if w.opts.Subnet {
 		site, err := w.siteLink(ctx)
@@ -326,7 +378,7 @@ func (w *world) backends(ctx context.Context, t lab.TB) error {
 	}
 	// The Migrator watches the core's kernel routing table (what really
 	// forwards), which BGP feeds in the subnet scenario.
-	secure.Core = &migration.Core{Host: l.Core, Underlay: lab.CoreWAN,
+	secure.Core = &migration.Core{Host: l.Core, Underlay: w.underCore(),
 		Routing: netlinkroute.New(netlinkroute.WithHost(l.Core), netlinkroute.WithLogger(w.log))}
 	w.cfg = migration.Config{
 		Environments: map[string]migration.Environment{"secure": secure, "cloud": cloud},
@@ -343,9 +395,9 @@ func (w *world) backends(ctx context.Context, t lab.TB) error {
 func (w *world) siteLink(ctx context.Context) (tunnel.Link, error) {
 	l := w.l
 	spec := tunnel.Spec{ID: siteLinkID, Kind: tunnel.WireGuard, NoSecureRoutes: true,
-		Secure: tunnel.End{Host: l.Core, Underlay: lab.CoreWAN,
+		Secure: tunnel.End{Host: l.Core, Underlay: w.underCore(),
 			Protected: []netip.Prefix{lab.Peer2Net, netip.PrefixFrom(coreSite, 32)}},
-		Remote: tunnel.End{Host: l.B, Underlay: lab.BUnderlay,
+		Remote: tunnel.End{Host: l.B, Underlay: w.underB(),
 			Protected: []netip.Prefix{lab.VMSubnet, netip.PrefixFrom(bSite, 32)}},
 	}
 	site, err := w.wg.Prepare(ctx, spec)
