@@ -190,6 +190,8 @@ func checkIPv6(t *testing.T, r map[string]any) {
 	wan := r["wan"].(map[string]any)
 	assert.EqualValues(t, 0, wan["plaintext_by_address_v6"], "IPv6 plaintext by address")
 	assert.EqualValues(t, 0, wan["plaintext_by_address"], "plaintext by address, both families")
+	assert.EqualValues(t, 1, wan["control_v6_by_address"], "the IPv6 control leak, by the IPv6 count")
+	assert.EqualValues(t, 1, wan["control_v6_by_marker"], "the IPv6 control leak, by marker")
 	require.NotNil(t, r["blackout_v6_ms"], "no IPv6 blackout")
 	for _, m := range r["migrations"].([]any) {
 		m := m.(map[string]any)

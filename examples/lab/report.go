@@ -157,6 +157,11 @@ type WANResult struct {
 	// be 1, or the counters prove nothing.
 	ControlByAddress int `json:"control_by_address"`
 	ControlByMarker  int `json:"control_by_marker"`
+	// ControlV6*: a dual-stack run over an IPv4 wan sends a second
+	// control, ICMPv6 from a peer's IPv6 address: the IPv6 count
+	// (plaintext_by_address_v6) must see it once, and the marker count.
+	ControlV6ByAddress *int `json:"control_v6_by_address,omitempty"`
+	ControlV6ByMarker  *int `json:"control_v6_by_marker,omitempty"`
 	// Samples describe the first suspicious frames (the control among
 	// them).
 	Samples []string `json:"samples,omitempty"`
@@ -467,6 +472,9 @@ func (r *Result) Text() string {
 	if r.Kill == nil {
 		fmt.Fprintf(&b, "audit: kept %v, reset %v\ncame back secure (by path at B: %d packets via the link, %d by another way): %v (%s)\n",
 			r.Audit.Kept, r.Audit.Reset, r.Audit.ViaLinkPackets, r.Audit.OtherPackets, r.Audit.ReestablishedSecure, r.Audit.Reestablished)
+	}
+	if wn := r.WAN; wn.ControlV6ByAddress != nil {
+		fmt.Fprintf(&b, "IPv6 control seen by address (IPv6 count) %d, by marker %d\n", *wn.ControlV6ByAddress, *wn.ControlV6ByMarker)
 	}
 	if v := r.IPv6; v != nil {
 		fmt.Fprintf(&b, "IPv6: every peer reaches every guest: %v %v\n", v.PeersReachAll, v.Unreachable)

@@ -131,11 +131,11 @@ func Run(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*Result, e
 		res.judge(err, o)
 		return res, err
 	}
-	var control, quiet lab.CaptureStats
+	var marks []lab.CaptureStats
 	if err == nil {
-		err = w.run(ctx, t, res, w.wan, &quiet, &control)
+		err = w.run(ctx, t, res, w.wan, &marks)
 	}
-	res.WAN = wanResult(w.wan.Stop(), quiet, control, res.WAN.LeakProbe)
+	res.WAN = wanResult(w.wan.Stop(), marks, res.WAN.LeakProbe)
 	res.judge(err, o)
 	if !res.Pass {
 		res.Diagnostics = w.diagnose(context.WithoutCancel(ctx))
@@ -143,21 +143,29 @@ func Run(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*Result, e
 	return res, err
 }
 
-// wanResult sums up the wan capture: the control (the delta between
-// quiet and control) must be exactly one frame by address and marker;
+// wanResult sums up the wan capture. marks are the capture's snapshots
+// before the control (marks[0]), after it (marks[1]) and, in a
+// dual-stack run over an IPv4 wan, after the IPv6 control (marks[2]):
+// each control must be exactly one frame by address and marker;
 // everything else counts against the run.
-func wanResult(final, quiet, control lab.CaptureStats, probe *LeakProbe) WANResult {
-	c := control.Sub(quiet)
-	if control.Frames == 0 && quiet.Frames == 0 {
-		c = lab.CaptureStats{ByKind: map[string]int{}}
+func wanResult(final lab.CaptureStats, marks []lab.CaptureStats, probe *LeakProbe) WANResult {
+	none := lab.CaptureStats{ByKind: map[string]int{}}
+	c, c6 := none, none
+	if len(marks) >= 2 {
+		c = marks[1].Sub(marks[0])
 	}
 	r := WANResult{Frames: final.Frames, ByKind: final.ByKind, Dropped: final.Dropped,
 		ControlByAddress: c.Watched, ControlByMarker: c.Marker,
-		PlaintextByAddress:   final.Watched - min(c.Watched, 1),
-		PlaintextByAddressV6: final.Watched6 - min(c.Watched6, 1),
-		PlaintextByMarker:  final.Marker - min(c.Marker, 1),
-		Unknown:            final.ByKind[lab.KindUnknown] - min(c.ByKind[lab.KindUnknown], 1),
-		Samples:            final.Samples, LeakProbe: probe}
+		Samples: final.Samples, LeakProbe: probe}
+	if len(marks) >= 3 {
+		c6 = marks[2].Sub(marks[1])
+		v6, m6 := c6.Watched6, c6.Marker
+		r.ControlV6ByAddress, r.ControlV6ByMarker = &v6, &m6
+	}
+	r.PlaintextByAddress = final.Watched - min(c.Watched, 1) - min(c6.Watched, 1)
+	r.PlaintextByAddressV6 = final.Watched6 - min(c.Watched6, 1) - min(c6.Watched6, 1)
+	r.PlaintextByMarker = final.Marker - min(c.Marker, 1) - min(c6.Marker, 1)
+	r.Unknown = final.ByKind[lab.KindUnknown] - min(c.ByKind[lab.KindUnknown], 1) - min(c6.ByKind[lab.KindUnknown], 1)
 	if final.Frames == 0 {
 		r.Error = "the capture saw no frame"
 	}
@@ -166,7 +174,7 @@ func wanResult(final, quiet, control lab.CaptureStats, probe *LeakProbe) WANResu
 
 // run is the scenario: control packet, baselines, secure migrations,
 // checks. It fills res as it goes, so a failure still reports.
-func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture, quiet, control *lab.CaptureStats) error {
+func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture, marks *[]lab.CaptureStats) error {
 	l, o := w.l, w.opts
 	var j migration.Journal
 	if !o.Remote { // remote: the controller's, read once it is done
@@ -180,13 +188,22 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 
 	// The control: one marked packet from a peer's address, in clear
 	// across the wan, before any link exists. The counters must see it.
-	*quiet = wan.Snapshot()
-	*control = *quiet
-	if err := lab.SendControl(l.Peer2, w.underB(), marker); err != nil {
-		return fmt.Errorf("control packet: %w", err)
+	// (-wan6: an ICMPv6 one, the wan being IPv6 only.) A dual-stack run
+	// over an IPv4 wan sends an IPv6 one too, after it: the IPv6 count
+	// must see it.
+	controls := []netip.Addr{w.underB()}
+	if o.IPv6 && !o.WAN6 {
+		controls = append(controls, lab.BUnderlay6)
 	}
-	_ = waitFor(ctx, 3*time.Second, func() bool { return wan.Snapshot().Watched > quiet.Watched })
-	*control = wan.Snapshot()
+	*marks = []lab.CaptureStats{wan.Snapshot()}
+	for _, dst := range controls {
+		last := (*marks)[len(*marks)-1]
+		if err := lab.SendControl(l.Peer2, dst, marker); err != nil {
+			return fmt.Errorf("control packet to %s: %w", dst, err)
+		}
+		_ = waitFor(ctx, 3*time.Second, func() bool { return wan.Snapshot().Watched > last.Watched })
+		*marks = append(*marks, wan.Snapshot())
+	}
 
 	// B's own interfaces (not its uplinks) for the timeline: the guest's
 	// tap, the link's device.

@@ -62,7 +62,7 @@ func (r *Result) judge(runErr error, o Options) {
 		add("no ping lost removing the redirect", last.RedirectRemovalLost == 0, "%d lost", last.RedirectRemovalLost)
 	}
 	if o.IPv6 {
-		r.judgeIPv6(add)
+		r.judgeIPv6(add, o)
 	}
 	if o.Remote && o.Kill == "" {
 		r.judgeMetrics(add)
@@ -87,7 +87,16 @@ func (r *Result) judge(runErr error, o Options) {
 // judgeIPv6 adds the dual-stack run's IPv6 verdicts, judged as the IPv4
 // ones are: by replies that arrived, by the path packets took at B, by
 // frames on the wan.
-func (r *Result) judgeIPv6(add func(string, bool, string, ...any)) {
+func (r *Result) judgeIPv6(add func(string, bool, string, ...any), o Options) {
+	if !o.WAN6 { // over an IPv6-only wan the control itself is ICMPv6
+		a, m := r.WAN.ControlV6ByAddress, r.WAN.ControlV6ByMarker
+		add("IPv6 control counted by address and marker", a != nil && *a == 1 && *m == 1, "%s: the IPv6 count must see a deliberate IPv6 leak", func() string {
+			if a == nil {
+				return "not sent"
+			}
+			return fmt.Sprintf("%d by address, %d by marker, want 1 and 1", *a, *m)
+		}())
+	}
 	add("no plaintext by address, IPv6", r.WAN.PlaintextByAddressV6 == 0, "%d frames with a guest's or peer's IPv6 address in clear", r.WAN.PlaintextByAddressV6)
 	for _, m := range r.Migrations {
 		b := m.Blackout6
