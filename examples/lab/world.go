@@ -93,6 +93,17 @@ func (w *world) underCore() netip.Addr {
 	return lab.CoreWAN
 }
 
+// underlays are the hosts' addresses the wan capture expects link and
+// migration traffic between: -wan6, the IPv6 ones only (an IPv4 frame on
+// an IPv6-only wan is of no expected kind); else both families'.
+func (w *world) underlays() []netip.Addr {
+	v6 := []netip.Addr{lab.AUplink6, lab.CoreWAN6, lab.BUnderlay6}
+	if w.opts.WAN6 {
+		return v6
+	}
+	return append([]netip.Addr{lab.AUplink, lab.CoreWAN, lab.BUnderlay}, v6...)
+}
+
 func (w *world) underB() netip.Addr {
 	if w.opts.WAN6 {
 		return lab.BUnderlay6
@@ -192,7 +203,7 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 	// packet counted once, where it entered the untrusted network.
 	if w.wan, err = lab.StartCaptureWith(w.l.WAN, lab.CaptureOptions{IngressOnly: true, Marker: marker,
 		Classify: &lab.Classifier{Watch: []netip.Prefix{lab.VMSubnet, lab.Peer2Net, lab.VMSubnet6, lab.Peer2Net6},
-			Underlay: []netip.Addr{lab.AUplink, lab.CoreWAN, lab.BUnderlay, lab.AUplink6, lab.CoreWAN6, lab.BUnderlay6}}}); err != nil {
+			Underlay: w.underlays()}}); err != nil {
 		return nil, err
 	}
 	t.Cleanup(func() { w.wan.Stop() })
