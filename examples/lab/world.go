@@ -182,7 +182,9 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 		// The site VPN's WireGuard devices are named after its link ID,
 		// and their UAPI sockets are host-wide: another lab on the machine
 		// must not share them.
-		siteLinkID = w.l.Prefix
+		// Link IDs hold at most 8 of a-z0-9: "s" and the prefix's random
+		// part.
+		siteLinkID = "s" + w.l.Prefix[len(w.l.Prefix)-6:]
 	}
 	// The guests replace the reference topology's stand-in VM endpoint.
 	if err := netns.DeleteNamed(w.l.VM); err != nil {
