@@ -178,9 +178,9 @@ func (w *world) writeControllerConfig() error {
 	}
 	a, b, core := r.agents["host-a"], r.agents["host-b"], r.agents["core"]
 	c.Environments = map[string]map[string]any{
-		"secure": {"agent": a.listen(), "host": a.name, "underlay": lab.AUplink.String(),
-			"core": map[string]any{"agent": core.listen(), "host": core.name, "underlay": lab.CoreWAN.String()}},
-		"cloud": {"agent": b.listen(), "host": b.name, "underlay": lab.BUnderlay.String(), "secure_devices": r.secureDevices},
+		"secure": {"agent": a.listen(), "host": a.name, "underlay": w.underA().String(),
+			"core": map[string]any{"agent": core.listen(), "host": core.name, "underlay": w.underCore().String()}},
+		"cloud": {"agent": b.listen(), "host": b.name, "underlay": w.underB().String(), "secure_devices": r.secureDevices},
 	}
 	data, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {
@@ -200,10 +200,10 @@ func (w *world) agentArgs(p *agentProc) []string {
 	switch p.name {
 	case "host-a":
 		return append(args, "-hypervisor", "qemu", "-qemu-dir", p.qemuDir(), "-qemu-tls", w.tlsDirA,
-			"-qemu-migration-addr", lab.AUplink.String(), "-fence", "nft", "-conn", "conntrack")
+			"-qemu-migration-addr", w.underA().String(), "-fence", "nft", "-conn", "conntrack")
 	case "host-b":
 		return append(args, "-hypervisor", "qemu", "-qemu-dir", p.qemuDir(), "-qemu-tls", w.tlsDirB,
-			"-qemu-migration-addr", lab.BUnderlay.String(), "-fence", "nft", "-conn", "conntrack")
+			"-qemu-migration-addr", w.underB().String(), "-fence", "nft", "-conn", "conntrack")
 	default:
 		args = append(args, "-fence", "none", "-conn", "none")
 		if w.opts.Subnet { // the core's BGP speaker, in its agent, peering with B over the site link
@@ -374,11 +374,11 @@ func nsDialer(ns string) func(context.Context, string) (net.Conn, error) {
 // the agents.
 func (w *world) remoteQEMU(t lab.TB) (*hypervisors, error) {
 	a, b := w.rm.agents["host-a"], w.rm.agents["host-b"]
-	la, err := w.qemuHandleIn(t, w.l.A, a.qemuDir(), lab.AUplink, w.tlsDirA)
+	la, err := w.qemuHandleIn(t, w.l.A, a.qemuDir(), w.underA(), w.tlsDirA)
 	if err != nil {
 		return nil, err
 	}
-	lb, err := w.qemuHandleIn(t, w.l.B, b.qemuDir(), lab.BUnderlay, w.tlsDirB)
+	lb, err := w.qemuHandleIn(t, w.l.B, b.qemuDir(), w.underB(), w.tlsDirB)
 	if err != nil {
 		return nil, err
 	}

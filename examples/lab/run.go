@@ -85,8 +85,6 @@ func (o Options) validate() error {
 	}
 	if o.IPv6 || o.WAN6 {
 		switch {
-		case o.Remote:
-			return fmt.Errorf("-ipv6/-wan6 with -remote: not supported yet (the remote lab's controller configuration and agents are IPv4 only in this lab)")
 		case o.Subnet:
 			return fmt.Errorf("-ipv6/-wan6 with -subnet: not supported yet (migration.Subnet has one prefix: a dual-stack subnet's redirect and convergence need one per family)")
 		case o.Hypervisor != "qemu":
