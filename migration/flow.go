@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/fence"
@@ -188,9 +189,14 @@ func (r *run) switchoverSteps(ctx context.Context) error {
 	r.rep.SubnetMoved = r.subnetMoved
 	if r.subnetMoved {
 		return r.step(ctx, BlockRedirect, nil, func() error {
-			return r.src.Core.Routing.AddRedirect(ctx, routing.Redirect{
-				Prefix: p.Subnet.Prefix, Device: r.redirect.SecureDevice, Via: redirectVia(r),
-			})
+			for _, pfx := range p.Subnet.subnetPrefixes() {
+				if err := r.src.Core.Routing.AddRedirect(ctx, routing.Redirect{
+					Prefix: pfx, Device: r.redirect.SecureDevice, Via: redirectVia(r),
+				}); err != nil {
+					return err
+				}
+			}
+			return nil
 		})
 	}
 	return nil
@@ -566,19 +572,28 @@ func (r *run) sourceSpec() fence.Spec {
 // redirect tunnel stays; the rest runs on cleanup contexts.
 func (r *run) converge(ctx context.Context) {
 	s := r.plan.Subnet
-	want := routing.Expect{Prefix: s.Prefix, Via: s.Via}
-	if r.redirect != nil {
-		want.NotDevice = r.redirect.SecureDevice
-	}
 	var conv routing.Converged
 	dctx, release := r.detached(ctx)
 	defer release()
 	err := r.step(dctx, BlockInspect, nil, func() error {
 		wctx, cancel := context.WithTimeout(ctx, s.ConvergeTimeout)
 		defer cancel()
-		var err error
-		conv, err = r.src.Core.Routing.Wait(wctx, want)
-		return err
+		// Every prefix of the subnet (a dual-stack one has two) must have
+		// its real route; the report keeps the last to converge, and the
+		// whole wait.
+		start := time.Now()
+		defer func() { conv.After = time.Since(start) }()
+		for _, want := range s.expects() {
+			if r.redirect != nil {
+				want.NotDevice = r.redirect.SecureDevice
+			}
+			c, err := r.src.Core.Routing.Wait(wctx, want)
+			if err != nil {
+				return err
+			}
+			conv = c
+		}
+		return nil
 	})
 	if err != nil {
 		r.rep.Warnings = append(r.rep.Warnings, fmt.Sprintf("routing core did not converge, redirect tunnel kept: %v", err))
@@ -588,8 +603,10 @@ func (r *run) converge(ctx context.Context) {
 	cctx, cancel := r.cleanupCtx(ctx)
 	defer cancel()
 	err = r.step(cctx, BlockRemoveTunnel, nil, func() error {
-		if err := r.src.Core.Routing.RemoveRedirect(cctx, s.Prefix); err != nil && !errors.Is(err, routing.ErrNoRedirect) {
-			return err
+		for _, pfx := range s.subnetPrefixes() {
+			if err := r.src.Core.Routing.RemoveRedirect(cctx, pfx); err != nil && !errors.Is(err, routing.ErrNoRedirect) {
+				return err
+			}
 		}
 		return r.linker.Close(cctx, r.redirID)
 	})
@@ -680,8 +697,10 @@ func (r *run) undo(ctx context.Context) []error {
 	var errs []error
 	errs = append(errs, r.src.Hypervisor.Abort(ctx, p.VM), r.dst.Hypervisor.Abort(ctx, p.VM))
 	if p.Subnet != nil && r.src.Core != nil && r.src.Core.Routing != nil {
-		if err := r.src.Core.Routing.RemoveRedirect(ctx, p.Subnet.Prefix); err != nil && !errors.Is(err, routing.ErrNoRedirect) {
-			errs = append(errs, err)
+		for _, pfx := range p.Subnet.subnetPrefixes() {
+			if err := r.src.Core.Routing.RemoveRedirect(ctx, pfx); err != nil && !errors.Is(err, routing.ErrNoRedirect) {
+				errs = append(errs, err)
+			}
 		}
 		errs = append(errs, r.linker.Close(ctx, r.redirID))
 	}
@@ -776,7 +795,7 @@ func (r *run) redirectSpec() tunnel.Spec {
 	return tunnel.Spec{
 		ID: r.redirID, Kind: p.Link, NoSecureRoutes: true,
 		Secure: tunnel.End{Host: c.Host, Underlay: c.Underlay, Protected: p.Peers},
-		Remote: tunnel.End{Host: r.dst.Host, Underlay: r.dst.Underlay, Protected: []netip.Prefix{p.Subnet.Prefix}},
+		Remote: tunnel.End{Host: r.dst.Host, Underlay: r.dst.Underlay, Protected: p.Subnet.subnetPrefixes()},
 	}
 }
 

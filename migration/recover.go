@@ -163,10 +163,12 @@ func (r *run) recover(ctx context.Context) error {
 			return r.stayFenced(ctx, fmt.Errorf("activate secure link: %w", err))
 		}
 		if r.subnetMoved {
-			err := r.src.Core.Routing.AddRedirect(ctx, routing.Redirect{
-				Prefix: p.Subnet.Prefix, Device: r.redirect.SecureDevice, Via: redirectVia(r)})
-			if err != nil {
-				return r.stayFenced(ctx, fmt.Errorf("redirect: %w", err))
+			for _, pfx := range p.Subnet.subnetPrefixes() {
+				err := r.src.Core.Routing.AddRedirect(ctx, routing.Redirect{
+					Prefix: pfx, Device: r.redirect.SecureDevice, Via: redirectVia(r)})
+				if err != nil {
+					return r.stayFenced(ctx, fmt.Errorf("redirect: %w", err))
+				}
 			}
 			r.rep.SubnetMoved = true
 		}
