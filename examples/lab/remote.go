@@ -244,11 +244,7 @@ func (w *world) remoteSubnet(ctx context.Context, t lab.TB) error {
 // watching the core (as the in-process lab's relay does).
 func (w *world) ctlLine(line string) {
 	if w.bgpB != nil && line == fmt.Sprintf("block %d %s ...", int(migration.BlockInspect), migration.BlockInspect) {
-		go func() {
-			if err := w.bgpB.Announce(context.Background(), lab.VMSubnet, bSite); err != nil {
-				w.log.Error("B: announce the subnet", "err", err)
-			}
-		}()
+		go w.announceSubnet()
 	}
 }
 

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/sealift/sealift/hypervisor"
-	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/migration"
 )
 
@@ -221,6 +219,11 @@ type MigrationResult struct {
 	ConvergedMS         float64  `json:"converged_ms,omitempty"`
 	RedirectRemoved     bool     `json:"redirect_removed"`
 	RedirectRemovalLost int      `json:"redirect_removal_lost"`
+	// RedirectRemovalLost6: the same, of the IPv6 pings (-ipv6).
+	RedirectRemovalLost6 *int `json:"redirect_removal_lost_v6,omitempty"`
+	// CoreRoute6 (-subnet -ipv6): the routing core's kernel route to the
+	// subnet's IPv6 prefix after the move, as `ip -6 route` shows it.
+	CoreRoute6 string `json:"core_route_v6,omitempty"`
 	Blackout            Blackout `json:"blackout"`
 	// Blackout6 and TrafficAfterResume6MS: the same, by the peers' IPv6
 	// pings (-ipv6).
@@ -399,11 +402,7 @@ func relay(events <-chan migration.Event, o Options, w *world) {
 			}
 		case migration.StepStarted:
 			if e.Block == migration.BlockInspect && w.bgpB != nil {
-				go func() {
-					if err := w.bgpB.Announce(context.Background(), lab.VMSubnet, bSite); err != nil {
-						w.log.Error("B: announce the subnet", "err", err)
-					}
-				}()
+				go w.announceSubnet()
 			}
 		}
 	}
@@ -429,6 +428,13 @@ func (r *Result) Text() string {
 				m.RedirectTunnel, m.ConvergedMS, m.RedirectRemoved, m.RedirectRemovalLost)
 		}
 		fmt.Fprintln(&b)
+		if m.CoreRoute6 != "" || m.RedirectRemovalLost6 != nil {
+			lost := "n/a"
+			if m.RedirectRemovalLost6 != nil {
+				lost = fmt.Sprint(*m.RedirectRemovalLost6)
+			}
+			fmt.Fprintf(&b, "  IPv6 prefix: %s IPv6 pings lost while removing the redirect; the core's routes after: %q\n", lost, m.CoreRoute6)
+		}
 		if m.Error != "" {
 			fmt.Fprintf(&b, "  error: %s\n", m.Error)
 		}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/sealift/sealift/internal/lab"
+
 	"github.com/sealift/sealift/migration"
 )
 
@@ -106,6 +108,25 @@ func (r *Result) judgeIPv6(add func(string, bool, string, ...any), o Options) {
 			}
 			return fmt.Sprintf("%d sent, %d lost", b.Sent, b.Lost)
 		}())
+	}
+	if o.Subnet && len(r.Migrations) == 2 {
+		last := r.Migrations[1]
+		n := last.RedirectRemovalLost6
+		add("no IPv6 ping lost removing the redirect", n != nil && *n == 0, "%v lost", func() any {
+			if n == nil {
+				return "not measured:"
+			}
+			return *n
+		}())
+		// The core's route, by its kernel table: via B's site address (BGP
+		// over the site VPN), the redirect and the IGP route to A gone.
+		// (The first line is the route in use, the lowest metric; the IGP
+		// route to A stays below it.)
+		rt := last.CoreRoute6
+		first, _, _ := strings.Cut(rt, "\n")
+		redirectGone := last.RedirectTunnel != "" && !strings.Contains(rt, "slw"+last.RedirectTunnel)
+		add("the core routes the IPv6 subnet via B's site address", strings.HasPrefix(first, lab.VMSubnet6.String()+" via "+bSite6.String()+" ") && redirectGone,
+			"ip -6 route show %s at the core: %q", lab.VMSubnet6, rt)
 	}
 	v := r.IPv6
 	if v == nil {

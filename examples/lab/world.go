@@ -34,6 +34,9 @@ var (
 	vm2Addr6   = netip.MustParseAddr("fd00:1::11")
 	coreSite   = netip.MustParseAddr("100.64.0.1") // core's end of the operator's site link
 	bSite      = netip.MustParseAddr("100.64.0.2") // B's end: the proper route's next hop
+	coreSite6  = netip.MustParseAddr("fd00:64::1") // the same, IPv6 (-subnet -ipv6)
+	bSite6     = netip.MustParseAddr("fd00:64::2")
+	unusedAddr6 = netip.MustParseAddr("fd00:1::12")
 	siteLinkID = "site"
 )
 
@@ -196,6 +199,18 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 	if o.IPv6 || o.WAN6 {
 		if err := w.l.DualStack(o.WAN6); err != nil {
 			return nil, fmt.Errorf("dual-stack topology: %w", err)
+		}
+	}
+	if o.Subnet && o.IPv6 {
+		// The core's IGP route to the subnet's IPv6 prefix, as IPv4's:
+		// metric 8192, below the redirect's (4096) and BGP's (20).
+		for _, c := range [][]string{
+			{"-6", "route", "replace", lab.VMSubnet6.String(), "via", lab.AUplink6.String(), "metric", "8192"},
+			{"-6", "route", "del", lab.VMSubnet6.String(), "via", lab.AUplink6.String(), "metric", "1024"},
+		} {
+			if out, err := lab.Exec(w.l.Core, "ip", c...); err != nil {
+				return nil, fmt.Errorf("%v: %s", err, out)
+			}
 		}
 	}
 	if err := w.baselineNet(); err != nil {
@@ -413,6 +428,10 @@ func (w *world) siteLink(ctx context.Context) (tunnel.Link, error) {
 		Remote: tunnel.End{Host: l.B, Underlay: w.underB(),
 			Protected: []netip.Prefix{lab.VMSubnet, netip.PrefixFrom(bSite, 32)}},
 	}
+	if w.opts.IPv6 { // the dual-stack subnet's IPv6 routes go over it too
+		spec.Secure.Protected = append(spec.Secure.Protected, lab.Peer2Net6, netip.PrefixFrom(coreSite6, 128))
+		spec.Remote.Protected = append(spec.Remote.Protected, lab.VMSubnet6, netip.PrefixFrom(bSite6, 128))
+	}
 	site, err := w.wg.Prepare(ctx, spec)
 	if err != nil {
 		return site, fmt.Errorf("site link: %w", err)
@@ -424,6 +443,12 @@ func (w *world) siteLink(ctx context.Context) (tunnel.Link, error) {
 		func() error { return lab.AddAddr(l.Core, "lo", coreSite.String()+"/32") },
 		func() error { return lab.AddAddr(l.B, "lo", bSite.String()+"/32") },
 		func() error { return lab.AddRoute(l.Core, bSite.String()+"/32", "", site.SecureDevice) },
+	}
+	if w.opts.IPv6 {
+		steps = append(steps,
+			func() error { return lab.AddAddr(l.Core, "lo", coreSite6.String()+"/128") },
+			func() error { return lab.AddAddr(l.B, "lo", bSite6.String()+"/128") },
+			func() error { return lab.AddRoute(l.Core, bSite6.String()+"/128", "", site.SecureDevice) })
 	}
 	for _, s := range steps {
 		if err := s(); err != nil {
@@ -463,6 +488,20 @@ func (w *world) speakers(ctx context.Context, t lab.TB) error {
 	}
 	t.Cleanup(stopFIB)
 	return nil
+}
+
+// announceSubnet makes B's speaker announce the subnet (both prefixes of
+// a dual-stack one): what the target environment's routing does once
+// the subnet is up there.
+func (w *world) announceSubnet() {
+	if err := w.bgpB.Announce(context.Background(), lab.VMSubnet, bSite); err != nil {
+		w.log.Error("B: announce the subnet", "err", err)
+	}
+	if w.opts.IPv6 {
+		if err := w.bgpB.Announce(context.Background(), lab.VMSubnet6, bSite6); err != nil {
+			w.log.Error("B: announce the subnet's IPv6 prefix", "err", err)
+		}
+	}
 }
 
 // closeLinks closes every link the lab's linkers still have.
