@@ -52,9 +52,9 @@ func newFlags(cmd string) (*flag.FlagSet, *flags) {
 	fs.StringVar(&f.link, "link", string(tunnel.WireGuard), "secure link `KIND`: wireguard or ipsec (the agents' -link must serve it)")
 	fs.StringVar(&f.fence, "fence", string(migration.FenceAtSwitchover), "fence `MODE`: at-switchover or before-copy")
 	fs.DurationVar(&f.maxDowntime, "max-downtime", 0, "allowed stop-and-copy time (0: the hypervisor's default)")
-	fs.StringVar(&f.subnet, "subnet", "", "the VM's subnet `PREFIX`: when its other VMs (-members) are at the target already, the whole subnet moves (redirect tunnel from the routing core until routes converge)")
+	fs.StringVar(&f.subnet, "subnet", "", "the VM's subnet `PREFIX` (a dual-stack one: V4PREFIX,V6PREFIX): when its other VMs (-members) are at the target already, the whole subnet moves (redirect tunnel from the routing core until routes converge)")
 	fs.StringVar(&f.members, "members", "", "the subnet's other VMs, comma-separated `NAMES` (with -subnet)")
-	fs.StringVar(&f.via, "via", "", "the next hop `ADDR` at the routing core that proves the subnet's new place (with -subnet)")
+	fs.StringVar(&f.via, "via", "", "the next hop `ADDR` at the routing core that proves the subnet's new place (with -subnet; a dual-stack subnet: V4ADDR,V6ADDR)")
 	fs.DurationVar(&f.converge, "converge-timeout", 0, "how long to wait for the routing core to converge (with -subnet; 0: 5 minutes)")
 	return fs, f
 }

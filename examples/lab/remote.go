@@ -574,8 +574,12 @@ func migrateArgs(p migration.Plan) []string {
 	args := []string{"migrate", "-vm", p.VM, "-from", p.From, "-to", p.To, "-addr", strings.Join(addrs, ","),
 		"-peer", strings.Join(peers, ","), "-fence", string(p.FenceMode), "-max-downtime", p.MaxDowntime.String()}
 	if sn := p.Subnet; sn != nil {
-		args = append(args, "-subnet", sn.Prefix.String(), "-members", strings.Join(sn.Members, ","),
-			"-via", sn.Via.String(), "-converge-timeout", sn.ConvergeTimeout.String())
+		subnet, via := sn.Prefix.String(), sn.Via.String()
+		if sn.Prefix6.IsValid() { // a dual-stack subnet
+			subnet, via = subnet+","+sn.Prefix6.String(), via+","+sn.Via6.String()
+		}
+		args = append(args, "-subnet", subnet, "-members", strings.Join(sn.Members, ","),
+			"-via", via, "-converge-timeout", sn.ConvergeTimeout.String())
 	}
 	return args
 }

@@ -85,8 +85,6 @@ func (o Options) validate() error {
 	}
 	if o.IPv6 || o.WAN6 {
 		switch {
-		case o.Subnet && o.Remote && o.IPv6:
-			return fmt.Errorf("-ipv6 -subnet -remote: not supported yet (sealift migrate has no flag for the subnet's IPv6 prefix)")
 		case o.Hypervisor != "qemu":
 			return fmt.Errorf("-ipv6/-wan6: only with -hypervisor qemu for now")
 		}
