@@ -43,7 +43,7 @@ type Subnet struct {
 	// and Via6 is its next hop at the core that proves the new location.
 	Prefix6 netip.Prefix `json:",omitzero"`
 	Via6    netip.Addr   `json:",omitzero"`
-	Moved  SubnetMoved // "" means SubnetAuto
+	Moved   SubnetMoved  // "" means SubnetAuto
 	// Members are the other VMs of the subnet (for SubnetAuto).
 	Members []string
 	// Via is the next hop at the core that proves the new location

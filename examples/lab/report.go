@@ -149,7 +149,7 @@ type WANResult struct {
 	PlaintextByAddressV6 int `json:"plaintext_by_address_v6"`
 	PlaintextByMarker    int `json:"plaintext_by_marker"`
 	Unknown              int `json:"unknown"`
-	Dropped            int `json:"dropped"`
+	Dropped              int `json:"dropped"`
 	// Control: one marked packet from a peer's address sent in clear
 	// across the wan on purpose before any link exists; both counts must
 	// be 1, or the counters prove nothing.
@@ -209,22 +209,22 @@ type Timeline struct {
 
 // MigrationResult is one secure migration of the run.
 type MigrationResult struct {
-	VM                  string   `json:"vm"`
-	ID                  string   `json:"id"`
-	Outcome             string   `json:"outcome"`
-	Error               string   `json:"error,omitempty"`
-	Link                string   `json:"link"`
-	SubnetMoved         bool     `json:"subnet_moved"`
-	RedirectTunnel      string   `json:"redirect_tunnel,omitempty"`
-	ConvergedMS         float64  `json:"converged_ms,omitempty"`
-	RedirectRemoved     bool     `json:"redirect_removed"`
-	RedirectRemovalLost int      `json:"redirect_removal_lost"`
+	VM                  string  `json:"vm"`
+	ID                  string  `json:"id"`
+	Outcome             string  `json:"outcome"`
+	Error               string  `json:"error,omitempty"`
+	Link                string  `json:"link"`
+	SubnetMoved         bool    `json:"subnet_moved"`
+	RedirectTunnel      string  `json:"redirect_tunnel,omitempty"`
+	ConvergedMS         float64 `json:"converged_ms,omitempty"`
+	RedirectRemoved     bool    `json:"redirect_removed"`
+	RedirectRemovalLost int     `json:"redirect_removal_lost"`
 	// RedirectRemovalLost6: the same, of the IPv6 pings (-ipv6).
 	RedirectRemovalLost6 *int `json:"redirect_removal_lost_v6,omitempty"`
 	// CoreRoute6 (-subnet -ipv6): the routing core's kernel route to the
 	// subnet's IPv6 prefix after the move, as `ip -6 route` shows it.
-	CoreRoute6 string `json:"core_route_v6,omitempty"`
-	Blackout            Blackout `json:"blackout"`
+	CoreRoute6 string   `json:"core_route_v6,omitempty"`
+	Blackout   Blackout `json:"blackout"`
 	// Blackout6 and TrafficAfterResume6MS: the same, by the peers' IPv6
 	// pings (-ipv6).
 	Blackout6             *Blackout `json:"blackout_v6,omitempty"`

@@ -29,15 +29,15 @@ import (
 
 // Lab addresses beyond internal/lab's reference topology.
 var (
-	vm2Addr    = netip.MustParseAddr("10.1.0.11")
-	unusedAddr = netip.MustParseAddr("10.1.0.12")  // in the moved subnet, no VM
-	vm2Addr6   = netip.MustParseAddr("fd00:1::11")
-	coreSite   = netip.MustParseAddr("100.64.0.1") // core's end of the operator's site link
-	bSite      = netip.MustParseAddr("100.64.0.2") // B's end: the proper route's next hop
-	coreSite6  = netip.MustParseAddr("fd00:64::1") // the same, IPv6 (-subnet -ipv6)
-	bSite6     = netip.MustParseAddr("fd00:64::2")
+	vm2Addr     = netip.MustParseAddr("10.1.0.11")
+	unusedAddr  = netip.MustParseAddr("10.1.0.12") // in the moved subnet, no VM
+	vm2Addr6    = netip.MustParseAddr("fd00:1::11")
+	coreSite    = netip.MustParseAddr("100.64.0.1") // core's end of the operator's site link
+	bSite       = netip.MustParseAddr("100.64.0.2") // B's end: the proper route's next hop
+	coreSite6   = netip.MustParseAddr("fd00:64::1") // the same, IPv6 (-subnet -ipv6)
+	bSite6      = netip.MustParseAddr("fd00:64::2")
 	unusedAddr6 = netip.MustParseAddr("fd00:1::12")
-	siteLinkID = "site"
+	siteLinkID  = "site"
 )
 
 // The baselines' own network: their guests live on a bridge br9 in A and

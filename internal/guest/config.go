@@ -26,9 +26,9 @@ type Net struct {
 	// and an IPv6 default route. The guest takes no router advertisements.
 	Addr6    netip.Prefix // e.g. fd00:1::10/64
 	Gateway6 netip.Addr   // e.g. fd00:1::1
-	MAC     string       // fixed, e.g. "52:54:00:00:01:0a"
-	Tap     string       // host-side tap (created if missing)
-	Bridge  string       // bridge the tap joins on the host, e.g. "br0"
+	MAC      string       // fixed, e.g. "52:54:00:00:01:0a"
+	Tap      string       // host-side tap (created if missing)
+	Bridge   string       // bridge the tap joins on the host, e.g. "br0"
 }
 
 // Config returns the device model of a guest named name running img with
