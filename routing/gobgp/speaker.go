@@ -112,18 +112,10 @@ func startSpeaker(ctx context.Context, host string, sp Speaker, log *slog.Logger
 		if passive && !n.Passive {
 			log.Debug("neighbor made passive: the speaker runs in another netns", "neighbor", n.Address, "host", host)
 		}
-		// IPv4 and IPv6 unicast over the one session, whatever its own
-		// family: a dual-stack subnet's two prefixes move together.
-		var afiSafis []*api.AfiSafi
-		for _, afi := range []api.Family_Afi{api.Family_AFI_IP, api.Family_AFI_IP6} {
-			afiSafis = append(afiSafis, &api.AfiSafi{Config: &api.AfiSafiConfig{
-				Family: &api.Family{Afi: afi, Safi: api.Family_SAFI_UNICAST}, Enabled: true}})
-		}
 		err := s.AddPeer(ctx, &api.AddPeerRequest{Peer: &api.Peer{
 			Conf:      &api.PeerConf{NeighborAddress: n.Address.String(), PeerAsn: n.AS},
 			Transport: &api.Transport{PassiveMode: passive},
 			Timers:    &api.Timers{Config: &api.TimersConfig{ConnectRetry: 5}},
-			AfiSafis:  afiSafis,
 		}})
 		if err != nil {
 			s.Stop()
