@@ -116,6 +116,7 @@ func startSpeaker(ctx context.Context, host string, sp Speaker, log *slog.Logger
 			Conf:      &api.PeerConf{NeighborAddress: n.Address.String(), PeerAsn: n.AS},
 			Transport: &api.Transport{PassiveMode: passive},
 			Timers:    &api.Timers{Config: &api.TimersConfig{ConnectRetry: 5}},
+			AfiSafis:  unicastFamilies(),
 		}})
 		if err != nil {
 			s.Stop()
@@ -124,4 +125,17 @@ func startSpeaker(ctx context.Context, host string, sp Speaker, log *slog.Logger
 	}
 	log.Info("bgp speaker started", "host", host, "as", sp.AS, "router_id", sp.RouterID, "listen", addrs, "port", port, "neighbors", len(sp.Neighbors))
 	return s, nil
+}
+
+// unicastFamilies are the address families every session negotiates:
+// IPv4 and IPv6 unicast, whatever the neighbour's address family (GoBGP
+// gives a neighbour without configured families only its own address's,
+// so a dual-stack subnet's IPv6 half would never cross an IPv4 session).
+func unicastFamilies() []*api.AfiSafi {
+	var out []*api.AfiSafi
+	for _, afi := range []api.Family_Afi{api.Family_AFI_IP, api.Family_AFI_IP6} {
+		out = append(out, &api.AfiSafi{Config: &api.AfiSafiConfig{
+			Family: &api.Family{Afi: afi, Safi: api.Family_SAFI_UNICAST}, Enabled: true}})
+	}
+	return out
 }
