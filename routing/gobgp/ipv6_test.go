@@ -8,6 +8,7 @@ import (
 
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/routing"
+	"github.com/sealift/sealift/routing/netlinkroute"
 )
 
 // TestIPv6PathAcrossSession: B announces a moved IPv6 subnet to the core
@@ -16,6 +17,7 @@ import (
 // redirect tunnel) returns with it, through the site link's device. The
 // sessions must negotiate IPv6 unicast beside IPv4 unicast (GoBGP gives
 // a neighbour without configured families only its address's family).
+// SyncFIB installs both into the core's kernel table.
 func TestIPv6PathAcrossSession(t *testing.T) {
 	lab.RequireRoot(t)
 	l := lab.New(t)
@@ -32,6 +34,11 @@ func TestIPv6PathAcrossSession(t *testing.T) {
 	core, target := pairSpeakers(ctx, t, l)
 	subnet6 := netip.MustParsePrefix("fd00:1::/64")
 	bSite6 := netip.MustParseAddr("fd00:ff::2")
+	stop, err := core.SyncFIB(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
 	// The v4 subnet alongside, as a dual-stack move announces both.
 	if err := target.Announce(ctx, subnet, bSite); err != nil {
 		t.Fatal(err)
@@ -53,5 +60,13 @@ func TestIPv6PathAcrossSession(t *testing.T) {
 		if c.Route.Prefix != e.Prefix || c.Route.Via != e.Via || c.Route.Device != "s0" {
 			t.Errorf("the core's route to %s: %+v, want via %s dev s0", e.Prefix, c.Route, e.Via)
 		}
+		// SyncFIB puts the best path into the core's kernel table.
+		kctx, kcancel := context.WithTimeout(ctx, 10*time.Second)
+		k, err := netlinkroute.New(netlinkroute.WithHost(l.Core)).Wait(kctx, routing.Expect{Prefix: e.Prefix, Via: e.Via, Device: "s0"})
+		kcancel()
+		if err != nil || k.Route.Protocol != "bgp" {
+			t.Errorf("the core's kernel route to %s: %+v, %v; want one by SyncFIB (proto bgp)", e.Prefix, k.Route, err)
+		}
 	}
 }
+
