@@ -69,4 +69,3 @@ func TestIPv6PathAcrossSession(t *testing.T) {
 		}
 	}
 }
-
