@@ -1,8 +1,10 @@
 package lab
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netns"
 )
@@ -101,6 +103,15 @@ func (l *Lab) DualStack(wanV6Only bool) error {
 			return err
 		}
 	}
+	var all []string
+	for _, n := range []string{l.A, l.Core, l.WAN, l.B, l.VM, l.Peer, l.Peer2} {
+		if l.has(n) {
+			all = append(all, n)
+		}
+	}
+	if err := WaitIPv6Ready(5*time.Second, all...); err != nil {
+		return err
+	}
 	if !wanV6Only {
 		return nil
 	}
@@ -115,6 +126,32 @@ func (l *Lab) DualStack(wanV6Only bool) error {
 	} {
 		if out, err := Exec(c[0], "ip", c[1:]...); err != nil {
 			return fmt.Errorf("v6-only wan: %v: %s", err, out)
+		}
+	}
+	return nil
+}
+
+// WaitIPv6Ready waits until no address in the namespaces is tentative
+// (duplicate address detection of the link-local addresses interfaces get
+// when they come up lasts a second or two): until then a router cannot
+// solicit a neighbour on that interface (Linux sends a neighbour
+// solicitation from a link-local address only once it is no longer
+// tentative), so what it forwards there is lost.
+func WaitIPv6Ready(timeout time.Duration, namespaces ...string) error {
+	deadline := time.Now().Add(timeout)
+	for _, ns := range namespaces {
+		for {
+			out, err := Exec(ns, "ip", "-6", "addr", "show", "tentative")
+			if err != nil {
+				return err
+			}
+			if len(bytes.TrimSpace(out)) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s: addresses still tentative after %s:\n%s", ns, timeout, out)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
 	return nil

@@ -65,8 +65,6 @@ func TestEchoPathJudgeIPv6(t *testing.T) {
 	RequireRoot(t)
 	l := New(t)
 	require.NoError(t, l.DualStack(false))
-	// Neighbour discovery along the way may cost the first echoes.
-	require.NoError(t, WaitReachable(l.Peer2, VMAddr6, 5*time.Second))
 	onPath, err := WatchEcho(l.Core, Peer2Addr6, VMAddr6, []string{"a0"})
 	require.NoError(t, err)
 	defer onPath.Close()
