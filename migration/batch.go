@@ -152,8 +152,9 @@ func (b Batch) plans(cfg *Config) ([]Plan, Plan, error) {
 			}
 		}
 	}
-	s := plans[0].Subnet
-	bp.Subnet = &Subnet{Prefix: s.Prefix, Moved: SubnetYes, Members: slices.Clone(s.Members), Via: s.Via, ConvergeTimeout: s.ConvergeTimeout}
+	s := *plans[0].Subnet
+	s.Members = slices.Clone(s.Members)
+	bp.Subnet = &s
 	return plans, bp, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/fence"
@@ -196,13 +197,13 @@ func (r *run) switchoverSteps(ctx context.Context) error {
 }
 
 // redirectPrefixes are what the routing core sends into the redirect
-// tunnel: the subnet's prefix for a lone migration; for a batch, each
+// tunnel: the subnet's prefixes for a lone migration; for a batch, each
 // member's own addresses (a member's, or all of them for the batch's
 // record), as it leaves: a prefix route would take the members still at
 // the source away from them.
 func (r *run) redirectPrefixes() []netip.Prefix {
 	if r.plan.Batch == "" {
-		return []netip.Prefix{r.plan.Subnet.Prefix}
+		return r.plan.Subnet.subnetPrefixes()
 	}
 	ps := make([]netip.Prefix, 0, len(r.plan.Addrs))
 	for _, a := range r.plan.Addrs {
@@ -605,19 +606,28 @@ func (r *run) sourceSpec() fence.Spec {
 // redirect tunnel stays; the rest runs on cleanup contexts.
 func (r *run) converge(ctx context.Context) {
 	s := r.plan.Subnet
-	want := routing.Expect{Prefix: s.Prefix, Via: s.Via}
-	if r.redirect != nil {
-		want.NotDevice = r.redirect.SecureDevice
-	}
 	var conv routing.Converged
 	dctx, release := r.detached(ctx)
 	defer release()
 	err := r.step(dctx, BlockInspect, nil, func() error {
 		wctx, cancel := context.WithTimeout(ctx, s.ConvergeTimeout)
 		defer cancel()
-		var err error
-		conv, err = r.src.Core.Routing.Wait(wctx, want)
-		return err
+		// Every prefix of the subnet (a dual-stack one has two) must have
+		// its real route; the report keeps the last to converge, and the
+		// whole wait.
+		start := time.Now()
+		defer func() { conv.After = time.Since(start) }()
+		for _, want := range s.expects() {
+			if r.redirect != nil {
+				want.NotDevice = r.redirect.SecureDevice
+			}
+			c, err := r.src.Core.Routing.Wait(wctx, want)
+			if err != nil {
+				return err
+			}
+			conv = c
+		}
+		return nil
 	})
 	if err != nil {
 		r.rep.Warnings = append(r.rep.Warnings, fmt.Sprintf("routing core did not converge, redirect tunnel kept: %v", err))
@@ -815,7 +825,7 @@ func (r *run) redirectSpec() tunnel.Spec {
 	return tunnel.Spec{
 		ID: r.redirID, Kind: p.Link, NoSecureRoutes: true,
 		Secure: tunnel.End{Host: c.Host, Underlay: c.Underlay, Protected: p.Peers},
-		Remote: tunnel.End{Host: r.dst.Host, Underlay: r.dst.Underlay, Protected: []netip.Prefix{p.Subnet.Prefix}},
+		Remote: tunnel.End{Host: r.dst.Host, Underlay: r.dst.Underlay, Protected: p.Subnet.subnetPrefixes()},
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sealift/sealift/conn"
+	"github.com/sealift/sealift/routing"
 	"github.com/sealift/sealift/tunnel"
 )
 
@@ -37,7 +38,12 @@ const (
 // routing-core watch. Leave Plan.Subnet nil when only the VM moves.
 type Subnet struct {
 	Prefix netip.Prefix
-	Moved  SubnetMoved // "" means SubnetAuto
+	// Prefix6 (optional) is a dual-stack subnet's IPv6 prefix: it moves
+	// with Prefix (redirected, watched and its redirect removed alike),
+	// and Via6 is its next hop at the core that proves the new location.
+	Prefix6 netip.Prefix `json:",omitzero"`
+	Via6    netip.Addr   `json:",omitzero"`
+	Moved   SubnetMoved  // "" means SubnetAuto
 	// Members are the other VMs of the subnet (for SubnetAuto).
 	Members []string
 	// Via is the next hop at the core that proves the new location
@@ -183,8 +189,21 @@ func (p Plan) validate(cfg *Config) error {
 		if s.Prefix != s.Prefix.Masked() {
 			return bad("Subnet.Prefix %s has host bits set (want %s)", s.Prefix, s.Prefix.Masked())
 		}
+		if s.Prefix6.IsValid() || s.Via6.IsValid() {
+			switch {
+			case !s.Prefix6.IsValid() || !s.Prefix6.Addr().Is6() || !s.Prefix.Addr().Is4():
+				return bad("Subnet.Prefix6 %s: want an IPv6 prefix beside an IPv4 Subnet.Prefix (%s)", s.Prefix6, s.Prefix)
+			case s.Prefix6 != s.Prefix6.Masked():
+				return bad("Subnet.Prefix6 %s has host bits set (want %s)", s.Prefix6, s.Prefix6.Masked())
+			case s.Via6.IsValid() && !s.Via6.Is6():
+				return bad("Subnet.Via6 %s is not an IPv6 address", s.Via6)
+			}
+		}
 		for _, a := range p.Addrs {
-			if !s.Prefix.Contains(a.Addr()) {
+			if !s.Prefix.Contains(a.Addr()) && !(s.Prefix6.IsValid() && s.Prefix6.Contains(a.Addr())) {
+				if s.Prefix6.IsValid() {
+					return bad("Addrs %s is outside Subnet.Prefix %s and Subnet.Prefix6 %s", a, s.Prefix, s.Prefix6)
+				}
 				return bad("Addrs %s is outside Subnet.Prefix %s", a, s.Prefix)
 			}
 		}
@@ -228,4 +247,23 @@ func checkPrefixes(field string, ps []netip.Prefix, hosts bool) error {
 		}
 	}
 	return nil
+}
+
+// subnetPrefixes are the subnet's prefixes: Prefix, and Prefix6 if set.
+func (s *Subnet) subnetPrefixes() []netip.Prefix {
+	ps := []netip.Prefix{s.Prefix}
+	if s.Prefix6.IsValid() {
+		ps = append(ps, s.Prefix6)
+	}
+	return ps
+}
+
+// expects are the routing core's routes that prove the subnet moved: one
+// per prefix, with its family's Via.
+func (s *Subnet) expects() []routing.Expect {
+	es := []routing.Expect{{Prefix: s.Prefix, Via: s.Via}}
+	if s.Prefix6.IsValid() {
+		es = append(es, routing.Expect{Prefix: s.Prefix6, Via: s.Via6})
+	}
+	return es
 }

@@ -57,11 +57,11 @@ func newFlags(cmd string) (*flag.FlagSet, *flags) {
 		fs.StringVar(&f.vm, "vm", "", "the VM's `NAME`")
 		fs.StringVar(&f.addrs, "addr", "", "the VM's addresses, comma-separated `PREFIXES` (10.1.0.10/32)")
 		fs.StringVar(&f.members, "members", "", "the subnet's other VMs, comma-separated `NAMES` (with -subnet)")
-		fs.StringVar(&f.subnet, "subnet", "", "the VM's subnet `PREFIX`: when its other VMs (-members) are at the target already, the whole subnet moves (redirect tunnel from the routing core until routes converge)")
+		fs.StringVar(&f.subnet, "subnet", "", "the VM's subnet `PREFIX` (a dual-stack one: V4PREFIX,V6PREFIX): when its other VMs (-members) are at the target already, the whole subnet moves (redirect tunnel from the routing core until routes converge)")
 	} else {
 		fs.Var(&f.vms, "vm", "a member: `NAME=PREFIXES` (its addresses, comma-separated); once per VM")
 		fs.IntVar(&f.parallel, "parallel", 0, "how many members migrate at once (0: all)")
-		fs.StringVar(&f.subnet, "subnet", "", "the members' subnet `PREFIX` (required): one redirect tunnel from the routing core carries each member's addresses from its switchover until routes converge")
+		fs.StringVar(&f.subnet, "subnet", "", "the members' subnet `PREFIX` (required; a dual-stack one: V4PREFIX,V6PREFIX): one redirect tunnel from the routing core carries each member's addresses from its switchover until routes converge")
 	}
 	fs.StringVar(&f.from, "from", "", "source environment")
 	fs.StringVar(&f.to, "to", "", "target environment")
@@ -69,7 +69,7 @@ func newFlags(cmd string) (*flag.FlagSet, *flags) {
 	fs.StringVar(&f.link, "link", string(tunnel.WireGuard), "secure link `KIND`: wireguard or ipsec (the agents' -link must serve it)")
 	fs.StringVar(&f.fence, "fence", string(migration.FenceAtSwitchover), "fence `MODE`: at-switchover or before-copy")
 	fs.DurationVar(&f.maxDowntime, "max-downtime", 0, "allowed stop-and-copy time (0: the hypervisor's default)")
-	fs.StringVar(&f.via, "via", "", "the next hop `ADDR` at the routing core that proves the subnet's new place (with -subnet)")
+	fs.StringVar(&f.via, "via", "", "the next hop `ADDR` at the routing core that proves the subnet's new place (with -subnet; a dual-stack subnet: V4ADDR,V6ADDR)")
 	fs.DurationVar(&f.converge, "converge-timeout", 0, "how long to wait for the routing core to converge (with -subnet; 0: 5 minutes)")
 	return fs, f
 }

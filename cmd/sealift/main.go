@@ -407,19 +407,42 @@ func subnetFlags(subnet, members, via string, converge time.Duration) (*migratio
 		}
 		return nil, nil
 	}
-	p, err := netip.ParsePrefix(subnet)
-	if err != nil {
-		return nil, fmt.Errorf("-subnet %q: %w", subnet, err)
+	// A dual-stack subnet: "-subnet V4PREFIX,V6PREFIX -via V4ADDR,V6ADDR".
+	sn := &migration.Subnet{ConvergeTimeout: converge}
+	for _, f := range strings.Split(subnet, ",") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(f))
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("-subnet %q: %w", subnet, err)
+		case p.Addr().Is4() && !sn.Prefix.IsValid():
+			sn.Prefix = p
+		case p.Addr().Is6() && !sn.Prefix6.IsValid():
+			sn.Prefix6 = p
+		default:
+			return nil, fmt.Errorf("-subnet %q: at most one IPv4 and one IPv6 prefix", subnet)
+		}
 	}
-	sn := &migration.Subnet{Prefix: p, ConvergeTimeout: converge}
+	if !sn.Prefix.IsValid() { // an IPv6-only subnet is Prefix alone
+		sn.Prefix, sn.Prefix6 = sn.Prefix6, netip.Prefix{}
+	}
 	for _, m := range strings.Split(members, ",") {
 		if m = strings.TrimSpace(m); m != "" {
 			sn.Members = append(sn.Members, m)
 		}
 	}
 	if via != "" {
-		if sn.Via, err = netip.ParseAddr(via); err != nil {
-			return nil, fmt.Errorf("-via %q: %w", via, err)
+		for _, f := range strings.Split(via, ",") {
+			a, err := netip.ParseAddr(strings.TrimSpace(f))
+			if err != nil {
+				return nil, fmt.Errorf("-via %q: %w", via, err)
+			}
+			if sn.Prefix6.IsValid() && a.Is6() {
+				sn.Via6 = a
+			} else if !sn.Via.IsValid() {
+				sn.Via = a
+			} else {
+				return nil, fmt.Errorf("-via %q: one address per -subnet prefix, of its family", via)
+			}
 		}
 	}
 	return sn, nil

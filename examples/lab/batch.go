@@ -64,14 +64,23 @@ type BatchPhase struct {
 
 // VMBlackout is one guest's blackout in a batch, as its pinger saw it.
 type VMBlackout struct {
-	VM string  `json:"vm"`
-	MS float64 `json:"ms"`
+	VM  string   `json:"vm"`
+	MS  float64  `json:"ms"`
+	MS6 *float64 `json:"ms_v6,omitempty"` // -ipv6: over IPv6
 }
 
-func batchVMs(n int) []vmSpec {
+// batchVMs are the batch's n guests: 10.1.0.10 ..., and with ipv6
+// fd00:1::10 ... too.
+func batchVMs(n int, ipv6 bool) []vmSpec {
 	vs := make([]vmSpec, n)
 	for i := range vs {
-		vs[i] = secureVM(fmt.Sprintf("vm%d", i+1), netip.AddrFrom4([4]byte{10, 1, 0, byte(10 + i)}))
+		var a6 netip.Addr
+		if ipv6 {
+			b := lab.VMAddr6.As16()
+			b[15] += byte(i)
+			a6 = netip.AddrFrom16(b)
+		}
+		vs[i] = secureVM(fmt.Sprintf("vm%d", i+1), netip.AddrFrom4([4]byte{10, 1, 0, byte(10 + i)}), a6)
 	}
 	return vs
 }
@@ -144,10 +153,11 @@ func firstErr(errs ...error) error {
 
 // batchMigrations is the scenario's migrations in batch mode: one
 // RunBatch of every guest, at most o.parallel at once.
-func (w *world) batchMigrations(ctx context.Context, res *Result, m *migration.Migrator, pingers map[string][]*pinger) ([]*migration.Report, error) {
+func (w *world) batchMigrations(ctx context.Context, res *Result, m *migration.Migrator, pingers, pingers6 map[string][]*pinger) ([]*migration.Report, error) {
 	o := w.opts
-	b := migration.Batch{From: "secure", To: "cloud", Parallel: o.parallel,
-		Subnet: migration.Subnet{Prefix: lab.VMSubnet, Via: bSite, ConvergeTimeout: 60 * time.Second}}
+	sn := *w.subnetPlan()
+	sn.Members = nil
+	b := migration.Batch{From: "secure", To: "cloud", Parallel: o.parallel, Subnet: sn}
 	for _, v := range w.vms {
 		b.Plans = append(b.Plans, migration.Plan{VM: v.name, Link: o.Link, FenceMode: o.Fence, MaxDowntime: maxDowntime,
 			Addrs: w.planAddrs(v), Peers: w.planPeers()})
@@ -177,11 +187,20 @@ func (w *world) batchMigrations(ctx context.Context, res *Result, m *migration.M
 			mr.Error = rep.Reason
 		}
 		mr.Blackout = blackout(pingers[v.name], t0, end)
+		vb := VMBlackout{VM: v.name, MS: mr.Blackout.MS}
+		if ps := pingers6[v.name]; len(ps) > 0 {
+			b6 := blackout(ps, t0, end)
+			mr.Blackout6, vb.MS6 = &b6, &b6.MS
+		}
 		if i == 0 { // the plaintext session's guest
 			res.Audit.Kept, res.Audit.Reset = nonNil(mr.kept), nonNil(mr.reset)
+			res.BlackoutMS = mr.Blackout.MS
+			if mr.Blackout6 != nil {
+				res.BlackoutV6MS = &mr.Blackout6.MS
+			}
 		}
 		res.Migrations = append(res.Migrations, mr)
-		ph.Blackouts = append(ph.Blackouts, VMBlackout{VM: v.name, MS: mr.Blackout.MS})
+		ph.Blackouts = append(ph.Blackouts, vb)
 		if n := len(rep.Steps); n > 0 {
 			first := time.Unix(0, rep.Steps[0].Start)
 			last := time.Unix(0, rep.Steps[n-1].Start+rep.Steps[n-1].Duration)
@@ -194,16 +213,20 @@ func (w *world) batchMigrations(ctx context.Context, res *Result, m *migration.M
 	if !lastEnd.IsZero() {
 		ph.MembersMS = ms(lastEnd.Sub(brep.Started))
 	}
-	var bos []float64
+	var bos []float64 // both families: a guest's worst
 	for _, x := range ph.Blackouts {
-		bos = append(bos, x.MS)
+		if x.MS6 != nil {
+			bos = append(bos, max(x.MS, *x.MS6))
+		} else {
+			bos = append(bos, x.MS)
+		}
 	}
 	ph.MedianBlackoutMS, ph.MaxBlackoutMS = median(bos), slices.Max(append(bos, 0))
 	ph.MedianMemberMS = median(ph.MemberMS)
 	if brep.Converged != nil {
 		ph.ConvergedMS = msp(brep.Converged.After)
 	}
-	ph.RedirectRemovalLost = lostDuring(allPingers(pingers), &migration.Report{Steps: brep.Steps}, migration.BlockRemoveTunnel)
+	ph.RedirectRemovalLost = lostDuring(append(allPingers(pingers), allPingers(pingers6)...), &migration.Report{Steps: brep.Steps}, migration.BlockRemoveTunnel)
 	// Removed, as the core's kernel and the linker say.
 	core := netlinkroute.New(netlinkroute.WithHost(w.l.Core))
 	rds, rerr := core.Redirects(ctx)
@@ -257,10 +280,6 @@ func (w *world) batchFinished(e migration.Finished) {
 		return
 	}
 	if w.batchLeft.Add(-1) == 0 {
-		go func() {
-			if err := w.bgpB.Announce(context.Background(), lab.VMSubnet, bSite); err != nil {
-				w.log.Error("B: announce the subnet", "err", err)
-			}
-		}()
+		go w.announceSubnet()
 	}
 }

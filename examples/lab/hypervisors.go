@@ -86,11 +86,11 @@ func (w *world) qemuHandleIn(t lab.TB, host, dir string, mig netip.Addr, tlsDir 
 
 // qemuHypervisors: QEMU processes driven over QMP (hypervisor/qemu).
 func (w *world) qemuHypervisors(t lab.TB) (*hypervisors, error) {
-	a, err := w.qemuHandle(t, w.l.A, "a", lab.AUplink, w.tlsDirA)
+	a, err := w.qemuHandle(t, w.l.A, "a", w.underA(), w.tlsDirA)
 	if err != nil {
 		return nil, err
 	}
-	b, err := w.qemuHandle(t, w.l.B, "b", lab.BUnderlay, w.tlsDirB)
+	b, err := w.qemuHandle(t, w.l.B, "b", w.underB(), w.tlsDirB)
 	if err != nil {
 		return nil, err
 	}

@@ -33,16 +33,19 @@ func TestLab(t *testing.T) {
 		subnet bool
 		fence  migration.FenceMode
 		remote bool
+		ipv6   bool
 	}{
-		{"vm", false, migration.FenceAtSwitchover, false},
-		{"subnet", true, migration.FenceAtSwitchover, false},
+		{"vm", false, migration.FenceAtSwitchover, false, false},
+		{"subnet", true, migration.FenceAtSwitchover, false, false},
 		// An agent process per host, `sealift migrate` in its own namespace.
-		{"remote", false, migration.FenceAtSwitchover, true},
-		{"remote-subnet", true, migration.FenceAtSwitchover, true},
+		{"remote", false, migration.FenceAtSwitchover, true, false},
+		{"remote-subnet", true, migration.FenceAtSwitchover, true, false},
+		// Dual-stack guests, peers and hosts: judged by IPv4 and IPv6.
+		{"vm-ipv6", false, migration.FenceAtSwitchover, false, true},
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			o := Options{Hypervisor: "qemu", Link: tunnel.WireGuard, Fence: sc.fence, Subnet: sc.subnet, Remote: sc.remote}
+			o := Options{Hypervisor: "qemu", Link: tunnel.WireGuard, Fence: sc.fence, Subnet: sc.subnet, Remote: sc.remote, IPv6: sc.ipv6}
 			res, err := Run(t.Context(), t, o, log)
 			require.NotNil(t, res, "no report: %v", err)
 			t.Log("\n" + res.Text())
@@ -62,6 +65,11 @@ func TestLab(t *testing.T) {
 			var got map[string]any
 			require.NoError(t, json.Unmarshal(data, &got))
 			checkReport(t, got, sc.subnet)
+			if sc.ipv6 {
+				checkIPv6(t, got)
+			} else {
+				assert.Nil(t, got["ipv6"], "an IPv4-only run reports no IPv6")
+			}
 			assert.Equal(t, sc.remote, got["remote"])
 			if sc.remote {
 				c := got["controller"].(map[string]any)
@@ -207,6 +215,48 @@ func runJudged(t *testing.T, o Options, log *slog.Logger) map[string]any {
 	assert.EqualValues(t, 0, wan["plaintext_by_address"], "plaintext by address")
 	assert.EqualValues(t, 1, wan["control_by_address"], "the control leak, by address")
 	return got
+}
+
+// checkIPv6 asserts on the dual-stack report's IPv6 side, as a user of
+// the report would: both families' plaintext 0, the guest's IPv6 blackout
+// measured beside the IPv4 one, every peer's IPv6 echoes with the moved
+// guest through the link at B and none by another way, the IPv6 session
+// reset and back through the link, B's ICMPv6 errors kept off the wan.
+func checkIPv6(t *testing.T, r map[string]any) {
+	t.Helper()
+	wan := r["wan"].(map[string]any)
+	assert.EqualValues(t, 0, wan["plaintext_by_address_v6"], "IPv6 plaintext by address")
+	assert.EqualValues(t, 0, wan["plaintext_by_address"], "plaintext by address, both families")
+	assert.EqualValues(t, 1, wan["control_v6_by_address"], "the IPv6 control leak, by the IPv6 count")
+	assert.EqualValues(t, 1, wan["control_v6_by_marker"], "the IPv6 control leak, by marker")
+	require.NotNil(t, r["blackout_v6_ms"], "no IPv6 blackout")
+	for _, m := range r["migrations"].([]any) {
+		m := m.(map[string]any)
+		b6, ok := m["blackout_v6"].(map[string]any)
+		if assert.True(t, ok, "%v: no IPv6 blackout", m["vm"]) {
+			assert.Greater(t, b6["sent"].(float64), b6["lost"].(float64), "%v: IPv6 pings", m["vm"])
+		}
+		assert.NotNil(t, m["traffic_after_resume_v6_ms"], "%v: no IPv6 reply after the resume", m["vm"])
+	}
+	v6 := r["ipv6"].(map[string]any)
+	assert.Equal(t, true, v6["peers_reach_all"], "unreachable by IPv6: %v", v6["unreachable"])
+	paths := v6["paths"].([]any)
+	assert.Len(t, paths, 2, "peer and peer2")
+	for _, p := range paths {
+		p := p.(map[string]any)
+		assert.Equal(t, true, p["secure"], "%v: %v", p["peer"], p["detail"])
+		assert.Greater(t, p["via_link_packets"].(float64), 0.0, "%v", p["peer"])
+		assert.EqualValues(t, 0, p["other_path_packets"], "%v", p["peer"])
+	}
+	a := v6["audit"].(map[string]any)
+	assert.Equal(t, true, a["reestablished_secure"], "IPv6 session: %v", a["reestablished"])
+	var reset bool
+	for _, c := range r["audit"].(map[string]any)["reset"].([]any) {
+		reset = reset || strings.HasPrefix(c.(string), "tcp [fd00:1::10]:7777->")
+	}
+	assert.True(t, reset, "the IPv6 session reset: %v", r["audit"].(map[string]any)["reset"])
+	lp := wan["leak_probe"].(map[string]any)
+	assert.Contains(t, toJSON(lp["targets"]), "fd00:1::10", "the leak probe covers the guest's IPv6 address")
 }
 
 func toJSON(v any) string {

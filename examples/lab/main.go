@@ -6,7 +6,7 @@
 // along, runs a plain QEMU migration as the baseline, and reports per
 // FIG. 3 step. Run it as root: `make lab`, or
 //
-//	go run ./examples/lab [-link wireguard|ipsec] [-fence at-switchover|before-copy] [-subnet] [-remote] [-json FILE]
+//	go run ./examples/lab [-link wireguard|ipsec] [-fence at-switchover|before-copy] [-subnet] [-remote] [-ipv6] [-wan6] [-ns-prefix P] [-json FILE]
 package main
 
 import (
@@ -41,6 +41,9 @@ func main() {
 	flag.BoolVar(&o.Remote, "remote", false, "run sealift-agent per host and the controller (sealift migrate) in a namespace of its own, over mutual TLS")
 	flag.StringVar(&jsonPath, "json", "", "write the JSON report to this file")
 	flag.StringVar(&crash, "crash", "", "the controller's crash matrix: one remote lab run per `POINT` (all, or some of "+strings.Join(pointNames(), ",")+"), the controller killed there and another finishing; JSON crash[]")
+	flag.BoolVar(&o.IPv6, "ipv6", false, "dual-stack guests, peers and hosts: peers reach the moved guest by IPv4 and IPv6, both judged")
+	flag.BoolVar(&o.WAN6, "wan6", false, "the wan is IPv6 only: the link and the migration stream run over the hosts' IPv6 underlay addresses")
+	flag.StringVar(&o.NSPrefix, "ns-prefix", "", "start the lab's namespace names (and its site VPN's device names) with this (at most 5 of a-z0-9; default sl): one per lab run at once on the machine")
 	flag.BoolVar(&verbose, "v", false, "log the backends' work")
 	flag.Parse()
 	o.Link, o.Fence = tunnel.Kind(link), migration.FenceMode(fence)

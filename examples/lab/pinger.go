@@ -28,6 +28,7 @@ type pinger struct {
 	dst      *net.IPAddr
 	id       uint16
 	marker   []byte // carried in every echo, so a capture can spot it in clear
+	v6       bool   // ICMPv6 echo (the kernel computes its checksum)
 
 	mu   sync.Mutex
 	sent []time.Time // by sequence number
@@ -39,8 +40,13 @@ type pinger struct {
 
 func startPinger(ns string, dst netip.Addr, interval time.Duration, id uint16, marker []byte) (*pinger, error) {
 	var c *net.IPConn
+	v6 := dst.Is6() && !dst.Is4In6()
+	network, laddr := "ip4:icmp", "0.0.0.0"
+	if v6 {
+		network, laddr = "ip6:ipv6-icmp", "::"
+	}
 	err := nsutil.Do(ns, func() error {
-		pc, err := net.ListenPacket("ip4:icmp", "0.0.0.0")
+		pc, err := net.ListenPacket(network, laddr)
 		if err != nil {
 			return err
 		}
@@ -62,7 +68,7 @@ func startPinger(ns string, dst netip.Addr, interval time.Duration, id uint16, m
 		c.Close()
 		return nil, fmt.Errorf("SO_TIMESTAMPNS: %v %v", err, serr)
 	}
-	p := &pinger{interval: interval, c: c, dst: &net.IPAddr{IP: dst.AsSlice()}, id: id, marker: marker, stop: make(chan struct{})}
+	p := &pinger{interval: interval, c: c, dst: &net.IPAddr{IP: dst.Unmap().AsSlice()}, id: id, marker: marker, v6: v6, stop: make(chan struct{})}
 	p.done.Add(2)
 	go p.send()
 	go p.read()
@@ -74,13 +80,19 @@ func (p *pinger) send() {
 	t := time.NewTicker(p.interval)
 	defer t.Stop()
 	msg := append(make([]byte, 16), p.marker...)
+	request := byte(8)
+	if p.v6 {
+		request = 128
+	}
 	for seq := 0; ; seq++ {
-		msg[0], msg[1] = 8, 0 // echo request
+		msg[0], msg[1] = request, 0 // echo request
 		binary.BigEndian.PutUint16(msg[2:], 0)
 		binary.BigEndian.PutUint16(msg[4:], p.id)
 		binary.BigEndian.PutUint16(msg[6:], uint16(seq))
 		binary.BigEndian.PutUint64(msg[8:], uint64(seq))
-		binary.BigEndian.PutUint16(msg[2:], lab.Checksum(msg))
+		if !p.v6 { // ICMPv6: the kernel fills the checksum in (pseudo-header)
+			binary.BigEndian.PutUint16(msg[2:], lab.Checksum(msg))
+		}
 		p.mu.Lock()
 		p.sent = append(p.sent, time.Now())
 		p.recv = append(p.recv, time.Time{})
@@ -98,6 +110,10 @@ func (p *pinger) read() {
 	defer p.done.Done()
 	buf := make([]byte, 1500)
 	oob := make([]byte, 128)
+	reply := byte(0)
+	if p.v6 {
+		reply = 129
+	}
 	for {
 		n, oobn, _, _, err := p.c.ReadMsgIP(buf, oob)
 		if err != nil {
@@ -107,13 +123,14 @@ func (p *pinger) read() {
 		if at.IsZero() {
 			at = time.Now()
 		}
-		// ReadMsgIP, unlike ReadFrom, leaves the IPv4 header on.
+		// ReadMsgIP, unlike ReadFrom, leaves the IPv4 header on (an
+		// ICMPv6 socket gets no IP header).
 		msg := buf[:n]
-		if len(msg) >= 20 && msg[0]>>4 == 4 {
+		if !p.v6 && len(msg) >= 20 && msg[0]>>4 == 4 {
 			msg = msg[min(int(msg[0]&0x0f)*4, len(msg)):]
 		}
 		n = copy(buf, msg)
-		if n < 16 || buf[0] != 0 || binary.BigEndian.Uint16(buf[4:]) != p.id {
+		if n < 16 || buf[0] != reply || binary.BigEndian.Uint16(buf[4:]) != p.id {
 			continue
 		}
 		seq := int(binary.BigEndian.Uint64(buf[8:]))

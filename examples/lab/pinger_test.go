@@ -1,10 +1,14 @@
 package main
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sealift/sealift/internal/lab"
 )
 
 // record builds a pinger record: an echo every 5 ms from t0, answered
@@ -95,4 +99,51 @@ func TestFirstReplyAfter(t *testing.T) {
 	assert.Equal(t, t0.Add(121*time.Millisecond), at)
 	_, ok = e.firstReplyAfter(t0.Add(time.Second))
 	assert.False(t, ok)
+}
+
+// TestPingerIPv6: the pinger over ICMPv6 in the dual-stack topology gets
+// its replies (kernel timestamps, its own id) from the VM endpoint, and
+// nothing from an address nobody has.
+func TestPingerIPv6(t *testing.T) {
+	lab.RequireRoot(t)
+	l := lab.New(t)
+	require.NoError(t, l.DualStack(false))
+	require.NoError(t, lab.WaitReachable(l.Peer2, lab.VMAddr6, 5*time.Second))
+	p, err := startPinger(l.Peer2, lab.VMAddr6, pingEvery, 0x5999, marker)
+	require.NoError(t, err)
+	nobody, err := startPinger(l.Peer2, netip.MustParseAddr("fd00:1::99"), pingEvery, 0x599a, marker)
+	require.NoError(t, err)
+	t0 := time.Now()
+	time.Sleep(300 * time.Millisecond)
+	p.Stop()
+	nobody.Stop()
+	s := p.Between(t0, time.Now())
+	assert.Greater(t, s.Sent, 20)
+	assert.GreaterOrEqual(t, s.Answered, s.Sent-2, "IPv6 echoes answered: %+v", s)
+	assert.Zero(t, nobody.Between(t0, time.Now()).Answered, "replies to an address nobody has")
+}
+
+// TestWANResultIPv6Control: the IPv6 control is counted apart from the
+// IPv4 one, and neither counts as plaintext; a frame beyond them does.
+func TestWANResultIPv6Control(t *testing.T) {
+	st := func(watched, watched6, mark int) lab.CaptureStats {
+		return lab.CaptureStats{Frames: 10 + watched, Watched: watched, Watched6: watched6, Marker: mark, ByKind: map[string]int{lab.KindUnknown: watched}}
+	}
+	marks := []lab.CaptureStats{st(0, 0, 0), st(1, 0, 1), st(2, 1, 2)}
+	r := wanResult(st(2, 1, 2), marks, nil)
+	assert.Equal(t, 1, r.ControlByAddress)
+	assert.Equal(t, 1, *r.ControlV6ByAddress)
+	assert.Equal(t, 1, *r.ControlV6ByMarker)
+	assert.Zero(t, r.PlaintextByAddress)
+	assert.Zero(t, r.PlaintextByAddressV6)
+	assert.Zero(t, r.PlaintextByMarker)
+	assert.Zero(t, r.Unknown)
+
+	r = wanResult(st(3, 2, 2), marks, nil) // one IPv6 frame in clear later
+	assert.Equal(t, 1, r.PlaintextByAddress)
+	assert.Equal(t, 1, r.PlaintextByAddressV6)
+
+	r = wanResult(st(1, 0, 1), marks[:2], nil) // IPv4 wan, no IPv6 control sent
+	assert.Nil(t, r.ControlV6ByAddress)
+	assert.Zero(t, r.PlaintextByAddress)
 }

@@ -178,9 +178,9 @@ func (w *world) writeControllerConfig() error {
 	}
 	a, b, core := r.agents["host-a"], r.agents["host-b"], r.agents["core"]
 	c.Environments = map[string]map[string]any{
-		"secure": {"agent": a.listen(), "host": a.name, "underlay": lab.AUplink.String(),
-			"core": map[string]any{"agent": core.listen(), "host": core.name, "underlay": lab.CoreWAN.String()}},
-		"cloud": {"agent": b.listen(), "host": b.name, "underlay": lab.BUnderlay.String(), "secure_devices": r.secureDevices},
+		"secure": {"agent": a.listen(), "host": a.name, "underlay": w.underA().String(),
+			"core": map[string]any{"agent": core.listen(), "host": core.name, "underlay": w.underCore().String()}},
+		"cloud": {"agent": b.listen(), "host": b.name, "underlay": w.underB().String(), "secure_devices": r.secureDevices},
 	}
 	data, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {
@@ -200,10 +200,10 @@ func (w *world) agentArgs(p *agentProc) []string {
 	switch p.name {
 	case "host-a":
 		return append(args, "-hypervisor", "qemu", "-qemu-dir", p.qemuDir(), "-qemu-tls", w.tlsDirA,
-			"-qemu-migration-addr", lab.AUplink.String(), "-fence", "nft", "-conn", "conntrack")
+			"-qemu-migration-addr", w.underA().String(), "-fence", "nft", "-conn", "conntrack")
 	case "host-b":
 		return append(args, "-hypervisor", "qemu", "-qemu-dir", p.qemuDir(), "-qemu-tls", w.tlsDirB,
-			"-qemu-migration-addr", lab.BUnderlay.String(), "-fence", "nft", "-conn", "conntrack")
+			"-qemu-migration-addr", w.underB().String(), "-fence", "nft", "-conn", "conntrack")
 	default:
 		args = append(args, "-fence", "none", "-conn", "none")
 		if w.opts.Subnet { // the core's BGP speaker, in its agent, peering with B over the site link
@@ -244,11 +244,7 @@ func (w *world) remoteSubnet(ctx context.Context, t lab.TB) error {
 // watching the core (as the in-process lab's relay does).
 func (w *world) ctlLine(line string) {
 	if w.bgpB != nil && line == fmt.Sprintf("block %d %s ...", int(migration.BlockInspect), migration.BlockInspect) {
-		go func() {
-			if err := w.bgpB.Announce(context.Background(), lab.VMSubnet, bSite); err != nil {
-				w.log.Error("B: announce the subnet", "err", err)
-			}
-		}()
+		go w.announceSubnet()
 	}
 }
 
@@ -374,11 +370,11 @@ func nsDialer(ns string) func(context.Context, string) (net.Conn, error) {
 // the agents.
 func (w *world) remoteQEMU(t lab.TB) (*hypervisors, error) {
 	a, b := w.rm.agents["host-a"], w.rm.agents["host-b"]
-	la, err := w.qemuHandleIn(t, w.l.A, a.qemuDir(), lab.AUplink, w.tlsDirA)
+	la, err := w.qemuHandleIn(t, w.l.A, a.qemuDir(), w.underA(), w.tlsDirA)
 	if err != nil {
 		return nil, err
 	}
-	lb, err := w.qemuHandleIn(t, w.l.B, b.qemuDir(), lab.BUnderlay, w.tlsDirB)
+	lb, err := w.qemuHandleIn(t, w.l.B, b.qemuDir(), w.underB(), w.tlsDirB)
 	if err != nil {
 		return nil, err
 	}
@@ -578,8 +574,12 @@ func migrateArgs(p migration.Plan) []string {
 	args := []string{"migrate", "-vm", p.VM, "-from", p.From, "-to", p.To, "-addr", strings.Join(addrs, ","),
 		"-peer", strings.Join(peers, ","), "-fence", string(p.FenceMode), "-max-downtime", p.MaxDowntime.String()}
 	if sn := p.Subnet; sn != nil {
-		args = append(args, "-subnet", sn.Prefix.String(), "-members", strings.Join(sn.Members, ","),
-			"-via", sn.Via.String(), "-converge-timeout", sn.ConvergeTimeout.String())
+		subnet, via := sn.Prefix.String(), sn.Via.String()
+		if sn.Prefix6.IsValid() { // a dual-stack subnet
+			subnet, via = subnet+","+sn.Prefix6.String(), via+","+sn.Via6.String()
+		}
+		args = append(args, "-subnet", subnet, "-members", strings.Join(sn.Members, ","),
+			"-via", via, "-converge-timeout", sn.ConvergeTimeout.String())
 	}
 	return args
 }

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/sealift/sealift/hypervisor"
-	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/migration"
 )
 
@@ -33,6 +31,9 @@ type Result struct {
 	BaselineBlackoutMS   float64  `json:"baseline_blackout_ms"`
 	BlackoutRatio        float64  `json:"blackout_ratio"`
 	TrafficAfterResumeMS *float64 `json:"traffic_after_resume_ms"`
+	// BlackoutV6MS: the first migration's blackout seen by the peers'
+	// IPv6 pings (-ipv6), measured as BlackoutMS is.
+	BlackoutV6MS *float64 `json:"blackout_v6_ms,omitempty"`
 
 	Baselines  []BaselineResult  `json:"baselines"`
 	Migrations []MigrationResult `json:"migrations"`
@@ -44,9 +45,37 @@ type Result struct {
 	Unreachable      []string `json:"unreachable,omitempty"`
 	CounterContinued bool     `json:"counter_continued"`
 	Journal          string   `json:"journal"` // "ok" or what is wrong
+	// IPv6 (-ipv6): what the peers saw of the guests over IPv6.
+	IPv6 *IPv6Result `json:"ipv6,omitempty"`
 	// Diagnostics, when something failed: what B's hypervisor, kernel and
 	// the guests' consoles say.
 	Diagnostics map[string]string `json:"diagnostics,omitempty"`
+}
+
+// IPv6Result is the dual-stack run's IPv6 side, measured as the IPv4
+// one is.
+type IPv6Result struct {
+	// PeersReachAll: every peer's IPv6 pings to every guest were answered
+	// in the last 300 ms after the migrations.
+	PeersReachAll bool     `json:"peers_reach_all"`
+	Unreachable   []string `json:"unreachable,omitempty"`
+	// Paths: per peer, its IPv6 echoes with the moved guest, counted for
+	// a second after the migrations at B's forward hook by the way they
+	// took (through the link's device, or any secure device of B's, or
+	// not).
+	Paths []EchoPath `json:"paths"`
+	// Audit: the IPv6 plaintext session's new connection after the reset,
+	// judged by its path at B.
+	Audit *AuditResult `json:"audit,omitempty"`
+}
+
+// EchoPath is one peer's IPv6 pings to the moved guest at B.
+type EchoPath struct {
+	Peer    string `json:"peer"`
+	ViaLink uint64 `json:"via_link_packets"`
+	Other   uint64 `json:"other_path_packets"`
+	Secure  bool   `json:"secure"`
+	Detail  string `json:"detail,omitempty"`
 }
 
 // Verdict is one check of the run.
@@ -118,14 +147,21 @@ type WANResult struct {
 	// After the control: frames with a guest's or a peer subnet's address
 	// in any IP header, with the marker, of no expected kind.
 	PlaintextByAddress int `json:"plaintext_by_address"`
-	PlaintextByMarker  int `json:"plaintext_by_marker"`
-	Unknown            int `json:"unknown"`
-	Dropped            int `json:"dropped"`
+	// PlaintextByAddressV6: those of them whose watched address is IPv6.
+	PlaintextByAddressV6 int `json:"plaintext_by_address_v6"`
+	PlaintextByMarker    int `json:"plaintext_by_marker"`
+	Unknown              int `json:"unknown"`
+	Dropped              int `json:"dropped"`
 	// Control: one marked packet from a peer's address sent in clear
 	// across the wan on purpose before any link exists; both counts must
 	// be 1, or the counters prove nothing.
 	ControlByAddress int `json:"control_by_address"`
 	ControlByMarker  int `json:"control_by_marker"`
+	// ControlV6*: a dual-stack run over an IPv4 wan sends a second
+	// control, ICMPv6 from a peer's IPv6 address: the IPv6 count
+	// (plaintext_by_address_v6) must see it once, and the marker count.
+	ControlV6ByAddress *int `json:"control_v6_by_address,omitempty"`
+	ControlV6ByMarker  *int `json:"control_v6_by_marker,omitempty"`
 	// Samples describe the first suspicious frames (the control among
 	// them).
 	Samples []string `json:"samples,omitempty"`
@@ -175,17 +211,26 @@ type Timeline struct {
 
 // MigrationResult is one secure migration of the run.
 type MigrationResult struct {
-	VM                  string   `json:"vm"`
-	ID                  string   `json:"id"`
-	Outcome             string   `json:"outcome"`
-	Error               string   `json:"error,omitempty"`
-	Link                string   `json:"link"`
-	SubnetMoved         bool     `json:"subnet_moved"`
-	RedirectTunnel      string   `json:"redirect_tunnel,omitempty"`
-	ConvergedMS         float64  `json:"converged_ms,omitempty"`
-	RedirectRemoved     bool     `json:"redirect_removed"`
-	RedirectRemovalLost int      `json:"redirect_removal_lost"`
-	Blackout            Blackout `json:"blackout"`
+	VM                  string  `json:"vm"`
+	ID                  string  `json:"id"`
+	Outcome             string  `json:"outcome"`
+	Error               string  `json:"error,omitempty"`
+	Link                string  `json:"link"`
+	SubnetMoved         bool    `json:"subnet_moved"`
+	RedirectTunnel      string  `json:"redirect_tunnel,omitempty"`
+	ConvergedMS         float64 `json:"converged_ms,omitempty"`
+	RedirectRemoved     bool    `json:"redirect_removed"`
+	RedirectRemovalLost int     `json:"redirect_removal_lost"`
+	// RedirectRemovalLost6: the same, of the IPv6 pings (-ipv6).
+	RedirectRemovalLost6 *int `json:"redirect_removal_lost_v6,omitempty"`
+	// CoreRoute6 (-subnet -ipv6): the routing core's kernel route to the
+	// subnet's IPv6 prefix after the move, as `ip -6 route` shows it.
+	CoreRoute6 string   `json:"core_route_v6,omitempty"`
+	Blackout   Blackout `json:"blackout"`
+	// Blackout6 and TrafficAfterResume6MS: the same, by the peers' IPv6
+	// pings (-ipv6).
+	Blackout6             *Blackout `json:"blackout_v6,omitempty"`
+	TrafficAfterResume6MS *float64  `json:"traffic_after_resume_v6_ms,omitempty"`
 	// ReleasedPackets: packets A's fence held during the switchover and
 	// sent on through the link (migration.Report.Released).
 	ReleasedPackets int `json:"released_packets"`
@@ -211,6 +256,12 @@ func scenario(o Options) string {
 	}
 	if o.Remote {
 		s += ", remote (an agent per host)"
+	}
+	if o.IPv6 {
+		s += ", dual-stack"
+	}
+	if o.WAN6 {
+		s += ", IPv6-only wan"
 	}
 	if o.Kill != "" {
 		if o.Kill == "controller" && o.Standby {
@@ -360,11 +411,7 @@ func relay(events <-chan migration.Event, o Options, w *world) {
 			}
 		case migration.StepStarted:
 			if e.Block == migration.BlockInspect && w.bgpB != nil && o.VMs == 0 {
-				go func() {
-					if err := w.bgpB.Announce(context.Background(), lab.VMSubnet, bSite); err != nil {
-						w.log.Error("B: announce the subnet", "err", err)
-					}
-				}()
+				go w.announceSubnet()
 			}
 		}
 	}
@@ -390,6 +437,13 @@ func (r *Result) Text() string {
 				m.RedirectTunnel, m.ConvergedMS, m.RedirectRemoved, m.RedirectRemovalLost)
 		}
 		fmt.Fprintln(&b)
+		if m.CoreRoute6 != "" || m.RedirectRemovalLost6 != nil {
+			lost := "n/a"
+			if m.RedirectRemovalLost6 != nil {
+				lost = fmt.Sprint(*m.RedirectRemovalLost6)
+			}
+			fmt.Fprintf(&b, "  IPv6 prefix: %s IPv6 pings lost while removing the redirect; the core's routes after: %q\n", lost, m.CoreRoute6)
+		}
 		if m.Error != "" {
 			fmt.Fprintf(&b, "  error: %s\n", m.Error)
 		}
@@ -400,6 +454,10 @@ func (r *Result) Text() string {
 			m.Migration.TotalMS, m.Migration.DowntimeMS, m.Migration.HookMS, mib(m.Migration.Bytes))
 		fmt.Fprintf(&b, "  peers: blackout %.1f ms (no reply arriving), %d late replies (max RTT %.1f ms), %d of %d lost; traffic %s after resume\n",
 			m.Blackout.MS, m.Blackout.LateReplies, m.Blackout.MaxRTTMS, m.Blackout.Lost, m.Blackout.Sent, fmtMS(m.TrafficAfterResumeMS))
+		if b6 := m.Blackout6; b6 != nil {
+			fmt.Fprintf(&b, "  peers over IPv6: blackout %.1f ms (no reply arriving), %d late replies (max RTT %.1f ms), %d of %d lost; traffic %s after resume\n",
+				b6.MS, b6.LateReplies, b6.MaxRTTMS, b6.Lost, b6.Sent, fmtMS(m.TrafficAfterResume6MS))
+		}
 		if m.ReleasedPackets > 0 {
 			fmt.Fprintf(&b, "  %d packets to the VM held at A during the switchover, sent on through the link\n", m.ReleasedPackets)
 		}
@@ -446,9 +504,23 @@ func (r *Result) Text() string {
 		fmt.Fprintf(&b, "audit: kept %v, reset %v\ncame back secure (by path at B: %d packets via the link, %d by another way): %v (%s)\n",
 			r.Audit.Kept, r.Audit.Reset, r.Audit.ViaLinkPackets, r.Audit.OtherPackets, r.Audit.ReestablishedSecure, r.Audit.Reestablished)
 	}
+	if wn := r.WAN; wn.ControlV6ByAddress != nil {
+		fmt.Fprintf(&b, "IPv6 control seen by address (IPv6 count) %d, by marker %d\n", *wn.ControlV6ByAddress, *wn.ControlV6ByMarker)
+	}
+	if v := r.IPv6; v != nil {
+		fmt.Fprintf(&b, "IPv6: every peer reaches every guest: %v %v\n", v.PeersReachAll, v.Unreachable)
+		for _, p := range v.Paths {
+			fmt.Fprintf(&b, "  IPv6 echoes %s <-> the moved guest at B: %d packets via the link, %d by another way (%s)\n", p.Peer, p.ViaLink, p.Other, p.Detail)
+		}
+		if a := v.Audit; a != nil {
+			fmt.Fprintf(&b, "  IPv6 session came back secure (by path at B: %d packets via the link, %d by another way): %v (%s)\n",
+				a.ViaLinkPackets, a.OtherPackets, a.ReestablishedSecure, a.Reestablished)
+		}
+	}
 	wn := r.WAN
-	fmt.Fprintf(&b, "wan: %d frames %v; control seen by address %d, by marker %d; after it: plaintext by address %d, by marker %d, unknown %d; dropped %d\n",
-		wn.Frames, wn.ByKind, wn.ControlByAddress, wn.ControlByMarker, wn.PlaintextByAddress, wn.PlaintextByMarker, wn.Unknown, wn.Dropped)
+	fmt.Fprintf(&b, "wan: %d frames %v; control seen by address %d, by marker %d; after it: plaintext by address %d (IPv4 %d, IPv6 %d), by marker %d, unknown %d; dropped %d\n",
+		wn.Frames, wn.ByKind, wn.ControlByAddress, wn.ControlByMarker, wn.PlaintextByAddress, wn.PlaintextByAddress-wn.PlaintextByAddressV6, wn.PlaintextByAddressV6,
+		wn.PlaintextByMarker, wn.Unknown, wn.Dropped)
 	if wn.Error != "" {
 		fmt.Fprintf(&b, "wan capture: %s\n", wn.Error)
 	}

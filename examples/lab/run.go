@@ -50,6 +50,17 @@ type Options struct {
 	Logs string
 	// Progress, if set, receives a line per migration progress event.
 	Progress func(string)
+	// IPv6: guests, peers and hosts are dual-stack; peers ping the guests
+	// and hold a plaintext session to them over IPv6 too, and the run is
+	// judged for both families.
+	IPv6 bool
+	// WAN6: the untrusted wan is IPv6 only; the link's endpoints and the
+	// migration stream use the hosts' IPv6 underlay addresses.
+	WAN6 bool
+	// NSPrefix starts the names of the lab's namespaces (NSPrefix + 6
+	// random hex digits; "" means "sl") and, when set, of its site VPN's
+	// WireGuard devices: labs run at once on one machine must differ.
+	NSPrefix string
 }
 
 func (o Options) validate() error {
@@ -74,6 +85,15 @@ func (o Options) validate() error {
 	default:
 		return fmt.Errorf("-fence %q: want at-switchover or before-copy", o.Fence)
 	}
+	if len(o.NSPrefix) > 5 || !validPrefix(o.NSPrefix) {
+		return fmt.Errorf("-ns-prefix %q: want at most 5 lower-case letters or digits (device names are at most 15 characters)", o.NSPrefix)
+	}
+	if o.IPv6 || o.WAN6 {
+		switch {
+		case o.Hypervisor != "qemu":
+			return fmt.Errorf("-ipv6/-wan6: only with -hypervisor qemu for now")
+		}
+	}
 	if o.VMs != 0 {
 		switch {
 		case !o.Subnet:
@@ -87,6 +107,15 @@ func (o Options) validate() error {
 		}
 	}
 	return o.checkRemote()
+}
+
+func validPrefix(p string) bool {
+	for _, c := range p {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
 }
 
 // marker is carried by every probe between the guests and their peers;
@@ -118,11 +147,11 @@ func Run(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*Result, e
 		res.judge(err, o)
 		return res, err
 	}
-	var control, quiet lab.CaptureStats
+	var marks []lab.CaptureStats
 	if err == nil {
-		err = w.run(ctx, t, res, w.wan, &quiet, &control)
+		err = w.run(ctx, t, res, w.wan, &marks)
 	}
-	res.WAN = wanResult(w.wan.Stop(), quiet, control, res.WAN.LeakProbe)
+	res.WAN = wanResult(w.wan.Stop(), marks, res.WAN.LeakProbe)
 	res.judge(err, o)
 	if !res.Pass {
 		res.Diagnostics = w.diagnose(context.WithoutCancel(ctx))
@@ -130,20 +159,29 @@ func Run(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*Result, e
 	return res, err
 }
 
-// wanResult sums up the wan capture: the control (the delta between
-// quiet and control) must be exactly one frame by address and marker;
+// wanResult sums up the wan capture. marks are the capture's snapshots
+// before the control (marks[0]), after it (marks[1]) and, in a
+// dual-stack run over an IPv4 wan, after the IPv6 control (marks[2]):
+// each control must be exactly one frame by address and marker;
 // everything else counts against the run.
-func wanResult(final, quiet, control lab.CaptureStats, probe *LeakProbe) WANResult {
-	c := control.Sub(quiet)
-	if control.Frames == 0 && quiet.Frames == 0 {
-		c = lab.CaptureStats{ByKind: map[string]int{}}
+func wanResult(final lab.CaptureStats, marks []lab.CaptureStats, probe *LeakProbe) WANResult {
+	none := lab.CaptureStats{ByKind: map[string]int{}}
+	c, c6 := none, none
+	if len(marks) >= 2 {
+		c = marks[1].Sub(marks[0])
 	}
 	r := WANResult{Frames: final.Frames, ByKind: final.ByKind, Dropped: final.Dropped,
 		ControlByAddress: c.Watched, ControlByMarker: c.Marker,
-		PlaintextByAddress: final.Watched - min(c.Watched, 1),
-		PlaintextByMarker:  final.Marker - min(c.Marker, 1),
-		Unknown:            final.ByKind[lab.KindUnknown] - min(c.ByKind[lab.KindUnknown], 1),
-		Samples:            final.Samples, LeakProbe: probe}
+		Samples: final.Samples, LeakProbe: probe}
+	if len(marks) >= 3 {
+		c6 = marks[2].Sub(marks[1])
+		v6, m6 := c6.Watched6, c6.Marker
+		r.ControlV6ByAddress, r.ControlV6ByMarker = &v6, &m6
+	}
+	r.PlaintextByAddress = final.Watched - min(c.Watched, 1) - min(c6.Watched, 1)
+	r.PlaintextByAddressV6 = final.Watched6 - min(c.Watched6, 1) - min(c6.Watched6, 1)
+	r.PlaintextByMarker = final.Marker - min(c.Marker, 1) - min(c6.Marker, 1)
+	r.Unknown = final.ByKind[lab.KindUnknown] - min(c.ByKind[lab.KindUnknown], 1) - min(c6.ByKind[lab.KindUnknown], 1)
 	if final.Frames == 0 {
 		r.Error = "the capture saw no frame"
 	}
@@ -152,7 +190,7 @@ func wanResult(final, quiet, control lab.CaptureStats, probe *LeakProbe) WANResu
 
 // run is the scenario: control packet, baselines, secure migrations,
 // checks. It fills res as it goes, so a failure still reports.
-func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture, quiet, control *lab.CaptureStats) error {
+func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture, marks *[]lab.CaptureStats) error {
 	l, o := w.l, w.opts
 	var j migration.Journal
 	if !o.Remote { // remote: the controller's, read once it is done
@@ -166,13 +204,22 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 
 	// The control: one marked packet from a peer's address, in clear
 	// across the wan, before any link exists. The counters must see it.
-	*quiet = wan.Snapshot()
-	*control = *quiet
-	if err := lab.SendControl(l.Peer2, lab.BUnderlay, marker); err != nil {
-		return fmt.Errorf("control packet: %w", err)
+	// (-wan6: an ICMPv6 one, the wan being IPv6 only.) A dual-stack run
+	// over an IPv4 wan sends an IPv6 one too, after it: the IPv6 count
+	// must see it.
+	controls := []netip.Addr{w.underB()}
+	if o.IPv6 && !o.WAN6 {
+		controls = append(controls, lab.BUnderlay6)
 	}
-	_ = waitFor(ctx, 3*time.Second, func() bool { return wan.Snapshot().Watched > quiet.Watched })
-	*control = wan.Snapshot()
+	*marks = []lab.CaptureStats{wan.Snapshot()}
+	for _, dst := range controls {
+		last := (*marks)[len(*marks)-1]
+		if err := lab.SendControl(l.Peer2, dst, marker); err != nil {
+			return fmt.Errorf("control packet to %s: %w", dst, err)
+		}
+		_ = waitFor(ctx, 3*time.Second, func() bool { return wan.Snapshot().Watched > last.Watched })
+		*marks = append(*marks, wan.Snapshot())
+	}
 
 	// B's own interfaces (not its uplinks) for the timeline: the guest's
 	// tap, the link's device.
@@ -189,6 +236,8 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 		peers = append(peers, l.Peer)
 	}
 	pingers := map[string][]*pinger{}
+	// pingers6: the same peers pinging the guests' IPv6 addresses (-ipv6).
+	pingers6 := map[string][]*pinger{}
 	for vi, v := range w.vms {
 		for pi, ns := range peers {
 			p, err := startPinger(ns, v.addr, pingEvery, uint16(0x5100+vi*16+pi), marker)
@@ -197,16 +246,36 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 			}
 			defer p.Stop()
 			pingers[v.name] = append(pingers[v.name], p)
+			if !v.addr6.IsValid() {
+				continue
+			}
+			p6, err := startPinger(ns, v.addr6, pingEvery, uint16(0x5180+vi*16+pi), marker)
+			if err != nil {
+				return err
+			}
+			defer p6.Stop()
+			pingers6[v.name] = append(pingers6[v.name], p6)
 		}
 	}
 	sess := startSession(l.Peer2, netip.AddrPortFrom(lab.VMAddr, guest.EchoPort).String(), string(marker), 20*time.Millisecond)
 	defer sess.Stop()
+	// -ipv6: a second plaintext session, to the guest's IPv6 address.
+	var sess6 *session
+	if v6 := w.vms[0].addr6; v6.IsValid() {
+		sess6 = startSession(l.Peer2, netip.AddrPortFrom(v6, guest.EchoPort).String(), string(marker), 20*time.Millisecond)
+		defer sess6.Stop()
+	}
 	before, err := guest.Query(ctx, l.Peer2, lab.VMAddr)
 	if err != nil {
 		return fmt.Errorf("guest status before: %w", err)
 	}
 	if err := waitFor(ctx, 10*time.Second, func() bool { return len(sess.Connections()) == 1 && sess.echoedN() > 5 }); err != nil {
 		return fmt.Errorf("plaintext session did not start: %w (last error %v)", err, sess.err())
+	}
+	if sess6 != nil {
+		if err := waitFor(ctx, 10*time.Second, func() bool { return len(sess6.Connections()) == 1 && sess6.echoedN() > 5 }); err != nil {
+			return fmt.Errorf("IPv6 plaintext session did not start: %w (last error %v)", err, sess6.err())
+		}
 	}
 
 	if o.Kill != "" { // the crash scenario instead of the measurements
@@ -261,7 +330,7 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 	// The secure migrations.
 	var reps []*migration.Report
 	if o.VMs > 0 {
-		if reps, err = w.batchMigrations(ctx, res, m, pingers); err != nil {
+		if reps, err = w.batchMigrations(ctx, res, m, pingers, pingers6); err != nil {
 			return err
 		}
 	} else {
@@ -298,17 +367,31 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 			time.Sleep(300 * time.Millisecond) // replies in flight, and an outage still running shows
 			mr := migrationResult(rep, err)
 			mr.Blackout = blackout(pingers[v.name], t0, time.Now())
+			if ps := pingers6[v.name]; len(ps) > 0 {
+				b6 := blackout(ps, t0, time.Now())
+				mr.Blackout6 = &b6
+			}
 			mr.resumed, mr.Timeline.ResumeFrom = w.resumeTime(rep)
 			if !mr.resumed.IsZero() {
 				mr.TrafficAfterResumeMS = trafficAfter(pingers[v.name], mr.resumed)
+				if ps := pingers6[v.name]; len(ps) > 0 {
+					mr.TrafficAfterResume6MS = trafficAfter(ps, mr.resumed)
+				}
 			}
 			w.timeline(&mr, i, capB, pingers[v.name], peers)
 			if o.Subnet && rep.SubnetMoved {
 				mr.RedirectRemovalLost = lostDuring(allPingers(pingers), rep, migration.BlockRemoveTunnel)
+				if len(pingers6) > 0 {
+					n := lostDuring(allPingers(pingers6), rep, migration.BlockRemoveTunnel)
+					mr.RedirectRemovalLost6 = &n
+				}
 			}
 			res.Migrations = append(res.Migrations, mr)
 			if i == 0 {
 				res.BlackoutMS, res.TrafficAfterResumeMS = mr.Blackout.MS, mr.TrafficAfterResumeMS
+				if mr.Blackout6 != nil {
+					res.BlackoutV6MS = &mr.Blackout6.MS
+				}
 				res.Audit.Kept, res.Audit.Reset = nonNil(mr.kept), nonNil(mr.reset)
 				if len(res.Baselines) > 0 {
 					res.BaselineBlackoutMS = res.Baselines[0].Blackout.MS
@@ -319,6 +402,17 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 			}
 			if err != nil {
 				return fmt.Errorf("migrate %s: %w", v.name, err)
+			}
+		}
+
+		// The dual-stack subnet: the core's kernel route to its IPv6 prefix,
+		// read as an operator would.
+		if o.Subnet && o.IPv6 && len(res.Migrations) > 0 {
+			out, err := lab.Exec(l.Core, "ip", "-6", "route", "show", lab.VMSubnet6.String())
+			last := &res.Migrations[len(res.Migrations)-1]
+			last.CoreRoute6 = strings.TrimSpace(string(out))
+			if err != nil {
+				last.CoreRoute6 = err.Error()
 			}
 		}
 	}
@@ -346,7 +440,14 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 			}
 		}
 	}
-	w.reestablished(ctx, sess, res.Migrations[0], &res.Audit)
+	if len(pingers6) > 0 {
+		res.IPv6 = w.judgeIPv6(ctx, pingers6, peers, res.Migrations[0])
+	}
+	w.reestablished(ctx, sess, netip.AddrPortFrom(lab.VMAddr, guest.EchoPort), res.Migrations[0], &res.Audit)
+	if sess6 != nil {
+		res.IPv6.Audit = &AuditResult{}
+		w.reestablished(ctx, sess6, netip.AddrPortFrom(w.vms[0].addr6, guest.EchoPort), res.Migrations[0], res.IPv6.Audit)
+	}
 	if o.Remote {
 		c := res.Controller
 		c.HookMS = res.Migrations[0].Migration.HookMS
@@ -370,12 +471,17 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 	} else {
 		res.Journal = journalCheck(ctx, j, reps)
 	}
-	for _, ps := range pingers {
-		for _, p := range ps {
-			p.Stop()
+	for _, m := range []map[string][]*pinger{pingers, pingers6} {
+		for _, ps := range m {
+			for _, p := range ps {
+				p.Stop()
+			}
 		}
 	}
 	sess.Stop()
+	if sess6 != nil {
+		sess6.Stop()
+	}
 	res.WAN.LeakProbe = w.leakProbe(ctx, wan)
 	return nil
 }
@@ -383,21 +489,39 @@ func (w *world) run(ctx context.Context, t lab.TB, res *Result, wan *lab.Capture
 // planAddrs are guest v's addresses for its plan.
 // subnetPlan: the guests' subnet moves once both are at B.
 func (w *world) subnetPlan() *migration.Subnet {
-	return &migration.Subnet{Prefix: lab.VMSubnet, Members: []string{"vm1", "vm2"}, Via: bSite,
+	s := &migration.Subnet{Prefix: lab.VMSubnet, Members: []string{"vm1", "vm2"}, Via: bSite,
 		ConvergeTimeout: 60 * time.Second}
+	if w.opts.IPv6 { // the dual-stack subnet: its IPv6 prefix moves too
+		s.Prefix6, s.Via6 = lab.VMSubnet6, bSite6
+	}
+	return s
 }
 
 func (w *world) planAddrs(v vmSpec) []netip.Prefix {
-	return []netip.Prefix{netip.PrefixFrom(v.addr, 32)}
+	ps := []netip.Prefix{netip.PrefixFrom(v.addr, 32)}
+	if v.addr6.IsValid() {
+		ps = append(ps, netip.PrefixFrom(v.addr6, 128))
+	}
+	return ps
 }
 
 // planPeers are the plans' peers: the other subnet, and the peer in the
-// guests' own subnet unless the whole subnet moves.
+// guests' own subnet unless the whole subnet moves; their IPv6 prefixes
+// too when the guests are dual-stack.
 func (w *world) planPeers() []netip.Prefix {
-	if w.opts.Subnet {
-		return []netip.Prefix{lab.Peer2Net}
+	v6 := w.vms[0].addr6.IsValid()
+	ps := []netip.Prefix{lab.Peer2Net}
+	if v6 {
+		ps = append(ps, lab.Peer2Net6)
 	}
-	return []netip.Prefix{lab.Peer2Net, netip.PrefixFrom(lab.PeerAddr, 32)}
+	if w.opts.Subnet {
+		return ps
+	}
+	ps = append(ps, netip.PrefixFrom(lab.PeerAddr, 32))
+	if v6 {
+		ps = append(ps, netip.PrefixFrom(lab.PeerAddr6, 128))
+	}
+	return ps
 }
 
 // baseline migrates guest v from one handle to the other while bpeer
@@ -499,6 +623,10 @@ func (w *world) leakProbe(ctx context.Context, wan *lab.Capture) *LeakProbe {
 	if w.opts.Subnet {
 		targets = append(targets, unusedAddr)
 		lp.Targets = append(lp.Targets, unusedAddr.String()+" (no VM)")
+		if w.opts.IPv6 {
+			targets = append(targets, unusedAddr6)
+			lp.Targets = append(lp.Targets, unusedAddr6.String()+" (no VM)")
+		}
 	}
 	if w.hv.stop != nil {
 		v := w.vms[len(w.vms)-1]
@@ -507,6 +635,10 @@ func (w *world) leakProbe(ctx context.Context, wan *lab.Capture) *LeakProbe {
 		} else {
 			targets = append(targets, v.addr)
 			lp.Targets = append(lp.Targets, v.addr.String()+" ("+v.name+" stopped at B)")
+			if v.addr6.IsValid() { // B's ICMPv6 errors (address unreachable) too
+				targets = append(targets, v.addr6)
+				lp.Targets = append(lp.Targets, v.addr6.String()+" ("+v.name+" stopped at B)")
+			}
 		}
 	}
 	if len(targets) == 0 {
@@ -549,25 +681,18 @@ func plainMigrate(ctx context.Context, from, to hypervisor.Hypervisor, name stri
 // judges it by the path its packets really take at B: counters on B's
 // forward hook split them by whether they enter or leave through one of
 // the target's secure devices (the link's, a redirect's, the site VPN).
-func (w *world) reestablished(ctx context.Context, s *session, mr MigrationResult, a *AuditResult) {
+func (w *world) reestablished(ctx context.Context, s *session, vm netip.AddrPort, mr MigrationResult, a *AuditResult) {
 	if err := waitFor(ctx, 20*time.Second, func() bool { return len(s.Connections()) >= 2 && s.echoedN() > 0 }); err != nil {
 		a.Reestablished = fmt.Sprintf("no new connection: %v (last error %v)", err, s.err())
 		return
 	}
 	cs := s.Connections()
 	latest := cs[len(cs)-1]
-	var secure []string
-	for _, l := range []*tunnel.Link{&mr.rep.Link, mr.rep.Redirect} {
-		if l != nil && l.RemoteDevice != "" {
-			secure = append(secure, l.RemoteDevice)
-		}
-	}
-	secure = append(secure, w.cfg.Environments["cloud"].SecureDevices...)
+	secure := w.secureDevicesAtB(mr)
 	if len(secure) == 0 {
 		a.Reestablished = "no secure device at B to judge the path by (a device-less XFRM link)"
 		return
 	}
-	vm := netip.AddrPortFrom(lab.VMAddr, guest.EchoPort)
 	pw, err := lab.WatchPath(w.l.B, latest, vm, secure)
 	if err != nil {
 		a.Reestablished = err.Error()
@@ -586,6 +711,73 @@ func (w *world) reestablished(ctx context.Context, s *session, mr MigrationResul
 	a.ViaLinkPackets, a.OtherPackets = c.ViaSecure, c.Other
 	a.ReestablishedSecure = c.Secure() && s.echoedN() >= n0+5
 	a.Reestablished = fmt.Sprintf("tcp %s->%s at B: %d packets through %v, %d by another way", latest, vm, c.ViaSecure, secure, c.Other)
+}
+
+// judgeIPv6 judges the guests' IPv6 side after the migrations: every
+// peer's IPv6 pings answered lately, and, for a second, the path each
+// peer's IPv6 echoes with the first guest take at B (counters on B's
+// forward hook, split by whether they enter or leave through one of B's
+// secure devices), as the IPv4 session's path is judged.
+func (w *world) judgeIPv6(ctx context.Context, pingers6 map[string][]*pinger, peers []string, mr MigrationResult) *IPv6Result {
+	r := &IPv6Result{PeersReachAll: true, Paths: []EchoPath{}}
+	for name, ps := range pingers6 {
+		for _, p := range ps {
+			if _, ok := p.FirstArrivalAfter(time.Now().Add(-300 * time.Millisecond)); !ok {
+				r.PeersReachAll = false
+				r.Unreachable = append(r.Unreachable, fmt.Sprintf("%s from pinger %#x", name, p.id))
+			}
+		}
+	}
+	slices.Sort(r.Unreachable)
+	secure := w.secureDevicesAtB(mr)
+	addr6 := map[string]netip.Addr{w.l.Peer: lab.PeerAddr6, w.l.Peer2: lab.Peer2Addr6}
+	vm := w.vms[0].addr6
+	for k, ns := range peers {
+		ep := EchoPath{Peer: strings.TrimPrefix(ns, w.l.Prefix+"-")}
+		ps := pingers6[w.vms[0].name]
+		if k >= len(ps) || len(secure) == 0 {
+			ep.Detail = "no pinger or no secure device at B to judge by"
+			r.Paths = append(r.Paths, ep)
+			continue
+		}
+		pw, err := lab.WatchEcho(w.l.B, addr6[ns], vm, secure)
+		if err != nil {
+			ep.Detail = err.Error()
+			r.Paths = append(r.Paths, ep)
+			continue
+		}
+		from := time.Now()
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+		c, err := pw.Counts()
+		pw.Close()
+		answered := ps[k].Between(from, time.Now().Add(-100*time.Millisecond)).Answered
+		if err != nil {
+			ep.Detail = err.Error()
+		} else {
+			ep.ViaLink, ep.Other = c.ViaSecure, c.Other
+			// Secure only if the counted packets are this peer's pings and
+			// their replies, which really arrived.
+			ep.Secure = c.Secure() && answered > 0
+			ep.Detail = fmt.Sprintf("%s <-> %s through %v; %d of its echoes answered meanwhile", addr6[ns], vm, secure, answered)
+		}
+		r.Paths = append(r.Paths, ep)
+	}
+	return r
+}
+
+// secureDevicesAtB are B's devices that carry a moved guest's traffic
+// securely: the link's, a redirect's, the cloud environment's own.
+func (w *world) secureDevicesAtB(mr MigrationResult) []string {
+	var secure []string
+	for _, l := range []*tunnel.Link{&mr.rep.Link, mr.rep.Redirect} {
+		if l != nil && l.RemoteDevice != "" {
+			secure = append(secure, l.RemoteDevice)
+		}
+	}
+	return append(secure, w.cfg.Environments["cloud"].SecureDevices...)
 }
 
 // journalCheck reads the journal as a recovering controller would: no

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/sealift/sealift/internal/lab"
+
 	"github.com/sealift/sealift/migration"
 )
 
@@ -84,6 +86,9 @@ func (r *Result) judge(runErr error, o Options) {
 		add("subnet moved and redirect removed", last.SubnetMoved && last.RedirectRemoved, "moved %v removed %v", last.SubnetMoved, last.RedirectRemoved)
 		add("no ping lost removing the redirect", last.RedirectRemovalLost == 0, "%d lost", last.RedirectRemovalLost)
 	}
+	if o.IPv6 {
+		r.judgeIPv6(add, o)
+	}
 	if o.Remote && o.Kill == "" {
 		r.judgeMetrics(add)
 		c := r.Controller
@@ -102,4 +107,70 @@ func (r *Result) judge(runErr error, o Options) {
 	for _, v := range r.Verdicts {
 		r.Pass = r.Pass && v.OK
 	}
+}
+
+// judgeIPv6 adds the dual-stack run's IPv6 verdicts, judged as the IPv4
+// ones are: by replies that arrived, by the path packets took at B, by
+// frames on the wan.
+func (r *Result) judgeIPv6(add func(string, bool, string, ...any), o Options) {
+	if !o.WAN6 { // over an IPv6-only wan the control itself is ICMPv6
+		a, m := r.WAN.ControlV6ByAddress, r.WAN.ControlV6ByMarker
+		add("IPv6 control counted by address and marker", a != nil && *a == 1 && *m == 1, "%s: the IPv6 count must see a deliberate IPv6 leak", func() string {
+			if a == nil {
+				return "not sent"
+			}
+			return fmt.Sprintf("%d by address, %d by marker, want 1 and 1", *a, *m)
+		}())
+	}
+	add("no plaintext by address, IPv6", r.WAN.PlaintextByAddressV6 == 0, "%d frames with a guest's or peer's IPv6 address in clear", r.WAN.PlaintextByAddressV6)
+	for _, m := range r.Migrations {
+		b := m.Blackout6
+		add("IPv6 pings measured "+m.VM, b != nil && b.Sent > 0 && b.Sent > b.Lost, "%v", func() any {
+			if b == nil {
+				return "no IPv6 pinger"
+			}
+			return fmt.Sprintf("%d sent, %d lost", b.Sent, b.Lost)
+		}())
+	}
+	if o.Subnet && o.VMs == 0 && len(r.Migrations) == 2 { // (a batch: its phase's verdicts, both families)
+		last := r.Migrations[1]
+		n := last.RedirectRemovalLost6
+		add("no IPv6 ping lost removing the redirect", n != nil && *n == 0, "%v lost", func() any {
+			if n == nil {
+				return "not measured:"
+			}
+			return *n
+		}())
+		// The core's route, by its kernel table: via B's site address (BGP
+		// over the site VPN), the redirect and the IGP route to A gone.
+		// (The first line is the route in use, the lowest metric; the IGP
+		// route to A stays below it.)
+		rt := last.CoreRoute6
+		first, _, _ := strings.Cut(rt, "\n")
+		redirectGone := last.RedirectTunnel != "" && !strings.Contains(rt, "slw"+last.RedirectTunnel)
+		add("the core routes the IPv6 subnet via B's site address", strings.HasPrefix(first, lab.VMSubnet6.String()+" via "+bSite6.String()+" ") && redirectGone,
+			"ip -6 route show %s at the core: %q", lab.VMSubnet6, rt)
+	}
+	v := r.IPv6
+	if v == nil {
+		add("IPv6 judged", false, "the run did not get as far as judging IPv6")
+		return
+	}
+	add("every peer reaches every guest by IPv6", v.PeersReachAll, "unreachable: %v", v.Unreachable)
+	add("IPv6 paths judged", len(v.Paths) > 0, "%d peers", len(v.Paths))
+	for _, p := range v.Paths {
+		add("IPv6 from "+p.Peer+" over the link, by path", p.Secure, "%d packets via the link, %d by another way: %s", p.ViaLink, p.Other, p.Detail)
+	}
+	var reset bool
+	for _, c := range r.Audit.Reset {
+		reset = reset || strings.HasPrefix(c, "tcp [fd00:1::10]:7777->")
+	}
+	add("IPv6 plaintext session reset", reset, "reset %v", r.Audit.Reset)
+	a := v.Audit
+	add("IPv6 session came back secure, by path", a != nil && a.ReestablishedSecure, "%v", func() any {
+		if a == nil {
+			return "no IPv6 session"
+		}
+		return a.Reestablished
+	}())
 }

@@ -29,11 +29,15 @@ import (
 
 // Lab addresses beyond internal/lab's reference topology.
 var (
-	vm2Addr    = netip.MustParseAddr("10.1.0.11")
-	unusedAddr = netip.MustParseAddr("10.1.0.99")  // in the moved subnet, no VM
-	coreSite   = netip.MustParseAddr("100.64.0.1") // core's end of the operator's site link
-	bSite      = netip.MustParseAddr("100.64.0.2") // B's end: the proper route's next hop
-	siteLinkID = "site"
+	vm2Addr     = netip.MustParseAddr("10.1.0.11")
+	unusedAddr  = netip.MustParseAddr("10.1.0.99") // in the moved subnet, no VM
+	vm2Addr6    = netip.MustParseAddr("fd00:1::11")
+	coreSite    = netip.MustParseAddr("100.64.0.1") // core's end of the operator's site link
+	bSite       = netip.MustParseAddr("100.64.0.2") // B's end: the proper route's next hop
+	coreSite6   = netip.MustParseAddr("fd00:64::1") // the same, IPv6 (-subnet -ipv6)
+	bSite6      = netip.MustParseAddr("fd00:64::2")
+	unusedAddr6 = netip.MustParseAddr("fd00:1::99")
+	siteLinkID  = "site"
 )
 
 // The baselines' own network: their guests live on a bridge br9 in A and
@@ -46,8 +50,8 @@ var (
 	basePeer   = netip.MustParseAddr("10.9.0.20")
 	baseUnderA = netip.MustParseAddr("10.254.1.1")
 	baseUnderB = netip.MustParseAddr("10.254.2.1")
-	baseTLS    = vmSpec{"basetls", netip.MustParseAddr("10.9.0.10"), baseNet, baseGW, "br9"}
-	basePlain  = vmSpec{"baseplain", netip.MustParseAddr("10.9.0.11"), baseNet, baseGW, "br9"}
+	baseTLS    = vmSpec{name: "basetls", addr: netip.MustParseAddr("10.9.0.10"), subnet: baseNet, gw: baseGW, bridge: "br9"}
+	basePlain  = vmSpec{name: "baseplain", addr: netip.MustParseAddr("10.9.0.11"), subnet: baseNet, gw: baseGW, bridge: "br9"}
 )
 
 // vmSpec is one guest of the lab.
@@ -57,14 +61,57 @@ type vmSpec struct {
 	subnet netip.Prefix
 	gw     netip.Addr
 	bridge string
+	// addr6: the guest's IPv6 address in lab.VMSubnet6 (dual-stack
+	// guests, -ipv6), gateway lab.Gateway6; invalid for IPv4 only.
+	addr6 netip.Addr
 }
 
-func secureVM(name string, a netip.Addr) vmSpec {
-	return vmSpec{name, a, lab.VMSubnet, lab.Gateway, "br0"}
+// secureVM is a guest on br0; a6 is its IPv6 address (invalid: IPv4 only).
+func secureVM(name string, a, a6 netip.Addr) vmSpec {
+	return vmSpec{name: name, addr: a, subnet: lab.VMSubnet, gw: lab.Gateway, bridge: "br0", addr6: a6}
 }
 
 func (v vmSpec) net(tap string) guest.Net {
-	return guest.Net{Addr: netip.PrefixFrom(v.addr, v.subnet.Bits()), Gateway: v.gw, MAC: guest.MAC(v.addr), Tap: tap, Bridge: v.bridge}
+	n := guest.Net{Addr: netip.PrefixFrom(v.addr, v.subnet.Bits()), Gateway: v.gw, MAC: guest.MAC(v.addr), Tap: tap, Bridge: v.bridge}
+	if v.addr6.IsValid() {
+		n.Addr6, n.Gateway6 = netip.PrefixFrom(v.addr6, lab.VMSubnet6.Bits()), lab.Gateway6
+	}
+	return n
+}
+
+// underA, underCore and underB are A's, the core's and B's underlay
+// addresses: the link's endpoints and the migration stream's (IPv6 with
+// -wan6, the wan being IPv6 only).
+func (w *world) underA() netip.Addr {
+	if w.opts.WAN6 {
+		return lab.AUplink6
+	}
+	return lab.AUplink
+}
+
+func (w *world) underCore() netip.Addr {
+	if w.opts.WAN6 {
+		return lab.CoreWAN6
+	}
+	return lab.CoreWAN
+}
+
+// underlays are the hosts' addresses the wan capture expects link and
+// migration traffic between: -wan6, the IPv6 ones only (an IPv4 frame on
+// an IPv6-only wan is of no expected kind); else both families'.
+func (w *world) underlays() []netip.Addr {
+	v6 := []netip.Addr{lab.AUplink6, lab.CoreWAN6, lab.BUnderlay6}
+	if w.opts.WAN6 {
+		return v6
+	}
+	return append([]netip.Addr{lab.AUplink, lab.CoreWAN, lab.BUnderlay}, v6...)
+}
+
+func (w *world) underB() netip.Addr {
+	if w.opts.WAN6 {
+		return lab.BUnderlay6
+	}
+	return lab.BUnderlay
 }
 
 // world is the built lab: topology, guests and the real backends.
@@ -119,18 +166,34 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 		}
 		os.RemoveAll(w.dir)
 	})
-	w.vms = []vmSpec{secureVM("vm1", lab.VMAddr)}
+	var a6, a62 netip.Addr
+	if o.IPv6 {
+		a6, a62 = lab.VMAddr6, vm2Addr6
+	}
+	w.vms = []vmSpec{secureVM("vm1", lab.VMAddr, a6)}
 	if o.Subnet {
-		w.vms = append(w.vms, secureVM("vm2", vm2Addr))
+		w.vms = append(w.vms, secureVM("vm2", vm2Addr, a62))
 	}
 	if o.VMs > 0 {
-		w.vms = batchVMs(o.VMs)
+		w.vms = batchVMs(o.VMs, o.IPv6)
 	}
 	log.Info("building the guest image (Debian kernel + busybox + agent)")
 	if w.img, err = guest.Build(ctx, guest.WithLogger(log)); err != nil {
 		return nil, err
 	}
-	w.l = lab.New(t)
+	base := o.NSPrefix
+	if base == "" {
+		base = "sl"
+	}
+	w.l = lab.NewWithPrefix(t, lab.NewPrefixFrom(base))
+	if o.NSPrefix != "" && o.NSPrefix != "sl" {
+		// The site VPN's WireGuard devices are named after its link ID,
+		// and their UAPI sockets are host-wide: another lab on the machine
+		// must not share them.
+		// Link IDs hold at most 8 of a-z0-9: "s" and the prefix's random
+		// part.
+		siteLinkID = "s" + w.l.Prefix[len(w.l.Prefix)-6:]
+	}
 	// The guests replace the reference topology's stand-in VM endpoint.
 	if err := netns.DeleteNamed(w.l.VM); err != nil {
 		return nil, err
@@ -138,14 +201,31 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 	if err := w.topology(); err != nil {
 		return nil, err
 	}
+	if o.IPv6 || o.WAN6 {
+		if err := w.l.DualStack(o.WAN6); err != nil {
+			return nil, fmt.Errorf("dual-stack topology: %w", err)
+		}
+	}
+	if o.Subnet && o.IPv6 {
+		// The core's IGP route to the subnet's IPv6 prefix, as IPv4's:
+		// metric 8192, below the redirect's (4096) and BGP's (20).
+		for _, c := range [][]string{
+			{"-6", "route", "replace", lab.VMSubnet6.String(), "via", lab.AUplink6.String(), "metric", "8192"},
+			{"-6", "route", "del", lab.VMSubnet6.String(), "via", lab.AUplink6.String(), "metric", "1024"},
+		} {
+			if out, err := lab.Exec(w.l.Core, "ip", c...); err != nil {
+				return nil, fmt.Errorf("%v: %s", err, out)
+			}
+		}
+	}
 	if err := w.baselineNet(); err != nil {
 		return nil, fmt.Errorf("baseline network: %w", err)
 	}
 	// The wan, every interface, from here to the end of the run: each
 	// packet counted once, where it entered the untrusted network.
 	if w.wan, err = lab.StartCaptureWith(w.l.WAN, lab.CaptureOptions{IngressOnly: true, Marker: marker,
-		Classify: &lab.Classifier{Watch: []netip.Prefix{lab.VMSubnet, lab.Peer2Net},
-			Underlay: []netip.Addr{lab.AUplink, lab.CoreWAN, lab.BUnderlay}}}); err != nil {
+		Classify: &lab.Classifier{Watch: []netip.Prefix{lab.VMSubnet, lab.Peer2Net, lab.VMSubnet6, lab.Peer2Net6},
+			Underlay: w.underlays()}}); err != nil {
 		return nil, err
 	}
 	t.Cleanup(func() { w.wan.Stop() })
@@ -153,7 +233,7 @@ func build(ctx context.Context, t lab.TB, o Options, log *slog.Logger) (*world, 
 	// libvirt's daemons share one directory; QEMU hosts get credentials
 	// of their own (one CA), so each target accepts the stream from the
 	// source host alone (hypervisor.VM.Identity, QEMU's tls-authz).
-	migAddrs := []netip.Addr{lab.AUplink, lab.BUnderlay, baseUnderA, baseUnderB}
+	migAddrs := []netip.Addr{lab.AUplink, lab.BUnderlay, baseUnderA, baseUnderB, lab.AUplink6, lab.BUnderlay6}
 	w.tlsDir = filepath.Join(w.dir, "tls")
 	if err := migtls.NewDir(w.tlsDir, migAddrs); err != nil {
 		return w, err
@@ -313,11 +393,11 @@ func (w *world) backends(ctx context.Context, t lab.TB) error {
 	w.audit = conntrack.New(conntrack.WithHost(l.B), conntrack.WithLogger(w.log))
 	secure := migration.Environment{
 		Hypervisor: w.hv.a, Fencer: nft.New(nft.WithHost(l.A), nft.WithLogger(w.log)),
-		Auditor: conntrack.New(conntrack.WithHost(l.A)), Host: l.A, Underlay: lab.AUplink,
+		Auditor: conntrack.New(conntrack.WithHost(l.A)), Host: l.A, Underlay: w.underA(),
 	}
 	cloud := migration.Environment{
 		Hypervisor: w.hv.b, Fencer: nft.New(nft.WithHost(l.B), nft.WithLogger(w.log)),
-		Auditor: w.audit, Host: l.B, Underlay: lab.BUnderlay,
+		Auditor: w.audit, Host: l.B, Underlay: w.underB(),
 	}
 	if w.opts.Subnet {
 		site, err := w.siteLink(ctx)
@@ -331,7 +411,7 @@ func (w *world) backends(ctx context.Context, t lab.TB) error {
 	}
 	// The Migrator watches the core's kernel routing table (what really
 	// forwards), which BGP feeds in the subnet scenario.
-	secure.Core = &migration.Core{Host: l.Core, Underlay: lab.CoreWAN,
+	secure.Core = &migration.Core{Host: l.Core, Underlay: w.underCore(),
 		Routing: netlinkroute.New(netlinkroute.WithHost(l.Core), netlinkroute.WithLogger(w.log))}
 	w.cfg = migration.Config{
 		Environments: map[string]migration.Environment{"secure": secure, "cloud": cloud},
@@ -348,10 +428,14 @@ func (w *world) backends(ctx context.Context, t lab.TB) error {
 func (w *world) siteLink(ctx context.Context) (tunnel.Link, error) {
 	l := w.l
 	spec := tunnel.Spec{ID: siteLinkID, Kind: tunnel.WireGuard, NoSecureRoutes: true,
-		Secure: tunnel.End{Host: l.Core, Underlay: lab.CoreWAN,
+		Secure: tunnel.End{Host: l.Core, Underlay: w.underCore(),
 			Protected: []netip.Prefix{lab.Peer2Net, netip.PrefixFrom(coreSite, 32)}},
-		Remote: tunnel.End{Host: l.B, Underlay: lab.BUnderlay,
+		Remote: tunnel.End{Host: l.B, Underlay: w.underB(),
 			Protected: []netip.Prefix{lab.VMSubnet, netip.PrefixFrom(bSite, 32)}},
+	}
+	if w.opts.IPv6 { // the dual-stack subnet's IPv6 routes go over it too
+		spec.Secure.Protected = append(spec.Secure.Protected, lab.Peer2Net6, netip.PrefixFrom(coreSite6, 128))
+		spec.Remote.Protected = append(spec.Remote.Protected, lab.VMSubnet6, netip.PrefixFrom(bSite6, 128))
 	}
 	site, err := w.wg.Prepare(ctx, spec)
 	if err != nil {
@@ -364,6 +448,12 @@ func (w *world) siteLink(ctx context.Context) (tunnel.Link, error) {
 		func() error { return lab.AddAddr(l.Core, "lo", coreSite.String()+"/32") },
 		func() error { return lab.AddAddr(l.B, "lo", bSite.String()+"/32") },
 		func() error { return lab.AddRoute(l.Core, bSite.String()+"/32", "", site.SecureDevice) },
+	}
+	if w.opts.IPv6 {
+		steps = append(steps,
+			func() error { return lab.AddAddr(l.Core, "lo", coreSite6.String()+"/128") },
+			func() error { return lab.AddAddr(l.B, "lo", bSite6.String()+"/128") },
+			func() error { return lab.AddRoute(l.Core, bSite6.String()+"/128", "", site.SecureDevice) })
 	}
 	for _, s := range steps {
 		if err := s(); err != nil {
@@ -403,6 +493,20 @@ func (w *world) speakers(ctx context.Context, t lab.TB) error {
 	}
 	t.Cleanup(stopFIB)
 	return nil
+}
+
+// announceSubnet makes B's speaker announce the subnet (both prefixes of
+// a dual-stack one): what the target environment's routing does once
+// the subnet is up there.
+func (w *world) announceSubnet() {
+	if err := w.bgpB.Announce(context.Background(), lab.VMSubnet, bSite); err != nil {
+		w.log.Error("B: announce the subnet", "err", err)
+	}
+	if w.opts.IPv6 {
+		if err := w.bgpB.Announce(context.Background(), lab.VMSubnet6, bSite6); err != nil {
+			w.log.Error("B: announce the subnet's IPv6 prefix", "err", err)
+		}
+	}
 }
 
 // closeLinks closes every link the lab's linkers still have.

@@ -21,9 +21,14 @@ const MemoryMiB = 128
 type Net struct {
 	Addr    netip.Prefix // e.g. 10.1.0.10/24 (eth0 in the guest)
 	Gateway netip.Addr   // default route in the guest; optional
-	MAC     string       // fixed, e.g. "52:54:00:00:01:0a"
-	Tap     string       // host-side tap (created if missing)
-	Bridge  string       // bridge the tap joins on the host, e.g. "br0"
+	// Addr6 and Gateway6 (optional) make the guest dual-stack: an IPv6
+	// address on eth0, usable at once (no duplicate address detection),
+	// and an IPv6 default route. The guest takes no router advertisements.
+	Addr6    netip.Prefix // e.g. fd00:1::10/64
+	Gateway6 netip.Addr   // e.g. fd00:1::1
+	MAC      string       // fixed, e.g. "52:54:00:00:01:0a"
+	Tap      string       // host-side tap (created if missing)
+	Bridge   string       // bridge the tap joins on the host, e.g. "br0"
 }
 
 // Config returns the device model of a guest named name running img with
@@ -47,7 +52,8 @@ func MAC(a netip.Addr) string {
 }
 
 // Cmdline is the guest kernel command line for network n (serial console
-// on ttyS0, the agent's sealift.ip/sealift.gw parameters).
+// on ttyS0, the agent's sealift.ip/sealift.gw parameters, and
+// sealift.ip6/sealift.gw6 for a dual-stack guest).
 func Cmdline(n Net) string {
 	app := "console=ttyS0 quiet panic=-1"
 	if n.Addr.IsValid() {
@@ -55,6 +61,12 @@ func Cmdline(n Net) string {
 	}
 	if n.Gateway.IsValid() {
 		app += " sealift.gw=" + n.Gateway.String()
+	}
+	if n.Addr6.IsValid() {
+		app += " sealift.ip6=" + n.Addr6.String()
+	}
+	if n.Gateway6.IsValid() {
+		app += " sealift.gw6=" + n.Gateway6.String()
 	}
 	return app
 }

@@ -29,7 +29,10 @@ func TestParseStatus(t *testing.T) {
 
 // TestGuestServes boots the guest on host A's bridge and checks every
 // service the agent promises: ping, echo, a counter that grows on the
-// status port and on the serial console, and the same boot id on both.
+// status port and on the serial console, and the same boot id on both;
+// the guest is dual-stack (sealift.ip6/gw6): ping, echo and status over
+// IPv6 too, from a peer on its LAN and from one behind the core (its
+// IPv6 default route).
 func TestGuestServes(t *testing.T) {
 	lab.RequireRoot(t)
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
@@ -45,13 +48,17 @@ func TestGuestServes(t *testing.T) {
 		lab.Missing(t, err.Error())
 	}
 	l := lab.New(t)
+	if err := l.DualStack(false); err != nil {
+		t.Fatal(err)
+	}
 	h, err := qemu.New(qemu.WithHost(l.A), qemu.WithStateDir(t.TempDir()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.Close() })
-	addr := netip.MustParseAddr("10.1.0.30")
+	addr, addr6 := netip.MustParseAddr("10.1.0.30"), netip.MustParseAddr("fd00:1::30")
 	cfg := img.Config("g1", guest.Net{Addr: netip.PrefixFrom(addr, 24), Gateway: lab.Gateway,
+		Addr6: netip.PrefixFrom(addr6, 64), Gateway6: lab.Gateway6,
 		MAC: guest.MAC(addr), Tap: "tapg1", Bridge: "br0"})
 	if _, err := h.Start(ctx, cfg); err != nil {
 		t.Fatal(err)
@@ -65,6 +72,21 @@ func TestGuestServes(t *testing.T) {
 	}
 	if err := guest.Echo(ctx, l.Peer, addr, []byte("hello sealift")); err != nil {
 		t.Fatal(err)
+	}
+	for _, from := range []string{l.Peer, l.Peer2} {
+		if n, err := lab.Ping(from, addr6, 3, 2*time.Second); err != nil || n != 3 {
+			t.Fatalf("ping %s from %s: %d of 3 replies, %v", addr6, from, n, err)
+		}
+	}
+	if err := guest.Echo(ctx, l.Peer2, addr6, []byte("hello sealift over IPv6")); err != nil {
+		t.Fatal(err)
+	}
+	s6, err := guest.Query(ctx, l.Peer2, addr6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s6.BootID != s1.BootID {
+		t.Fatalf("status over IPv6 %+v, over IPv4 %+v: not the same guest", s6, s1)
 	}
 	s2, err := guest.Query(ctx, l.A, addr)
 	if err != nil {

@@ -1,7 +1,8 @@
 // Package guest builds and talks to sealift's small test guest: Debian's
 // kernel, a busybox initramfs with the virtio-net modules, and a static Go
 // agent (see ./agent) that configures eth0 from the kernel command line
-// (sealift.ip=CIDR sealift.gw=ADDR), echoes on TCP 7777 and serves a
+// (sealift.ip=CIDR sealift.gw=ADDR, and for IPv6 sealift.ip6=CIDR
+// sealift.gw6=ADDR), echoes on TCP 7777 and serves a
 // counter with the boot id on TCP 7778 (also printed on the serial
 // console every 100 ms). Same boot id and a larger counter after a
 // migration prove the guest kept running.
@@ -201,22 +202,36 @@ mount -t devtmpfs dev /dev 2>/dev/null
 	for _, m := range modules {
 		fmt.Fprintf(&b, "insmod %s || echo sealift-init: insmod %s failed\n", m, m)
 	}
-	io.WriteString(&b, `ip=; gw=
+	io.WriteString(&b, `ip=; gw=; ip6=; gw6=
 for a in $(cat /proc/cmdline); do
   case "$a" in
     sealift.ip=*) ip="${a#sealift.ip=}" ;;
     sealift.gw=*) gw="${a#sealift.gw=}" ;;
+    sealift.ip6=*) ip6="${a#sealift.ip6=}" ;;
+    sealift.gw6=*) gw6="${a#sealift.gw6=}" ;;
   esac
 done
 ip link set lo up
 i=0
 while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+if [ -n "$ip6" ]; then
+  # No duplicate address detection (the address is usable at once, and
+  # the moved guest's address is answered for by the source's proxy),
+  # no router advertisements (the route is the command line's).
+  for k in accept_dad dad_transmits accept_ra; do
+    echo 0 > /proc/sys/net/ipv6/conf/eth0/$k
+  done
+  ip -6 addr add "$ip6" dev eth0 || echo sealift-init: address $ip6 failed
+fi
 if [ -n "$ip" ]; then
   ip addr add "$ip" dev eth0 || echo sealift-init: address $ip failed
+fi
+if [ -n "$ip" ] || [ -n "$ip6" ]; then
   ip link set eth0 up
   [ -n "$gw" ] && ip route add default via "$gw"
+  [ -n "$gw6" ] && { ip -6 route add default via "$gw6" dev eth0 || echo sealift-init: route via $gw6 failed; }
 fi
-echo "sealift-init: eth0 $ip gw $gw"
+echo "sealift-init: eth0 $ip gw $gw $ip6 gw6 $gw6"
 exec /bin/sealift-agent
 `)
 	return b.Bytes()

@@ -38,8 +38,10 @@ type CaptureStats struct {
 	// ByKind counts frames by Classifier kind; Samples describes the
 	// first frames that were watched or unknown (at most 20).
 	Watched int
-	ByKind  map[string]int
-	Samples []string
+	// Watched6: the Watched frames whose watched address is IPv6.
+	Watched6 int
+	ByKind   map[string]int
+	Samples  []string
 }
 
 func (s CaptureStats) clone() CaptureStats {
@@ -69,6 +71,7 @@ func (s CaptureStats) Sub(o CaptureStats) CaptureStats {
 	d.MarkerOutgoing -= o.MarkerOutgoing
 	d.Dropped -= o.Dropped
 	d.Watched -= o.Watched
+	d.Watched6 -= o.Watched6
 	for k, v := range o.ByProto {
 		d.ByProto[k] -= v
 	}
@@ -365,6 +368,9 @@ func (c *Capture) count(frame []byte, ll *unix.SockaddrLinklayer, at time.Time) 
 		s.ByKind[v.Kind]++
 		if v.Watched.IsValid() {
 			s.Watched++
+			if v.Watched.Unmap().Is6() {
+				s.Watched6++
+			}
 		}
 		if sample != "" && len(s.Samples) < 20 {
 			s.Samples = append(s.Samples, sample)

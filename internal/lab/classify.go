@@ -16,6 +16,7 @@ const (
 	KindUnderlay  = "tcp"        // TCP between underlay addresses (the TLS migration stream, BGP)
 	KindARP       = "arp"        // ARP for underlay addresses
 	KindLinkLocal = "link-local" // IPv6 neighbour discovery / MLD on the link itself
+	KindNDP       = "ndp"        // IPv6 neighbour discovery for underlay addresses (the IPv6 ARP)
 	// KindUnderlayICMP: an ICMP error between underlay addresses quoting
 	// a packet of one of the kinds above (e.g. a host whose link end is
 	// gone answering the other end's WireGuard with port unreachable):
@@ -174,8 +175,26 @@ func (c Classifier) watched(b []byte, depth int) netip.Addr {
 		return c.watched(h.l4[8:], depth+1)
 	case h.proto == unix.IPPROTO_ICMPV6 && len(h.l4) >= 8 && h.l4[0] >= 1 && h.l4[0] <= 4:
 		return c.watched(h.l4[8:], depth+1)
+	case h.proto == unix.IPPROTO_ICMPV6 && len(h.l4) >= 24 && (h.l4[0] == 135 || h.l4[0] == 136):
+		// A neighbour solicitation or advertisement names its target
+		// address in clear, as ARP does.
+		if t := netip.AddrFrom16([16]byte(h.l4[8:24])); c.isWatched(t) {
+			return t
+		}
 	}
 	return netip.Addr{}
+}
+
+// ndp reports whether h is neighbour discovery (solicitation or
+// advertisement, hop limit 255 so it never left its link) by or for an
+// underlay address (source, destination or target), as KindARP is.
+// One naming a watched target was caught as watched before.
+func (c Classifier) ndp(b []byte, h ipHeader) bool {
+	if h.proto != unix.IPPROTO_ICMPV6 || len(b) < 40 || b[7] != 255 || len(h.l4) < 24 || (h.l4[0] != 135 && h.l4[0] != 136) {
+		return false
+	}
+	target := netip.AddrFrom16([16]byte(h.l4[8:24]))
+	return c.isUnderlay(h.src) || c.isUnderlay(h.dst) || c.isUnderlay(target)
 }
 
 // kind sorts a packet that carries no watched address.
@@ -185,6 +204,9 @@ func (c Classifier) kindAt(b []byte, depth int) string {
 	h, ok := parseIP(b)
 	if !ok {
 		return KindUnknown
+	}
+	if depth == 0 && c.ndp(b, h) {
+		return KindNDP
 	}
 	if h.src.Is6() && h.src.IsLinkLocalUnicast() || h.src.Is6() && h.src.IsUnspecified() {
 		if h.dst.IsLinkLocalMulticast() || h.dst.IsLinkLocalUnicast() {
@@ -199,8 +221,12 @@ func (c Classifier) kindAt(b []byte, depth int) string {
 		return KindESP
 	case unix.IPPROTO_TCP:
 		return KindUnderlay
-	case unix.IPPROTO_ICMP:
-		if depth == 0 && len(h.l4) >= 8 && slices.Contains([]byte{3, 4, 11, 12}, h.l4[0]) {
+	case unix.IPPROTO_ICMP, unix.IPPROTO_ICMPV6:
+		errs := []byte{3, 4, 11, 12} // unreachable, source quench, time exceeded, parameter problem
+		if h.proto == unix.IPPROTO_ICMPV6 {
+			errs = []byte{1, 2, 3, 4} // unreachable, too big, time exceeded, parameter problem
+		}
+		if depth == 0 && len(h.l4) >= 8 && slices.Contains(errs, h.l4[0]) {
 			switch c.kindAt(h.l4[8:], 1) {
 			case KindWireGuard, KindESP, KindUnderlay:
 				return KindUnderlayICMP

@@ -107,3 +107,47 @@ func TestClassify(t *testing.T) {
 		})
 	}
 }
+
+// TestClassifyIPv6Underlay: an IPv6-only wan's own traffic (neighbour
+// discovery for underlay addresses, WireGuard between them, ICMPv6
+// errors quoting it) is expected; neighbour discovery naming a guest's
+// address, or not confined to its link, is not.
+func TestClassifyIPv6Underlay(t *testing.T) {
+	c := Classifier{Watch: []netip.Prefix{VMSubnet6, Peer2Net6}, Underlay: []netip.Addr{CoreWAN6, BUnderlay6}}
+	nd := func(typ byte, src, dst, target netip.Addr, hops byte) []byte {
+		m := append([]byte{typ, 0, 0, 0, 0, 0, 0, 0}, target.AsSlice()...)
+		p := ipv6(src, dst, unix.IPPROTO_ICMPV6, m)
+		p[7] = hops
+		return ether(unix.ETH_P_IPV6, p)
+	}
+	solicited := netip.MustParseAddr("ff02::1:ff00:2")
+	wgInit := append([]byte{1, 0, 0, 0}, make([]byte, 144)...)
+	quotedWG := ipv6(CoreWAN6, BUnderlay6, unix.IPPROTO_UDP, udp(51820, 51820, wgInit)[:40])
+	for _, tc := range []struct {
+		name    string
+		frame   []byte
+		kind    string
+		watched string
+	}{
+		{"solicitation for the wan router", nd(135, CoreWAN6, solicited, WANCore6, 255), KindNDP, ""},
+		{"advertisement to the core", nd(136, WANCore6, CoreWAN6, WANCore6, 255), KindNDP, ""},
+		{"solicitation for B", nd(135, WANB6, solicited, BUnderlay6, 255), KindNDP, ""},
+		{"routed solicitation", nd(135, CoreWAN6, solicited, WANCore6, 64), KindUnknown, ""},
+		{"solicitation for a guest", nd(135, BUnderlay6, solicited, VMAddr6, 255), KindUnknown, VMAddr6.String()},
+		{"solicitation between strangers", nd(135, WANB6, solicited, WANCore6, 255), KindUnknown, ""},
+		{"wireguard", ether(unix.ETH_P_IPV6, ipv6(CoreWAN6, BUnderlay6, unix.IPPROTO_UDP, udp(51820, 51821, wgInit))), KindWireGuard, ""},
+		{"icmpv6 error quoting wireguard", ether(unix.ETH_P_IPV6, ipv6(BUnderlay6, CoreWAN6, unix.IPPROTO_ICMPV6, append([]byte{1, 4, 0, 0, 0, 0, 0, 0}, quotedWG...))), KindUnderlayICMP, ""},
+		{"icmpv6 echo between underlay", ether(unix.ETH_P_IPV6, ipv6(BUnderlay6, CoreWAN6, unix.IPPROTO_ICMPV6, append([]byte{128, 0, 0, 0, 0, 0, 0, 0}, quotedWG...))), KindUnknown, ""},
+		{"peer in clear", ether(unix.ETH_P_IPV6, ipv6(Peer2Addr6, BUnderlay6, unix.IPPROTO_ICMPV6, make([]byte, 8))), KindUnknown, Peer2Addr6.String()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := c.Classify(tc.frame, 0)
+			assert.Equal(t, tc.kind, v.Kind)
+			if tc.watched == "" {
+				assert.False(t, v.Watched.IsValid(), "watched %v", v.Watched)
+			} else {
+				assert.Equal(t, tc.watched, v.Watched.String())
+			}
+		})
+	}
+}

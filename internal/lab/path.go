@@ -28,18 +28,41 @@ type PathWatch struct {
 // a and b that the host forwards, and whether each entered or left
 // through one of secure.
 func WatchPath(ns string, a, b netip.AddrPort, secure []string) (*PathWatch, error) {
-	if len(secure) == 0 {
-		return nil, fmt.Errorf("lab: WatchPath: no secure device")
-	}
 	fam := "ip"
 	if a.Addr().Is6() {
 		fam = "ip6"
 	}
+	var matches [2]string
+	for i, d := range [][2]netip.AddrPort{{a, b}, {b, a}} {
+		matches[i] = fmt.Sprintf("%s saddr %s tcp sport %d %s daddr %s tcp dport %d", fam, d[0].Addr(), d[0].Port(), fam, d[1].Addr(), d[1].Port())
+	}
+	return watchPath(ns, matches, secure)
+}
+
+// WatchEcho is WatchPath for the ICMP (ICMPv6) echo requests and
+// replies between a and b: a ping's real path through the host.
+func WatchEcho(ns string, a, b netip.Addr, secure []string) (*PathWatch, error) {
+	fam, l4 := "ip", "icmp type { echo-request, echo-reply }"
+	if a.Is6() {
+		fam, l4 = "ip6", "icmpv6 type { echo-request, echo-reply }"
+	}
+	var matches [2]string
+	for i, d := range [][2]netip.Addr{{a, b}, {b, a}} {
+		matches[i] = fmt.Sprintf("%s saddr %s %s daddr %s %s", fam, d[0], fam, d[1], l4)
+	}
+	return watchPath(ns, matches, secure)
+}
+
+// watchPath counts, per direction's match, the forwarded packets that
+// entered or left through one of secure, and the others.
+func watchPath(ns string, matches [2]string, secure []string) (*PathWatch, error) {
+	if len(secure) == 0 {
+		return nil, fmt.Errorf("lab: WatchPath: no secure device")
+	}
 	devs := `"` + strings.Join(secure, `", "`) + `"`
 	w := &PathWatch{ns: ns, table: "lab_path_" + NewPrefix()}
 	var rules []string
-	for _, d := range [][2]netip.AddrPort{{a, b}, {b, a}} {
-		m := fmt.Sprintf("%s saddr %s tcp sport %d %s daddr %s tcp dport %d", fam, d[0].Addr(), d[0].Port(), fam, d[1].Addr(), d[1].Port())
+	for _, m := range matches {
 		rules = append(rules,
 			fmt.Sprintf("add rule inet %s path %s iifname { %s } counter accept", w.table, m, devs),
 			fmt.Sprintf("add rule inet %s path %s oifname { %s } counter accept", w.table, m, devs),

@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -55,4 +56,30 @@ func TestPathJudge(t *testing.T) {
 
 	_, err = WatchPath(l.Core, local, vm, nil)
 	assert.Error(t, err)
+}
+
+// TestEchoPathJudgeIPv6: pings from peer2 to the VM over IPv6 (the
+// dual-stack topology) are counted at the core on their real path: via
+// a0 when a0 is the secure device, not when wan0 is.
+func TestEchoPathJudgeIPv6(t *testing.T) {
+	RequireRoot(t)
+	l := New(t)
+	require.NoError(t, l.DualStack(false))
+	onPath, err := WatchEcho(l.Core, Peer2Addr6, VMAddr6, []string{"a0"})
+	require.NoError(t, err)
+	defer onPath.Close()
+	offPath, err := WatchEcho(l.Core, VMAddr6, Peer2Addr6, []string{"wan0"})
+	require.NoError(t, err)
+	defer offPath.Close()
+	n, err := Ping(l.Peer2, VMAddr6, 5, 2*time.Second)
+	require.NoError(t, err)
+	require.Equal(t, 5, n, "IPv6 pings from peer2 to the VM")
+	on, err := onPath.Counts()
+	require.NoError(t, err)
+	off, err := offPath.Counts()
+	require.NoError(t, err)
+	assert.True(t, on.Secure(), "through a0: %+v", on)
+	assert.Equal(t, uint64(10), on.ViaSecure, "5 requests and 5 replies")
+	assert.False(t, off.Secure(), "%+v", off)
+	assert.Equal(t, uint64(10), off.Other)
 }

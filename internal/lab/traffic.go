@@ -428,20 +428,27 @@ func WaitReachable(ns string, dst netip.Addr, timeout time.Duration) error {
 	}
 }
 
-// SendControl sends one ICMP echo reply carrying payload from ns to dst:
-// a packet that draws no answer (no host replies to a reply), so a
-// capture on its path sees exactly one frame per hop. The lab sends it
-// in clear across the wan on purpose, to prove its counters count.
+// SendControl sends one ICMP (ICMPv6 if dst is IPv6) echo reply
+// carrying payload from ns to dst: a packet that draws no answer (no host
+// replies to a reply), so a capture on its path sees exactly one frame
+// per hop. The lab sends it in clear across the wan on purpose, to prove
+// its counters count.
 func SendControl(ns string, dst netip.Addr, payload []byte) error {
+	network, laddr, typ := "ip4:icmp", "0.0.0.0", byte(0)
+	if dst.Is6() && !dst.Is4In6() {
+		network, laddr, typ = "ip6:ipv6-icmp", "::", 129
+	}
 	return nsutil.Do(ns, func() error {
-		c, err := net.ListenPacket("ip4:icmp", "0.0.0.0")
+		c, err := net.ListenPacket(network, laddr)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		msg := append([]byte{0, 0, 0, 0, 0x5c, 0x01, 0, 1}, payload...)
-		binary.BigEndian.PutUint16(msg[2:], Checksum(msg))
-		_, err = c.WriteTo(msg, &net.IPAddr{IP: dst.AsSlice()})
+		msg := append([]byte{typ, 0, 0, 0, 0x5c, 0x01, 0, 1}, payload...)
+		if typ == 0 { // the kernel fills in the ICMPv6 checksum
+			binary.BigEndian.PutUint16(msg[2:], Checksum(msg))
+		}
+		_, err = c.WriteTo(msg, &net.IPAddr{IP: dst.Unmap().AsSlice()})
 		return err
 	})
 }

@@ -108,25 +108,40 @@ func (l *Linker) check(spec tunnel.Spec) error {
 	if spec.Secure.Host == spec.Remote.Host {
 		return fmt.Errorf("%w: Secure.Host and Remote.Host are both %q", tunnel.ErrInvalid, spec.Secure.Host)
 	}
-	for _, e := range []struct {
+	ends := []struct {
 		name string
 		end  tunnel.End
-	}{{"Secure", spec.Secure}, {"Remote", spec.Remote}} {
-		if spec.ProxyARP {
-			for i, p := range e.end.Protected {
-				if p.Addr().Is6() && !p.IsSingleIP() {
-					return fmt.Errorf("%w: %s.Protected[%d] %s: proxy NDP needs /128 prefixes", tunnel.ErrInvalid, e.name, i, p)
-				}
-			}
-		}
+	}{{"Secure", spec.Secure}, {"Remote", spec.Remote}}
+	for _, e := range ends {
 		if err := nsutil.Check(e.end.Host); err != nil {
 			return fmt.Errorf("%w: %s.Host %q: %w", tunnel.ErrInvalid, e.name, e.end.Host, err)
 		}
 	}
-	if spec.ProxyARP {
-		for _, e := range []struct{ host, other tunnel.End }{{spec.Secure, spec.Remote}, {spec.Remote, spec.Secure}} {
-			if err := proxyNDPReady(e.host.Host, e.other.Protected); err != nil {
+	if !spec.ProxyARP {
+		return nil
+	}
+	for _, e := range []struct{ host, other tunnel.End }{{spec.Secure, spec.Remote}, {spec.Remote, spec.Secure}} {
+		if err := proxyNDPReady(e.host.Host, e.other.Protected); err != nil {
+			return err
+		}
+	}
+	// Each end answers, on its LAN, for the other end's protected
+	// addresses that it reaches on-link: IPv6 has no proxy_arp for a whole
+	// prefix, only proxy NDP per address. An IPv6 prefix the answering
+	// host reaches through a gateway (a peer subnet behind a router) needs
+	// no proxy and is fine.
+	for i, e := range ends {
+		answering := ends[1-i].end.Host
+		for j, p := range e.end.Protected {
+			if !p.Addr().Is6() || p.IsSingleIP() {
+				continue
+			}
+			on, err := reachedOnLink(answering, p)
+			if err != nil {
 				return err
+			}
+			if on {
+				return fmt.Errorf("%w: %s.Protected[%d] %s: on-link at %s, where proxy NDP would need /128 prefixes", tunnel.ErrInvalid, e.name, j, p, hostName(answering))
 			}
 		}
 	}

@@ -115,6 +115,44 @@ func proxyNDPReady(host string, others []netip.Prefix) error {
 	return nil
 }
 
+// reachedOnLink reports whether host reaches prefix p on-link (its
+// route to p's first address has no gateway, and is not loopback): where
+// planProxy would have to answer for it.
+func reachedOnLink(host string, p netip.Prefix) (bool, error) {
+	h, err := nlHandle(host)
+	if err != nil {
+		return false, err
+	}
+	defer h.Close()
+	rs, err := h.RouteGet(net.IP(probeAddr(p).AsSlice()))
+	if err != nil || len(rs) == 0 || rs[0].Gw != nil {
+		return false, nil // unreachable, or behind a gateway: no proxy (as planProxy)
+	}
+	l, err := h.LinkByIndex(rs[0].LinkIndex)
+	if err != nil {
+		return false, fmt.Errorf("%s: interface %d towards %s: %w", hostName(host), rs[0].LinkIndex, p, err)
+	}
+	return l.Attrs().Name != "lo", nil
+}
+
+// probeAddr is an address of p to ask the routing table about: not its
+// first one (on a forwarding host, the subnet-router anycast address of
+// an on-link prefix, routed to lo), nor a low one a host likely has (its
+// gateway's ::1), but one from the end of p.
+func probeAddr(p netip.Prefix) netip.Addr {
+	p = p.Masked()
+	if p.IsSingleIP() {
+		return p.Addr()
+	}
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	b[len(b)-1] &^= 1 // not the all-ones one (IPv4's broadcast)
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
 func neighFamily(a netip.Addr) int {
 	if a.Is4() {
 		return netlink.FAMILY_V4

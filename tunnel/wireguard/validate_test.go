@@ -40,10 +40,6 @@ func TestPrepareRejectsBadSpecs(t *testing.T) {
 		{"mtu", "MTU", func(s *tunnel.Spec) { s.MTU = 576 }, nil},
 		{"bad MAC", `Remote.MAC "52:54:00"`, func(s *tunnel.Spec) { s.Remote.MAC = "52:54:00" }, nil},
 		{"same host", "Host", func(s *tunnel.Spec) { s.Remote.Host = s.Secure.Host }, nil},
-		{"v6 proxy prefix", "Remote.Protected[0]", func(s *tunnel.Spec) {
-			s.ProxyARP = true
-			s.Remote.Protected = []netip.Prefix{netip.MustParsePrefix("2001:db8::/64")}
-		}, nil},
 		{"missing netns", `Remote.Host "sealift-no-such-netns-x"`, func(s *tunnel.Spec) {}, host.ErrNotFound},
 		{"missing secure netns", `Secure.Host "sealift-no-such-netns-y"`, func(s *tunnel.Spec) {
 			s.Secure.Host = "sealift-no-such-netns-y"
