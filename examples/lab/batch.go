@@ -69,6 +69,13 @@ type VMBlackout struct {
 	MS6 *float64 `json:"ms_v6,omitempty"` // -ipv6: over IPv6
 }
 
+func (b VMBlackout) String() string {
+	if b.MS6 != nil {
+		return fmt.Sprintf("%s %.1f (IPv6 %.1f)", b.VM, b.MS, *b.MS6)
+	}
+	return fmt.Sprintf("%s %.1f", b.VM, b.MS)
+}
+
 // batchVMs are the batch's n guests: 10.1.0.10 ..., and with ipv6
 // fd00:1::10 ... too.
 func batchVMs(n int, ipv6 bool) []vmSpec {
