@@ -601,6 +601,10 @@ func (r *run) sourceSpec() fence.Spec {
 	return spec
 }
 
+// redirectDrain is how long the redirect tunnel stays up after its
+// routes are gone, for what it still carries (block 390).
+const redirectDrain = 250 * time.Millisecond
+
 // converge is blocks 380-390. ctx is the caller's: it ends the wait for
 // the routing core (as the plan's ConvergeTimeout does), after which the
 // redirect tunnel stays; the rest runs on cleanup contexts.
@@ -639,6 +643,14 @@ func (r *run) converge(ctx context.Context) {
 	err = r.step(cctx, BlockRemoveTunnel, nil, func() error {
 		if err := r.removeRedirects(cctx); err != nil {
 			return err
+		}
+		// Make before break, to the last packet: what the core routed into
+		// the tunnel before its routes went is still in its ends' queues
+		// (a userspace WireGuard on a busy host holds it for milliseconds)
+		// or on the wire; closing the ends now would drop it.
+		select {
+		case <-time.After(redirectDrain):
+		case <-cctx.Done():
 		}
 		return r.linker.Close(cctx, r.redirID)
 	})

@@ -103,7 +103,10 @@ func runBatchScenario(ctx context.Context, t lab.TB, o Options, log *slog.Logger
 	r1, err1 := Run(ctx, sub, one, log)
 	sub.cleanup()
 	o.parallel = o.VMs
-	fmt.Println("== batch: the", o.VMs, "guests at once (RunBatch, Parallel", o.VMs, ")")
+	if o.Parallel > 0 {
+		o.parallel = o.Parallel
+	}
+	fmt.Println("== batch: the", o.VMs, "guests together (RunBatch, Parallel", o.parallel, ")")
 	r2, err2 := Run(ctx, t, o, log)
 	if r2 == nil {
 		return r1, err2

@@ -33,6 +33,7 @@ func main() {
 	flag.StringVar(&link, "link", "wireguard", "secure link: wireguard or ipsec (ipsec needs a kernel with ESP)")
 	flag.StringVar(&fence, "fence", "at-switchover", "fence mode: at-switchover or before-copy")
 	flag.BoolVar(&o.Subnet, "subnet", false, "move a whole subnet (two guests, redirect tunnel, BGP convergence, tunnel removal)")
+	flag.IntVar(&o.Parallel, "parallel", 0, "with -vms: how many of the guests migrate at once in the second phase (`N`, 0: all)")
 	flag.IntVar(&o.VMs, "vms", 0, "with -subnet: the subnet's `N` guests (2-8) move in one batch (migration.Migrator.RunBatch), all at once, compared in the same run with the same N moved one by one")
 	flag.StringVar(&o.Kill, "kill", "", "with -remote: kill the source's or the target's agent (source|target) mid-migration, restart it, recover; or the controller (controller) at -kill-at, and recover")
 	flag.StringVar(&o.KillAt, "kill-at", "", "with -kill: when (an agent: copy, while RAM is copied, or switchover, in the switchover hook; default copy. The controller: a crash point, after-310 ... after-390)")

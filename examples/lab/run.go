@@ -30,7 +30,9 @@ type Options struct {
 	// VMs (with Subnet): the subnet's N guests move in one RunBatch, all
 	// at once, compared in the same run with the same N moved one by one
 	// (batch.go).
-	VMs      int
+	VMs int
+	// Parallel (with VMs): the second phase's Batch.Parallel (0: VMs).
+	Parallel int
 	parallel int // the batch phase's (0: both phases)
 	// Remote: an agent process per host, the controller (`sealift
 	// migrate`) in a namespace of its own (remote.go).
@@ -98,6 +100,8 @@ func (o Options) validate() error {
 		switch {
 		case !o.Subnet:
 			return fmt.Errorf("-vms %d: needs -subnet (a batch moves a subnet)", o.VMs)
+		case o.Parallel < 0 || o.Parallel > o.VMs:
+			return fmt.Errorf("-parallel %d: want 0 (all) to -vms %d", o.Parallel, o.VMs)
 		case o.VMs < 2 || o.VMs > maxBatchVMs:
 			return fmt.Errorf("-vms %d: want 2 to %d", o.VMs, maxBatchVMs)
 		case o.Remote || o.Kill != "":

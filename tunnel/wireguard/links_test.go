@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -281,4 +282,54 @@ func TestNoSecureRoutes(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertClean(t, lk, link, nil, w)
+}
+
+// TestMoreSpecificSourceWins: at a host where two links end, one for a
+// whole subnet (a batch's redirect tunnel, prepared first) and one for a
+// VM of it (prepared after), the VM's traffic to the peers takes the
+// VM's own link: the rule of the more specific source comes first,
+// whatever the order the links came in (before, same-priority rules
+// went by age and the VM's replies took the redirect, losing what was in
+// it when the redirect closed).
+func TestMoreSpecificSourceWins(t *testing.T) {
+	w := newWorld(t)
+	lk := testLinker(t, nil)
+	ctx := context.Background()
+	wide, own := w.spec(), w.spec()
+	wide.Remote.Protected = []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}
+	wide.ProxyARP, wide.NoSecureRoutes = false, true
+	lw, err := lk.Prepare(ctx, wide)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeOnCleanup(t, lk, wide.ID)
+	lo, err := lk.Prepare(ctx, own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeOnCleanup(t, lk, own.ID)
+	for _, id := range []string{wide.ID, own.ID} {
+		if err := lk.Activate(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dev := func(from string) string {
+		t.Helper()
+		out, err := lab.Exec(w.l.B, "ip", "-o", "route", "get", lab.PeerAddr.String(), "from", from, "iif", "br0")
+		if err != nil {
+			t.Fatalf("ip route get from %s at B: %v: %s", from, err, out)
+		}
+		f := strings.Fields(string(out))
+		if i := slices.Index(f, "dev"); i >= 0 && i+1 < len(f) {
+			return f[i+1]
+		}
+		t.Fatalf("ip route get from %s: no dev in %q", from, out)
+		return ""
+	}
+	if got := dev(lab.VMAddr.String()); got != lo.RemoteDevice {
+		t.Errorf("from the VM (%s) the peers are reached by %s, want its own link's %s (the subnet's is %s)", lab.VMAddr, got, lo.RemoteDevice, lw.RemoteDevice)
+	}
+	if got := dev("10.1.0.12"); got != lw.RemoteDevice {
+		t.Errorf("from another address of the subnet: %s, want the subnet link's %s", got, lw.RemoteDevice)
+	}
 }

@@ -119,7 +119,11 @@ const (
 	// tableBase + a 16-bit hash of the link ID is a link's first table
 	// candidate ("WG" in the high bits, away from other sealift tables).
 	tableBase = 0x57470000
-	// rulePriority puts the link's rules before the main table's (32766).
+	// rulePriority puts the link's rules before the main table's (32766):
+	// a rule's priority is rulePriority plus the host bits of its source
+	// prefix, so the more specific source wins whatever the order the
+	// links came in (a VM's own link, from its /32, before a batch's
+	// redirect tunnel, from the whole subnet, prepared earlier).
 	rulePriority = 1200
 )
 
@@ -166,7 +170,7 @@ func ruleFor(src netip.Prefix, table int) *netlink.Rule {
 	s := ipNet(src)
 	r.Src = &s
 	r.Table = table
-	r.Priority = rulePriority
+	r.Priority = rulePriority + src.Addr().BitLen() - src.Bits()
 	r.Family = netlink.FAMILY_V4
 	if src.Addr().Is6() {
 		r.Family = netlink.FAMILY_V6
