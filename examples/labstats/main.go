@@ -50,6 +50,8 @@ var figures = []figure{
 	{"baseline (b) blackout, plain stream (ms)", path("baselines.1.blackout.ms")},
 	{"ratio secure / baseline (a)", path("blackout_ratio")},
 	{"traffic after resume (ms)", path("migrations.0.traffic_after_resume_ms")},
+	{"-ipv6: blackout over IPv6 (ms)", path("migrations.0.blackout_v6.ms")},
+	{"-ipv6: traffic after resume over IPv6 (ms)", path("migrations.0.traffic_after_resume_v6_ms")},
 	{"baseline (a) traffic after resume (ms)", path("baselines.0.traffic_after_resume_ms")},
 	{"pings lost (no reply at all; both peers, every 5 ms)", path("migrations.0.blackout.lost")},
 	{"baseline (a) pings lost (one peer)", path("baselines.0.blackout.lost")},
@@ -86,6 +88,7 @@ var figures = []figure{
 	{"batch one by one: worst guest's blackout (ms)", path("batch.one_by_one.max_blackout_ms")},
 	{"wan frames", path("wan.frames")},
 	{"wan plaintext by address", path("wan.plaintext_by_address")},
+	{"wan plaintext by address, IPv6 (-ipv6)", path("wan.plaintext_by_address_v6")},
 	{"wan plaintext by marker", path("wan.plaintext_by_marker")},
 	{"wan unknown frames", path("wan.unknown")},
 }
