@@ -49,15 +49,31 @@ func TestFenceDropsICMPErrorsQuotingTheVM(t *testing.T) {
 
 // timeExceeded sends n UDP datagrams with TTL 2 from ns to the VM's
 // address and counts the ICMP time-exceeded messages that quote them.
-func timeExceeded(t *testing.T, ns string, n int) int {
+func timeExceeded(t *testing.T, ns string, n int) int { return timeExceededTo(t, ns, lab.VMAddr, n) }
+
+// timeExceeded6 is timeExceeded over IPv6 (hop limit 2, to the VM's
+// IPv6 address, ICMPv6 time-exceeded).
+func timeExceeded6(t *testing.T, ns string, n int) int {
+	return timeExceededTo(t, ns, fencetest.VM6, n)
+}
+
+// timeExceededTo sends n UDP datagrams that expire after 2 hops from ns
+// to vm and counts the time-exceeded errors (ICMP or ICMPv6, by vm's
+// family) that quote them.
+func timeExceededTo(t *testing.T, ns string, vm netip.Addr, n int) int {
 	t.Helper()
+	v6 := vm.Is6()
+	icmpNet, anyAddr, udpNet := "ip4:icmp", "0.0.0.0", "udp4"
+	if v6 {
+		icmpNet, anyAddr, udpNet = "ip6:ipv6-icmp", "::", "udp6"
+	}
 	var icmp net.PacketConn
 	var udp *net.UDPConn
 	err := nsutil.Do(ns, func() (err error) {
-		if icmp, err = net.ListenPacket("ip4:icmp", "0.0.0.0"); err != nil {
+		if icmp, err = net.ListenPacket(icmpNet, anyAddr); err != nil {
 			return err
 		}
-		udp, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: lab.VMAddr.AsSlice(), Port: 9})
+		udp, err = net.DialUDP(udpNet, nil, &net.UDPAddr{IP: vm.AsSlice(), Port: 9})
 		return err
 	})
 	if err != nil {
@@ -69,7 +85,13 @@ func timeExceeded(t *testing.T, ns string, n int) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TTL, 2) })
+	raw.Control(func(fd uintptr) {
+		if v6 {
+			_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IPV6, syscall.IPV6_UNICAST_HOPS, 2)
+		} else {
+			_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TTL, 2)
+		}
+	})
 	for i := 0; i < n; i++ {
 		if _, err := udp.Write([]byte("SEALIFT-ICMP-QUOTE")); err != nil {
 			t.Fatal(err)
@@ -83,9 +105,14 @@ func timeExceeded(t *testing.T, ns string, n int) int {
 		if err != nil {
 			return got
 		}
-		// type 11, quoted IPv4 header at +8: destination at +16.
-		if m >= 28 && buf[0] == 11 && netip.AddrFrom4([4]byte(buf[24:28])) == lab.VMAddr &&
-			binary.BigEndian.Uint16(buf[8+20+2:]) == 9 {
+		switch {
+		// ICMP type 11, quoted IPv4 header at +8: destination at +16.
+		case !v6 && m >= 28 && buf[0] == 11 && netip.AddrFrom4([4]byte(buf[24:28])) == vm &&
+			binary.BigEndian.Uint16(buf[8+20+2:]) == 9:
+			got++
+		// ICMPv6 type 3, quoted IPv6 header at +8: destination at +24, UDP at +40.
+		case v6 && m >= 8+40+8 && buf[0] == 3 && netip.AddrFrom16([16]byte(buf[8+24:8+40])) == vm &&
+			binary.BigEndian.Uint16(buf[8+40+2:]) == 9:
 			got++
 		}
 	}
@@ -123,52 +150,5 @@ func TestFenceDropsICMPv6ErrorsQuotingTheVM(t *testing.T) {
 	}
 	if n := timeExceeded6(t, w.Peer2, 5); n == 0 {
 		t.Fatal("AllowVia up0: the errors should pass through the allowed device")
-	}
-}
-
-// timeExceeded6 sends n UDP datagrams with hop limit 2 from ns to the
-// VM's IPv6 address and counts the ICMPv6 time-exceeded messages that
-// quote them.
-func timeExceeded6(t *testing.T, ns string, n int) int {
-	t.Helper()
-	var icmp net.PacketConn
-	var udp *net.UDPConn
-	err := nsutil.Do(ns, func() (err error) {
-		if icmp, err = net.ListenPacket("ip6:ipv6-icmp", "::"); err != nil {
-			return err
-		}
-		udp, err = net.DialUDP("udp6", nil, &net.UDPAddr{IP: fencetest.VM6.AsSlice(), Port: 9})
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer icmp.Close()
-	defer udp.Close()
-	raw, err := udp.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw.Control(func(fd uintptr) {
-		_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IPV6, syscall.IPV6_UNICAST_HOPS, 2)
-	})
-	for i := 0; i < n; i++ {
-		if _, err := udp.Write([]byte("SEALIFT-ICMP6-QUOTE")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	got := 0
-	buf := make([]byte, 1500)
-	for {
-		icmp.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		m, _, err := icmp.ReadFrom(buf)
-		if err != nil {
-			return got
-		}
-		// type 3, quoted IPv6 header at +8: destination at +24, UDP at +40.
-		if m >= 8+40+8 && buf[0] == 3 && netip.AddrFrom16([16]byte(buf[8+24:8+40])) == fencetest.VM6 &&
-			binary.BigEndian.Uint16(buf[8+40+2:]) == 9 {
-			got++
-		}
 	}
 }
