@@ -24,46 +24,21 @@ import (
 	"github.com/sealift/sealift/agent/agentpb"
 	"github.com/sealift/sealift/agent/agentpki"
 	"github.com/sealift/sealift/fence"
+	"github.com/sealift/sealift/internal/promtest"
 	"github.com/sealift/sealift/metrics"
 	"github.com/sealift/sealift/migration"
 	"github.com/sealift/sealift/migration/migrationtest"
 	"github.com/sealift/sealift/tunnel"
 )
 
-// sample is one series of a gathered family: a counter's or gauge's
-// value, or a histogram's count.
-type sample struct {
-	value float64
-	count uint64
-}
+// sample is one series of a gathered family (promtest.Sample).
+type sample = promtest.Sample
 
 // series returns family name's samples by their labels (`k="v",...`).
 func series(t *testing.T, g prometheus.Gatherer, name string) map[string]sample {
 	t.Helper()
-	mfs, err := g.Gather()
+	out, err := promtest.Series(g, name)
 	require.NoError(t, err)
-	out := map[string]sample{}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			var ls []string
-			for _, lp := range m.GetLabel() {
-				ls = append(ls, lp.GetName()+"="+strconv.Quote(lp.GetValue()))
-			}
-			var s sample
-			switch {
-			case m.GetCounter() != nil:
-				s.value = m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				s.value = m.GetGauge().GetValue()
-			case m.GetHistogram() != nil:
-				s.count = m.GetHistogram().GetSampleCount()
-			}
-			out[strings.Join(ls, ",")] = s
-		}
-	}
 	return out
 }
 
@@ -75,8 +50,8 @@ func rpcCounts(t *testing.T, g prometheus.Gatherer) (map[string]uint64, []string
 	var failed []string
 	for k, s := range series(t, g, agent.MetricRPCDuration) {
 		code, method := labelOf(k, "code"), labelOf(k, "method")
-		if s.count > 0 {
-			counts[method] += s.count
+		if s.Count > 0 {
+			counts[method] += s.Count
 			if code != codes.OK.String() {
 				failed = append(failed, method+" "+code)
 			}
@@ -237,7 +212,7 @@ func TestAgentMetricsCollector(t *testing.T) {
 	_, err := raw.Fence(context.Background(), &agentpb.FenceRequest{})
 	require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
 
-	assert.Equal(t, map[string]sample{"": {value: 2}}, series(t, reg, agent.MetricFences))
+	assert.Equal(t, map[string]sample{"": {Value: 2}}, series(t, reg, agent.MetricFences))
 	linkEnds := map[string]sample{}
 	for _, k := range []string{"wireguard", "ipsec"} {
 		for _, r := range []string{"secure", "remote"} {
@@ -246,28 +221,28 @@ func TestAgentMetricsCollector(t *testing.T) {
 			}
 		}
 	}
-	linkEnds[`active="true",kind="wireguard",role="secure"`] = sample{value: 1}
-	linkEnds[`active="false",kind="ipsec",role="remote"`] = sample{value: 1}
-	linkEnds[`active="true",kind="ipsec",role="remote"`] = sample{value: 1}
+	linkEnds[`active="true",kind="wireguard",role="secure"`] = sample{Value: 1}
+	linkEnds[`active="false",kind="ipsec",role="remote"`] = sample{Value: 1}
+	linkEnds[`active="true",kind="ipsec",role="remote"`] = sample{Value: 1}
 	assert.Equal(t, linkEnds, series(t, reg, agent.MetricLinkEnds))
 	assert.Equal(t, map[string]sample{
-		`direction="rx",kind="wireguard",link="w1"`: {value: 10},
-		`direction="tx",kind="wireguard",link="w1"`: {value: 20},
-		`direction="rx",kind="ipsec",link="x2"`:     {value: 30},
-		`direction="tx",kind="ipsec",link="x2"`:     {value: 40},
+		`direction="rx",kind="wireguard",link="w1"`: {Value: 10},
+		`direction="tx",kind="wireguard",link="w1"`: {Value: 20},
+		`direction="rx",kind="ipsec",link="x2"`:     {Value: 30},
+		`direction="tx",kind="ipsec",link="x2"`:     {Value: 40},
 	}, series(t, reg, agent.MetricLinkBytes))
-	assert.Equal(t, map[string]sample{`link="w1"`: {value: 1700000000.5}}, series(t, reg, agent.MetricLinkHandshake))
+	assert.Equal(t, map[string]sample{`link="w1"`: {Value: 1700000000.5}}, series(t, reg, agent.MetricLinkHandshake))
 	success := func(fences, linkEnds, stats float64) map[string]sample {
-		return map[string]sample{`collector="fences"`: {value: fences}, `collector="link_ends"`: {value: linkEnds},
-			`collector="link_stats"`: {value: stats}}
+		return map[string]sample{`collector="fences"`: {Value: fences}, `collector="link_ends"`: {Value: linkEnds},
+			`collector="link_stats"`: {Value: stats}}
 	}
 	assert.Equal(t, success(1, 1, 1), series(t, reg, agent.MetricCollectorSuccess))
 	ends.mu.Lock()
 	assert.NotContains(t, ends.asked, "x1", "an inactive end was asked for its counters")
 	ends.mu.Unlock()
 	rpc := series(t, reg, agent.MetricRPCDuration)
-	assert.Equal(t, uint64(1), rpc[`code="InvalidArgument",method="/sealift.agent.v1.Fencer/Fence"`].count)
-	assert.Equal(t, uint64(0), rpc[`code="OK",method="/sealift.agent.v1.Fencer/Fence"`].count)
+	assert.Equal(t, uint64(1), rpc[`code="InvalidArgument",method="/sealift.agent.v1.Fencer/Fence"`].Count)
+	assert.Equal(t, uint64(0), rpc[`code="OK",method="/sealift.agent.v1.Fencer/Fence"`].Count)
 	assert.Contains(t, rpc, `code="OK",method="/sealift.agent.v1.LinkEnd/Verify"`, "served methods start at 0")
 	problems, err := testutil.GatherAndLint(reg)
 	require.NoError(t, err)
@@ -346,17 +321,8 @@ func scrapeMetrics(t *testing.T, url string) map[string]float64 {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
-	out := map[string]float64{}
-	for _, line := range strings.Split(string(body), "\n") {
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		require.Positive(t, i, "line %q", line)
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		require.NoError(t, err, "line %q", line)
-		out[line[:i]] = v
-	}
+	out, err := promtest.Lines(body)
+	require.NoError(t, err)
 	return out
 }
 

@@ -86,12 +86,12 @@ func TestRemoteWireGuardEnds(t *testing.T) {
 	// the start.
 	for name, reg := range regs {
 		role := map[string]string{"host-a": "secure", "host-b": "remote"}[name]
-		assert.Equal(t, 1.0, series(t, reg, agent.MetricLinkEnds)[`active="true",kind="wireguard",role="`+role+`"`].value, name)
+		assert.Equal(t, 1.0, series(t, reg, agent.MetricLinkEnds)[`active="true",kind="wireguard",role="`+role+`"`].Value, name)
 		b := series(t, reg, agent.MetricLinkBytes)
 		for _, dir := range []string{"rx", "tx"} {
-			assert.Greater(t, b[`direction="`+dir+`",kind="wireguard",link="rw1"`].value, 10*84.0, "%s: %s bytes", name, dir)
+			assert.Greater(t, b[`direction="`+dir+`",kind="wireguard",link="rw1"`].Value, 10*84.0, "%s: %s bytes", name, dir)
 		}
-		hs := series(t, reg, agent.MetricLinkHandshake)[`link="rw1"`].value
+		hs := series(t, reg, agent.MetricLinkHandshake)[`link="rw1"`].Value
 		assert.InDelta(t, float64(time.Now().Unix()), hs, float64(time.Since(now)/time.Second)+2, "%s: last handshake", name)
 	}
 

@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 
 	"github.com/sealift/sealift/conn"
 	"github.com/sealift/sealift/hypervisor"
+	"github.com/sealift/sealift/internal/promtest"
 	"github.com/sealift/sealift/metrics"
 	"github.com/sealift/sealift/migration"
 	"github.com/sealift/sealift/migration/migrationtest"
@@ -29,42 +29,14 @@ var (
 	tlsConn   = conn.Conn{Proto: conn.TCP, Local: netip.MustParseAddrPort("10.1.0.10:443"), Remote: netip.MustParseAddrPort("10.2.0.20:40001"), State: "ESTABLISHED"}
 )
 
-// sample is one series of a gathered family: a counter's or gauge's
-// value, or a histogram's count and sum.
-type sample struct {
-	value float64
-	count uint64
-	sum   float64
-}
+// sample is one series of a gathered family (promtest.Sample).
+type sample = promtest.Sample
 
-// series returns the samples of family name by their labels
-// (`k="v",...` sorted by name as the registry gives them; "" for none).
+// series returns family name's samples by their labels (`k="v",...`).
 func series(t *testing.T, g prometheus.Gatherer, name string) map[string]sample {
 	t.Helper()
-	mfs, err := g.Gather()
+	out, err := promtest.Series(g, name)
 	require.NoError(t, err)
-	out := map[string]sample{}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			var ls []string
-			for _, lp := range m.GetLabel() {
-				ls = append(ls, lp.GetName()+"="+strconv.Quote(lp.GetValue()))
-			}
-			var s sample
-			switch {
-			case m.GetCounter() != nil:
-				s.value = m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				s.value = m.GetGauge().GetValue()
-			case m.GetHistogram() != nil:
-				s.count, s.sum = m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
-			}
-			out[strings.Join(ls, ",")] = s
-		}
-	}
 	return out
 }
 
@@ -73,7 +45,7 @@ func value(t *testing.T, g prometheus.Gatherer, name string) float64 {
 	t.Helper()
 	s, ok := series(t, g, name)[""]
 	require.True(t, ok, "%s has no unlabelled series", name)
-	return s.value
+	return s.Value
 }
 
 // hist is the count and sum of the unlabelled histogram name.
@@ -81,7 +53,7 @@ func hist(t *testing.T, g prometheus.Gatherer, name string) (uint64, float64) {
 	t.Helper()
 	s, ok := series(t, g, name)[""]
 	require.True(t, ok, "%s has no unlabelled series", name)
-	return s.count, s.sum
+	return s.Count, s.Sum
 }
 
 // newController returns a Controller registered with a pedantic registry
@@ -144,8 +116,8 @@ func stepSeries(reps ...*migration.Report) map[string]sample {
 		for _, s := range r.Steps {
 			k := `block="` + strconv.Itoa(int(s.Block)) + `",step="` + s.Name + `"`
 			x := out[k]
-			x.count++
-			x.sum += time.Duration(s.Duration).Seconds()
+			x.Count++
+			x.Sum += time.Duration(s.Duration).Seconds()
 			out[k] = x
 		}
 	}
@@ -159,8 +131,8 @@ func assertSteps(t *testing.T, reg prometheus.Gatherer, reps ...*migration.Repor
 	for k, w := range want {
 		g, ok := got[k]
 		if assert.True(t, ok, "no step series %s", k) {
-			assert.Equal(t, w.count, g.count, "%s count", k)
-			assert.InDelta(t, w.sum, g.sum, 1e-9, "%s sum", k)
+			assert.Equal(t, w.Count, g.Count, "%s count", k)
+			assert.InDelta(t, w.Sum, g.Sum, 1e-9, "%s sum", k)
 		}
 	}
 }
@@ -187,7 +159,7 @@ func TestCompletedMigration(t *testing.T) {
 	require.Positive(t, rep.Migration.Downtime)
 	require.Positive(t, rep.Migration.Bytes)
 
-	assert.Equal(t, map[string]sample{`fence_mode="at-switchover",link="wireguard",outcome="completed"`: {value: 1}},
+	assert.Equal(t, map[string]sample{`fence_mode="at-switchover",link="wireguard",outcome="completed"`: {Value: 1}},
 		series(t, reg, metrics.MigrationsTotal))
 	assert.Zero(t, value(t, reg, metrics.MigrationsInProgress))
 
@@ -241,10 +213,10 @@ func TestOutcomesByLabel(t *testing.T) {
 	require.Empty(t, rep2.Link.Kind, "Prepare failed: the report has no link (the plan's kind labels it)")
 
 	assert.Equal(t, map[string]sample{
-		`fence_mode="at-switchover",link="wireguard",outcome="completed"`: {value: 1},
-		`fence_mode="before-copy",link="ipsec",outcome="rolled-back"`:     {value: 1},
+		`fence_mode="at-switchover",link="wireguard",outcome="completed"`: {Value: 1},
+		`fence_mode="before-copy",link="ipsec",outcome="rolled-back"`:     {Value: 1},
 	}, series(t, reg, metrics.MigrationsTotal))
-	assert.Equal(t, map[string]sample{`block="315",step="target"`: {value: 1}}, series(t, reg, metrics.StepFailuresTotal))
+	assert.Equal(t, map[string]sample{`block="315",step="target"`: {Value: 1}}, series(t, reg, metrics.StepFailuresTotal))
 	assertSteps(t, reg, rep1, rep2)
 	require.Contains(t, series(t, reg, metrics.StepDuration), `block="900",step="rollback"`)
 	n, _ := hist(t, reg, metrics.MigrationDuration)
@@ -275,7 +247,7 @@ func TestRedirectKept(t *testing.T) {
 	require.NotNil(t, rep.Redirect)
 	require.Nil(t, rep.Converged)
 	assert.Equal(t, 1.0, value(t, reg, metrics.RedirectActive))
-	assert.Equal(t, map[string]sample{`block="380",step="inspect-routing-core"`: {value: 1}}, series(t, reg, metrics.StepFailuresTotal))
+	assert.Equal(t, map[string]sample{`block="380",step="inspect-routing-core"`: {Value: 1}}, series(t, reg, metrics.StepFailuresTotal))
 	n, _ := hist(t, reg, metrics.RouteConvergence)
 	assert.Zero(t, n)
 }
@@ -354,8 +326,8 @@ func TestObserveSynthetic(t *testing.T) {
 	c.Observe(migration.Finished{ID: "m3", Outcome: migration.RolledBack, Report: &migration.Report{ID: "m3",
 		Link:  tunnel.Link{Spec: tunnel.Spec{Kind: tunnel.IPsec}},
 		Steps: []migration.StepTiming{{Block: migration.BlockMigrate, Start: start.UnixNano(), Duration: int64(time.Second)}}}})
-	assert.Equal(t, 1.0, series(t, reg, metrics.MigrationsTotal)[`fence_mode="unknown",link="ipsec",outcome="rolled-back"`].value)
-	assert.Equal(t, map[string]sample{`block="330",step="migrate"`: {value: 1}}, series(t, reg, metrics.StepFailuresTotal))
+	assert.Equal(t, 1.0, series(t, reg, metrics.MigrationsTotal)[`fence_mode="unknown",link="ipsec",outcome="rolled-back"`].Value)
+	assert.Equal(t, map[string]sample{`block="330",step="migrate"`: {Value: 1}}, series(t, reg, metrics.StepFailuresTotal))
 	assert.Zero(t, value(t, reg, metrics.MigrationsInProgress))
 	// m1 and m2 had Started; their reports no step: no duration either.
 	n, _ := hist(t, reg, metrics.MigrationDuration)
@@ -433,7 +405,7 @@ func TestWatchEndsWithMigrator(t *testing.T) {
 	}
 	require.Positive(t, m.Dropped())
 	assert.Equal(t, float64(m.Dropped()), value(t, reg, metrics.EventsDroppedTotal), "drops of the watched Migrator")
-	assert.Equal(t, 1.0, series(t, reg, metrics.MigrationsTotal)[`fence_mode="at-switchover",link="wireguard",outcome="completed"`].value)
+	assert.Equal(t, 1.0, series(t, reg, metrics.MigrationsTotal)[`fence_mode="at-switchover",link="wireguard",outcome="completed"`].Value)
 }
 
 // TestResetFailedAndRedirectRolledBack: a reset that fails (block 365)
@@ -452,8 +424,8 @@ func TestResetFailedAndRedirectRolledBack(t *testing.T) {
 	require.Len(t, rep.Audit.Reset, 1, "one connection was to be reset")
 	assert.Zero(t, value(t, reg, metrics.ConnectionsResetTotal), "the reset failed")
 	assert.Equal(t, 1.0, value(t, reg, metrics.ConnectionsKeptTotal))
-	assert.Equal(t, map[string]sample{`block="365",step="reset-unsecured"`: {value: 1}}, series(t, reg, metrics.StepFailuresTotal))
-	assert.Equal(t, map[string]sample{`fence_mode="at-switchover",link="wireguard",outcome="stayed-fenced"`: {value: 1}},
+	assert.Equal(t, map[string]sample{`block="365",step="reset-unsecured"`: {Value: 1}}, series(t, reg, metrics.StepFailuresTotal))
+	assert.Equal(t, map[string]sample{`fence_mode="at-switchover",link="wireguard",outcome="stayed-fenced"`: {Value: 1}},
 		series(t, reg, metrics.MigrationsTotal))
 
 	s = migrationtest.NewSetup()
@@ -463,7 +435,7 @@ func TestResetFailedAndRedirectRolledBack(t *testing.T) {
 	require.ErrorIs(t, err, migration.ErrRolledBack)
 	require.NotNil(t, rep.Redirect, "the redirect tunnel was prepared")
 	assert.Zero(t, value(t, reg, metrics.RedirectActive), "the rollback removed it")
-	assert.Equal(t, map[string]sample{`fence_mode="at-switchover",link="wireguard",outcome="rolled-back"`: {value: 1}},
+	assert.Equal(t, map[string]sample{`fence_mode="at-switchover",link="wireguard",outcome="rolled-back"`: {Value: 1}},
 		series(t, reg, metrics.MigrationsTotal))
 }
 
@@ -495,7 +467,7 @@ func TestRecovery(t *testing.T) {
 	require.Len(t, reps, 1)
 	require.Equal(t, migration.Completed, reps[0].Outcome)
 	require.NotEmpty(t, reps[0].Steps)
-	assert.Equal(t, map[string]sample{`fence_mode="at-switchover",link="wireguard",outcome="completed"`: {value: 1}},
+	assert.Equal(t, map[string]sample{`fence_mode="at-switchover",link="wireguard",outcome="completed"`: {Value: 1}},
 		series(t, reg, metrics.MigrationsTotal))
 	assertSteps(t, reg, reps[0])
 	assert.Zero(t, value(t, reg, metrics.MigrationsInProgress))

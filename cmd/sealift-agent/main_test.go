@@ -17,7 +17,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -38,6 +37,7 @@ import (
 	"github.com/sealift/sealift/fence"
 	"github.com/sealift/sealift/internal/lab"
 	"github.com/sealift/sealift/internal/nsutil"
+	"github.com/sealift/sealift/internal/promtest"
 	"github.com/sealift/sealift/routing"
 	"github.com/sealift/sealift/routing/gobgp"
 	"github.com/sealift/sealift/tunnel"
@@ -589,17 +589,8 @@ func scrape(t *testing.T, addr string) (map[string]float64, string) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
-	out := map[string]float64{}
-	for _, line := range strings.Split(string(body), "\n") {
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		require.Positive(t, i, "line %q", line)
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		require.NoError(t, err, "line %q", line)
-		out[line[:i]] = v
-	}
+	out, err := promtest.Lines(body)
+	require.NoError(t, err)
 	return out, string(body)
 }
 
