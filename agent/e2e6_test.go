@@ -9,16 +9,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/sealift/sealift/agent"
-	"github.com/sealift/sealift/agent/agentpki"
-	"github.com/sealift/sealift/conn/conntrack"
-	"github.com/sealift/sealift/fence/nft"
-	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/internal/lab"
-	"github.com/sealift/sealift/internal/nshv"
 	"github.com/sealift/sealift/migration"
 	"github.com/sealift/sealift/tunnel"
-	"github.com/sealift/sealift/tunnel/wireguard"
 )
 
 // TestMigratorOverAgentsDualStack: FIG. 3 end to end, as
@@ -58,38 +51,9 @@ func TestMigratorOverAgentsDualStack(t *testing.T) {
 	for _, ns := range []string{l.A, l.B, l.Core} {
 		require.NoError(t, lab.Sysctl(ns, "net/ipv6/conf/all/forwarding", "1"))
 	}
-	hv := nshv.New("vm1", l.VM, "eth0")
-	a, b := hv.Host(l.A, "vm0", "br0"), hv.Host(l.B, "vmb0", "br0")
-	require.NoError(t, hv.Start(a))
-
-	p := newPKI(t)
-	now := time.Now()
+	w := newRealAgents(t, l, nil)
+	hv, clients, m := w.hv, w.clients, w.m
 	ctx := context.Background()
-	clients := map[string]*agent.Client{}
-	for name, host := range map[string]struct {
-		ns string
-		hv hypervisor.Hypervisor
-	}{"host-a": {l.A, a}, "host-b": {l.B, b}} {
-		id, err := p.ca.Issue(agentpki.RoleAgent, name, now.Add(-time.Minute), now.Add(time.Hour))
-		require.NoError(t, err)
-		addr := p.serveAs(t, id, agent.WithHypervisor(host.hv), agent.WithFencer(nft.New(nft.WithHost(host.ns))),
-			agent.WithConnAuditor(conntrack.New(conntrack.WithHost(host.ns))),
-			agent.WithLinkEnd(wireguard.NewEnd(host.ns, wireguard.WithBackend(wireguard.Userspace))))
-		clients[name] = p.dialAs(t, addr, p.ctl.TLS, name)
-	}
-	env := func(name string, underlay netip.Addr) migration.Environment {
-		c := clients[name]
-		f, err := c.Fencer(ctx)
-		require.NoError(t, err)
-		return migration.Environment{Hypervisor: c.Hypervisor(), Fencer: f, Auditor: c.ConnAuditor(), Host: name, Underlay: underlay}
-	}
-	m, err := migration.New(migration.Config{
-		Environments: map[string]migration.Environment{"a": env("host-a", lab.AUplink), "b": env("host-b", lab.BUnderlay)},
-		Linkers: map[tunnel.Kind]tunnel.SecureLinker{tunnel.WireGuard: tunnel.NewHosts(map[string]tunnel.LinkEnd{
-			"host-a": clients["host-a"].LinkEnd(), "host-b": clients["host-b"].LinkEnd()})},
-	})
-	require.NoError(t, err)
-	t.Cleanup(func() { m.Close() })
 
 	subnet6 := netip.MustParsePrefix("fd00:1::/64")
 	wan, err := lab.StartCaptureWith(l.WAN, lab.CaptureOptions{IngressOnly: true, Classify: &lab.Classifier{

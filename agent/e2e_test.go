@@ -41,44 +41,15 @@ func TestMigratorOverAgentsRealBackends(t *testing.T) {
 	nb := l.Prefix + "-nbb"
 	require.NoError(t, l.AddHost(nb))
 	require.NoError(t, l.Endpoint(nb, l.B, "nb0", "br0", "10.1.0.30/24", lab.Gateway))
-	hv := nshv.New("vm1", l.VM, "eth0")
-	a, b := hv.Host(l.A, "vm0", "br0"), hv.Host(l.B, "vmb0", "br0")
-	require.NoError(t, hv.Start(a))
-
-	p := newPKI(t)
 	now := time.Now()
-	ctx := context.Background()
-	clients := map[string]*agent.Client{}
 	agentMetrics := map[string]string{} // each agent's /metrics URL
-	for name, host := range map[string]struct {
-		ns string
-		hv hypervisor.Hypervisor
-	}{"host-a": {l.A, a}, "host-b": {l.B, b}} {
-		id, err := p.ca.Issue(agentpki.RoleAgent, name, now.Add(-time.Minute), now.Add(time.Hour))
-		require.NoError(t, err)
+	w := newRealAgents(t, l, func(name string) []agent.Option {
 		reg := prometheus.NewPedanticRegistry()
-		addr := p.serveAs(t, id, agent.WithHypervisor(host.hv), agent.WithFencer(nft.New(nft.WithHost(host.ns))),
-			agent.WithConnAuditor(conntrack.New(conntrack.WithHost(host.ns))),
-			agent.WithLinkEnd(wireguard.NewEnd(host.ns, wireguard.WithBackend(wireguard.Userspace))),
-			agent.WithMetrics(reg))
-		clients[name] = p.dialAs(t, addr, p.ctl.TLS, name)
 		agentMetrics[name] = serveMetrics(t, reg)
-	}
-	env := func(name, host string, underlay netip.Addr) migration.Environment {
-		c := clients[name]
-		f, err := c.Fencer(ctx)
-		require.NoError(t, err)
-		return migration.Environment{Hypervisor: c.Hypervisor(), Fencer: f, Auditor: c.ConnAuditor(), Host: host, Underlay: underlay}
-	}
-	m, err := migration.New(migration.Config{
-		// Hosts are named as the controller knows them, not by namespace:
-		// each agent acts in its own.
-		Environments: map[string]migration.Environment{"a": env("host-a", "host-a", lab.AUplink), "b": env("host-b", "host-b", lab.BUnderlay)},
-		Linkers: map[tunnel.Kind]tunnel.SecureLinker{tunnel.WireGuard: tunnel.NewHosts(map[string]tunnel.LinkEnd{
-			"host-a": clients["host-a"].LinkEnd(), "host-b": clients["host-b"].LinkEnd()})},
+		return []agent.Option{agent.WithMetrics(reg)}
 	})
-	require.NoError(t, err)
-	t.Cleanup(func() { m.Close() })
+	hv, clients, m := w.hv, w.clients, w.m
+	ctx := context.Background()
 	creg := prometheus.NewPedanticRegistry()
 	ctl, err := metrics.New(creg)
 	require.NoError(t, err)
@@ -153,4 +124,57 @@ func TestMigratorOverAgentsRealBackends(t *testing.T) {
 	}
 	assert.InDelta(t, float64(time.Now().Unix()), val(t, sb, fmt.Sprintf(`sealift_agent_link_last_handshake_timestamp_seconds{link="%s"}`, rep.Link.ID)),
 		float64(time.Since(now)/time.Second)+2, "B's end: a handshake during the test")
+}
+
+// realAgents is nshv's VM (vm1) running at A, an agent per host ("host-a"
+// in A, "host-b" in B) over mutual TLS on loopback with real nft fences,
+// conntrack and WireGuard link ends, and a Migrator over their clients
+// (environments "a" and "b", hosts named as the controller knows them).
+type realAgents struct {
+	hv      *nshv.Cluster
+	clients map[string]*agent.Client
+	m       *migration.Migrator
+}
+
+// newRealAgents builds realAgents in l; extra, if set, adds options to
+// each agent by name.
+func newRealAgents(t *testing.T, l *lab.Lab, extra func(name string) []agent.Option) realAgents {
+	t.Helper()
+	hv := nshv.New("vm1", l.VM, "eth0")
+	a, b := hv.Host(l.A, "vm0", "br0"), hv.Host(l.B, "vmb0", "br0")
+	require.NoError(t, hv.Start(a))
+	p := newPKI(t)
+	now := time.Now()
+	ctx := context.Background()
+	clients := map[string]*agent.Client{}
+	for name, host := range map[string]struct {
+		ns string
+		hv hypervisor.Hypervisor
+	}{"host-a": {l.A, a}, "host-b": {l.B, b}} {
+		id, err := p.ca.Issue(agentpki.RoleAgent, name, now.Add(-time.Minute), now.Add(time.Hour))
+		require.NoError(t, err)
+		opts := []agent.Option{agent.WithHypervisor(host.hv), agent.WithFencer(nft.New(nft.WithHost(host.ns))),
+			agent.WithConnAuditor(conntrack.New(conntrack.WithHost(host.ns))),
+			agent.WithLinkEnd(wireguard.NewEnd(host.ns, wireguard.WithBackend(wireguard.Userspace)))}
+		if extra != nil {
+			opts = append(opts, extra(name)...)
+		}
+		clients[name] = p.dialAs(t, p.serveAs(t, id, opts...), p.ctl.TLS, name)
+	}
+	env := func(name string, underlay netip.Addr) migration.Environment {
+		c := clients[name]
+		f, err := c.Fencer(ctx)
+		require.NoError(t, err)
+		return migration.Environment{Hypervisor: c.Hypervisor(), Fencer: f, Auditor: c.ConnAuditor(), Host: name, Underlay: underlay}
+	}
+	m, err := migration.New(migration.Config{
+		// Hosts are named as the controller knows them, not by namespace:
+		// each agent acts in its own.
+		Environments: map[string]migration.Environment{"a": env("host-a", lab.AUplink), "b": env("host-b", lab.BUnderlay)},
+		Linkers: map[tunnel.Kind]tunnel.SecureLinker{tunnel.WireGuard: tunnel.NewHosts(map[string]tunnel.LinkEnd{
+			"host-a": clients["host-a"].LinkEnd(), "host-b": clients["host-b"].LinkEnd()})},
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { m.Close() })
+	return realAgents{hv: hv, clients: clients, m: m}
 }
