@@ -241,7 +241,7 @@ func (e *End) open(o *oneEnd, role tunnel.Role) (tunnel.EndState, error) {
 	if err := x.checkFree(l); err != nil {
 		return tunnel.EndState{}, err
 	}
-	if _, err := x.routePlan(l.spec.MTU); err != nil {
+	if _, err := x.routePlan(l.spec.MTU, l.alg); err != nil {
 		return tunnel.EndState{}, err
 	}
 	if l.spec.ProxyARP {

@@ -106,6 +106,23 @@ func TestDualStackOverIPv6Underlay(t *testing.T) {
 	if got, want := routesAt(l.B), "10.1.0.20/32 dev wan0, fd00:1::20/128 dev wan0"; got != want {
 		t.Errorf("B's link routes: %q, want %q", got, want)
 	}
+	// The routes' MTU leaves room for ESP over the IPv6 underlay: 80
+	// with AES-GCM (the contract's default), 97 with CBC + HMAC, whose
+	// worst case over IPv6 is more than 80.
+	for _, c := range []struct {
+		alg  Algorithm
+		want int
+	}{{AESGCM, 1500 - 80}, {AESCBCHMACSHA256, 1500 - 97}} {
+		plan, err := es.routePlan(0, c.alg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range append(plan[0], plan[1]...) {
+			if r.r.MTU != c.want {
+				t.Errorf("%s: route %s mtu %d, want %d", c.alg, r.r.Dst, r.r.MTU, c.want)
+			}
+		}
+	}
 	if err := New(WithHosts(l.A, l.B)).Close(context.Background(), spec.ID); err != nil {
 		t.Fatal(err)
 	}

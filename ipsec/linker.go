@@ -204,7 +204,7 @@ func (k *Linker) prepare(ctx context.Context, l *link) (tunnel.Link, error) {
 			return tunnel.Link{}, err
 		}
 	}
-	if _, err := ends.routePlan(l.spec.MTU); err != nil {
+	if _, err := ends.routePlan(l.spec.MTU, l.alg); err != nil {
 		return tunnel.Link{}, err
 	}
 	keys, err := newKeys(l.alg)

@@ -44,14 +44,15 @@ const maxProxyAddrs = 256
 // routePlan computes, per end, the routes for the other end's Protected
 // prefixes: through the gateway and device the other end's Underlay is
 // reached by, with the link's MTU (Spec.MTU, or the underlay device's MTU
-// minus 80 for the ESP overhead) so senders learn the inner path MTU. A
+// minus the ESP overhead, alg.overhead) so senders learn the inner path
+// MTU. A
 // prefix of the other address family than the underlay gets an on-link
 // route through the device alone. A peer underlay that is not reachable
 // is an error.
-func (es ends) routePlan(mtu int) ([2][]routeEntry, error) {
+func (es ends) routePlan(mtu int, alg Algorithm) ([2][]routeEntry, error) {
 	var plan [2][]routeEntry
 	for i, e := range es {
-		p, err := e.routePlan(mtu)
+		p, err := e.routePlan(mtu, alg)
 		if err != nil {
 			return plan, err
 		}
@@ -61,7 +62,7 @@ func (es ends) routePlan(mtu int) ([2][]routeEntry, error) {
 }
 
 // routePlan is routePlan at this end.
-func (e *end) routePlan(mtu int) ([]routeEntry, error) {
+func (e *end) routePlan(mtu int, alg Algorithm) ([]routeEntry, error) {
 	rs, err := e.h.RouteGet(ipOf(e.peer.Underlay))
 	if err != nil || len(rs) == 0 {
 		return nil, fmt.Errorf("%w: host %q has no route to the other end's Underlay %s: %v", errInvalid, e.host, e.peer.Underlay, err)
@@ -72,7 +73,7 @@ func (e *end) routePlan(mtu int) ([]routeEntry, error) {
 		if err != nil {
 			return nil, fmt.Errorf("ipsec: host %q: underlay device %d: %w", e.host, rs[0].LinkIndex, err)
 		}
-		m = dev.Attrs().MTU - espOverhead
+		m = dev.Attrs().MTU - alg.overhead(e.peer.Underlay.Unmap().Is6())
 	}
 	var plan []routeEntry
 	for _, p := range e.peer.Protected {
@@ -90,13 +91,19 @@ func (e *end) routePlan(mtu int) ([]routeEntry, error) {
 	return plan, nil
 }
 
-// espOverhead is what the tunnel takes off the underlay MTU by default
-// (the contract's "underlay MTU minus 80"; ESP tunnel mode with AES-GCM
-// needs 20+8+8+16+2..5 bytes over IPv4, 40+8+8+16+2..5 over IPv6; CBC
-// with HMAC-SHA256 needs 20+8+16+16+2..17 over IPv4, but up to 97 over
-// IPv6, more than 80: with that algorithm on an IPv6 underlay set
-// Spec.MTU).
-const espOverhead = 80
+// overhead is what the tunnel takes off the underlay MTU by default: the
+// contract's "underlay MTU minus 80", which covers ESP tunnel mode with
+// AES-GCM (outer header 20 or 40, ESP header 8, IV 8, ICV 16, trailer
+// 2..5 with 4-byte alignment: at most 77 over IPv6) and CBC with
+// HMAC-SHA256 over IPv4 (20, 8, IV 16, ICV 16, trailer 2..17 with
+// 16-byte blocks: 77); CBC over an IPv6 underlay needs up to 97, so it
+// gets that (a packet one byte over would be fragmented or dropped).
+func (a Algorithm) overhead(v6Underlay bool) int {
+	if a == AESCBCHMACSHA256 && v6Underlay {
+		return 40 + 8 + 16 + 16 + 2 + 15
+	}
+	return 80
+}
 
 // proxyPlan computes, per end, the proxy entries for the other end's
 // Protected addresses: on the interface (not the underlay's) whose subnet
@@ -197,7 +204,7 @@ func (e *end) proxyNDPReady(lan int, p netip.Prefix) error {
 // addRoutes installs routes and proxy entries and records them in l.
 func (es ends) addRoutes(l *link) error {
 	// Both ends' plans first: nothing is added if either end cannot route.
-	if _, err := es.routePlan(l.spec.MTU); err != nil {
+	if _, err := es.routePlan(l.spec.MTU, l.alg); err != nil {
 		return err
 	}
 	if l.spec.ProxyARP {
@@ -217,7 +224,7 @@ func (es ends) addRoutes(l *link) error {
 // gratuitous ARP) and records them in l under index i (0: the Secure
 // end, 1: the Remote end).
 func (e *end) addRoutes(l *link, i int) error {
-	routes, err := e.routePlan(l.spec.MTU)
+	routes, err := e.routePlan(l.spec.MTU, l.alg)
 	if err != nil {
 		return err
 	}

@@ -75,7 +75,9 @@ type Spec struct {
 	// addresses on its LAN side, so the VM and its peers keep their
 	// addresses in one subnet.
 	ProxyARP bool
-	// MTU of the link device; 0 means underlay MTU minus 80.
+	// MTU of the link device; 0 means underlay MTU minus 80 (WireGuard's
+	// overhead over IPv6, and ESP's with AES-GCM), or minus a backend's
+	// larger worst case (ipsec's CBC + HMAC over an IPv6 underlay: 97).
 	MTU int
 	// NoSecureRoutes: the Secure end installs no routes for
 	// Remote.Protected. Set for a redirect tunnel from the routing core,
