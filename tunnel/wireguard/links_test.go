@@ -3,6 +3,7 @@ package wireguard
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -331,5 +332,50 @@ func TestMoreSpecificSourceWins(t *testing.T) {
 	}
 	if got := dev("10.1.0.12"); got != lw.RemoteDevice {
 		t.Errorf("from another address of the subnet: %s, want the subnet link's %s", got, lw.RemoteDevice)
+	}
+}
+
+// TestCloseRemovesRulesOfAnyPriority: a link whose remote-end rule has a
+// priority this sealift would not give it (an older one put every rule at
+// rulePriority) is closed without leaving the rule: Close matches rules
+// by source and table.
+func TestCloseRemovesRulesOfAnyPriority(t *testing.T) {
+	w := newWorld(t)
+	lk := testLinker(t, nil)
+	ctx := context.Background()
+	spec := w.spec()
+	spec.Remote.Protected = []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}
+	spec.ProxyARP, spec.NoSecureRoutes = false, true
+	if _, err := lk.Prepare(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := lk.Activate(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	rules := func() []string {
+		t.Helper()
+		out, err := lab.Exec(w.l.B, "ip", "-4", "rule", "show", "from", "10.1.0.0/24")
+		if err != nil {
+			t.Fatalf("ip rule at B: %v: %s", err, out)
+		}
+		return strings.Split(strings.TrimSpace(string(out)), "\n")
+	}
+	got := rules()
+	if len(got) != 1 || !strings.HasPrefix(got[0], fmt.Sprintf("%d:", rulePriority+8)) {
+		t.Fatalf("rules from the /24 at B: %q, want one at priority %d", got, rulePriority+8)
+	}
+	table := strings.Fields(got[0])[len(strings.Fields(got[0]))-1]
+	// As an older sealift left it: the same rule at rulePriority.
+	if out, err := lab.Exec(w.l.B, "ip", "-4", "rule", "del", "from", "10.1.0.0/24", "lookup", table); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if out, err := lab.Exec(w.l.B, "ip", "-4", "rule", "add", "from", "10.1.0.0/24", "lookup", table, "priority", fmt.Sprint(rulePriority)); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if err := lk.Close(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := rules(); len(got) != 1 || got[0] != "" {
+		t.Errorf("rules left at B after Close: %q", got)
 	}
 }

@@ -193,7 +193,10 @@ func addRules(host string, table int, srcs []netip.Prefix) error {
 	return nil
 }
 
-// delRules removes what addRules added; absent rules are fine.
+// delRules removes what addRules added; absent rules are fine. A rule
+// is matched by its source and table, whatever its priority: a link that
+// an older sealift made (all its rules at rulePriority) and that is
+// closed by this one leaves nothing behind.
 func delRules(host string, table int, srcs []netip.Prefix) error {
 	if table == 0 || len(srcs) == 0 {
 		return nil
@@ -205,8 +208,19 @@ func delRules(host string, table int, srcs []netip.Prefix) error {
 	defer h.Close()
 	var errs []error
 	for _, s := range srcs {
-		if err := h.RuleDel(ruleFor(s, table)); err != nil && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("%s: delete rule from %s lookup %d: %w", hostName(host), s, table, err))
+		r := ruleFor(s, table)
+		r.Priority = -1 // the kernel then matches any priority
+		// One rule per call; a source's rules are at most two (a link
+		// re-prepared across an upgrade), the bound only stops a loop.
+		for range 4 {
+			err := h.RuleDel(r)
+			if errors.Is(err, unix.ENOENT) {
+				break
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: delete rule from %s lookup %d: %w", hostName(host), s, table, err))
+				break
+			}
 		}
 	}
 	return errors.Join(errs...)
