@@ -296,3 +296,29 @@ func TestPoliciesInstallAndRemove(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 }
+
+// TestProxyARPNeedsForwarding: the kernel answers ARP for a proxy entry
+// only on a forwarding interface, so a plan that would proxy an IPv4
+// host on one that does not forward is refused, naming the setting; the
+// control, with forwarding on, is planned.
+func TestProxyARPNeedsForwarding(t *testing.T) {
+	lab.RequireRoot(t)
+	l := lab.New(t)
+	if err := lab.Sysctl(l.B, "net/ipv4/conf/br0/forwarding", "0"); err != nil {
+		t.Fatal(err)
+	}
+	es, err := openEnds(specFor(l, "fwd1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer es.close()
+	if _, err := es.proxyPlan(); !errors.Is(err, tunnel.ErrInvalid) || !strings.Contains(err.Error(), "net.ipv4.conf.br0.forwarding=1 (it is 0)") {
+		t.Fatalf("proxy plan at a B that does not forward on br0: %v, want ErrInvalid naming net.ipv4.conf.br0.forwarding", err)
+	}
+	if err := lab.Sysctl(l.B, "net/ipv4/conf/br0/forwarding", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := es.proxyPlan(); err != nil {
+		t.Fatalf("control: proxy plan with forwarding: %v", err)
+	}
+}

@@ -121,11 +121,12 @@ func (es ends) proxyPlan() ([2][]proxyEntry, error) {
 	return plan, nil
 }
 
-// proxyPlan is proxyPlan at this end. The kernel answers neighbour
-// solicitations for a proxy NDP entry only on an interface with
-// proxy_ndp and forwarding on; this backend changes no sysctl, so an
-// IPv6 address on an interface without them is refused (ErrInvalid,
-// naming the setting) rather than silently never answered.
+// proxyPlan is proxyPlan at this end. The kernel answers ARP requests
+// for a proxy entry only on a forwarding interface, and neighbour
+// solicitations for a proxy NDP entry only with proxy_ndp on as well;
+// this backend changes no sysctl, so an address on an interface without
+// them is refused (ErrInvalid, naming the setting) rather than silently
+// never answered.
 func (e *end) proxyPlan() ([]proxyEntry, error) {
 	rs, err := e.h.RouteGet(ipOf(e.peer.Underlay))
 	if err != nil || len(rs) == 0 {
@@ -152,10 +153,8 @@ func (e *end) proxyPlan() ([]proxyEntry, error) {
 		if lan < 0 {
 			return nil, fmt.Errorf("%w: ProxyARP: host %q has no LAN interface whose subnet holds %s", errInvalid, e.host, p)
 		}
-		if p.Addr().Is6() {
-			if err := e.proxyNDPReady(lan, p); err != nil {
-				return nil, err
-			}
+		if err := e.proxyReady(lan, p); err != nil {
+			return nil, err
 		}
 		for a := p.Masked().Addr(); p.Contains(a); a = a.Next() {
 			plan = append(plan, proxyEntry{lan, a})
@@ -164,39 +163,45 @@ func (e *end) proxyPlan() ([]proxyEntry, error) {
 	return plan, nil
 }
 
-// proxyNDPReady checks that the kernel will answer proxy NDP for p on
-// interface lan: proxy_ndp on (the interface's or all's) and forwarding
-// on the interface.
-func (e *end) proxyNDPReady(lan int, p netip.Prefix) error {
+// proxyReady checks that the kernel will answer for p on interface lan:
+// forwarding on the interface (proxy ARP and proxy NDP both need it),
+// and for IPv6 proxy_ndp on (the interface's or all's).
+func (e *end) proxyReady(lan int, p netip.Prefix) error {
 	l, err := e.h.LinkByIndex(lan)
 	if err != nil {
 		return fmt.Errorf("ipsec: host %q: interface %d: %w", e.host, lan, err)
 	}
 	dev := l.Attrs().Name
+	fam, proto := "ipv4", "ARP"
+	if p.Addr().Is6() {
+		fam, proto = "ipv6", "NDP"
+	}
 	var proxyDev, proxyAll, fwd string
+	keys := map[string]*string{"net/" + fam + "/conf/" + dev + "/forwarding": &fwd}
+	if fam == "ipv6" {
+		keys["net/ipv6/conf/"+dev+"/proxy_ndp"] = &proxyDev
+		keys["net/ipv6/conf/all/proxy_ndp"] = &proxyAll
+	}
 	err = nsutil.Do(e.host, func() error {
-		for _, x := range []struct {
-			key string
-			v   *string
-		}{{"net/ipv6/conf/" + dev + "/proxy_ndp", &proxyDev}, {"net/ipv6/conf/all/proxy_ndp", &proxyAll}, {"net/ipv6/conf/" + dev + "/forwarding", &fwd}} {
-			b, err := os.ReadFile("/proc/sys/" + x.key)
+		for key, v := range keys {
+			b, err := os.ReadFile("/proc/sys/" + key)
 			if err != nil {
 				return err
 			}
-			*x.v = strings.TrimSpace(string(b))
+			*v = strings.TrimSpace(string(b))
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("ipsec: host %q: proxy NDP settings of %s: %w", e.host, dev, err)
+		return fmt.Errorf("ipsec: host %q: proxy %s settings of %s: %w", e.host, proto, dev, err)
 	}
-	if proxyDev != "1" && proxyAll != "1" {
+	if fam == "ipv6" && proxyDev != "1" && proxyAll != "1" {
 		return fmt.Errorf("%w: ProxyARP: %s is IPv6 and host %q answers proxy NDP on %s only with net.ipv6.conf.%s.proxy_ndp=1 (it is %s)",
 			errInvalid, p, e.host, dev, dev, proxyDev)
 	}
 	if fwd != "1" {
-		return fmt.Errorf("%w: ProxyARP: %s is IPv6 and host %q answers proxy NDP on %s only with net.ipv6.conf.%s.forwarding=1 (it is %s)",
-			errInvalid, p, e.host, dev, dev, fwd)
+		return fmt.Errorf("%w: ProxyARP: host %q answers proxy %s for %s on %s only with net.%s.conf.%s.forwarding=1 (it is %s)",
+			errInvalid, e.host, proto, p, dev, fam, dev, fwd)
 	}
 	return nil
 }

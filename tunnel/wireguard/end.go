@@ -187,7 +187,7 @@ func (e *End) Open(ctx context.Context, spec tunnel.Spec, role tunnel.Role) (tun
 	}
 	me, other, r := mine(spec, role)
 	if spec.ProxyARP {
-		if err := proxyNDPReady(e.host, other.Protected); err != nil {
+		if err := forwardingReady(e.host, other.Protected); err != nil {
 			return tunnel.EndState{}, err
 		}
 	}

@@ -121,7 +121,7 @@ func (l *Linker) check(spec tunnel.Spec) error {
 		return nil
 	}
 	for _, e := range []struct{ host, other tunnel.End }{{spec.Secure, spec.Remote}, {spec.Remote, spec.Secure}} {
-		if err := proxyNDPReady(e.host.Host, e.other.Protected); err != nil {
+		if err := forwardingReady(e.host.Host, e.other.Protected); err != nil {
 			return err
 		}
 	}

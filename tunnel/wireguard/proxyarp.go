@@ -94,23 +94,30 @@ func planProxy(host, linkDev string, prefixes []netip.Prefix) (proxyPlan, error)
 	return plan, nil
 }
 
-// proxyNDPReady checks, for a link that proxies others at host, that
-// host forwards IPv6 if any of others is IPv6: the kernel answers proxy
-// NDP only on a forwarding host (and would not route the link's traffic
-// either), so without it the link's IPv6 hosts would be silently
-// unreachable. The link sets proxy_ndp itself, never forwarding.
-func proxyNDPReady(host string, others []netip.Prefix) error {
-	if !slices.ContainsFunc(others, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
-		return nil
-	}
-	const key = "net/ipv6/conf/all/forwarding"
-	v, err := readSysctl(host, key)
-	if err != nil {
-		return err
-	}
-	if v != "1" {
-		return fmt.Errorf("%w: ProxyARP for IPv6 hosts needs %s=1 at %s (it is %s): the kernel answers proxy NDP only when forwarding",
-			tunnel.ErrInvalid, strings.ReplaceAll(key, "/", "."), hostName(host), v)
+// forwardingReady checks, for a link that proxies others at host, that
+// host forwards each address family of others: the kernel answers proxy
+// ARP and proxy NDP only on a forwarding interface (and would not route
+// the link's traffic either), so without it the link's hosts would be
+// silently unreachable. The link sets proxy_arp and proxy_ndp itself,
+// never forwarding.
+func forwardingReady(host string, others []netip.Prefix) error {
+	for _, fam := range []struct {
+		v6   bool
+		name string
+	}{{false, "ipv4"}, {true, "ipv6"}} {
+		if !slices.ContainsFunc(others, func(p netip.Prefix) bool { return p.Addr().Is6() == fam.v6 }) {
+			continue
+		}
+		key := "net/" + fam.name + "/conf/all/forwarding"
+		v, err := readSysctl(host, key)
+		if err != nil {
+			return err
+		}
+		if v != "1" {
+			proto := map[bool]string{false: "ARP", true: "NDP"}[fam.v6]
+			return fmt.Errorf("%w: ProxyARP for %s hosts needs %s=1 at %s (it is %s): the kernel answers proxy %s only when forwarding",
+				tunnel.ErrInvalid, strings.ToUpper(fam.name[:2])+fam.name[2:], strings.ReplaceAll(key, "/", "."), hostName(host), v, proto)
+		}
 	}
 	return nil
 }
