@@ -20,8 +20,10 @@
 //     addresses on the LAN interface whose subnet holds them, announced
 //     once by gratuitous ARP (IPv6: unsolicited neighbour advertisement)
 //     so neighbours with a stale entry (the VM's old MAC) switch at once.
-//     Proxy NDP needs proxy_ndp and forwarding on that interface; this
-//     backend changes no sysctl and refuses the spec without them.
+//     Proxy ARP needs forwarding on that interface, proxy NDP proxy_ndp
+//     as well; this backend changes no sysctl and refuses the spec
+//     without them. The MTU is underlay - 97 for CBC + HMAC over an
+//     IPv6 underlay (its worst case).
 //
 // Prepare installs the policies with action "block" first, then the SAs:
 // a prepared link carries nothing and anything matching its selectors is
