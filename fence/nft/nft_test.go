@@ -256,6 +256,12 @@ func fenceRoutedPort(t *testing.T, brnf bool) {
 	fencetest.Must(t, w.AddHost(rvm))
 	fencetest.Must(t, lab.Veth(w.A, "rv0", "10.9.0.1/24", rvm, "eth0", "10.9.0.10/24"))
 	fencetest.Must(t, lab.AddRoute(rvm, "0.0.0.0/0", "10.9.0.1", ""))
+	// IPv4 only: the host's own router solicitations on a new interface
+	// (neighbour discovery, hop limit 255, which fences pass) leave A's
+	// end every 4 s after it comes up, and one falling into the fenced
+	// probe counted as a frame that reached the VM.
+	fencetest.Must(t, lab.Sysctl(w.A, "net/ipv6/conf/rv0/disable_ipv6", "1"))
+	fencetest.Must(t, lab.Sysctl(rvm, "net/ipv6/conf/eth0/disable_ipv6", "1"))
 	target, err := lab.StartTarget(rvm, "eth0", 7000, 7001)
 	fencetest.Must(t, err)
 	defer target.Close()
@@ -274,8 +280,10 @@ func fenceRoutedPort(t *testing.T, brnf bool) {
 	if p := probe(); !p.None() {
 		t.Errorf("fenced routed port: %+v; want nothing", p)
 	}
-	if n := dropped(t, f, "routed"); n < 6 {
-		t.Errorf("drop counters: %d, want >= 6", n)
+	// At least a SYN (its retransmission depends on the dial's timeout),
+	// the 2 datagrams and the 2 echo requests.
+	if n := dropped(t, f, "routed"); n < 5 {
+		t.Errorf("drop counters: %d, want >= 5", n)
 	}
 	fencetest.Must(t, f.Lift(ctx, "routed"))
 	if p := probe(); !p.Flows(2, false) {
