@@ -31,8 +31,13 @@
 //	                                                              succeeded
 //	sealift_redirect_active                            gauge      block 340 succeeded until block 390 did;
 //	                                                              at Finished: Report.Redirect set, not
-//	                                                              rolled back, no successful 390
-//	sealift_route_convergence_seconds                  histogram  Report.Converged.After
+//	                                                              rolled back, no successful 390; a batch
+//	                                                              member's until its BatchFinished says
+//	                                                              the batch's tunnel is gone
+//	sealift_route_convergence_seconds                  histogram  Report.Converged.After (a batch's:
+//	                                                              BatchFinished's Report)
+//	sealift_batches_total{outcome}                     counter    BatchFinished: its outcome (its members
+//	                                                              count in sealift_migrations_total)
 //	sealift_events_dropped_total                       counter    the watched Migrators' Dropped
 //
 // The agent's metrics (RPC latency, fences, link ends and their
@@ -66,6 +71,7 @@ const (
 	RedirectActive        = "sealift_redirect_active"
 	RouteConvergence      = "sealift_route_convergence_seconds"
 	EventsDroppedTotal    = "sealift_events_dropped_total"
+	BatchesTotal          = "sealift_batches_total"
 )
 
 // unknown is the label value of a run whose plan this Controller never
@@ -105,6 +111,7 @@ type Controller struct {
 	redirect    prometheus.Gauge
 	convergence prometheus.Histogram
 	dropped     prometheus.CounterFunc
+	batches     *prometheus.CounterVec
 
 	mu   sync.Mutex
 	runs map[string]*runState // by migration ID, Started (or first event) to Finished
@@ -165,8 +172,11 @@ func New(reg prometheus.Registerer) (*Controller, error) {
 		redirect: prometheus.NewGauge(prometheus.GaugeOpts{Name: RedirectActive,
 			Help: "Migrations whose redirect tunnel is up as this controller last saw them: from the routing core's redirect (block 340) until its removal (block 390) or a rollback; a run that ended with it kept (the core did not converge, or stayed fenced, or abandoned) counts until a later run of the same migration removes it or this process restarts."}),
 		convergence: prometheus.NewHistogram(prometheus.HistogramOpts{Name: RouteConvergence,
-			Help:    "Time the routing core took to learn the moved subnet's real route (blocks 380/385), per migration whose core converged.",
+			Help:    "Time the routing core took to learn the moved subnet's real route (blocks 380/385), per migration or batch whose core converged (a batch's members do not wait: the batch does).",
 			Buckets: convergenceBuckets}),
+		batches: prometheus.NewCounterVec(prometheus.CounterOpts{Name: BatchesTotal,
+			Help: "Batches (a subnet's VMs moved together) finished by this controller, by outcome (completed, partial, rolled-back, abandoned); each member also counts as a migration."},
+			[]string{"outcome"}),
 		runs:      map[string]*runState{},
 		redirects: map[string]bool{},
 		watched:   map[*migration.Migrator]int{},
@@ -184,7 +194,7 @@ func New(reg prometheus.Registerer) (*Controller, error) {
 
 func (c *Controller) collectors() []prometheus.Collector {
 	return []prometheus.Collector{c.migrations, c.inProgress, c.duration, c.downtime, c.hook, c.steps, c.stepFails,
-		c.bytes, c.remaining, c.reset, c.kept, c.redirect, c.convergence, c.dropped}
+		c.bytes, c.remaining, c.reset, c.kept, c.redirect, c.convergence, c.dropped, c.batches}
 }
 
 // Describe implements prometheus.Collector.
@@ -288,6 +298,8 @@ func (c *Controller) Observe(e migration.Event) {
 		rs.remaining = e.Remaining
 	case migration.Finished:
 		c.finished(e)
+	case migration.BatchFinished:
+		c.batchFinished(e)
 	}
 	c.inProgress.Set(float64(len(c.runs)))
 	var remaining uint64
@@ -357,9 +369,35 @@ func (c *Controller) finished(e migration.Finished) {
 	}
 }
 
+// batchFinished counts a batch's end; its members' redirect is gone with
+// the batch's tunnel (removed by the batch's block 390, or closed because
+// no member left). c.mu is held.
+func (c *Controller) batchFinished(e migration.BatchFinished) {
+	outcome := string(e.Outcome)
+	if outcome == "" {
+		outcome = unknown
+	}
+	c.batches.WithLabelValues(outcome).Inc()
+	rep := e.Report
+	if rep == nil {
+		return
+	}
+	if rep.Converged != nil {
+		c.convergence.Observe(rep.Converged.After.Seconds())
+	}
+	if e.Outcome == migration.RolledBack || stepsOK(rep.Steps, migration.BlockRemoveTunnel) {
+		for _, id := range e.Members {
+			delete(c.redirects, id)
+		}
+	}
+}
+
 // stepOK reports whether the report has block b, ended without error.
-func stepOK(r *migration.Report, b migration.Block) bool {
-	for _, s := range r.Steps {
+func stepOK(r *migration.Report, b migration.Block) bool { return stepsOK(r.Steps, b) }
+
+// stepsOK reports whether steps have block b, ended without error.
+func stepsOK(steps []migration.StepTiming, b migration.Block) bool {
+	for _, s := range steps {
 		if s.Block == b && s.Err == "" {
 			return true
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/sealift/sealift/metrics"
 	"github.com/sealift/sealift/migration"
 	"github.com/sealift/sealift/migration/migrationtest"
+	"github.com/sealift/sealift/routing"
 	"github.com/sealift/sealift/tunnel"
 )
 
@@ -474,4 +475,58 @@ func TestRecovery(t *testing.T) {
 	assert.Zero(t, value(t, reg, metrics.RedirectActive))
 	n, _ := hist(t, reg, metrics.MigrationDuration)
 	assert.Zero(t, n, "a recovery is not a migration's duration")
+}
+
+// runBatch runs a batch of vm1 and vm2 (both of the subnet, at a) on a
+// fresh Setup while c watches; fail, if set, injects faults first.
+func runBatch(t *testing.T, c *metrics.Controller, fail func(*migrationtest.Setup)) *migration.BatchReport {
+	t.Helper()
+	s := migrationtest.NewSetup()
+	s.AddVM("a", "vm2", "tap-vm2", "52:54:00:00:00:02")
+	s.Router.AnnounceOnRedirect(routing.Route{Prefix: migrationtest.Subnet, Via: migrationtest.SiteVia, Device: "site0", Protocol: "bgp"})
+	if fail != nil {
+		fail(s)
+	}
+	b := migration.Batch{From: "secure", To: "cloud", Parallel: 1,
+		Subnet: migration.Subnet{Prefix: migrationtest.Subnet, Via: migrationtest.SiteVia}}
+	for i, vm := range []string{"vm1", "vm2"} {
+		b.Plans = append(b.Plans, migration.Plan{VM: vm, Peers: migrationtest.Peers[1:],
+			Addrs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, 0, byte(10 + i)}), 32)}})
+	}
+	m := newMigrator(t, s)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := c.Watch(ctx, m)
+	rep, _ := m.RunBatch(ctx, b)
+	cancel()
+	<-done
+	require.NotNil(t, rep)
+	require.Zero(t, m.Dropped(), "events dropped")
+	return rep
+}
+
+// TestBatch: a batch's members count as migrations and the batch as
+// one batch; the members' redirect (their addresses routed into the
+// batch's one tunnel) is active until the batch removes the tunnel, and
+// the batch's convergence is observed once. A partial batch keeps its
+// tunnel: its moved member's redirect stays active.
+func TestBatch(t *testing.T) {
+	c, reg := newController(t)
+	rep := runBatch(t, c, nil)
+	require.Equal(t, migration.Completed, rep.Outcome, rep.Reason)
+	require.NotNil(t, rep.Converged)
+	assert.Equal(t, map[string]sample{`fence_mode="at-switchover",link="wireguard",outcome="completed"`: {Value: 2}},
+		series(t, reg, metrics.MigrationsTotal))
+	assert.Equal(t, map[string]sample{`outcome="completed"`: {Value: 1}}, series(t, reg, metrics.BatchesTotal))
+	assert.Zero(t, value(t, reg, metrics.RedirectActive), "the batch removed its tunnel")
+	n, sum := hist(t, reg, metrics.RouteConvergence)
+	assert.Equal(t, uint64(1), n, "one convergence: the batch's")
+	assert.Equal(t, rep.Converged.After.Seconds(), sum)
+	assert.Zero(t, value(t, reg, metrics.MigrationsInProgress))
+
+	c, reg = newController(t)
+	rep = runBatch(t, c, func(s *migrationtest.Setup) { s.Secure.Hypervisor.FailOn("Migrate", 2, hypervisor.ErrMigration) })
+	require.Equal(t, migration.Partial, rep.Outcome, rep.Reason)
+	assert.Equal(t, map[string]sample{`outcome="partial"`: {Value: 1}}, series(t, reg, metrics.BatchesTotal))
+	assert.Equal(t, 1.0, value(t, reg, metrics.RedirectActive), "the moved member's redirect stays with the tunnel")
 }

@@ -72,6 +72,14 @@ func isBatch(rec Record) bool { return rec.Plan.Batch != "" && rec.Plan.Batch ==
 
 func memberID(batch string, i int) string { return fmt.Sprintf("%s-%d", batch, i+1) }
 
+func memberIDs(batch string, n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = memberID(batch, i)
+	}
+	return ids
+}
+
 // plans checks the batch (defaults applied) and returns its members'
 // plans and the batch's own plan (its journal record), touching nothing.
 // Errors wrap ErrInvalidPlan and name the field and its value.
@@ -215,6 +223,11 @@ func (m *Migrator) RunBatch(ctx context.Context, b Batch) (*BatchReport, error) 
 	defer release()
 	defer br.done()
 	rep := &BatchReport{ID: bp.ID, Started: start, Reports: make([]*Report, len(plans))}
+	defer func() { // after the report is filled in (below); not on a Goexit
+		if rep.Outcome != "" {
+			m.bus.emit(BatchFinished{ID: bp.ID, Outcome: rep.Outcome, Members: memberIDs(bp.ID, len(plans)), Report: rep})
+		}
+	}()
 	defer func() {
 		rep.Duration = time.Since(start)
 		rep.Steps, rep.Warnings = br.rep.Steps, br.rep.Warnings
@@ -420,5 +433,6 @@ func (m *Migrator) recoverBatch(ctx context.Context, rec Record) (*BatchReport, 
 	err = br.ownership(br.endBatch(ctx, plans, outcomes))
 	rep.Outcome, rep.Reason, rep.Steps, rep.Warnings, rep.Converged = br.rep.Outcome, br.rep.Reason, br.rep.Steps, br.rep.Warnings, br.rep.Converged
 	rep.Duration = time.Since(rec.Started)
+	m.bus.emit(BatchFinished{ID: rec.ID, Outcome: rep.Outcome, Members: memberIDs(rec.ID, len(plans)), Recovery: true, Report: rep})
 	return rep, reps, errors.Join(append(errs, err)...)
 }

@@ -40,6 +40,17 @@ func batchSetup(n int) (*migrationtest.Setup, migration.Batch) {
 	return s, b
 }
 
+// batchEvents drains a closed subscription's BatchFinished events.
+func batchEvents(events <-chan migration.Event) []migration.BatchFinished {
+	var out []migration.BatchFinished
+	for e := range events {
+		if bf, ok := e.(migration.BatchFinished); ok {
+			out = append(out, bf)
+		}
+	}
+	return out
+}
+
 // calls returns the recorded calls whose string starts with prefix.
 func callsOf(s *migrationtest.Setup, prefix string) []string {
 	return slices.DeleteFunc(callStrings(s), func(c string) bool { return !strings.HasPrefix(c, prefix) })
@@ -50,10 +61,15 @@ func TestRunBatch(t *testing.T) {
 	s, b := batchSetup(3)
 	b.Parallel = 2
 	m, j := journaled(t, s)
+	events, unsubscribe := m.Subscribe(1024)
 	rep, err := m.RunBatch(ctx, b)
 	require.NoError(t, err)
 	assert.Equal(t, migration.Completed, rep.Outcome, rep.Reason)
 	require.Len(t, rep.Reports, 3)
+	unsubscribe()
+	assert.Equal(t, []migration.BatchFinished{{ID: rep.ID, Outcome: migration.Completed,
+		Members: []string{rep.ID + "-1", rep.ID + "-2", rep.ID + "-3"}, Report: rep}}, batchEvents(events),
+		"one batch end, after its members' (each its own Finished)")
 	for i, r := range rep.Reports {
 		assert.Equal(t, migration.Completed, r.Outcome, "member %d: %s", i, r.Reason)
 		assert.True(t, r.SubnetMoved)
@@ -235,10 +251,13 @@ func TestRecoverBatch(t *testing.T) {
 	s.Config.Journal = j
 	s.Cloud.Hypervisor.CrashOn("Resume", 2)
 	m1 := newMigrator(t, s)
+	events1, unsubscribe1 := m1.Subscribe(1024)
 	done := make(chan struct{})
 	go func() { defer close(done); m1.RunBatch(ctx, b) }()
 	<-done
 	require.Equal(t, 1, s.Cloud.Hypervisor.Injected())
+	unsubscribe1()
+	assert.Empty(t, batchEvents(events1), "a batch that crashed did not end")
 	require.NoError(t, m1.Close())
 	assert.Empty(t, callsOf(s, "routing.Wait"), "the batch ended with the crash")
 
@@ -251,9 +270,16 @@ func TestRecoverBatch(t *testing.T) {
 	s.Cloud.Hypervisor.ClearFaults()
 	s.Config.Journal = j2
 	m2 := newMigrator(t, s)
+	events2, unsubscribe2 := m2.Subscribe(1024)
 	reps, err := m2.Recover(ctx)
 	require.NoError(t, err)
 	require.Len(t, reps, 1)
+	unsubscribe2()
+	if ends := batchEvents(events2); assert.Len(t, ends, 1) {
+		assert.Equal(t, migration.Completed, ends[0].Outcome)
+		assert.True(t, ends[0].Recovery)
+		assert.Len(t, ends[0].Members, 3)
+	}
 	assert.Equal(t, "vm2", reps[0].VM)
 	assert.Equal(t, migration.Completed, reps[0].Outcome)
 	for _, vm := range []string{"vm1", "vm2", "vm3"} {

@@ -55,7 +55,22 @@ type Finished struct {
 	Report  *Report
 }
 
+// BatchFinished: a batch's own record ended (RunBatch; Recover or
+// Standby for a batch a stopped controller left). Each member's run has
+// its own Started and Finished before it; Members are their migration
+// IDs, in the order of the batch's plans. Report is the batch's (shared:
+// read it, do not change it): its redirect tunnel is gone if its block
+// 390 succeeded or the outcome is RolledBack; a Partial batch keeps it.
+type BatchFinished struct {
+	ID       string
+	Outcome  Outcome
+	Members  []string
+	Recovery bool
+	Report   *BatchReport
+}
+
 func (e Started) MigrationID() string           { return e.ID }
+func (e BatchFinished) MigrationID() string     { return e.ID }
 func (e StepStarted) MigrationID() string       { return e.ID }
 func (e StepFinished) MigrationID() string      { return e.ID }
 func (e MigrationProgress) MigrationID() string { return e.ID }
