@@ -4,13 +4,18 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/sealift/sealift/migration"
 	"github.com/sealift/sealift/migration/etcdjournal"
@@ -72,7 +77,9 @@ func openJournal(ctx context.Context, cfg Config, path, name string, log *slog.L
 		host, _ := os.Hostname()
 		name = host + "-" + strconv.Itoa(os.Getpid())
 	}
-	cc := clientv3.Config{Endpoints: e.Endpoints, DialTimeout: 5 * time.Second, Context: ctx}
+	// The client's own log (zap, JSON) is off: what fails reaches the
+	// journal's callers as errors, and the journal logs its retries.
+	cc := clientv3.Config{Endpoints: e.Endpoints, DialTimeout: 5 * time.Second, Context: ctx, Logger: zap.NewNop()}
 	if t := e.TLS; t != nil {
 		tc, err := etcdTLS(t.CA, t.Cert, t.Key)
 		if err != nil {
@@ -83,6 +90,10 @@ func openJournal(ctx context.Context, cfg Config, path, name string, log *slog.L
 	cli, err := clientv3.New(cc)
 	if err != nil {
 		return nil, fmt.Errorf("etcd %v: %w", e.Endpoints, err)
+	}
+	if err := probeEtcd(ctx, cli, e.Endpoints, cc.TLS); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("etcd: no endpoint answered within %s (check etcd.endpoints, and etcd.tls: the CA of the cluster's certificates, a client certificate if it asks for one): %w", etcdProbeTimeout, err)
 	}
 	j, err := etcdjournal.New(ctx, cli, name, append(opts, etcdjournal.WithLogger(log.With("journal", "etcd")))...)
 	if err != nil {
@@ -102,6 +113,64 @@ func (j *closingJournal) Close() error {
 	err := j.Journal.Close()
 	j.cli.Close()
 	return err
+}
+
+// etcdProbeTimeout bounds the first contact with the cluster.
+const etcdProbeTimeout = 5 * time.Second
+
+// probeEtcd asks every endpoint for its status at once and returns nil
+// as soon as one answers: a wrong address or TLS setting then fails at
+// once, with its reason, instead of every later call retrying it until
+// its context ends (the client retries a failed connection silently).
+func probeEtcd(ctx context.Context, cli *clientv3.Client, endpoints []string, tc *tls.Config) error {
+	ctx, cancel := context.WithTimeout(ctx, etcdProbeTimeout)
+	defer cancel()
+	errs := make(chan error, len(endpoints))
+	for _, ep := range endpoints {
+		go func() {
+			_, err := cli.Status(ctx, ep)
+			if err != nil {
+				err = fmt.Errorf("%s: %w%s", ep, err, tlsReason(ep, tc))
+			}
+			errs <- err
+		}()
+	}
+	var all []error
+	for range endpoints {
+		err := <-errs
+		if err == nil {
+			return nil
+		}
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}
+
+// tlsReason tells why a TLS connection to endpoint fails, from a
+// handshake of its own and a short read (in TLS 1.3 a server that wants a
+// client certificate says so after the handshake); "" if it does not.
+func tlsReason(endpoint string, tc *tls.Config) string {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Host == "" {
+		return ""
+	}
+	if tc == nil {
+		if u.Scheme == "https" {
+			return " (the endpoint is https and etcd.tls is not set)"
+		}
+		return ""
+	}
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 2 * time.Second}, Config: tc}
+	c, err := d.Dial("tcp", u.Host)
+	if err != nil {
+		return " (TLS: " + strings.TrimPrefix(err.Error(), "tls: ") + ")"
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return " (TLS: " + err.Error() + ")"
+	}
+	return ""
 }
 
 func etcdTLS(ca, cert, key string) (*tls.Config, error) {

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -47,7 +48,8 @@ type TB interface {
 // Cluster is a running etcd cluster of embedded members.
 type Cluster struct {
 	Members []*Member
-	initial string // --initial-cluster
+	initial string    // --initial-cluster
+	tls     *TLSFiles // nil: plain client connections
 }
 
 // Member is one etcd server of a Cluster.
@@ -80,7 +82,15 @@ func Start(t testing.TB, n int) *Cluster {
 // t.Cleanup stops it.
 func StartIn(t TB, n int, host, dir string) (*Cluster, error) {
 	t.Helper()
-	c := &Cluster{}
+	return startIn(t, n, host, dir, nil)
+}
+
+func startIn(t TB, n int, host, dir string, tls *TLSFiles) (*Cluster, error) {
+	c := &Cluster{tls: tls}
+	scheme := "http"
+	if tls != nil {
+		scheme = "https"
+	}
 	ports, err := freePorts(host, 2*n)
 	if err != nil {
 		return nil, err
@@ -88,7 +98,7 @@ func StartIn(t TB, n int, host, dir string) (*Cluster, error) {
 	var initial []string
 	for i := range n {
 		m := &Member{Name: fmt.Sprintf("m%d", i), Dir: filepath.Join(dir, fmt.Sprintf("m%d", i)), c: c,
-			ClientURL: url.URL{Scheme: "http", Host: net.JoinHostPort(host, strconv.Itoa(ports[2*i]))},
+			ClientURL: url.URL{Scheme: scheme, Host: net.JoinHostPort(host, strconv.Itoa(ports[2*i]))},
 			PeerURL:   url.URL{Scheme: "http", Host: net.JoinHostPort(host, strconv.Itoa(ports[2*i+1]))}}
 		c.Members = append(c.Members, m)
 		initial = append(initial, m.Name+"="+m.PeerURL.String())
@@ -150,6 +160,10 @@ func (m *Member) config() *embed.Config {
 	cfg.Logger = "zap"
 	cfg.LogLevel = "error"
 	cfg.LogOutputs = []string{m.Dir + ".log"}
+	if f := m.c.tls; f != nil {
+		cfg.ClientTLSInfo = transport.TLSInfo{CertFile: f.serverCert, KeyFile: f.serverKey,
+			TrustedCAFile: f.CA, ClientCertAuth: true}
+	}
 	return cfg
 }
 
