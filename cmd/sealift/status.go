@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -13,10 +14,14 @@ import (
 
 // MigrationStatus is one line of `sealift status`.
 type MigrationStatus struct {
-	ID   string `json:"id"`
-	VM   string `json:"vm"`
-	From string `json:"from"`
-	To   string `json:"to"`
+	ID string `json:"id"`
+	// VM: the VM moved; for a batch's own record, its members' VMs
+	// (comma-separated).
+	VM string `json:"vm"`
+	// Batch: the batch a member belongs to, or a batch record's own ID.
+	Batch string `json:"batch,omitempty"`
+	From  string `json:"from"`
+	To    string `json:"to"`
 	// State: the outcome, or, unfinished: "running" (a shared journal:
 	// its owner's lease lives), "orphaned" (a shared journal: its owner
 	// is gone; a standby claims it) or "unfinished" (a journal of one
@@ -49,8 +54,11 @@ func status(ctx context.Context, j migration.Journal) ([]MigrationStatus, error)
 	}
 	out := []MigrationStatus{}
 	for _, r := range recs {
-		st := MigrationStatus{ID: r.ID, VM: r.Plan.VM, From: r.Plan.From, To: r.Plan.To, State: "unfinished",
+		st := MigrationStatus{ID: r.ID, VM: r.Plan.VM, Batch: r.Plan.Batch, From: r.Plan.From, To: r.Plan.To, State: "unfinished",
 			Reason: r.Reason, Owner: r.Owner, Started: r.Started, Finished: r.Finished}
+		if r.Plan.Batch == r.ID && r.Plan.Subnet != nil {
+			st.VM = strings.Join(r.Plan.Subnet.Members, ",")
+		}
 		if r.Done() {
 			st.State = string(r.Outcome)
 			out = append(out, st)

@@ -43,10 +43,27 @@ func TestStatusShared(t *testing.T) {
 	a.Expire()
 	assert.Equal(t, "orphaned", states()["m1"].State)
 
+	// A batch: its own record lists its members' VMs; members name it.
+	bj := migration.NewMemJournal()
+	brec := rec("b1", "batch:b1")
+	brec.Plan.Batch, brec.Plan.Subnet = "b1", &migration.Subnet{Members: []string{"vm1", "vm2"}}
+	require.NoError(t, bj.Create(ctx, brec))
+	mrec := rec("b1-1", "vm1")
+	mrec.Plan.Batch = "b1"
+	require.NoError(t, bj.Create(ctx, mrec))
+	sts, err := status(ctx, bj)
+	require.NoError(t, err)
+	require.Len(t, sts, 2)
+	byID := map[string]MigrationStatus{sts[0].ID: sts[0], sts[1].ID: sts[1]}
+	assert.Equal(t, "vm1,vm2", byID["b1"].VM)
+	assert.Equal(t, "b1", byID["b1"].Batch)
+	assert.Equal(t, "vm1", byID["b1-1"].VM)
+	assert.Equal(t, "b1", byID["b1-1"].Batch)
+
 	// A journal of one controller cannot tell: "unfinished".
 	mj := migration.NewMemJournal()
 	require.NoError(t, mj.Create(ctx, rec("m3", "vm3")))
-	sts, err := status(ctx, mj)
+	sts, err = status(ctx, mj)
 	require.NoError(t, err)
 	require.Len(t, sts, 1)
 	assert.Equal(t, "unfinished", sts[0].State)
