@@ -382,6 +382,20 @@ func (m *Migrator) recoverBatch(ctx context.Context, rec Record) (*BatchReport, 
 		return nil, nil, fmt.Errorf("read journal: %w", err)
 	}
 	reps, errs := m.recoverEach(ctx, slices.DeleteFunc(unfinished, func(mr Record) bool { return mr.Plan.Batch != rec.ID || isBatch(mr) }))
+	// A member still unfinished that this Migrator did not fail to
+	// recover is another live controller's (it claimed it first): the
+	// batch is left unclaimed, for that controller to end once its member
+	// ends (it sees the batch's record orphaned too). Claiming it here
+	// would leave it to no one.
+	for i := range bp.Subnet.Members {
+		mrec, _, err := m.cfg.Journal.Load(ctx, memberID(rec.ID, i))
+		if err == nil && !mrec.Done() {
+			if len(errs) == 0 {
+				return nil, reps, errSkipped
+			}
+			return nil, reps, errors.Join(append(errs, fmt.Errorf("batch %s: member %s (VM %q) is unfinished", rec.ID, mrec.ID, mrec.Plan.VM))...)
+		}
+	}
 	if !m.lock(bp.VM) {
 		return nil, reps, errSkipped
 	}

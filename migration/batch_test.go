@@ -353,3 +353,66 @@ func TestStandbyTakesOverBatch(t *testing.T) {
 	assert.Contains(t, callStrings(s), "link.Close("+rep.Redirect.ID+")")
 	assert.Empty(t, s.Violations())
 }
+
+// TestStandbyLeavesBatchToMembersOwner: a batch's controller died in its
+// second member; another controller (c) claimed that member first. A
+// standby (b) that sees the batch orphaned does not claim it — it would
+// then wait for a member that is not its own, and no one would end the
+// batch — and c, recovering its member, ends the batch too.
+func TestStandbyLeavesBatchToMembersOwner(t *testing.T) {
+	ctx := context.Background()
+	store := migrationtest.NewSharedStore()
+	a, b, c := store.Controller("ctl-a"), store.Controller("ctl-b"), store.Controller("ctl-c")
+	s, bt := batchSetup(2)
+	bt.Parallel = 1
+	s.Config.Journal = a
+	s.Cloud.Hypervisor.CrashOn("Resume", 2)
+	ma := newMigrator(t, s)
+	var brep *migration.BatchReport
+	done := make(chan struct{})
+	go func() { defer close(done); brep, _ = ma.RunBatch(ctx, bt) }()
+	<-done
+	require.Nil(t, brep, "the batch's controller crashed")
+	require.Equal(t, 1, s.Cloud.Hypervisor.Injected())
+	a.Expire()
+	s.Cloud.Hypervisor.ClearFaults()
+	un, err := c.Unfinished(ctx)
+	require.NoError(t, err)
+	require.Len(t, un, 2, "the batch and its second member")
+	var batchID, member string
+	for _, r := range un {
+		if r.Plan.VM == "vm2" {
+			member = r.ID
+		} else {
+			batchID = r.ID
+		}
+	}
+	require.NoError(t, c.Claim(ctx, member), "c takes the member first")
+
+	s.Config.Journal = b
+	mb := newMigrator(t, s)
+	sctx, stop := context.WithTimeout(ctx, time.Second)
+	defer stop()
+	err = mb.Standby(sctx, func(r *migration.Report, err error) { t.Errorf("b took over %v: %v", r, err) })
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	rec, _, err := c.Load(ctx, batchID)
+	require.NoError(t, err)
+	assert.Equal(t, "ctl-a", rec.Owner, "b claimed the batch")
+
+	s.Config.Journal = c
+	mc := newMigrator(t, s)
+	reps, err := mc.Recover(ctx)
+	require.NoError(t, err)
+	require.Len(t, reps, 1)
+	assert.Equal(t, migration.Completed, reps[0].Outcome, reps[0].Reason)
+	rec, _, err = c.Load(ctx, batchID)
+	require.NoError(t, err)
+	assert.Equal(t, migration.Completed, rec.Outcome, rec.Reason)
+	for _, vm := range []string{"vm1", "vm2"} {
+		assert.Equal(t, []string{"b"}, s.Where(vm))
+	}
+	rd, err := s.Router.Redirects(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, rd)
+	assert.Empty(t, s.Violations())
+}
