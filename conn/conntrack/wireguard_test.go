@@ -83,7 +83,7 @@ func TestAuditAtTargetOverWireGuard(t *testing.T) {
 		}
 		return lk
 	}
-	id := lab.NewPrefix()[2:]
+	id := lab.NewPrefixFrom("") // random hex: device names are host-wide
 	link := open("a"+id, netip.PrefixFrom(lab.PeerAddr, 32))
 	secure := conntest.DialIn(t, vm, "tcp4", "10.1.0.20:9000")
 	for name, c := range map[string]net.Conn{"plain": plain, "tls": tlsConn, "secure": secure} {

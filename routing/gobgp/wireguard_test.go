@@ -18,7 +18,9 @@ func TestMovedSubnetThroughWireGuardRedirect(t *testing.T) {
 	ctx := context.Background()
 	lk := wireguard.New(wireguard.WithBackend(wireguard.Userspace), wireguard.WithStateDir(t.TempDir()))
 	spec := tunnel.Spec{
-		ID: "redir", Kind: tunnel.WireGuard, NoSecureRoutes: true,
+		// A fresh ID: WireGuard's device and socket names are host-wide,
+		// and another run of this test may be under way.
+		ID: "r" + lab.NewPrefixFrom(""), Kind: tunnel.WireGuard, NoSecureRoutes: true,
 		Secure: tunnel.End{Host: l.Core, Underlay: lab.CoreWAN, Protected: []netip.Prefix{lab.Peer2Net}},
 		Remote: tunnel.End{Host: l.B, Underlay: lab.BUnderlay, Protected: []netip.Prefix{lab.VMSubnet}},
 	}
