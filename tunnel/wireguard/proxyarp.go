@@ -59,7 +59,7 @@ func planProxy(host, linkDev string, prefixes []netip.Prefix) (proxyPlan, error)
 		}
 	}
 	for _, p := range prefixes {
-		rs, err := h.RouteGet(net.IP(p.Masked().Addr().AsSlice()))
+		rs, err := h.RouteGet(net.IP(probeAddr(p).AsSlice())) // as reachedOnLink asks
 		if err != nil || len(rs) == 0 {
 			continue // unreachable from here: nobody on a LAN asks for it
 		}

@@ -39,4 +39,16 @@ func TestCheckProxyNDPPrefixes(t *testing.T) {
 	// Without proxying, nothing is answered for: any prefix goes.
 	bad.ProxyARP = false
 	assert.NoError(t, lk.check(bad))
+
+	// The plan at activation asks the routing table as the check does:
+	// at a host that forwards IPv6, fd00:1::/64's first address is its
+	// subnet-router anycast address, routed to lo; asked about it, the
+	// plan skipped the prefix in silence instead of refusing it.
+	require.NoError(t, lab.Sysctl(l.B, "net/ipv6/conf/all/forwarding", "1"))
+	_, err = planProxy(l.B, "none", []netip.Prefix{lab.VMSubnet6})
+	assert.ErrorContains(t, err, "needs /128")
+	plan, err := planProxy(l.B, "none", []netip.Prefix{netip.PrefixFrom(lab.VMAddr6, 128), lab.VMSubnet})
+	require.NoError(t, err)
+	assert.Len(t, plan.entries, 1, "the /128's entry")
+	assert.Contains(t, plan.sysctls, sysctlSave{Key: "net/ipv4/conf/br0/proxy_arp", New: "1"}, "the IPv4 subnet's proxy_arp")
 }
