@@ -59,10 +59,13 @@ func runBatch(ctx context.Context, m *migration.Migrator, f *flags, stdout, stde
 	}
 	events, unsub := m.Subscribe(256)
 	done := make(chan struct{})
-	go func() { // members run at once: a plain line per event
+	go func() { // members run at once: a plain line per event, led by its run's ID
 		defer close(done)
 		for ev := range events {
-			printEvent(stderr, ev)
+			var line strings.Builder
+			if printEvent(&line, ev); line.Len() > 0 {
+				fmt.Fprintf(stderr, "%s: %s", ev.MigrationID(), line.String())
+			}
 		}
 	}()
 	rep, err := m.RunBatch(ctx, b)

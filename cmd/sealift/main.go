@@ -541,6 +541,8 @@ func printEvent(w io.Writer, ev migration.Event) {
 			float64(e.Transferred)/(1<<20), float64(e.Remaining)/(1<<20), e.Pass)
 	case migration.Finished:
 		fmt.Fprintf(w, "finished: %s %s\n", e.Outcome, e.Reason)
+	case migration.BatchFinished:
+		fmt.Fprintf(w, "batch finished: %s %s (members %s)\n", e.ID, e.Outcome, strings.Join(e.Members, ", "))
 	}
 }
 
