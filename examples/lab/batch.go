@@ -174,7 +174,15 @@ func (w *world) batchMigrations(ctx context.Context, res *Result, m *migration.M
 	}
 	w.batchLeft.Store(int32(len(w.vms)))
 	t0 := time.Now()
-	brep, err := m.RunBatch(ctx, b)
+	var brep *migration.BatchReport
+	var err error
+	if o.Remote { // `sealift batch` in ctl, over the agents
+		var code int
+		brep, code, res.Controller.Metrics, err = w.batchRemote(ctx, b)
+		res.Controller.ExitCodes = append(res.Controller.ExitCodes, code)
+	} else {
+		brep, err = m.RunBatch(ctx, b)
+	}
 	if brep == nil {
 		return nil, fmt.Errorf("batch: %w", err)
 	}
@@ -242,11 +250,18 @@ func (w *world) batchMigrations(ctx context.Context, res *Result, m *migration.M
 	rds, rerr := core.Redirects(ctx)
 	closed := brep.Redirect != nil
 	if brep.Redirect != nil {
-		if ls, err := w.links[o.Link].List(ctx); err == nil {
-			closed = !slices.ContainsFunc(ls, func(l2 tunnel.Link) bool { return l2.ID == brep.Redirect.ID })
+		var ids []string
+		var lerr error
+		if o.Remote { // the agents hold the link ends
+			ids, lerr = w.remoteLinkIDs(ctx)
 		} else {
-			closed = false
+			var ls []tunnel.Link
+			ls, lerr = w.links[o.Link].List(ctx)
+			for _, l2 := range ls {
+				ids = append(ids, l2.ID)
+			}
 		}
+		closed = lerr == nil && !slices.Contains(ids, brep.Redirect.ID)
 	}
 	ph.RedirectRemoved = rerr == nil && len(rds) == 0 && closed && brep.Converged != nil
 	if err != nil {

@@ -91,37 +91,60 @@ func TestLab(t *testing.T) {
 	}
 }
 
-// TestLabBatch runs the batch scenario with two dual-stack guests
-// (`-subnet -vms 2 -ipv6`): the subnet's guests one by one in a lab of
-// their own, then both at once in one RunBatch (both families' prefixes
-// redirected per member, converged, removed); every verdict of both phases must hold, and the
-// report must carry what it measured (no figure is judged here: goals
-// live in BENCHMARKS.md).
+// TestLabBatch runs the batch scenario with two guests: dual-stack in
+// process (`-subnet -vms 2 -ipv6`), and over an agent per host
+// (`-remote -subnet -vms 2`: `sealift batch`, its metrics scraped): the
+// subnet's guests one by one in a lab of their own, then both at once in
+// one RunBatch (each member's prefixes redirected, converged, removed);
+// every verdict of both phases must hold, and the report must carry what
+// it measured (no figure is judged here: goals live in BENCHMARKS.md).
 func TestLabBatch(t *testing.T) {
 	lab.RequireRoot(t)
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		lab.Missing(t, "qemu-system-x86_64 (apt: qemu-system-x86)")
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	o := Options{Hypervisor: "qemu", Link: tunnel.WireGuard, Fence: migration.FenceAtSwitchover, Subnet: true, VMs: 2, IPv6: true}
-	got := runJudged(t, o, log)
-	assert.Equal(t, "ok", got["journal"])
-	b := got["batch"].(map[string]any)
-	for _, phase := range []string{"one_by_one", "concurrent"} {
-		ph, ok := b[phase].(map[string]any)
-		require.True(t, ok, "no %s phase", phase)
-		assert.Equal(t, "completed", ph["outcome"], "%s: %v", phase, ph["reason"])
-		assert.Equal(t, true, ph["redirect_removed"], phase)
-		assert.Equal(t, true, ph["pass"], "%s: %v", phase, ph["failed"])
-		if assert.Len(t, ph["blackouts"], 2, phase) {
-			for _, b := range ph["blackouts"].([]any) {
-				assert.NotNil(t, b.(map[string]any)["ms_v6"], "%s: %v: no IPv6 blackout", phase, b)
+	for _, sc := range []struct {
+		name         string
+		ipv6, remote bool
+	}{
+		{"dual-stack", true, false},
+		// `sealift batch` in its own namespace, over an agent per host.
+		{"remote", false, true},
+	} {
+		t.Run(sc.name, func(t *testing.T) {
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			o := Options{Hypervisor: "qemu", Link: tunnel.WireGuard, Fence: migration.FenceAtSwitchover, Subnet: true, VMs: 2,
+				IPv6: sc.ipv6, Remote: sc.remote}
+			got := runJudged(t, o, log)
+			assert.Equal(t, "ok", got["journal"])
+			b := got["batch"].(map[string]any)
+			for _, phase := range []string{"one_by_one", "concurrent"} {
+				ph, ok := b[phase].(map[string]any)
+				require.True(t, ok, "no %s phase", phase)
+				assert.Equal(t, "completed", ph["outcome"], "%s: %v", phase, ph["reason"])
+				assert.Equal(t, true, ph["redirect_removed"], phase)
+				assert.Equal(t, true, ph["pass"], "%s: %v", phase, ph["failed"])
+				if assert.Len(t, ph["blackouts"], 2, phase) && sc.ipv6 {
+					for _, b := range ph["blackouts"].([]any) {
+						assert.NotNil(t, b.(map[string]any)["ms_v6"], "%s: %v: no IPv6 blackout", phase, b)
+					}
+				}
+				assert.Len(t, ph["member_ms"], 2, phase)
 			}
-		}
-		assert.Len(t, ph["member_ms"], 2, phase)
+			assert.EqualValues(t, 1, b["one_by_one"].(map[string]any)["parallel"])
+			assert.EqualValues(t, 2, b["concurrent"].(map[string]any)["parallel"])
+			assert.Equal(t, sc.remote, got["remote"])
+			if sc.remote {
+				c := got["controller"].(map[string]any)
+				assert.Equal(t, true, c["holds_nothing"], "the controller's namespace: %v", c["devices"])
+				assert.Equal(t, []any{0.0}, c["exit_codes"], "one sealift batch, exit 0")
+				m := c["metrics"].(map[string]any)
+				assert.EqualValues(t, 2, m["migrations_completed"])
+				assert.EqualValues(t, 1, m["batches_completed"])
+				assert.EqualValues(t, 0, m["redirect_active"], "the batch removed its tunnel")
+			}
+		})
 	}
-	assert.EqualValues(t, 1, b["one_by_one"].(map[string]any)["parallel"])
-	assert.EqualValues(t, 2, b["concurrent"].(map[string]any)["parallel"])
 }
 
 // TestLabAgentCrash runs the remote lab's crash scenario: the source's,

@@ -243,7 +243,16 @@ func (w *world) remoteSubnet(ctx context.Context, t lab.TB) error {
 // scenario, B's speaker announces the subnet once the Migrator starts
 // watching the core (as the in-process lab's relay does).
 func (w *world) ctlLine(line string) {
-	if w.bgpB != nil && line == fmt.Sprintf("block %d %s ...", int(migration.BlockInspect), migration.BlockInspect) {
+	if w.bgpB == nil {
+		return
+	}
+	if w.opts.VMs > 0 { // a batch: once every member completed (as batchFinished)
+		if strings.HasSuffix(strings.TrimSpace(line), ": finished: completed") && w.batchLeft.Add(-1) == 0 {
+			go w.announceSubnet()
+		}
+		return
+	}
+	if line == fmt.Sprintf("block %d %s ...", int(migration.BlockInspect), migration.BlockInspect) {
 		go w.announceSubnet()
 	}
 }
@@ -574,14 +583,80 @@ func migrateArgs(p migration.Plan) []string {
 	args := []string{"migrate", "-vm", p.VM, "-from", p.From, "-to", p.To, "-addr", strings.Join(addrs, ","),
 		"-peer", strings.Join(peers, ","), "-fence", string(p.FenceMode), "-max-downtime", p.MaxDowntime.String()}
 	if sn := p.Subnet; sn != nil {
-		subnet, via := sn.Prefix.String(), sn.Via.String()
-		if sn.Prefix6.IsValid() { // a dual-stack subnet
-			subnet, via = subnet+","+sn.Prefix6.String(), via+","+sn.Via6.String()
-		}
-		args = append(args, "-subnet", subnet, "-members", strings.Join(sn.Members, ","),
-			"-via", via, "-converge-timeout", sn.ConvergeTimeout.String())
+		args = append(args, subnetArgs(*sn)...)
+		args = append(args, "-members", strings.Join(sn.Members, ","))
 	}
 	return args
+}
+
+// subnetArgs are -subnet, -via and -converge-timeout for sn.
+func subnetArgs(sn migration.Subnet) []string {
+	subnet, via := sn.Prefix.String(), sn.Via.String()
+	if sn.Prefix6.IsValid() { // a dual-stack subnet
+		subnet, via = subnet+","+sn.Prefix6.String(), via+","+sn.Via6.String()
+	}
+	return []string{"-subnet", subnet, "-via", via, "-converge-timeout", sn.ConvergeTimeout.String()}
+}
+
+// batchArgs are `sealift batch`'s arguments for b (its members share
+// their peers, link, fence mode and downtime limit, as the lab's do).
+func batchArgs(b migration.Batch) []string {
+	p0 := b.Plans[0]
+	var peers []string
+	for _, pp := range p0.Peers {
+		peers = append(peers, pp.String())
+	}
+	args := []string{"batch", "-from", b.From, "-to", b.To, "-parallel", strconv.Itoa(b.Parallel),
+		"-peer", strings.Join(peers, ","), "-link", string(p0.Link), "-fence", string(p0.FenceMode),
+		"-max-downtime", p0.MaxDowntime.String()}
+	args = append(args, subnetArgs(b.Subnet)...)
+	for _, p := range b.Plans {
+		var addrs []string
+		for _, a := range p.Addrs {
+			addrs = append(addrs, a.String())
+		}
+		args = append(args, "-vm", p.VM+"="+strings.Join(addrs, ","))
+	}
+	return args
+}
+
+// batchRemote runs `sealift batch` for b, serving its metrics until the
+// lab scraped them and the agents' (MetricsResult), and returns its
+// report and exit code.
+func (w *world) batchRemote(ctx context.Context, b migration.Batch) (*migration.BatchReport, int, *MetricsResult, error) {
+	args := append(batchArgs(b), "-metrics-listen", ctlMetricsAddr, "-metrics-linger", "2m")
+	c, err := w.startController(ctx, args...)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	mr := w.scrapeLingering(ctx, c)
+	<-c.done
+	werr := c.cmd.Wait()
+	code := c.cmd.ProcessState.ExitCode()
+	w.rm.ctlOut.Write(c.stdout.Bytes())
+	var rep migration.BatchReport
+	if jerr := json.Unmarshal(c.stdout.Bytes(), &rep); jerr != nil || rep.ID == "" {
+		return nil, code, mr, fmt.Errorf("sealift batch exited %d, no JSON report (%v): %s", code, jerr, strings.Join(c.tail, " | "))
+	}
+	if werr != nil && code != 0 {
+		return &rep, code, mr, fmt.Errorf("sealift batch exited %d: %s", code, strings.Join(c.tail, " | "))
+	}
+	return &rep, code, mr, nil
+}
+
+// remoteLinkIDs are the IDs of every link end the agents hold.
+func (w *world) remoteLinkIDs(ctx context.Context) ([]string, error) {
+	var ids []string
+	for _, p := range w.rm.agents {
+		es, err := p.client.LinkEnd().List(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("%s's link ends: %w", p.name, err)
+		}
+		for _, e := range es {
+			ids = append(ids, e.Spec.ID)
+		}
+	}
+	return ids, nil
 }
 
 // migrateRemote runs `sealift migrate` for plan p and returns its report
@@ -598,16 +673,8 @@ func (w *world) migrateRemote(ctx context.Context, p migration.Plan, scrape bool
 		return nil, nil, 0, nil, err
 	}
 	var mr *MetricsResult
-	for scrape && mr == nil {
-		select {
-		case line := <-c.lines:
-			if strings.HasPrefix(line, "metrics: serving") { // its migration is over
-				mr = w.scrapeAll(ctx)
-				_ = c.cmd.Process.Signal(syscall.SIGTERM) // ends the linger
-			}
-		case <-c.done:
-			mr = &MetricsResult{ScrapeErrors: []string{"the controller ended before it served its last metrics"}}
-		}
+	if scrape {
+		mr = w.scrapeLingering(ctx, c)
 	}
 	run := c.wait()
 	w.rm.ctlOut.Write(c.stdout.Bytes())
@@ -616,6 +683,24 @@ func (w *world) migrateRemote(ctx context.Context, p migration.Plan, scrape bool
 		return nil, rpcs, run.code, mr, cmpErr(run.err, errors.New("sealift migrate printed no report"))
 	}
 	return run.reps[0], rpcs, run.code, mr, run.err
+}
+
+// scrapeLingering waits until controller c, run with -metrics-listen and
+// -metrics-linger, says its work is over and serves its last metrics;
+// then scrapes it and the agents, and ends the linger.
+func (w *world) scrapeLingering(ctx context.Context, c *ctlProc) *MetricsResult {
+	for {
+		select {
+		case line := <-c.lines:
+			if strings.HasPrefix(line, "metrics: serving") { // its migrations are over
+				mr := w.scrapeAll(ctx)
+				_ = c.cmd.Process.Signal(syscall.SIGTERM) // ends the linger
+				return mr
+			}
+		case <-c.done:
+			return &MetricsResult{ScrapeErrors: []string{"the controller ended before it served its last metrics"}}
+		}
+	}
 }
 
 func cmpErr(err, otherwise error) error {
@@ -781,7 +866,8 @@ type ControllerResult struct {
 	// no WireGuard device, no tap (it holds no link and no VM).
 	Devices      []string `json:"devices"`
 	HoldsNothing bool     `json:"holds_nothing"`
-	// ExitCodes of `sealift migrate`, one per migration.
+	// ExitCodes of `sealift migrate`, one per migration (a batch: of its
+	// one `sealift batch`).
 	ExitCodes []int `json:"exit_codes"`
 	// KeysChecked: the WireGuard private keys on the machine (the link's
 	// ends' among them) looked for in the controller's log, journal,

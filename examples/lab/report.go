@@ -549,8 +549,12 @@ func (r *Result) Text() string {
 		}
 	}
 	if c := r.Controller; c != nil {
-		fmt.Fprintf(&b, "controller (sealift migrate, own namespace): agents' round trips %v ms (median of 20), switchover hook %.1f ms, exit codes %v, its devices %v\n",
-			c.AgentRTTMS, c.HookMS, c.ExitCodes, c.Devices)
+		cmd := "sealift migrate"
+		if r.Batch != nil {
+			cmd = "sealift batch"
+		}
+		fmt.Fprintf(&b, "controller (%s, own namespace): agents' round trips %v ms (median of 20), switchover hook %.1f ms, exit codes %v, its devices %v\n",
+			cmd, c.AgentRTTMS, c.HookMS, c.ExitCodes, c.Devices)
 		fmt.Fprintf(&b, "  WireGuard private keys looked for in the controller's log, journal, configuration and reports: %d, found: %v\n", c.KeysChecked, c.KeysFound)
 		for _, r := range c.HookRPCs {
 			fmt.Fprintf(&b, "  in the hook: %s\n", r)

@@ -104,8 +104,8 @@ func (o Options) validate() error {
 			return fmt.Errorf("-parallel %d: want 0 (all) to -vms %d", o.Parallel, o.VMs)
 		case o.VMs < 2 || o.VMs > maxBatchVMs:
 			return fmt.Errorf("-vms %d: want 2 to %d", o.VMs, maxBatchVMs)
-		case o.Remote || o.Kill != "":
-			return fmt.Errorf("-vms %d: the batch scenario runs in process only (no -remote, -kill)", o.VMs)
+		case o.Kill != "":
+			return fmt.Errorf("-vms %d: the batch scenario kills nothing (no -kill)", o.VMs)
 		case o.Hypervisor != "qemu":
 			return fmt.Errorf("-vms %d: -hypervisor %q: the batch scenario runs qemu only", o.VMs, o.Hypervisor)
 		}

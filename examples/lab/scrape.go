@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -41,6 +42,10 @@ type MetricsResult struct {
 	Bytes               float64 `json:"bytes_total"`
 	ConnsReset          float64 `json:"connections_reset_total"`
 	Step330Count        uint64  `json:"step_330_observations"`
+	// BatchesCompleted and RedirectActive: a batch's end, and the
+	// members' redirect once the batch removed its tunnel.
+	BatchesCompleted float64 `json:"batches_completed"`
+	RedirectActive   float64 `json:"redirect_active"`
 	// Agents: fences and active link ends they report, by host, and the
 	// Fence calls A served.
 	AgentFences  map[string]float64 `json:"agent_fences"`
@@ -89,6 +94,8 @@ func (w *world) scrapeAll(ctx context.Context) *MetricsResult {
 		r.Bytes, _ = ctl.Sum("sealift_migration_bytes_total", nil)
 		r.ConnsReset, _ = ctl.Sum("sealift_connections_reset_total", nil)
 		_, r.Step330Count = ctl.Sum("sealift_step_duration_seconds", map[string]string{"block": "330"})
+		r.BatchesCompleted, _ = ctl.Sum("sealift_batches_total", map[string]string{"outcome": string(migration.Completed)})
+		r.RedirectActive, _ = ctl.Sum("sealift_redirect_active", nil)
 	}
 	for _, h := range []string{"host-a", "host-b"} {
 		fams, err := scrapeFrom(ctx, w.rm.ctl, "http://"+w.rm.agents[h].metricsAddr()+"/metrics")
@@ -114,6 +121,10 @@ func (r *Result) judgeMetrics(add func(string, bool, string, ...any)) {
 	}
 	m, rep := c.Metrics, r.Migrations[0]
 	add("metrics scraped", len(m.ScrapeErrors) == 0, "%v", m.ScrapeErrors)
+	if r.Batch != nil {
+		r.judgeBatchMetrics(add, m)
+		return
+	}
 	add("controller metrics: one migration, completed, its downtime and bytes",
 		m.MigrationsCompleted == 1 && m.MigrationsAll == 1 && m.InProgress == 0 && m.DowntimeCount == 1 && m.HookCount == 1 &&
 			m.Step330Count == 1 && m.Bytes == float64(rep.Migration.Bytes) &&
@@ -123,5 +134,30 @@ func (r *Result) judgeMetrics(add func(string, bool, string, ...any)) {
 		m.Step330Count, m.Bytes, rep.Migration.Bytes, m.ConnsReset, len(rep.reset))
 	add("agent metrics: A fenced once and holds no fence, B one fence and an active link end",
 		m.AFenceCalls >= 1 && m.AgentFences["host-a"] == 0 && m.AgentFences["host-b"] == 1 && m.AgentActive["host-b"] >= 1,
+		"A: %d Fence calls, fences %v, active link ends %v", m.AFenceCalls, m.AgentFences, m.AgentActive)
+}
+
+// judgeBatchMetrics adds the verdicts on a batch's scrape (`sealift
+// batch`, every member completed): every member counted once, the
+// downtimes and bytes of their reports, one batch, no redirect left; at
+// the agents, A holds no fence and B one per member.
+func (r *Result) judgeBatchMetrics(add func(string, bool, string, ...any), m *MetricsResult) {
+	n := len(r.Migrations)
+	var bytes float64
+	var downMS float64
+	for _, mr := range r.Migrations {
+		bytes += float64(mr.Migration.Bytes)
+		downMS += mr.Migration.DowntimeMS
+	}
+	add("controller metrics: the batch's members and the batch, completed, their downtimes and bytes",
+		m.MigrationsCompleted == float64(n) && m.MigrationsAll == float64(n) && m.InProgress == 0 &&
+			m.DowntimeCount == uint64(n) && m.HookCount == uint64(n) && m.Step330Count == uint64(n) &&
+			m.Bytes == bytes && math.Abs(m.DowntimeSum*1000-downMS) < float64(n) &&
+			m.BatchesCompleted == 1 && m.RedirectActive == 0,
+		"%d members: completed %v of %v (in progress %v), downtime %d obs. %.3f s (reports %.0f ms), hook %d, block 330 %d, bytes %.0f (reports %.0f), batches completed %v, redirects active %v",
+		n, m.MigrationsCompleted, m.MigrationsAll, m.InProgress, m.DowntimeCount, m.DowntimeSum, downMS, m.HookCount,
+		m.Step330Count, m.Bytes, bytes, m.BatchesCompleted, m.RedirectActive)
+	add("agent metrics: A holds no fence, B one fence and an active link end per member",
+		m.AFenceCalls >= uint64(n) && m.AgentFences["host-a"] == 0 && m.AgentFences["host-b"] == float64(n) && m.AgentActive["host-b"] >= float64(n),
 		"A: %d Fence calls, fences %v, active link ends %v", m.AFenceCalls, m.AgentFences, m.AgentActive)
 }
