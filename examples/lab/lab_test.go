@@ -45,6 +45,7 @@ func TestLab(t *testing.T) {
 		// The subnet's IPv4 and IPv6 prefixes redirected, converged (GoBGP
 		// with both families) and removed.
 		{"subnet-ipv6", true, migration.FenceAtSwitchover, false, true},
+		{"remote-ipv6", false, migration.FenceAtSwitchover, true, true},
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
