@@ -24,13 +24,17 @@ func TestProxyNeedsForwarding(t *testing.T) {
 				w.dualStack(t)
 				spec = w.spec6()
 			}
-			key := "net/" + fam + "/conf/all/forwarding"
+			// IPv4: the answering interface's own setting (turning all
+			// off turns every interface's off); IPv6: the host's.
+			key, want := "net/"+fam+"/conf/all/forwarding", "net.ipv6.conf.all.forwarding=1"
+			if fam == "ipv4" {
+				want = "net.ipv4.conf.br0.forwarding=1"
+			}
 			if err := lab.Sysctl(w.l.B, key, "0"); err != nil {
 				t.Fatal(err)
 			}
 			ctx := context.Background()
 			lk := testLinker(t, nil, WithBackend(Userspace))
-			want := strings.ReplaceAll(key, "/", ".")
 			refused := func(what string, err error) {
 				t.Helper()
 				if !errors.Is(err, tunnel.ErrInvalid) || !strings.Contains(err.Error(), want) {
@@ -51,6 +55,18 @@ func TestProxyNeedsForwarding(t *testing.T) {
 
 			if err := lab.Sysctl(w.l.B, key, "1"); err != nil {
 				t.Fatal(err)
+			}
+			if fam == "ipv4" {
+				// Forwarding on the answering interface is enough: the
+				// host-wide setting off, br0's on.
+				if err := lab.Sysctl(w.l.B, "net/ipv4/conf/all/forwarding", "0"); err != nil {
+					t.Fatal(err)
+				}
+				for _, dev := range []string{"br0", "wan0"} {
+					if err := lab.Sysctl(w.l.B, "net/ipv4/conf/"+dev+"/forwarding", "1"); err != nil {
+						t.Fatal(err)
+					}
+				}
 			}
 			if _, err := lk.Prepare(ctx, spec); err != nil {
 				t.Fatalf("control: Prepare with forwarding: %v", err)

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -95,51 +94,65 @@ func planProxy(host, linkDev string, prefixes []netip.Prefix) (proxyPlan, error)
 }
 
 // forwardingReady checks, for a link that proxies others at host, that
-// host forwards each address family of others: the kernel answers proxy
-// ARP and proxy NDP only on a forwarding interface (and would not route
-// the link's traffic either), so without it the link's hosts would be
-// silently unreachable. The link sets proxy_arp and proxy_ndp itself,
-// never forwarding.
+// host forwards what it would answer for: the kernel answers proxy ARP
+// only on an interface that forwards IPv4 (its own forwarding setting),
+// and proxy NDP only on an IPv6-forwarding one, IPv6 forwarding being
+// the host's (all) setting; without them the link's hosts would be
+// silently unreachable. Prefixes the host does not reach on-link need
+// no answer. The link sets proxy_arp and proxy_ndp itself, never
+// forwarding.
 func forwardingReady(host string, others []netip.Prefix) error {
-	for _, fam := range []struct {
-		v6   bool
-		name string
-	}{{false, "ipv4"}, {true, "ipv6"}} {
-		if !slices.ContainsFunc(others, func(p netip.Prefix) bool { return p.Addr().Is6() == fam.v6 }) {
+	for _, p := range others {
+		dev, err := lanDev(host, p)
+		if err != nil {
+			return err
+		}
+		if dev == "" {
 			continue
 		}
-		key := "net/" + fam.name + "/conf/all/forwarding"
+		key, fam, proto := "net/ipv4/conf/"+dev+"/forwarding", "IPv4", "ARP"
+		if p.Addr().Is6() {
+			key, fam, proto = "net/ipv6/conf/all/forwarding", "IPv6", "NDP"
+		}
 		v, err := readSysctl(host, key)
 		if err != nil {
 			return err
 		}
 		if v != "1" {
-			proto := map[bool]string{false: "ARP", true: "NDP"}[fam.v6]
-			return fmt.Errorf("%w: ProxyARP for %s hosts needs %s=1 at %s (it is %s): the kernel answers proxy %s only when forwarding",
-				tunnel.ErrInvalid, strings.ToUpper(fam.name[:2])+fam.name[2:], strings.ReplaceAll(key, "/", "."), hostName(host), v, proto)
+			return fmt.Errorf("%w: ProxyARP for %s hosts (%s, on %s) needs %s=1 at %s (it is %s): the kernel answers proxy %s only when forwarding",
+				tunnel.ErrInvalid, fam, p, dev, strings.ReplaceAll(key, "/", "."), hostName(host), v, proto)
 		}
 	}
 	return nil
 }
 
-// reachedOnLink reports whether host reaches prefix p on-link (its
-// route to p's first address has no gateway, and is not loopback): where
+// reachedOnLink reports whether host reaches prefix p on-link: where
 // planProxy would have to answer for it.
 func reachedOnLink(host string, p netip.Prefix) (bool, error) {
+	dev, err := lanDev(host, p)
+	return dev != "", err
+}
+
+// lanDev is the interface host reaches prefix p on-link through (its
+// route to probeAddr(p) has no gateway, and is not loopback), or "".
+func lanDev(host string, p netip.Prefix) (string, error) {
 	h, err := nlHandle(host)
 	if err != nil {
-		return false, err
+		return "", err
 	}
 	defer h.Close()
 	rs, err := h.RouteGet(net.IP(probeAddr(p).AsSlice()))
 	if err != nil || len(rs) == 0 || rs[0].Gw != nil {
-		return false, nil // unreachable, or behind a gateway: no proxy (as planProxy)
+		return "", nil // unreachable, or behind a gateway: no proxy (as planProxy)
 	}
 	l, err := h.LinkByIndex(rs[0].LinkIndex)
 	if err != nil {
-		return false, fmt.Errorf("%s: interface %d towards %s: %w", hostName(host), rs[0].LinkIndex, p, err)
+		return "", fmt.Errorf("%s: interface %d towards %s: %w", hostName(host), rs[0].LinkIndex, p, err)
 	}
-	return l.Attrs().Name != "lo", nil
+	if name := l.Attrs().Name; name != "lo" {
+		return name, nil
+	}
+	return "", nil
 }
 
 // probeAddr is an address of p to ask the routing table about: not its
