@@ -26,8 +26,6 @@ type world struct {
 	policy conn.Policy
 }
 
-var secureAddr = netip.MustParseAddr("10.2.1.20")
-
 func newWorld(t *testing.T) *world {
 	t.Helper()
 	lab.RequireRoot(t)

@@ -716,7 +716,8 @@ func hold(t testing.TB, h Harness) {
 	assert.Zero(t, n, "Release of a fence without Hold sent packets")
 
 	spec.AllowVia = []string{"lk0"}
-	if err := w.f.Fence(ctx, spec); errors.Is(err, fence.ErrUnsupported) {
+	err = w.f.Fence(ctx, spec)
+	if errors.Is(err, fence.ErrUnsupported) {
 		spec.AllowVia = nil
 		err = w.f.Fence(ctx, spec)
 	}

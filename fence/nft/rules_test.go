@@ -62,8 +62,9 @@ func TestTagsRoundTrip(t *testing.T) {
 }
 
 func TestChainIDStableAndDistinct(t *testing.T) {
-	if chainID("a") != chainID("a") || chainID("a") == chainID("b") || !strings.HasPrefix(chainID("a"), "vm-") {
-		t.Errorf("chainID: %s %s", chainID("a"), chainID("b"))
+	a1, a2, b := chainID("a"), chainID("a"), chainID("b")
+	if a1 != a2 || a1 == b || !strings.HasPrefix(a1, "vm-") {
+		t.Errorf("chainID: %s %s %s", a1, a2, b)
 	}
 }
 

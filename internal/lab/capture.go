@@ -120,7 +120,6 @@ type Capture struct {
 	wake  int // eventfd: Snapshot and Stop ask the reader to drain
 	ns    string
 	opts  CaptureOptions
-	all   bool // every interface: count only frames entering the namespace
 	times []frameTime
 
 	mu         sync.Mutex
