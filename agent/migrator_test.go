@@ -2,8 +2,6 @@ package agent_test
 
 import (
 	"context"
-	"fmt"
-	"net/netip"
 	"testing"
 	"time"
 
@@ -17,7 +15,6 @@ import (
 	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/migration"
 	"github.com/sealift/sealift/migration/migrationtest"
-	"github.com/sealift/sealift/routing"
 )
 
 // remoteSetup puts every host's backends of a migrationtest.Setup (the
@@ -131,16 +128,7 @@ func TestMigratorOverAgentsHookFails(t *testing.T) {
 func TestBatchOverAgents(t *testing.T) {
 	ctx := context.Background()
 	s := migrationtest.NewSetup()
-	b := migration.Batch{From: "secure", To: "cloud",
-		Subnet: migration.Subnet{Prefix: migrationtest.Subnet, Via: migrationtest.SiteVia}}
-	for i, vm := range []string{"vm1", "vm2", "vm3"} {
-		if i > 0 {
-			s.World.AddVM("a", vm, "tap-"+vm, fmt.Sprintf("52:54:00:00:00:%02x", i+1))
-		}
-		b.Plans = append(b.Plans, migration.Plan{VM: vm, Peers: migrationtest.Peers[1:],
-			Addrs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, 0, byte(10 + i)}), 32)}})
-	}
-	s.Router.AnnounceOnRedirect(routing.Route{Prefix: migrationtest.Subnet, Via: migrationtest.SiteVia, Device: "site0", Protocol: "bgp"})
+	b := s.Batch(3)
 	remoteSetup(t, s)
 	m, err := migration.New(s.Config)
 	require.NoError(t, err)

@@ -20,7 +20,6 @@ import (
 	"github.com/sealift/sealift/metrics"
 	"github.com/sealift/sealift/migration"
 	"github.com/sealift/sealift/migration/migrationtest"
-	"github.com/sealift/sealift/routing"
 	"github.com/sealift/sealift/tunnel"
 )
 
@@ -482,16 +481,10 @@ func TestRecovery(t *testing.T) {
 func runBatch(t *testing.T, c *metrics.Controller, fail func(*migrationtest.Setup)) *migration.BatchReport {
 	t.Helper()
 	s := migrationtest.NewSetup()
-	s.AddVM("a", "vm2", "tap-vm2", "52:54:00:00:00:02")
-	s.Router.AnnounceOnRedirect(routing.Route{Prefix: migrationtest.Subnet, Via: migrationtest.SiteVia, Device: "site0", Protocol: "bgp"})
+	b := s.Batch(2)
+	b.Parallel = 1
 	if fail != nil {
 		fail(s)
-	}
-	b := migration.Batch{From: "secure", To: "cloud", Parallel: 1,
-		Subnet: migration.Subnet{Prefix: migrationtest.Subnet, Via: migrationtest.SiteVia}}
-	for i, vm := range []string{"vm1", "vm2"} {
-		b.Plans = append(b.Plans, migration.Plan{VM: vm, Peers: migrationtest.Peers[1:],
-			Addrs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, 0, byte(10 + i)}), 32)}})
 	}
 	m := newMigrator(t, s)
 	ctx, cancel := context.WithCancel(context.Background())

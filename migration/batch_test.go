@@ -16,7 +16,6 @@ import (
 	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/migration"
 	"github.com/sealift/sealift/migration/migrationtest"
-	"github.com/sealift/sealift/routing"
 	"github.com/sealift/sealift/tunnel"
 )
 
@@ -25,19 +24,7 @@ import (
 // redirect is there.
 func batchSetup(n int) (*migrationtest.Setup, migration.Batch) {
 	s := migrationtest.NewSetup()
-	b := migration.Batch{From: "secure", To: "cloud",
-		Subnet: migration.Subnet{Prefix: migrationtest.Subnet, Via: migrationtest.SiteVia}}
-	for i := range n {
-		name := fmt.Sprintf("vm%d", i+1)
-		if i > 0 {
-			s.AddVM("a", name, "tap-"+name, fmt.Sprintf("52:54:00:00:00:%02x", i+1))
-		}
-		b.Plans = append(b.Plans, migration.Plan{VM: name,
-			Addrs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, 0, byte(10 + i)}), 32)},
-			Peers: migrationtest.Peers[1:]})
-	}
-	s.Router.AnnounceOnRedirect(routing.Route{Prefix: migrationtest.Subnet, Via: migrationtest.SiteVia, Device: "site0", Protocol: "bgp"})
-	return s, b
+	return s, s.Batch(n)
 }
 
 // batchEvents drains a closed subscription's BatchFinished events.

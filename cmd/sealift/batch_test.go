@@ -12,7 +12,6 @@ import (
 	"github.com/sealift/sealift/hypervisor"
 	"github.com/sealift/sealift/migration"
 	"github.com/sealift/sealift/migration/migrationtest"
-	"github.com/sealift/sealift/routing"
 )
 
 // TestBatchCommand: `sealift batch`'s flags make the batch, its members'
@@ -23,8 +22,7 @@ import (
 func TestBatchCommand(t *testing.T) {
 	run := func(fail bool) (int, string, string) {
 		s := migrationtest.NewSetup()
-		s.AddVM("a", "vm2", "tap-vm2", "52:54:00:00:00:02")
-		s.Router.AnnounceOnRedirect(routing.Route{Prefix: migrationtest.Subnet, Via: migrationtest.SiteVia, Device: "site0", Protocol: "bgp"})
+		s.Batch(2) // vm2 at a, the core's route; the flags say the batch
 		if fail {
 			s.Secure.Hypervisor.FailOn("Migrate", 2, hypervisor.ErrMigration)
 		}

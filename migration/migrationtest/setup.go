@@ -1,6 +1,7 @@
 package migrationtest
 
 import (
+	"fmt"
 	"net/netip"
 
 	"github.com/sealift/sealift/migration"
@@ -68,4 +69,22 @@ func (s *Setup) SubnetPlan() migration.Plan {
 	p.Subnet = &migration.Subnet{Prefix: Subnet, Moved: migration.SubnetYes, Via: SiteVia}
 	s.Router.AnnounceOnRedirect(routing.Route{Prefix: Subnet, Via: SiteVia, Device: "site0", Protocol: "bgp"})
 	return p
+}
+
+// Batch returns a batch moving n VMs of the subnet from "secure" to
+// "cloud": vm1 (VMAddr) and, added at "a" now, vm2 .. vmN (10.1.0.11 ..),
+// each with Peers outside the subnet; as with SubnetPlan, the core learns
+// the subnet's route via SiteVia once a redirect is in place.
+func (s *Setup) Batch(n int) migration.Batch {
+	b := migration.Batch{From: "secure", To: "cloud", Subnet: migration.Subnet{Prefix: Subnet, Via: SiteVia}}
+	for i := range n {
+		name := fmt.Sprintf("vm%d", i+1)
+		if i > 0 {
+			s.AddVM("a", name, "tap-"+name, fmt.Sprintf("52:54:00:00:00:%02x", i+1))
+		}
+		b.Plans = append(b.Plans, migration.Plan{VM: name, Peers: Peers[1:],
+			Addrs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, 0, byte(10 + i)}), 32)}})
+	}
+	s.Router.AnnounceOnRedirect(routing.Route{Prefix: Subnet, Via: SiteVia, Device: "site0", Protocol: "bgp"})
+	return b
 }
